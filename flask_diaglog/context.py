@@ -1,0 +1,183 @@
+"""The one place that holds "where are we": a ContextVar with the current :class:`Trace`.
+
+A trace is either a request (created by the WSGI wrapper) or a background job (created by
+``DiagLog.spawn``/``DiagLog.wrap``). Ids are validated and generated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .extension import _State
+
+__all__ = [
+    "Trace",
+    "current_job_id",
+    "current_request_id",
+    "current_trace",
+    "is_valid_id",
+    "new_request_id",
+]
+
+#: Request and job ids: 1 to 128 characters of ``[A-Za-z0-9._:-]``.
+ID_PATTERN = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_is_valid = ID_PATTERN.fullmatch
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def is_valid_id(value: object) -> bool:
+    """True when ``value`` is a usable request or job id."""
+    return isinstance(value, str) and _is_valid(value) is not None
+
+
+def traceparent_id(header: str | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` header, or ``None``."""
+    if not header:
+        return None
+    m = _TRACEPARENT.fullmatch(header.strip().lower())
+    if m is None or m.group(1) == "0" * 32:
+        return None
+    return m.group(1)
+
+
+class _IdSource:
+    """Per-process unique ids: a random prefix (re-drawn after fork) and a counter."""
+
+    __slots__ = ("count", "pid", "prefix")
+
+    def __init__(self) -> None:
+        self.pid = -1
+        self.prefix = ""
+        self.count = 0
+
+    def next(self) -> str:
+        pid = os.getpid()
+        if pid != self.pid:
+            self.pid = pid
+            self.prefix = os.urandom(6).hex()
+            self.count = 0
+        self.count += 1
+        return f"{self.prefix}{self.count:06x}"
+
+
+_ids = _IdSource()
+_id_lock = threading.Lock()
+
+
+def new_request_id() -> str:
+    """A new id, unique across processes and hosts (48 random bits per process + a counter)."""
+    with _id_lock:
+        return _ids.next()
+
+
+class Lease(Protocol):
+    """What a trace holds while a guarded job is active (implemented in :mod:`.jobs`)."""
+
+    def retain(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class Trace:
+    """The state of one request or one background job.
+
+    ``stages`` holds finished stages as ``(name, duration_ms, ok)``; ``open_stages`` is the stack of
+    stages that are running (the innermost is the "current stage" the watchdog reports).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "error",
+        "hung",
+        "job_id",
+        "kind",
+        "lease",
+        "method",
+        "open_stages",
+        "path",
+        "request_id",
+        "stages",
+        "start",
+        "state",
+        "status",
+        "streamed",
+        "t0",
+        "thread",
+    )
+
+    def __init__(
+        self,
+        state: _State | None,
+        kind: str,
+        request_id: str | None,
+        job_id: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        self.state = state
+        self.kind = kind  # "request" or "job"
+        self.request_id = request_id
+        self.job_id = job_id
+        self.method = method
+        self.path = path
+        self.t0 = time.perf_counter()
+        self.start = time.time()
+        self.stages: list[tuple[str, float, bool]] = []
+        self.open_stages: list[str] = []
+        self.status: int | None = None
+        self.streamed = False
+        self.error: BaseException | None = None
+        self.lease: Lease | None = None
+        self.hung = 0  # how many hang reports were made
+        self.thread = threading.get_ident()
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.t0) * 1000.0
+
+    @property
+    def current_stage(self) -> str | None:
+        stack = self.open_stages
+        return stack[-1] if stack else None
+
+    def stage_totals(self) -> dict[str, float]:
+        """Stage name to total milliseconds (a stage run several times is summed)."""
+        out: dict[str, float] = {}
+        for name, ms, _ok in self.stages:
+            out[name] = round(out.get(name, 0.0) + ms, 3)
+        return out
+
+    def __repr__(self) -> str:
+        return f"<Trace {self.kind} req={self.request_id} job={self.job_id}>"
+
+
+_current: ContextVar[Trace | None] = ContextVar("flask_diaglog_trace", default=None)
+
+#: The current trace, or ``None`` outside a request or background job.
+current_trace: Callable[[], Trace | None] = _current.get
+
+
+def current_request_id() -> str | None:
+    """The id of the current request, also inside stages and background work; else ``None``."""
+    t = _current.get()
+    return t.request_id if t is not None else None
+
+
+def current_job_id() -> str | None:
+    """The job id of the current request or background job, or ``None``."""
+    t = _current.get()
+    return t.job_id if t is not None else None
+
+
+def set_trace(trace: Trace | None) -> Any:
+    return _current.set(trace)
+
+
+def reset_trace(token: Any) -> None:
+    _current.reset(token)

@@ -1,0 +1,183 @@
+"""Timed stages: ``with stage("name"):``, ``@stage("name")`` and ``@timed_stage``.
+
+A stage records its duration on the current request or background job, emits a ``stage`` event
+(one log line), and appears in the ``Server-Timing`` header. Nested stages are named with their
+parents joined by dots: ``with stage("generate"): with stage("mesh"):`` records ``generate`` and
+``generate.mesh``. A stage that raises is recorded with ``ok: false`` and ``error``, and the
+exception propagates unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import re
+from collections.abc import Callable
+from time import perf_counter
+from types import TracebackType
+from typing import Any, TypeVar, overload
+
+from .context import Trace, current_trace
+from .events import Event
+
+__all__ = ["get_request_timings", "server_timing_header", "stage", "timed_stage"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_LOGGER = "flask_diaglog.stage"
+
+
+class stage:
+    """Time a block or a function as a named stage of the current request or job.
+
+    Works as a context manager and as a decorator. Outside a request or background job the time
+    is still measured but nothing is logged (unless inside a Flask app context of an app that uses
+    DiagLog, where the line goes to ``jobs.log``).
+    """
+
+    __slots__ = ("_full", "_t0", "_trace", "name")
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError("stage() needs a non-empty name")
+        self.name = name
+        self._trace: Trace | None = None
+        self._full = name
+        self._t0 = 0.0
+
+    def __enter__(self) -> stage:
+        trace = current_trace()
+        if trace is None:
+            trace = _app_trace()
+        self._trace = trace
+        if trace is not None:
+            stack = trace.open_stages
+            self._full = f"{stack[-1]}.{self.name}" if stack else self.name
+            stack.append(self._full)
+        self._t0 = perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        ms = (perf_counter() - self._t0) * 1000.0
+        trace = self._trace
+        if trace is None:
+            return
+        self._trace = None
+        stack = trace.open_stages
+        if stack and stack[-1] == self._full:
+            stack.pop()
+        ok = et is None
+        name = self._full
+        trace.stages.append((name, ms, ok))
+        state = trace.state
+        if state is None:
+            return
+        fields: dict[str, Any] = {"stage": name, "duration_ms": round(ms, 3), "ok": ok}
+        if ok:
+            msg = f"stage {name} {ms:.2f}ms ok"
+            level = logging.INFO
+        else:
+            error = f"{et.__name__}: {state.redactor.text(str(exc))}" if et else "error"
+            fields["error"] = error
+            msg = f"stage {name} {ms:.2f}ms failed: {error}"
+            level = logging.WARNING
+        state.dispatch(
+            Event(
+                "stage",
+                level,
+                _LOGGER,
+                msg,
+                trace.request_id,
+                trace.job_id,
+                fields,
+                target="jobs" if trace.kind == "job" else "requests",
+                trace=trace,
+            )
+        )
+
+    def __call__(self, fn: F) -> F:
+        return _decorate(fn, self.name)
+
+
+def _app_trace() -> Trace | None:
+    """A throw-away trace for a stage run in an app context outside any request or job."""
+    from flask import current_app, has_app_context
+
+    if not has_app_context():
+        return None
+    state = current_app.extensions.get("diaglog")
+    if state is None or not getattr(state, "active", False):
+        return None
+    return Trace(state, "job", None, None)
+
+
+def _decorate(fn: F, name: str) -> F:
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            with stage(name):
+                return await fn(*args, **kwargs)
+
+        return async_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with stage(name):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@overload
+def timed_stage(name_or_fn: F) -> F: ...
+@overload
+def timed_stage(name_or_fn: str | None = None) -> Callable[[F], F]: ...
+
+
+def timed_stage(name_or_fn: str | Callable[..., Any] | None = None) -> Any:
+    """Decorator form of :class:`stage`: ``@timed_stage("render")`` or bare ``@timed_stage``.
+
+    Bare, the stage is named after the function.
+    """
+    if callable(name_or_fn):
+        return _decorate(name_or_fn, name_or_fn.__name__)
+
+    def decorator(fn: F) -> F:
+        return _decorate(fn, name_or_fn or fn.__name__)
+
+    return decorator
+
+
+_TOKEN_BAD = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
+_token_cache: dict[str, str] = {}
+
+
+def _token(name: str) -> str:
+    tok = _token_cache.get(name)
+    if tok is None:
+        tok = _TOKEN_BAD.sub("_", name) or "_"
+        if len(_token_cache) < 4096:
+            _token_cache[name] = tok
+    return tok
+
+
+def server_timing_header(trace: Trace) -> str:
+    """``validate;dur=1.2, generate;dur=40.3, total;dur=42.0`` (names made into valid tokens)."""
+    total = f"total;dur={trace.elapsed_ms():.1f}"
+    if not trace.stages:
+        return total
+    parts = [f"{_token(name)};dur={ms:.1f}" for name, ms in trace.stage_totals().items()]
+    parts.append(total)
+    return ", ".join(parts)
+
+
+def get_request_timings() -> dict[str, float]:
+    """Stage name to milliseconds for the current request or job (empty outside one)."""
+    trace = current_trace()
+    return trace.stage_totals() if trace is not None else {}

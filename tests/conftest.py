@@ -1,0 +1,97 @@
+"""Shared fixtures. Log files always go under ``tmp_path``; tests read the real files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_diaglog import DiagLog
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No DIAGLOG_* or TESTING variable from the outer environment leaks into a test."""
+    for key in list(os.environ):
+        if key.startswith("DIAGLOG_") or key == "TESTING":
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Every logger's handlers and level are put back after each test."""
+    manager = logging.Logger.manager
+    root = logging.getLogger()
+    before = {
+        name: (lg.handlers[:], lg.level)
+        for name, lg in list(manager.loggerDict.items())
+        if isinstance(lg, logging.Logger)
+    }
+    root_before = (root.handlers[:], root.level)
+    yield
+    for name, lg in list(manager.loggerDict.items()):
+        if not isinstance(lg, logging.Logger):
+            continue
+        handlers, level = before.get(name, ([], logging.NOTSET))
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+    root.handlers[:] = root_before[0]
+    root.setLevel(root_before[1])
+
+
+class Logs:
+    """Reads the files diaglog wrote."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+
+    def path(self, name: str) -> Path:
+        return self.dir / (name if name.endswith(".log") else f"{name}.log")
+
+    def text(self, name: str) -> str:
+        p = self.path(name)
+        return p.read_text(encoding="utf-8") if p.exists() else ""
+
+    def lines(self, name: str) -> list[str]:
+        return self.text(name).splitlines()
+
+    def json(self, name: str) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.text(name).split("\n") if line]
+
+    def events(self, name: str, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.json(name) if r.get("event") == kind]
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    return tmp_path / "logs"
+
+
+@pytest.fixture
+def logs(log_dir: Path) -> Logs:
+    return Logs(log_dir)
+
+
+@pytest.fixture
+def make_app(
+    log_dir: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> Callable[..., Flask]:
+    """``make_app(config=None, *, init=True, **diaglog_kwargs)``: a test app using tmp log files."""
+
+    def factory(config: dict[str, Any] | None = None, *, init: bool = True, **kw: Any) -> Flask:
+        app = Flask(request.module.__name__, instance_path=str(tmp_path / "instance"))
+        app.config.update(TESTING=True, DIAGLOG_LOG_DIR=str(log_dir))
+        app.config.update(config or {})
+        if init:
+            DiagLog(app, **kw)
+        return app
+
+    return factory
