@@ -1,0 +1,107 @@
+"""Example: a 2D-to-3D generation backend instrumented with flask-diaglog.
+
+* ``POST /api/images`` (multipart field ``image``): validates a PNG/JPEG upload, returns a job id.
+* ``POST /api/jobs/<job_id>/generate``: runs validate, preprocess, generate and postprocess in
+  background work started with ``diaglog.spawn``; answers 202.
+* ``GET /api/jobs/<job_id>``: the job's status and current stage; ``.../result`` the mesh (OBJ).
+
+Run it with ``make demo`` (in-memory defaults, no Redis needed).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import Flask, Response, request, url_for
+
+from flask_diaglog import DiagLog, stage
+from flask_diaglog.problems import problem_response
+
+from .pipeline import InvalidImage, image_info, run_generation
+from .store import JobStore
+
+diaglog = DiagLog()
+
+MAX_UPLOAD = 10 * 1024 * 1024
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_UPLOAD,
+        EXAMPLE_GENERATE_SECONDS=2.0,
+        DIAGLOG_EXCLUDE="/healthz,/static",
+    )
+    app.config.update(config or {})
+    diaglog.init_app(app)
+    store = JobStore()
+    app.extensions["example_jobs"] = store
+
+    @app.get("/")
+    def index() -> dict[str, Any]:
+        return {
+            "service": "2D-to-3D generation (flask-diaglog example)",
+            "upload": url_for("upload"),
+            "generate": "/api/jobs/<job_id>/generate",
+            "status": "/api/jobs/<job_id>",
+        }
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/api/images")
+    def upload() -> Response | tuple[dict[str, Any], int]:
+        file = request.files.get("image")
+        if file is None:
+            return problem_response(
+                400, "Missing image", "Send the image as the multipart form field 'image'."
+            )
+        with stage("validate_upload"):
+            data = file.read()
+            if not data:
+                return problem_response(400, "Empty image", "The uploaded file is empty.")
+            try:
+                info = image_info(data)
+            except InvalidImage as exc:
+                return problem_response(415, "Unsupported image", str(exc))
+        job_id = uuid.uuid4().hex[:16]
+        record = store.create(job_id, data, info)
+        app.logger.info("stored upload %s (%s, %d bytes)", job_id, info["format"], len(data))
+        return {"job_id": job_id, "status": record["status"], "image": info}, 201
+
+    @app.post("/api/jobs/<job_id>/generate")
+    def generate(job_id: str) -> Response | tuple[dict[str, Any], int]:
+        record = store.get(job_id)
+        if record is None:
+            return problem_response(404, "Unknown job", f"No uploaded image has job id {job_id}.")
+        options = request.get_json(silent=True) or {}
+        resolution = options.get("resolution", 16)
+        if not isinstance(resolution, int) or not 2 <= resolution <= 128:
+            return problem_response(
+                422, "Invalid options", "'resolution' must be a whole number from 2 to 128."
+            )
+        store.update(job_id, status="queued", stage=None, error=None)
+        diaglog.spawn(run_generation, store, job_id, {"resolution": resolution})
+        return {
+            "job_id": job_id,
+            "status": "queued",
+            "status_url": url_for("job_status", job_id=job_id),
+        }, 202
+
+    @app.get("/api/jobs/<job_id>")
+    def job_status(job_id: str) -> Response | dict[str, Any]:
+        record = store.get(job_id)
+        if record is None:
+            return problem_response(404, "Unknown job", f"No job has id {job_id}.")
+        return record
+
+    @app.get("/api/jobs/<job_id>/result")
+    def job_result(job_id: str) -> Response:
+        obj = store.result(job_id)
+        if obj is None:
+            return problem_response(404, "No result", f"Job {job_id} has no finished result.")
+        return Response(obj, mimetype="model/obj")
+
+    return app

@@ -1,0 +1,186 @@
+"""Configuration: defaults, environment overrides, validation errors that name the key."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from flask_diaglog import ConfigError, DiagLog, is_testing
+from flask_diaglog.config import DEFAULTS
+
+
+def test_defaults_are_written_back_to_app_config(make_app: Callable[..., Flask]) -> None:
+    """Every DIAGLOG_* key shows its resolved value in app.config after init."""
+    app = make_app()
+    for key in DEFAULTS:
+        assert key in app.config, key
+    assert app.config["DIAGLOG_FORMAT"] == "plain"
+    assert app.config["DIAGLOG_MAX_BYTES"] == 10 * 1024 * 1024
+    assert app.config["DIAGLOG_BACKUP_COUNT"] == 5
+    assert app.config["DIAGLOG_SERVER_TIMING"] is True
+
+
+def test_environment_overrides_app_config(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch, logs: object
+) -> None:
+    """An environment variable of the same name wins over app.config."""
+    monkeypatch.setenv("DIAGLOG_FORMAT", "json")
+    monkeypatch.setenv("DIAGLOG_MAX_BYTES", "2MiB")
+    monkeypatch.setenv("DIAGLOG_EXCLUDE", "/static, /healthz")
+    app = make_app({"DIAGLOG_FORMAT": "plain"})
+    assert app.config["DIAGLOG_FORMAT"] == "json"
+    assert app.config["DIAGLOG_MAX_BYTES"] == 2 * 1024 * 1024
+    assert app.config["DIAGLOG_EXCLUDE"] == ("/static", "/healthz")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("DIAGLOG_MAX_BYTES", "ten", "DIAGLOG_MAX_BYTES='ten'"),
+        ("DIAGLOG_FORMAT", "xml", "expected one of 'plain', 'json'"),
+        ("DIAGLOG_LEVEL", "LOUD", "'DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL'"),
+        ("DIAGLOG_ENABLED", "maybe", "1/true/yes/on or 0/false/no/off"),
+        ("DIAGLOG_BACKUP_COUNT", "-1", "must be 0 or more"),
+        ("DIAGLOG_HANG_AFTER", "soon", "DIAGLOG_HANG_AFTER='soon'"),
+        ("DIAGLOG_JOB_STORE", "postgres://x", "'memory' or a redis://"),
+    ],
+)
+def test_invalid_env_value_names_key_and_accepted_values(
+    make_app: Callable[..., Flask],
+    monkeypatch: pytest.MonkeyPatch,
+    key: str,
+    value: str,
+    expected: str,
+) -> None:
+    """A bad environment value stops startup with an error naming the key, source and choices."""
+    monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError) as info:
+        make_app()
+    message = str(info.value)
+    assert key in message
+    assert f"environment variable {key}" in message
+    assert expected in message
+
+
+def test_invalid_app_config_value_names_key(make_app: Callable[..., Flask]) -> None:
+    """A bad app.config value is reported with app.config as its source."""
+    with pytest.raises(ConfigError, match=r"DIAGLOG_FORMAT='yaml' \(from app.config"):
+        make_app({"DIAGLOG_FORMAT": "yaml"})
+
+
+def test_size_suffixes_are_accepted(make_app: Callable[..., Flask]) -> None:
+    """DIAGLOG_MAX_BYTES accepts 256KiB-style sizes."""
+    app = make_app({"DIAGLOG_MAX_BYTES": "256KiB"})
+    assert app.config["DIAGLOG_MAX_BYTES"] == 256 * 1024
+
+
+def test_disabled_registers_nothing(make_app: Callable[..., Flask], log_dir: Path) -> None:
+    """DIAGLOG_ENABLED=False: no hooks, no headers, no files, no handlers."""
+    app = make_app({"DIAGLOG_ENABLED": False})
+
+    @app.get("/")
+    def index() -> str:
+        app.logger.warning("hello")
+        return "ok"
+
+    handlers_before = list(app.logger.handlers)
+    r = app.test_client().get("/")
+    assert r.status_code == 200
+    assert "X-Request-ID" not in r.headers
+    assert "Server-Timing" not in r.headers
+    assert not log_dir.exists()
+    assert app.before_request_funcs.get(None, []) == []
+    assert app.logger.handlers == handlers_before
+
+
+def test_disabled_from_environment(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch, log_dir: Path
+) -> None:
+    """DIAGLOG_ENABLED=0 in the environment turns everything off too."""
+    monkeypatch.setenv("DIAGLOG_ENABLED", "0")
+    app = make_app()
+    app.add_url_rule("/", view_func=lambda: "ok")
+    assert "X-Request-ID" not in app.test_client().get("/").headers
+    assert not log_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "config", "expected"),
+    [
+        (None, False, False),
+        (None, True, True),
+        ("1", False, True),
+        ("TRUE", False, True),
+        ("on", False, True),
+        ("yes", False, True),
+        ("0", False, False),
+        ("off", True, True),
+        ("", False, False),
+        ("No", False, False),
+    ],
+)
+def test_is_testing_reads_env_and_app_config(
+    monkeypatch: pytest.MonkeyPatch, env: str | None, config: bool, expected: bool
+) -> None:
+    """Test mode is on when TESTING (env, case-insensitive) or app.config['TESTING'] says so."""
+    if env is not None:
+        monkeypatch.setenv("TESTING", env)
+    app = Flask(__name__)
+    app.config["TESTING"] = config
+    assert is_testing(app) is expected
+
+
+def test_invalid_testing_env_is_a_startup_error(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TESTING=maybe stops startup with an error that names the variable."""
+    monkeypatch.setenv("TESTING", "maybe")
+    with pytest.raises(ConfigError, match="TESTING='maybe'"):
+        make_app()
+
+
+def test_testing_flag_is_on_the_start_line(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch, logs: object
+) -> None:
+    """The start line carries the testing flag decided by is_testing()."""
+    app = make_app({"TESTING": False, "DIAGLOG_FORMAT": "json"})
+    app.add_url_rule("/", view_func=lambda: "ok")
+    app.test_client().get("/")
+    monkeypatch.setenv("TESTING", "1")
+    app2 = make_app({"TESTING": False, "DIAGLOG_FORMAT": "json"})
+    app2.add_url_rule("/", view_func=lambda: "ok")
+    app2.test_client().get("/")
+    starts = logs.events("requests", "request_start")  # type: ignore[attr-defined]
+    assert [s["testing"] for s in starts] == [False, True]
+
+
+def test_unwritable_log_dir_is_a_clear_startup_error(tmp_path: Path) -> None:
+    """A log dir that cannot be created names DIAGLOG_LOG_DIR in the error."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    app = Flask(__name__)
+    app.config["DIAGLOG_LOG_DIR"] = str(blocker / "logs")
+    with pytest.raises(ConfigError, match="DIAGLOG_LOG_DIR"):
+        DiagLog(app)
+
+
+def test_level_filters_lines(make_app: Callable[..., Flask], logs: object) -> None:
+    """DIAGLOG_LEVEL=WARNING keeps INFO request lines out of the files."""
+    app = make_app({"DIAGLOG_LEVEL": "WARNING"})
+
+    @app.get("/")
+    def index() -> str:
+        app.logger.info("quiet")
+        app.logger.warning("loud")
+        return "ok"
+
+    app.test_client().get("/")
+    text = logs.text("requests")  # type: ignore[attr-defined]
+    assert "request_start" not in text
+    assert "quiet" not in text
+    assert "loud" in text
+    assert logging.getLogger(app.logger.name).level == logging.WARNING

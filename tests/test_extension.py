@@ -1,0 +1,109 @@
+"""Setup: app factories, repeated init_app, several apps, no side effects at import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from flask_diaglog import DiagLog, get_state
+
+
+def test_import_has_no_side_effects() -> None:
+    """Importing the package adds no handlers, starts no threads and creates no files."""
+    code = r"""
+import json, logging, os, threading
+before_files = set(os.listdir("."))
+before_threads = threading.active_count()
+import flask_diaglog, flask_diaglog.pytest_plugin
+handlers = {name: len(lg.handlers) for name, lg in logging.Logger.manager.loggerDict.items()
+            if isinstance(lg, logging.Logger) and lg.handlers}
+print(json.dumps({"root": len(logging.getLogger().handlers), "handlers": handlers,
+                  "threads": threading.active_count() - before_threads,
+                  "new_files": sorted(set(os.listdir(".")) - before_files)}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path.cwd()
+    )
+    result = json.loads(out.stdout)
+    assert result == {"root": 0, "handlers": {}, "threads": 0, "new_files": []}
+
+
+def test_factory_pattern(tmp_path: Path) -> None:
+    """DiagLog() then init_app(app) works like DiagLog(app)."""
+    diaglog = DiagLog()
+    app = Flask(__name__)
+    app.config.update(DIAGLOG_LOG_DIR=str(tmp_path))
+    diaglog.init_app(app)
+    app.add_url_rule("/", view_func=lambda: "ok")
+    r = app.test_client().get("/")
+    assert r.headers["X-Request-ID"]
+    assert get_state(app).ext is diaglog
+    assert "request_end GET / 200" in (tmp_path / "requests.log").read_text()
+
+
+def test_second_init_app_same_instance_does_not_duplicate_lines(
+    make_app: Callable[..., Flask], logs: object
+) -> None:
+    """Calling init_app twice with the same instance is harmless: every line appears once."""
+    app = make_app(init=False)
+    diaglog = DiagLog(app)
+    diaglog.init_app(app)
+
+    @app.get("/")
+    def index() -> str:
+        app.logger.info("only once")
+        return "ok"
+
+    app.test_client().get("/")
+    text = logs.text("requests")  # type: ignore[attr-defined]
+    assert text.count("request_start") == 1
+    assert text.count("request_end") == 1
+    assert text.count("only once") == 1
+
+
+def test_second_instance_on_same_app_is_refused(make_app: Callable[..., Flask]) -> None:
+    """Registering a different DiagLog on the same app raises a RuntimeError that says why."""
+    app = make_app()
+    with pytest.raises(RuntimeError, match="already registered"):
+        DiagLog(app)
+
+
+def test_two_apps_keep_separate_state_and_files(tmp_path: Path) -> None:
+    """Two apps in one process write to their own directories with their own settings."""
+    shared = DiagLog()
+    apps = []
+    for name in ("one", "two"):
+        app = Flask(f"app_{name}")
+        app.config.update(
+            DIAGLOG_LOG_DIR=str(tmp_path / name),
+            DIAGLOG_FORMAT="json" if name == "two" else "plain",
+        )
+        shared.init_app(app)
+        app.add_url_rule("/", view_func=lambda n=name: n)
+        apps.append(app)
+    apps[0].test_client().get("/")
+    apps[1].test_client().get("/")
+    apps[1].test_client().get("/")
+    one = (tmp_path / "one" / "requests.log").read_text().splitlines()
+    two = (tmp_path / "two" / "requests.log").read_text().splitlines()
+    assert len(one) == 2 and " | INFO | " in one[0]
+    assert len(two) == 4 and json.loads(two[0])["event"] == "request_start"
+    assert get_state(apps[0]) is not get_state(apps[1])
+    assert get_state(apps[0]).settings.format == "plain"
+
+
+def test_get_state_explains_missing_registration() -> None:
+    """get_state on an app without DiagLog says to call init_app."""
+    with pytest.raises(RuntimeError, match="Did you forget to call DiagLog"):
+        get_state(Flask(__name__))
+
+
+def test_repr_works_outside_app_context() -> None:
+    """repr(DiagLog()) does not need an app context."""
+    assert repr(DiagLog()) == "<DiagLog>"

@@ -1,0 +1,162 @@
+"""Request and job ids: sources, validation, echo, and the 400 for an invalid job id."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+from flask import Flask, Request
+
+from flask_diaglog import current_job_id, current_request_id
+
+
+def _app_echoing_ids(make_app: Callable[..., Flask], **kw: object) -> Flask:
+    app = make_app(**kw)
+
+    @app.route("/plain", methods=["GET", "POST"])
+    def plain() -> dict[str, str | None]:
+        return {"request_id": current_request_id(), "job_id": current_job_id()}
+
+    @app.route("/jobs/<job_id>", methods=["GET", "POST"])
+    def by_url(job_id: str) -> dict[str, str | None]:
+        return {"request_id": current_request_id(), "job_id": current_job_id()}
+
+    return app
+
+
+def test_valid_request_id_is_used_and_echoed(make_app: Callable[..., Flask]) -> None:
+    """A valid X-Request-ID is the request id and comes back in the response header."""
+    client = _app_echoing_ids(make_app).test_client()
+    r = client.get("/plain", headers={"X-Request-ID": "abc.DEF_1:2-3"})
+    assert r.json["request_id"] == "abc.DEF_1:2-3"  # type: ignore[index]
+    assert r.headers["X-Request-ID"] == "abc.DEF_1:2-3"
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "x" * 129, "semi;colon", "ünï"])
+def test_invalid_request_id_is_replaced(make_app: Callable[..., Flask], bad: str) -> None:
+    """An invalid X-Request-ID is not used; a new id is generated and echoed."""
+    client = _app_echoing_ids(make_app).test_client()
+    r = client.get("/plain", environ_overrides={"HTTP_X_REQUEST_ID": bad})
+    rid = r.headers["X-Request-ID"]
+    assert rid != bad and r.json["request_id"] == rid  # type: ignore[index]
+    assert 1 <= len(rid) <= 128
+
+
+def test_generated_ids_are_unique(make_app: Callable[..., Flask]) -> None:
+    """Generated request ids differ for every request, across threads."""
+    client = _app_echoing_ids(make_app).test_client()
+    ids: list[str] = []
+
+    def hit() -> None:
+        for _ in range(50):
+            ids.append(_app_client_id(client))
+
+    threads = [threading.Thread(target=hit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ids) == 200 and len(set(ids)) == 200
+
+
+def _app_client_id(client: object) -> str:
+    return client.get("/plain").headers["X-Request-ID"]  # type: ignore[attr-defined, no-any-return]
+
+
+def test_traceparent_trace_id_serves_as_request_id(make_app: Callable[..., Flask]) -> None:
+    """Without X-Request-ID, a W3C traceparent's trace id is the request id."""
+    client = _app_echoing_ids(make_app).test_client()
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    r = client.get("/plain", headers={"traceparent": tp})
+    assert r.headers["X-Request-ID"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"path": "/jobs/from-url", "headers": {"X-Job-ID": "hdr"}}, "from-url"),
+        ({"headers": {"X-Job-ID": "hdr", "Idempotency-Key": '"idem"'}}, "hdr"),
+        ({"headers": {"Idempotency-Key": '"idem-1"'}, "json": {"job_id": "body"}}, "idem-1"),
+        ({"headers": {"Idempotency-Key": "bare-key"}}, "bare-key"),
+        ({"json": {"job_id": "body"}, "query_string": {"job_id": "q"}}, "body"),
+        ({"json": {"job_id": 42}}, "42"),
+        ({"data": {"job_id": "form"}, "query_string": {"job_id": "q"}}, "form"),
+        ({"query_string": {"job_id": "query"}}, "query"),
+        ({}, None),
+    ],
+)
+def test_job_id_sources_in_order(
+    make_app: Callable[..., Flask], kwargs: dict[str, object], expected: str | None
+) -> None:
+    """The job id comes from URL, X-Job-ID, Idempotency-Key, JSON, form, query, in that order."""
+    client = _app_echoing_ids(make_app).test_client()
+    path = str(kwargs.pop("path", "/plain"))
+    r = client.post(path, **kwargs)  # type: ignore[arg-type]
+    assert r.status_code == 200
+    assert r.json["job_id"] == expected  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "source"),
+    [
+        ({"path": "/jobs/has space"}, "the URL (job_id view argument)"),
+        ({"headers": {"X-Job-ID": "a/b"}}, "the X-Job-ID header"),
+        ({"headers": {"Idempotency-Key": '"' + "k" * 200 + '"'}}, "the Idempotency-Key header"),
+        ({"json": {"job_id": ["list"]}}, "the JSON body (job_id)"),
+        ({"json": {"job_id": True}}, "the JSON body (job_id)"),
+        ({"data": {"job_id": "semi;colon"}}, "the form field job_id"),
+        ({"query_string": {"job_id": ""}}, "the query parameter job_id"),
+    ],
+)
+def test_invalid_job_id_gets_400_problem_json(
+    make_app: Callable[..., Flask], logs: object, kwargs: dict[str, object], source: str
+) -> None:
+    """An invalid job id is answered 400 application/problem+json naming where it came from."""
+    client = _app_echoing_ids(make_app).test_client()
+    path = str(kwargs.pop("path", "/plain"))
+    r = client.post(path, **kwargs)  # type: ignore[arg-type]
+    assert r.status_code == 400
+    assert r.mimetype == "application/problem+json"
+    body = r.json
+    assert body["status"] == 400 and body["title"] == "Invalid job id"  # type: ignore[index]
+    assert source in body["detail"] and body["source"] == source  # type: ignore[index]
+    text = logs.text("requests")  # type: ignore[attr-defined]
+    assert "request_start POST" in text and " 400 " in text
+
+
+def test_job_id_callable_overrides_lookup(make_app: Callable[..., Flask]) -> None:
+    """DiagLog(job_id=callable) decides the job id; its result is validated the same way."""
+
+    def from_tenant(req: Request) -> str | None:
+        tenant = req.headers.get("X-Tenant")
+        return f"{tenant}:{req.args.get('n')}" if tenant else None
+
+    client = _app_echoing_ids(make_app, job_id=from_tenant).test_client()
+    r = client.get("/plain?n=7", headers={"X-Tenant": "acme", "X-Job-ID": "ignored"})
+    assert r.json["job_id"] == "acme:7"  # type: ignore[index]
+    r = client.get("/plain?n=7", headers={"X-Tenant": "bad tenant"})
+    assert r.status_code == 400
+    assert "the job id callable" in r.json["detail"]  # type: ignore[index]
+
+
+def test_ids_are_none_outside_a_request() -> None:
+    """current_request_id() and current_job_id() return None outside a request or job."""
+    assert current_request_id() is None
+    assert current_job_id() is None
+
+
+def test_ids_are_none_in_a_plain_thread(make_app: Callable[..., Flask]) -> None:
+    """A thread not started with spawn does not see the request's ids."""
+    app = make_app()
+    seen: list[object] = []
+
+    @app.get("/")
+    def index() -> str:
+        t = threading.Thread(target=lambda: seen.append(current_request_id()))
+        t.start()
+        t.join()
+        return "ok"
+
+    app.test_client().get("/")
+    assert seen == [None]

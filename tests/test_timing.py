@@ -1,0 +1,177 @@
+"""Stages: the three forms, nesting, failures, Server-Timing, and stages outside requests."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Callable
+
+import pytest
+from flask import Flask
+
+from flask_diaglog import get_request_timings, stage, timed_stage
+from flask_diaglog.context import Trace, reset_trace, set_trace
+from flask_diaglog.timing import server_timing_header
+
+
+def test_three_forms_and_nesting(make_app: Callable[..., Flask], logs: object) -> None:
+    """@timed_stage("x"), bare @timed_stage and with stage() all record; nested names use dots."""
+    app = make_app({"DIAGLOG_FORMAT": "json"})
+
+    @timed_stage("load")
+    def load() -> int:
+        return 1
+
+    @timed_stage
+    def transform() -> int:
+        with stage("inner"):
+            return 2
+
+    @stage("decorated")
+    def decorated() -> int:
+        return 3
+
+    @app.get("/")
+    def index() -> dict[str, float]:
+        with stage("outer"):
+            load()
+            transform()
+        decorated()
+        return get_request_timings()
+
+    r = app.test_client().get("/")
+    names = [e["stage"] for e in logs.events("requests", "stage")]  # type: ignore[attr-defined]
+    assert names == [
+        "outer.load",
+        "outer.transform.inner",
+        "outer.transform",
+        "outer",
+        "decorated",
+    ]
+    assert set(r.json) == set(names)  # type: ignore[arg-type]
+
+
+def test_failed_stage_is_recorded_and_exception_propagates(
+    make_app: Callable[..., Flask], logs: object
+) -> None:
+    """A raising stage is logged with ok=false, its error and duration; the exception goes on."""
+    app = make_app({"DIAGLOG_FORMAT": "json"})
+    caught: list[BaseException] = []
+
+    @app.get("/")
+    def index() -> str:
+        try:
+            with stage("fragile"):
+                raise RuntimeError("GPU out of memory")
+        except RuntimeError as exc:
+            caught.append(exc)
+        return "recovered"
+
+    assert app.test_client().get("/").status_code == 200
+    assert len(caught) == 1
+    (ev,) = logs.events("requests", "stage")  # type: ignore[attr-defined]
+    assert ev["ok"] is False and ev["error"] == "RuntimeError: GPU out of memory"
+    assert ev["level"] == "WARNING" and isinstance(ev["duration_ms"], float)
+    assert "failed" in ev["msg"]
+
+
+def test_server_timing_header_lists_stages_and_total(make_app: Callable[..., Flask]) -> None:
+    """Server-Timing has name;dur=x for each stage and total; names become valid tokens."""
+    app = make_app()
+
+    @app.get("/")
+    def index() -> str:
+        with stage("load model"):
+            pass
+        with stage("mesh/obj"):
+            pass
+        return "ok"
+
+    header = app.test_client().get("/").headers["Server-Timing"]
+    parts = [p.strip() for p in header.split(",")]
+    assert [p.split(";")[0] for p in parts] == ["load_model", "mesh_obj", "total"]
+    for p in parts:
+        assert re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+;dur=\d+\.\d", p), p
+
+
+def test_server_timing_can_be_turned_off(make_app: Callable[..., Flask]) -> None:
+    """DIAGLOG_SERVER_TIMING=False sends no Server-Timing header."""
+    app = make_app({"DIAGLOG_SERVER_TIMING": False})
+    app.add_url_rule("/", view_func=lambda: "ok")
+    r = app.test_client().get("/")
+    assert "Server-Timing" not in r.headers and r.headers["X-Request-ID"]
+
+
+def test_repeated_stage_is_summed_in_header() -> None:
+    """A stage run twice appears once in Server-Timing with the summed duration."""
+    trace = Trace(None, "request", "r")
+    trace.stages += [("a", 1.25, True), ("a", 2.5, True), ("b", 1.0, False)]
+    header = server_timing_header(trace)
+    assert header.startswith("a;dur=3.8, b;dur=1.0, total;dur=")
+
+
+def test_stage_in_spawned_work_goes_to_jobs_log(
+    make_app: Callable[..., Flask], logs: object
+) -> None:
+    """Stages inside background work are written to jobs.log with the request's ids."""
+    app = make_app({"DIAGLOG_FORMAT": "json"})
+    diaglog = app.extensions["diaglog"].ext
+    threads: list[threading.Thread] = []
+
+    def work() -> None:
+        with stage("generate"):
+            pass
+
+    @app.post("/jobs/<job_id>")
+    def start(job_id: str) -> tuple[str, int]:
+        threads.append(diaglog.spawn(work))
+        return "", 202
+
+    app.test_client().post("/jobs/J1", headers={"X-Request-ID": "R1"})
+    threads[0].join(10)
+    (ev,) = logs.events("jobs", "stage")  # type: ignore[attr-defined]
+    assert (ev["stage"], ev["request_id"], ev["job_id"]) == ("generate", "R1", "J1")
+    assert logs.events("requests", "stage") == []  # type: ignore[attr-defined]
+
+
+def test_stage_in_app_context_outside_request_goes_to_jobs_log(
+    make_app: Callable[..., Flask], logs: object
+) -> None:
+    """A stage in an app context (a CLI command, a scheduler) is logged to jobs.log."""
+    app = make_app({"DIAGLOG_FORMAT": "json"})
+    with app.app_context(), stage("nightly_report"):
+        pass
+    (ev,) = logs.events("jobs", "stage")  # type: ignore[attr-defined]
+    assert ev["stage"] == "nightly_report" and "request_id" not in ev
+
+
+def test_stage_without_any_context_is_a_harmless_timer() -> None:
+    """Outside any app, a stage just runs its block (nothing to log to)."""
+    with stage("standalone") as s:
+        pass
+    assert s.name == "standalone"
+    assert get_request_timings() == {}
+
+
+def test_stage_name_must_be_a_nonempty_string() -> None:
+    """stage('') is a TypeError at the call site, not a silent no-op."""
+    with pytest.raises(TypeError):
+        stage("")
+
+
+def test_async_function_stage() -> None:
+    """@timed_stage on an async function times the awaited call."""
+
+    @timed_stage("fetch")
+    async def fetch() -> int:
+        await asyncio.sleep(0)
+        return 5
+
+    trace = Trace(None, "job", "r", "j")
+    token = set_trace(trace)
+    try:
+        assert asyncio.run(fetch()) == 5
+    finally:
+        reset_trace(token)
+    assert [s[0] for s in trace.stages] == ["fetch"]
