@@ -13,6 +13,7 @@ from .extension import DiagLog, get_state
 from .logfiles import DiagLogHandler
 from .problems import InvalidJobId, ProblemError
 from .timing import get_request_timings, stage, timed_stage
+from .watchdog import inflight
 
 __all__ = [
     "ConfigError",
@@ -25,6 +26,7 @@ __all__ = [
     "current_request_id",
     "get_request_timings",
     "get_state",
+    "inflight",
     "is_testing",
     "stage",
     "timed_stage",

@@ -1,67 +1,399 @@
-"""In-flight registry (and, later, the hang watchdog)."""
+"""The in-flight registry and the hang watchdog: "where is it stuck?" answered by diaglog itself.
+
+**Registry.** :class:`InFlight` is a sink of the event dispatch. It adds a trace on
+``request_start``/``job_start`` and removes it on ``request_end``/``job_end``. Those end events
+are written on every path (normal end, exception, propagated exception in ``TESTING``, a streamed
+body closed early, a 400/403 raised in ``before_request``, background work that raises), so the
+registry empties itself. Per request it costs one dict insert and one dict pop. It holds at most
+``maxsize`` entries; beyond that, new work is counted in ``overflow`` and reported once.
+
+**Watchdog.** One daemon thread per process watches every registry of the process. It is started
+lazily by the first trace that needs watching (so a gunicorn worker forked from a master starts
+its own), sleeps on a condition until the earliest deadline, and sleeps without a timeout when
+nothing is in flight. Work running longer than ``DIAGLOG_HANG_AFTER`` seconds gets a WARNING
+``hang`` event with its elapsed time, current stage and the Python stack of the thread running it;
+the report repeats at 2x, 4x, 8x ... that time while the work keeps running. ``trace.hung`` counts
+the reports, and the end line of the work notes ``was_hung(N)``. ``DIAGLOG_HANG_AFTER=0`` turns
+the watchdog off (the registry still answers :func:`inflight`).
+
+**Access.** :func:`inflight` lists the in-flight work (for the dashboard, an admin endpoint or a
+debugger).
+"""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import logging
+import os
+import sys
+import threading
+import traceback
+import weakref
+from time import perf_counter
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .context import Trace
 from .events import Event
 
 if TYPE_CHECKING:
+    from flask import Flask
+
     from .extension import _State
 
-__all__ = ["InFlight", "setup"]
+__all__ = ["InFlight", "inflight", "setup"]
+
+_LOGGER = "flask_diaglog.watchdog"
+_INF = float("inf")
+#: Innermost frames shown in a hang report (a stack deeper than this is cut at the outer end).
+STACK_LIMIT = 100
 
 
 class InFlight:
-    """Every in-flight request and background job of this process, keyed by trace."""
+    """Every in-flight request and background job of one app in this process.
+
+    Maps each :class:`~flask_diaglog.context.Trace` to its job name (``None`` for a request).
+    ``hang_after`` is in seconds (``0`` = not watched).
+    """
 
     sink_name = "inflight"
 
-    def __init__(self, maxsize: int = 10_000) -> None:
+    def __init__(
+        self, state: _State | None = None, maxsize: int = 10_000, hang_after: float = 0.0
+    ) -> None:
+        self.state = state
         self.maxsize = maxsize
+        self.hang_after = hang_after
+        #: Work that was not tracked because the registry was full.
         self.overflow = 0
-        self._items: dict[int, Trace] = {}
+        self.overflow_reported = 0
+        self._items: dict[Trace, str | None] = {}
+        _watchdog.registries.add(self)
 
     def __call__(self, ev: Event) -> None:
         kind = ev.kind
-        trace = ev.trace
-        if trace is None:
-            return
         if kind == "request_start" or kind == "job_start":
-            if len(self._items) < self.maxsize:
-                self._items[id(trace)] = trace
-            else:
+            trace = ev.trace
+            if trace is None:
+                return
+            items = self._items
+            if len(items) >= self.maxsize:
                 self.overflow += 1
+                return
+            items[trace] = ev.fields.get("name") if kind == "job_start" else None
+            hang_after = self.hang_after
+            # Wake (or start) the watchdog only when this deadline is earlier than the one it
+            # sleeps towards: once per idle-to-busy change, not once per request.
+            if hang_after and trace.t0 + hang_after < _watchdog.wake_at:
+                _watchdog.poke()
         elif kind == "request_end" or kind == "job_end":
-            self._items.pop(id(trace), None)
+            trace = ev.trace
+            if trace is not None:
+                self._items.pop(trace, None)
+
+    def items(self) -> list[tuple[Trace, str | None]]:
+        """A consistent copy of (trace, job name) pairs."""
+        return list(self._items.copy().items())
 
     def traces(self) -> list[Trace]:
-        return list(self._items.values())
+        return list(self._items.copy())
+
+    def __contains__(self, trace: object) -> bool:
+        return trace in self._items
 
     def __len__(self) -> int:
         return len(self._items)
 
+    def clear(self) -> None:
+        self._items.clear()
+
+
+class _Watchdog:
+    """The per-process watchdog thread (one for all registries)."""
+
+    def __init__(self) -> None:
+        self.registries: weakref.WeakSet[InFlight] = weakref.WeakSet()
+        #: perf_counter time the thread sleeps towards; ``inf`` while it is not running, while it
+        #: scans, or while nothing is in flight, so that every new trace pokes it then.
+        self.wake_at = _INF
+        self._reset()
+        self._atexit = False
+        #: Scans that raised (a bug in diaglog; the thread keeps going).
+        self.failures = 0
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+        self._poked = False
+        self._stopping = False
+        self.wake_at = _INF
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's thread and its in-flight work do not exist here."""
+        self._reset()
+        for reg in list(self.registries):
+            reg.clear()
+
+    def poke(self) -> None:
+        """Start the thread if needed and make it rescan now."""
+        with self._cond:
+            if self._stopping:
+                return
+            if self._thread is None or not self._thread.is_alive():
+                self._start()
+            self._poked = True
+            self._cond.notify()
+
+    def _start(self) -> None:
+        t = threading.Thread(target=self._run, name="diaglog-watchdog", daemon=True)
+        try:
+            t.start()
+        except RuntimeError:  # interpreter shutting down: nothing left to watch
+            return
+        self._thread = t
+        if not self._atexit:
+            self._atexit = True
+            atexit.register(self.stop)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop the thread (at interpreter exit; also usable in tests). Never blocks for long."""
+        with self._cond:
+            self._stopping = True
+            self.wake_at = -_INF  # nothing pokes a stopped watchdog
+            self._cond.notify_all()
+            t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout)
+
+    def restart(self) -> None:
+        """Allow a stopped watchdog to start again (tests)."""
+        self.stop()
+        self._reset()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                self._poked = False
+                self.wake_at = _INF
+            try:
+                next_at = self.scan()
+            except Exception as exc:  # never let the thread die: retry in a second
+                self.failures += 1
+                if self.failures == 1:
+                    with contextlib.suppress(Exception):
+                        sys.stderr.write(
+                            f"flask-diaglog: watchdog scan failed ({exc!r}); retrying every "
+                            "second, further failures are counted, not printed\n"
+                        )
+                next_at = perf_counter() + 1.0
+            if not self._sleep(next_at):
+                return
+
+    def _sleep(self, next_at: float) -> bool:
+        """Sleep until ``next_at`` or a poke; ``False`` when the watchdog is stopping."""
+        with self._cond:
+            if self._stopping:
+                return False
+            if not self._poked:
+                self.wake_at = next_at
+                self._cond.wait(None if next_at == _INF else max(0.0, next_at - perf_counter()))
+            return True
+
+    def scan(self) -> float:
+        """Report the work that is due; return the next deadline (``inf``: nothing to watch)."""
+        now = perf_counter()
+        next_at = _INF
+        due: list[tuple[InFlight, Trace, str | None]] = []
+        for reg in list(self.registries):
+            hang_after = reg.hang_after
+            if reg.overflow > reg.overflow_reported:
+                _report_overflow(reg)
+            if not hang_after or not len(reg):
+                continue
+            for trace, name in reg.items():
+                at = trace.t0 + hang_after * 2.0**trace.hung
+                if at <= now:
+                    due.append((reg, trace, name))
+                    at = trace.t0 + hang_after * 2.0 ** (trace.hung + 1)
+                next_at = min(next_at, at)
+        if due:
+            frames = sys._current_frames()
+            names = _thread_names()
+            for reg, trace, name in due:
+                if trace in reg:  # it may have ended a moment ago
+                    _report(reg, trace, name, frames.get(trace.thread), names)
+        return next_at
+
+
+_watchdog = _Watchdog()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_watchdog.after_fork)
+
+
+def _thread_names() -> dict[int, str]:
+    return {t.ident: t.name for t in threading.enumerate() if t.ident is not None}
+
+
+def format_stack(frame: FrameType | None, thread: int, names: dict[int, str]) -> str:
+    """The stack of one thread as text, in the layout of a traceback."""
+    label = f"{names.get(thread, '?')!r} (id {thread})"
+    if frame is None:
+        return (
+            f"Stack of thread {label} unavailable: it is not a running OS thread of this process "
+            "(a greenlet, or work that just ended)"
+        )
+    lines = traceback.format_stack(frame, limit=STACK_LIMIT)
+    return f"Stack of thread {label}, most recent call last:\n{''.join(lines).rstrip()}"
+
+
+def _report(
+    reg: InFlight,
+    trace: Trace,
+    name: str | None,
+    frame: FrameType | None,
+    names: dict[int, str],
+) -> None:
+    state = reg.state
+    trace.hung += 1  # before the line: an end line written meanwhile already says was_hung
+    if state is None:
+        return
+    n = trace.hung
+    ms = trace.elapsed_ms()
+    open_stages = list(trace.open_stages)
+    current = open_stages[-1] if open_stages else None
+    thread_name = names.get(trace.thread, str(trace.thread))
+    if trace.kind == "job":
+        what = f"job {name or '?'}"
+        if trace.method or trace.path:
+            what += f" (from {trace.method} {trace.path})"
+    else:
+        what = f"{trace.method} {trace.path}"
+    msg = (
+        f"hang {what} still running after {ms / 1000:.2f}s "
+        f"{'in stage ' + current if current else 'outside any stage'} "
+        f"(report {n}, thread {thread_name})"
+    )
+    stack = state.redactor.text(format_stack(frame, trace.thread, names))
+    fields: dict[str, Any] = {
+        "method": trace.method,
+        "path": trace.path,
+        "name": name,
+        "duration_ms": round(ms, 3),
+        "stage": current,
+        "stages": trace.stage_totals() or None,
+        "hung": n,
+        "thread_id": trace.thread,
+    }
+    is_job = trace.kind == "job"
+    ev = Event(
+        "hang",
+        logging.WARNING,
+        _LOGGER,
+        msg,
+        trace.request_id,
+        trace.job_id,
+        fields,
+        target="jobs" if is_job else "requests",
+        exc=stack,
+        trace=trace,
+    )
+    ev.thread = thread_name  # the thread that is stuck, not the watchdog's own
+    state.dispatch(ev)
+
+
+def _report_overflow(reg: InFlight) -> None:
+    count = reg.overflow
+    reg.overflow_reported = count
+    state = reg.state
+    if state is None:
+        return
+    state.dispatch(
+        Event(
+            "log",
+            logging.WARNING,
+            _LOGGER,
+            f"in-flight registry full ({reg.maxsize} entries): {count} requests or jobs were "
+            "not tracked, so they are not watched for hangs",
+            None,
+            None,
+            {"overflow": count},
+        )
+    )
+
 
 def setup(state: _State) -> None:
-    registry = InFlight()
+    """Create the registry of ``state``'s app and add it to the dispatch."""
+    registry = InFlight(state, hang_after=max(0.0, float(state.settings.hang_after or 0.0)))
     state.extras["inflight"] = registry
-    state.dispatch.add(registry)
+    # A primary sink runs for every event, also for events dispatched from inside another sink,
+    # so the registry never misses the end of work whose start it saw.
+    state.dispatch.add(registry, primary=True)
 
 
-def snapshot(state: Any) -> list[dict[str, Any]]:
-    registry: InFlight = state.extras["inflight"]
-    return [
-        {
+def _entries(registry: InFlight, stacks: bool) -> list[dict[str, Any]]:
+    items = registry.items()
+    if not items:
+        return []
+    names = _thread_names()
+    frames = sys._current_frames() if stacks else {}
+    pid = os.getpid()
+    out: list[dict[str, Any]] = []
+    for t, name in items:
+        open_stages = list(t.open_stages)
+        entry: dict[str, Any] = {
             "kind": t.kind,
             "request_id": t.request_id,
             "job_id": t.job_id,
+            "name": name,
             "method": t.method,
             "path": t.path,
             "start": t.start,
             "elapsed_ms": round(t.elapsed_ms(), 3),
-            "stage": t.current_stage,
-            "thread": t.thread,
+            "stage": open_stages[-1] if open_stages else None,
+            "stages": t.stage_totals(),
+            "thread": names.get(t.thread),
+            "thread_id": t.thread,
+            "hung": t.hung,
+            "pid": pid,
         }
-        for t in registry.traces()
-    ]
+        if stacks:
+            text = format_stack(frames.get(t.thread), t.thread, names)
+            entry["stack"] = registry.state.redactor.text(text) if registry.state else text
+        out.append(entry)
+    out.sort(key=lambda e: e["start"])
+    return out
+
+
+def snapshot(state: Any, stacks: bool = False) -> list[dict[str, Any]]:
+    """The in-flight work of one app's state (see :func:`inflight`)."""
+    registry: InFlight | None = state.extras.get("inflight")
+    return _entries(registry, stacks) if registry is not None else []
+
+
+def inflight(app: Flask | None = None, *, stacks: bool = False) -> list[dict[str, Any]]:
+    """The requests and background jobs in flight in this process, oldest first.
+
+    :param app: the app to list. Default: ``current_app`` inside an app context; outside one,
+        every app of this process that uses DiagLog.
+    :param stacks: also include ``stack``, the current Python stack of each entry's thread.
+
+    Each entry is a dict: ``kind`` (``"request"`` or ``"job"``), ``request_id``, ``job_id``,
+    ``name`` (a job's function), ``method``, ``path``, ``start`` (epoch seconds), ``elapsed_ms``,
+    ``stage`` (the innermost open stage, or ``None``), ``stages`` (finished stages: name to ms),
+    ``thread`` (name), ``thread_id``, ``hung`` (hang reports made so far) and ``pid``.
+    The registry is per process: under gunicorn, each worker answers for itself.
+    """
+    from flask import has_app_context
+
+    from .extension import get_state
+
+    if app is not None or has_app_context():
+        return snapshot(get_state(app), stacks)
+    out: list[dict[str, Any]] = []
+    for reg in list(_watchdog.registries):
+        out.extend(_entries(reg, stacks))
+    out.sort(key=lambda e: e["start"])
+    return out
