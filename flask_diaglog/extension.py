@@ -334,6 +334,7 @@ class DiagLog:
     ``app.extensions["diaglog"]``.
 
     :param socketio: a ``flask_socketio.SocketIO`` for live events (optional).
+    :param live_auth: a callable ``(auth payload) -> bool`` that admits live clients (optional).
     :param job_id: a callable ``(request) -> str | None`` that replaces the built-in job id lookup.
     """
 
@@ -343,9 +344,12 @@ class DiagLog:
         *,
         socketio: Any = None,
         job_id: JobIdGetter | None = None,
+        live_auth: Callable[[Any], bool] | None = None,
     ) -> None:
         #: The Flask-SocketIO object live events go to, if any.
         self.socketio = socketio
+        #: ``live_auth(auth) -> bool`` decides which live clients may connect (see live.py).
+        self.live_auth = live_auth
         #: The job id lookup override, if any.
         self.job_id_getter = job_id
         if app is not None:

@@ -1,12 +1,434 @@
-"""Live Socket.IO bridge (filled in by the live-events work)."""
+"""Live events over Socket.IO: the bridge between diaglog's dispatch and Flask-SocketIO.
+
+Enabled by ``DiagLog(app, socketio=socketio)``, or found in ``app.extensions["socketio"]`` (create
+the ``SocketIO`` before ``DiagLog``). Nothing here imports ``flask_socketio`` at module level, and
+this module is only imported when diaglog is set up.
+
+How an event travels:
+
+1. The dispatch hands the :class:`~flask_diaglog.events.Event` to :class:`LiveBridge` on the
+   request thread. The bridge only does ``put_nowait`` on a bounded queue: when the queue is full
+   the event is dropped and counted (``bridge.dropped``). The request never waits and never sees
+   an exception from the socket layer.
+2. One background task per process, started lazily with ``socketio.start_background_task`` on the
+   first event (so after gunicorn forks its workers), takes events off the queue and emits
+   ``Event.to_dict()`` (redacted at the source) as the Socket.IO event ``"event"`` on the
+   namespace (``DIAGLOG_LIVE_NAMESPACE``, default ``/diaglog``) to the rooms that want it.
+3. With a message queue (``DIAGLOG_LIVE_QUEUE`` or the SocketIO's own ``message_queue``), the emit
+   goes through Redis, so a client connected to any worker hears events from every worker.
+
+Recursion: Socket.IO, Engine.IO and Redis clients log while they emit. Events created on the
+emitting task itself, and records of the ``socketio``/``engineio``/``flask_socketio`` loggers from
+any thread, still reach the files but never the live stream, so an emit can never cause another.
+
+Rooms a client can join with the ``subscribe`` message (``unsubscribe`` leaves them):
+
+* ``{"job_id": "j1"}``: every event of that job (requests and background work),
+* ``{"request_id": "r1"}``: every event of that request,
+* ``{"level": "WARNING"}``: log records (``event == "log"``) at or above that level, from anywhere,
+* ``{"all": true}``: every event.
+
+Clients must authenticate: the token goes in the Socket.IO connect ``auth`` payload
+(``{"token": "..."}``; a ``token=`` query parameter is also accepted) and is compared with
+``DIAGLOG_LIVE_TOKEN``, or an auth callback (``DiagLog(live_auth=...)``) decides. Without either,
+every client is refused.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import dataclasses
+import hmac
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .config import ConfigError
+from .context import is_valid_id
+from .events import Event
 
 if TYPE_CHECKING:
     from .extension import _State
 
+__all__ = [
+    "EVENT_NAME",
+    "LEVELS",
+    "QUEUE_SIZE",
+    "LiveAuth",
+    "LiveBridge",
+    "get_bridge",
+    "rooms_for",
+    "setup",
+]
+
+logger = logging.getLogger("flask_diaglog.live")
+
+#: The Socket.IO event name every diaglog event is emitted under; the payload is
+#: ``Event.to_dict()``, whose ``event`` key holds the kind.
+EVENT_NAME = "event"
+#: Events waiting to be emitted, per process. Beyond this, new events are dropped and counted.
+QUEUE_SIZE = 10_000
+#: Levels a client can subscribe to for log records.
+LEVELS: dict[str, int] = {
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "CRITICAL": logging.CRITICAL,
+}
+#: Loggers whose records never go out on the live stream (they log while emitting).
+QUIET_LOGGERS = ("socketio", "engineio", "flask_socketio", "simple_websocket", "redis", "kombu")
+
+#: ``live_auth(auth) -> bool``: decides whether a Socket.IO client may connect. ``auth`` is the
+#: connect payload (a dict, or ``None``). ``flask.request`` (headers, cookies, query string) and
+#: ``flask.session`` are available inside it.
+LiveAuth = Callable[[Any], bool]
+
+
+class _Emitting(threading.local):
+    """Set on the emitting task: events created there (by logging in socket libraries) stay off
+    the live stream."""
+
+    active = False
+
+
+_emitting = _Emitting()
+
+
+def rooms_for(ev: Event) -> list[str]:
+    """The Socket.IO rooms that want ``ev``."""
+    rooms = ["all"]
+    if ev.job_id is not None:
+        rooms.append(f"job:{ev.job_id}")
+    if ev.request_id is not None:
+        rooms.append(f"request:{ev.request_id}")
+    if ev.kind == "log":
+        rooms.extend(f"log:{name}" for name, no in LEVELS.items() if no <= ev.level)
+    return rooms
+
+
+def _requested_rooms(data: Any) -> list[str]:
+    """Rooms named by a ``subscribe``/``unsubscribe`` payload; ``ValueError`` when invalid."""
+    if not isinstance(data, Mapping):
+        raise ValueError(
+            'expected an object such as {"job_id": "..."}, {"request_id": "..."}, '
+            '{"level": "WARNING"} or {"all": true}'
+        )
+    rooms: list[str] = []
+    for key in ("job_id", "request_id"):
+        value = data.get(key)
+        if value is None:
+            continue
+        if not is_valid_id(value):
+            raise ValueError(f"{key} must be 1 to 128 characters of A-Z a-z 0-9 . _ : -")
+        rooms.append(f"{'job' if key == 'job_id' else 'request'}:{value}")
+    level = data.get("level")
+    if level is not None:
+        name = level.upper() if isinstance(level, str) else logging.getLevelName(level)
+        if name not in LEVELS:
+            raise ValueError(f"level must be one of {', '.join(LEVELS)}")
+        rooms.append(f"log:{name}")
+    if data.get("all") is True:
+        rooms.append("all")
+    if not rooms:
+        raise ValueError("name at least one of job_id, request_id, level or all")
+    return rooms
+
+
+class LiveBridge:
+    """The live sink of one app: a bounded queue, a background emitter, and the namespace's
+    connect/subscribe handlers.
+
+    Counters: ``queued``, ``emitted``, ``dropped`` (queue full) and ``failed`` (emit raised).
+    """
+
+    sink_name = "live"
+
+    def __init__(
+        self,
+        socketio: Any,
+        namespace: str = "/diaglog",
+        *,
+        token: str | None = None,
+        auth: LiveAuth | None = None,
+        maxsize: int = QUEUE_SIZE,
+        on_error: Callable[[str, BaseException | None], None] | None = None,
+    ) -> None:
+        self.socketio = socketio
+        self.namespace = namespace
+        self.token = token
+        self.auth = auth
+        self.maxsize = maxsize
+        #: Called at most once per kind of trouble (``"dropped"``, ``"failed"``), outside any
+        #: lock, never on the emitting path's hot loop; must not raise.
+        self.on_error = on_error
+        self.queued = 0
+        self.emitted = 0
+        self.dropped = 0
+        self.failed = 0
+        self._reported: set[str] = set()
+        self._q: queue.Queue[Event | None] = queue.Queue(maxsize)
+        self._qpid = os.getpid()
+        self._pid = -1
+        self._task: Any = None
+        self._start_lock = threading.Lock()
+
+    # -- the sink (request thread) -----------------------------------------------------------
+
+    def __call__(self, ev: Event) -> None:
+        if _emitting.active:
+            return  # created while emitting (a socket library logged): files only
+        if ev.kind == "log" and ev.logger.startswith(QUIET_LOGGERS):
+            name = ev.logger
+            if any(name == q or name.startswith(q + ".") for q in QUIET_LOGGERS):
+                return
+        if self._pid != os.getpid():
+            self._start()
+        try:
+            self._q.put_nowait(ev)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1:
+                self._report("dropped", None)
+            return
+        self.queued += 1
+
+    @property
+    def started(self) -> bool:
+        """True once this process's background task was started."""
+        return self._task is not None and self._pid == os.getpid()
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._pid == os.getpid():
+                return
+            if getattr(self.socketio, "server", None) is None:
+                return  # SocketIO.init_app has not run yet; events wait in the queue
+            if self._qpid != os.getpid():  # after fork: the parent's queue is not ours
+                self._q = queue.Queue(self.maxsize)
+                self._qpid = os.getpid()
+            self._task = self.socketio.start_background_task(self._run, self._q)
+            self._pid = os.getpid()
+
+    # -- the emitter (background task) -------------------------------------------------------
+
+    def _run(self, q: queue.Queue[Event | None]) -> None:
+        _emitting.active = True
+        threaded = getattr(self.socketio, "async_mode", "threading") == "threading"
+        while True:
+            if threaded:
+                ev = q.get()
+            else:  # eventlet/gevent: poll cooperatively (they need monkey patching anyway)
+                try:
+                    ev = q.get_nowait()
+                except queue.Empty:
+                    self.socketio.sleep(0.02)
+                    continue
+            try:
+                if ev is None:
+                    return
+                self._emit(ev)
+            finally:
+                q.task_done()
+
+    def _emit(self, ev: Event) -> None:
+        data = ev.to_dict()
+        try:
+            try:
+                self.socketio.emit(EVENT_NAME, data, namespace=self.namespace, to=rooms_for(ev))
+            except TypeError:
+                # A field that JSON cannot encode: send its string form instead.
+                data = json.loads(json.dumps(data, default=str))
+                self.socketio.emit(EVENT_NAME, data, namespace=self.namespace, to=rooms_for(ev))
+            self.emitted += 1
+        except Exception as exc:
+            self.failed += 1
+            if self.failed == 1:
+                self._report("failed", exc)
+
+    def _report(self, what: str, exc: BaseException | None) -> None:
+        if what in self._reported:
+            return
+        self._reported.add(what)
+        msg = (
+            "flask-diaglog: the live event queue is full; live events are dropped and counted "
+            "(the log files still get every line)"
+            if what == "dropped"
+            else "flask-diaglog: emitting a live event failed; further failures are counted"
+        )
+        hook = self.on_error
+        with contextlib.suppress(Exception):
+            if hook is not None:
+                hook(msg, exc)
+            else:
+                sys.stderr.write(msg + "\n")
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued event was emitted (tests, shutdown). False on timeout."""
+        q = self._q
+        deadline = time.monotonic() + timeout
+        while q.unfinished_tasks:
+            if not self.started or time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop this process's background task after it emitted what is queued."""
+        if not self.started:
+            return
+        with contextlib.suppress(queue.Full):
+            self._q.put(None, timeout=timeout)
+        task = self._task
+        join = getattr(task, "join", None)
+        if join is not None:
+            join(timeout)
+        self._task = None
+        self._pid = -1
+
+    def stats(self) -> dict[str, int]:
+        """The counters as a dict."""
+        return {
+            "queued": self.queued,
+            "emitted": self.emitted,
+            "dropped": self.dropped,
+            "failed": self.failed,
+        }
+
+    # -- the namespace (Socket.IO handlers) --------------------------------------------------
+
+    def authorized(self, auth: Any) -> bool:
+        """True when the connect payload (or the ``token`` query parameter) carries the token, or
+        the auth callback allows the client."""
+        from flask import request
+
+        expected = self.token
+        if expected:
+            given = auth.get("token") if isinstance(auth, Mapping) else None
+            if given is None:
+                given = request.args.get("token")
+            if isinstance(given, str) and hmac.compare_digest(
+                given.encode("utf-8"), expected.encode("utf-8")
+            ):
+                return True
+        callback = self.auth
+        if callback is not None:
+            return bool(callback(auth))
+        return False
+
+    def register(self) -> None:
+        """Install the ``connect``, ``subscribe`` and ``unsubscribe`` handlers on the namespace."""
+        from flask_socketio import ConnectionRefusedError, join_room, leave_room
+
+        sio = self.socketio
+        ns = self.namespace
+
+        def on_connect(auth: Any = None) -> None:
+            if not self.authorized(auth):
+                raise ConnectionRefusedError("unauthorized")
+
+        def on_subscribe(data: Any = None) -> dict[str, Any]:
+            try:
+                rooms = _requested_rooms(data)
+            except ValueError as exc:
+                return {"ok": False, "error": str(exc)}
+            for room in rooms:
+                join_room(room)
+            return {"ok": True, "rooms": rooms}
+
+        def on_unsubscribe(data: Any = None) -> dict[str, Any]:
+            try:
+                rooms = _requested_rooms(data)
+            except ValueError as exc:
+                return {"ok": False, "error": str(exc)}
+            for room in rooms:
+                leave_room(room)
+            return {"ok": True, "rooms": rooms}
+
+        sio.on("connect", namespace=ns)(on_connect)
+        sio.on("subscribe", namespace=ns)(on_subscribe)
+        sio.on("unsubscribe", namespace=ns)(on_unsubscribe)
+
+
+def get_bridge(app: Any = None) -> LiveBridge | None:
+    """The live bridge of ``app`` (default: ``current_app``), or ``None`` when there is none."""
+    from .extension import get_state
+
+    bridge = get_state(app).extras.get("live")
+    return bridge if isinstance(bridge, LiveBridge) else None
+
+
+def _use_queue(socketio: Any, url: str) -> None:
+    """Make the SocketIO publish and receive through the message queue at ``url``."""
+    server = getattr(socketio, "server", None)
+    if server is None:
+        # SocketIO() not initialised yet: its init_app builds the queue from this option.
+        socketio.server_options.setdefault("message_queue", url)
+        return
+    from socketio import KombuManager, PubSubManager, RedisManager
+
+    if isinstance(server.manager, PubSubManager):
+        return  # the user's own message_queue wins
+    if server.manager_initialized:
+        raise ConfigError(
+            f"DIAGLOG_LIVE_QUEUE={url!r} cannot be applied: the SocketIO already serves clients. "
+            "Pass message_queue= to SocketIO(...) instead."
+        )
+    cls = RedisManager if url.startswith(("redis://", "rediss://", "unix://")) else KombuManager
+    manager = cls(url, channel="flask-socketio")
+    manager.set_server(server)
+    server.manager = manager
+
+
+def _exclude_socketio_path(state: _State, socketio: Any) -> None:
+    """Socket.IO transport requests (long polls, websockets) are not requests worth a log line."""
+    mw = getattr(socketio, "sockio_mw", None)
+    path = getattr(mw, "engineio_path", None) or "/socket.io/"
+    s = state.settings
+    if path not in s.exclude:
+        state.settings = dataclasses.replace(s, exclude=(*s.exclude, path))
+
 
 def setup(state: _State) -> None:
-    """Nothing yet."""
+    """Install the live bridge on ``state`` when a SocketIO is given or registered on the app.
+
+    The namespace handlers are registered whenever there is a SocketIO. Events flow only when
+    ``DIAGLOG_LIVE`` is on: by default that is "not in test mode"; ``DIAGLOG_LIVE=True`` forces it
+    on (to test the bridge itself), ``False`` turns it off.
+    """
+    settings = state.settings
+    socketio = getattr(state.ext, "socketio", None) or state.app.extensions.get("socketio")
+    if socketio is None:
+        if settings.live:
+            raise ConfigError(
+                "DIAGLOG_LIVE is on but there is no Flask-SocketIO: pass DiagLog(app, "
+                "socketio=socketio), or create SocketIO(app) before DiagLog(app)."
+            )
+        return
+    live = settings.live if settings.live is not None else not settings.testing
+    bridge = LiveBridge(
+        socketio,
+        settings.live_namespace,
+        token=settings.live_token,
+        auth=getattr(state.ext, "live_auth", None),
+        on_error=lambda msg, exc: state.report_internal(msg, exc),
+    )
+    state.extras["live"] = bridge
+    _exclude_socketio_path(state, socketio)
+    bridge.register()
+    if bridge.token is None and bridge.auth is None:
+        logger.warning(
+            "flask-diaglog: live clients are refused until DIAGLOG_LIVE_TOKEN or "
+            "DiagLog(live_auth=...) allows them"
+        )
+    if not live:
+        return
+    if settings.live_queue:
+        _use_queue(socketio, settings.live_queue)
+    state.dispatch.add(bridge)
