@@ -76,11 +76,23 @@ def signal_for(kind: str) -> Signal:
     return SIGNALS[kind]
 
 
+class _Receiver:
+    """Names a failing receiver in the failure counts: ``signal <name> receiver <qualname>``."""
+
+    __slots__ = ("sink_name",)
+
+    def __init__(self, sig: Signal, receiver: Callable[..., Any]) -> None:
+        name = getattr(sig, "name", "?")
+        what = getattr(receiver, "__qualname__", None) or repr(receiver)
+        module = getattr(receiver, "__module__", None)
+        self.sink_name = f"signal {name} receiver {module + '.' if module else ''}{what}"
+
+
 class SignalSink:
     """Sends each event on its signal, only when somebody listens (no cost otherwise).
 
     Receivers are called one by one, so one that raises is counted and reported (through
-    ``on_fail``) without keeping the others from hearing the event.
+    ``on_fail``, once per receiver) without keeping the others from hearing the event.
     """
 
     sink_name = "signals"
@@ -93,8 +105,9 @@ class SignalSink:
         sig = SIGNALS.get(event.kind)
         if sig is None or not sig.receivers:
             return
-        for receiver in sig.receivers_for(self.app):
+        app = self.app
+        for receiver in sig.receivers_for(app):
             try:
-                receiver(self.app, event=event)
+                receiver(app, event=event)
             except Exception as exc:
-                self.on_fail(receiver, exc)
+                self.on_fail(_Receiver(sig, receiver), exc)
