@@ -1,0 +1,190 @@
+"""Reading diaglog files back: both line formats, rotated and gzipped backups, in order.
+
+Shared by the ``flask diaglog`` CLI and anything else that reads the trail (a dashboard, a test).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import gzip
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = ["LogRecord", "iter_files", "parse_line", "read_records", "summarize"]
+
+FILES = ("requests", "jobs", "errors")
+
+_PLAIN = re.compile(
+    r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \| (?P<level>[A-Z]+) \| (?P<logger>.*?) \| "
+    r"req=(?P<req>\S+) job=(?P<job>\S+) \| (?P<msg>.*)$"
+)
+_END = re.compile(
+    r"^request_end (?P<method>\S+) (?P<path>.*) (?P<status>\d{3}|None) (?P<ms>[\d.]+)ms"
+    r"(?: stages=(?P<stages>\S+))?"
+)
+_START = re.compile(r"^request_start (?P<method>\S+) (?P<path>.*?) client=")
+_STAGE = re.compile(r"^stage (?P<stage>\S+) (?P<ms>[\d.]+)ms (?P<ok>ok|failed)")
+_JOB_END = re.compile(r"^job_end (?P<name>\S+) (?P<ok>ok|failed) (?P<ms>[\d.]+)ms")
+_KINDS = (
+    "request_start", "stage", "request_end", "request_error", "job_start", "job_end",
+    "job_rejected", "hang",
+)  # fmt: skip
+
+
+@dataclass
+class LogRecord:
+    """One parsed line. ``data`` has the JSON keys (for plain lines, the recoverable ones)."""
+
+    ts: float
+    file: str
+    raw: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def event(self) -> str:
+        return str(self.data.get("event", "log"))
+
+    @property
+    def request_id(self) -> str | None:
+        return self.data.get("request_id")
+
+    @property
+    def job_id(self) -> str | None:
+        return self.data.get("job_id")
+
+
+def _ts(text: str) -> float:
+    try:
+        if "T" in text:
+            return datetime.fromisoformat(text).timestamp()
+        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    except ValueError:
+        return 0.0
+
+
+def parse_line(line: str, file: str = "") -> LogRecord | None:
+    """Parse one line of either format; ``None`` for a line that is neither."""
+    line = line.rstrip("\n")
+    if not line:
+        return None
+    if line.startswith("{"):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(obj, dict):
+            return None
+        return LogRecord(_ts(str(obj.get("ts", ""))), file, line, obj)
+    m = _PLAIN.match(line)
+    if m is None:
+        return None
+    msg = m["msg"]
+    data: dict[str, Any] = {"level": m["level"], "logger": m["logger"], "msg": msg}
+    if m["req"] != "-":
+        data["request_id"] = m["req"]
+    if m["job"] != "-":
+        data["job_id"] = m["job"]
+    kind = msg.split(" ", 1)[0]
+    data["event"] = kind if kind in _KINDS and m["logger"].startswith("flask_diaglog") else "log"
+    if data["event"] == "request_end" and (e := _END.match(msg)):
+        data.update(method=e["method"], path=e["path"], duration_ms=float(e["ms"]))
+        if e["status"] != "None":
+            data["status"] = int(e["status"])
+        if e["stages"]:
+            stages = {}
+            for part in e["stages"].split(","):
+                name, _, ms = part.rpartition(":")
+                with contextlib.suppress(ValueError):
+                    stages[name] = float(ms)
+            data["stages"] = stages
+    elif data["event"] == "request_start" and (s := _START.match(msg)):
+        data.update(method=s["method"], path=s["path"])
+    elif data["event"] == "stage" and (st := _STAGE.match(msg)):
+        data.update(stage=st["stage"], duration_ms=float(st["ms"]), ok=st["ok"] == "ok")
+    elif data["event"] == "job_end" and (j := _JOB_END.match(msg)):
+        data.update(name=j["name"], duration_ms=float(j["ms"]), ok=j["ok"] == "ok")
+    return LogRecord(_ts(m["ts"]), file, line, data)
+
+
+def iter_files(log_dir: str, names: Iterable[str] = FILES) -> Iterator[tuple[str, str]]:
+    """``(name, path)`` for each file and its backups, oldest backup first, current file last."""
+    for name in names:
+        base = os.path.join(log_dir, f"{name}.log")
+        backups = []
+        for path in glob.glob(glob.escape(base) + ".*"):
+            suffix = path[len(base) + 1 :].removesuffix(".gz")
+            if suffix.isdigit():
+                backups.append((int(suffix), path))
+        for _, path in sorted(backups, reverse=True):
+            yield name, path
+        if os.path.exists(base):
+            yield name, base
+
+
+def _lines(path: str) -> Iterator[str]:
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace", newline="\n") as fh:
+            yield from fh
+    except (OSError, EOFError):
+        return  # a file rotated or compressed while being read
+
+
+def read_records(log_dir: str, names: Iterable[str] = FILES) -> Iterator[LogRecord]:
+    """Every parsable record of the given files, file by file, oldest first within a file."""
+    for name, path in iter_files(log_dir, names):
+        for line in _lines(path):
+            rec = parse_line(line, name)
+            if rec is not None:
+                yield rec
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def summarize(records: Iterable[LogRecord], since: float = 0.0) -> dict[str, Any]:
+    """Per route (method + path): count, 5xx, p50/p95/max ms; per stage: count, total, p95."""
+    routes: dict[str, list[float]] = {}
+    errors: dict[str, int] = {}
+    stages: dict[str, list[float]] = {}
+    failed_jobs = 0
+    for rec in records:
+        if rec.ts < since:
+            continue
+        d = rec.data
+        if rec.event == "request_end" and rec.file == "requests":
+            key = f"{d.get('method')} {d.get('path')}"
+            routes.setdefault(key, []).append(float(d.get("duration_ms", 0.0)))
+            if int(d.get("status") or 0) >= 500:
+                errors[key] = errors.get(key, 0) + 1
+        elif rec.event == "stage" and rec.file in ("requests", "jobs"):
+            stages.setdefault(str(d.get("stage")), []).append(float(d.get("duration_ms", 0.0)))
+        elif rec.event == "job_end" and rec.file == "jobs" and d.get("ok") is False:
+            failed_jobs += 1
+    return {
+        "routes": {
+            k: {
+                "count": len(v),
+                "errors": errors.get(k, 0),
+                "p50_ms": round(_pct(v, 0.5), 2),
+                "p95_ms": round(_pct(v, 0.95), 2),
+                "max_ms": round(max(v), 2),
+            }
+            for k, v in sorted(routes.items(), key=lambda kv: -sum(kv[1]))
+        },
+        "stages": {
+            k: {"count": len(v), "total_ms": round(sum(v), 2), "p95_ms": round(_pct(v, 0.95), 2)}
+            for k, v in sorted(stages.items(), key=lambda kv: -sum(kv[1]))
+        },
+        "failed_jobs": failed_jobs,
+    }
