@@ -121,6 +121,8 @@ class _Watchdog:
         self._atexit = False
         #: Scans that raised (a bug in diaglog; the thread keeps going).
         self.failures = 0
+        #: Scans made (each wake-up makes one).
+        self.scans = 0
 
     def _reset(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -204,6 +206,7 @@ class _Watchdog:
 
     def scan(self) -> float:
         """Report the work that is due; return the next deadline (``inf``: nothing to watch)."""
+        self.scans += 1
         now = perf_counter()
         next_at = _INF
         due: list[tuple[InFlight, Trace, str | None]] = []

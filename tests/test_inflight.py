@@ -1,0 +1,183 @@
+"""The in-flight registry empties itself on every way a request or job can end."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from conftest import Logs
+from flask import Flask, Response, abort
+
+from flask_diaglog import DiagLog, inflight, stage
+from flask_diaglog.watchdog import InFlight
+
+
+def registry(app: Flask) -> InFlight:
+    reg: InFlight = app.extensions["diaglog"].extras["inflight"]
+    return reg
+
+
+@pytest.fixture(params=[True, False], ids=["testing", "production"])
+def app(request: pytest.FixtureRequest, make_app: Callable[..., Flask]) -> Flask:
+    """An app with views for every way of ending; TESTING on (exceptions propagate) and off."""
+    app = make_app({"TESTING": request.param, "DIAGLOG_HANG_AFTER": 30})
+    diaglog: DiagLog = app.extensions["diaglog"].ext
+    app.config["jobs"] = []
+
+    @app.get("/ok")
+    def ok() -> str:
+        return "ok"
+
+    @app.get("/boom")
+    def boom() -> str:
+        with stage("explode"):
+            raise ValueError("boom")
+
+    @app.get("/stream")
+    def stream() -> Response:
+        def gen() -> Iterator[str]:
+            for i in range(1000):
+                yield f"{i}\n"
+
+        return Response(gen())
+
+    @app.get("/stream-error")
+    def stream_error() -> Response:
+        def gen() -> Iterator[str]:
+            yield "first\n"
+            raise RuntimeError("broken mid-stream")
+
+        return Response(gen())
+
+    @app.get("/spawn-fail")
+    def spawn_fail() -> str:
+        def work() -> None:
+            raise KeyError("job failed")
+
+        app.config["jobs"].append(diaglog.spawn(work))
+        return "started"
+
+    return app
+
+
+def call(app: Flask, path: str, **kw: Any) -> int | None:
+    """Make a request, swallowing a propagated exception; the response is always closed."""
+    client = app.test_client()
+    try:
+        resp = client.get(path, **kw)
+    except Exception:
+        return None
+    try:
+        resp.get_data()
+    except Exception:
+        return None
+    finally:
+        resp.close()
+    return resp.status_code
+
+
+def test_normal_request(app: Flask) -> None:
+    """A plain request leaves nothing behind."""
+    assert call(app, "/ok") == 200
+    assert len(registry(app)) == 0
+
+
+def test_exception_in_view(app: Flask) -> None:
+    """An exception in the view (500, or propagated when TESTING) leaves nothing behind."""
+    status = call(app, "/boom")
+    assert status == (None if app.testing else 500)
+    assert len(registry(app)) == 0
+
+
+def test_early_closed_stream(app: Flask, logs: Logs) -> None:
+    """A streamed response closed after one chunk ends the request (aborted)."""
+    resp = app.test_client().get("/stream", buffered=False)
+    assert len(registry(app)) == 1  # still streaming
+    next(iter(resp.response))
+    resp.close()
+    assert len(registry(app)) == 0
+    assert "aborted" in logs.lines("requests")[-1]
+
+
+def test_stream_that_raises(app: Flask) -> None:
+    """A stream whose generator raises mid-way ends the request."""
+    call(app, "/stream-error")
+    assert len(registry(app)) == 0
+
+
+def test_invalid_job_id_400(app: Flask, logs: Logs) -> None:
+    """The 400 for an invalid job id is raised after the start line; the entry is removed."""
+    assert call(app, "/ok", headers={"X-Job-ID": "not valid!"}) == 400
+    assert "request_start" in logs.text("requests")
+    assert len(registry(app)) == 0
+
+
+def test_not_found(app: Flask) -> None:
+    """A 404 (routing error raised after the start line) leaves nothing behind."""
+    assert call(app, "/missing") == 404
+    assert len(registry(app)) == 0
+
+
+def test_abort_in_user_before_request(app: Flask) -> None:
+    """abort() in the app's own before_request leaves nothing behind."""
+
+    @app.before_request
+    def deny() -> None:
+        abort(403)
+
+    assert call(app, "/ok") == 403
+    assert len(registry(app)) == 0
+
+
+def test_exception_in_user_before_request(app: Flask) -> None:
+    """An exception in the app's own before_request leaves nothing behind."""
+
+    @app.before_request
+    def fail() -> None:
+        raise RuntimeError("before")
+
+    call(app, "/ok")
+    assert len(registry(app)) == 0
+
+
+def test_spawn_work_that_raises(app: Flask, logs: Logs) -> None:
+    """Background work that raises is removed when it ends (job_end failed)."""
+    assert call(app, "/spawn-fail") == 200
+    for t in app.config["jobs"]:
+        t.join(10)
+    assert "job_end" in logs.text("jobs")
+    assert len(registry(app)) == 0
+
+
+def test_registry_is_bounded(make_app: Callable[..., Flask], logs: Logs) -> None:
+    """Past maxsize new work is counted, not stored, and reported once by the watchdog."""
+    app = make_app({"DIAGLOG_HANG_AFTER": 0.1})
+    diaglog: DiagLog = app.extensions["diaglog"].ext
+    reg = registry(app)
+    reg.maxsize = 2
+    release = threading.Event()
+    with app.app_context():
+        threads = [diaglog.spawn(release.wait, 10) for _ in range(3)]
+    try:
+        deadline = time.monotonic() + 10
+        while reg.overflow < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(reg) == 2 and reg.overflow == 1
+        deadline = time.monotonic() + 10
+        while "registry full" not in logs.text("requests") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert logs.text("requests").count("in-flight registry full (2 entries)") == 1
+    finally:
+        release.set()
+        for t in threads:
+            t.join(10)
+    assert len(reg) == 0
+
+
+def test_disabled_app_has_no_registry(make_app: Callable[..., Flask]) -> None:
+    """With DIAGLOG_ENABLED off, inflight(app) is simply empty."""
+    app = make_app({"DIAGLOG_ENABLED": False})
+    assert inflight(app) == []
