@@ -10,6 +10,15 @@ from .config import ConfigError, is_testing
 from .context import current_job_id, current_request_id
 from .events import Event
 from .extension import DiagLog, get_state
+from .jobs import (
+    DuplicateJob,
+    IdempotencyKeyMismatch,
+    JobIdRequired,
+    JobStoreUnavailable,
+    MemoryJobStore,
+    RedisJobStore,
+    guard_job,
+)
 from .logfiles import DiagLogHandler
 from .problems import InvalidJobId, ProblemError
 from .timing import get_request_timings, stage, timed_stage
@@ -19,13 +28,20 @@ __all__ = [
     "ConfigError",
     "DiagLog",
     "DiagLogHandler",
+    "DuplicateJob",
     "Event",
+    "IdempotencyKeyMismatch",
     "InvalidJobId",
+    "JobIdRequired",
+    "JobStoreUnavailable",
+    "MemoryJobStore",
     "ProblemError",
+    "RedisJobStore",
     "current_job_id",
     "current_request_id",
     "get_request_timings",
     "get_state",
+    "guard_job",
     "inflight",
     "is_testing",
     "stage",
