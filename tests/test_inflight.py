@@ -21,7 +21,7 @@ def registry(app: Flask) -> InFlight:
 
 
 @pytest.fixture(params=[True, False], ids=["testing", "production"])
-def app(request: pytest.FixtureRequest, make_app: Callable[..., Flask]) -> Flask:
+def views_app(request: pytest.FixtureRequest, make_app: Callable[..., Flask]) -> Flask:
     """An app with views for every way of ending; TESTING on (exceptions propagate) and off."""
     app = make_app({"TESTING": request.param, "DIAGLOG_HANG_AFTER": 30})
     diaglog: DiagLog = app.extensions["diaglog"].ext
@@ -79,77 +79,77 @@ def call(app: Flask, path: str, **kw: Any) -> int | None:
     return resp.status_code
 
 
-def test_normal_request(app: Flask) -> None:
+def test_normal_request(views_app: Flask) -> None:
     """A plain request leaves nothing behind."""
-    assert call(app, "/ok") == 200
-    assert len(registry(app)) == 0
+    assert call(views_app, "/ok") == 200
+    assert len(registry(views_app)) == 0
 
 
-def test_exception_in_view(app: Flask) -> None:
+def test_exception_in_view(views_app: Flask) -> None:
     """An exception in the view (500, or propagated when TESTING) leaves nothing behind."""
-    status = call(app, "/boom")
-    assert status == (None if app.testing else 500)
-    assert len(registry(app)) == 0
+    status = call(views_app, "/boom")
+    assert status == (None if views_app.testing else 500)
+    assert len(registry(views_app)) == 0
 
 
-def test_early_closed_stream(app: Flask, logs: Logs) -> None:
+def test_early_closed_stream(views_app: Flask, logs: Logs) -> None:
     """A streamed response closed after one chunk ends the request (aborted)."""
-    resp = app.test_client().get("/stream", buffered=False)
-    assert len(registry(app)) == 1  # still streaming
+    resp = views_app.test_client().get("/stream", buffered=False)
+    assert len(registry(views_app)) == 1  # still streaming
     next(iter(resp.response))
     resp.close()
-    assert len(registry(app)) == 0
+    assert len(registry(views_app)) == 0
     assert "aborted" in logs.lines("requests")[-1]
 
 
-def test_stream_that_raises(app: Flask) -> None:
+def test_stream_that_raises(views_app: Flask) -> None:
     """A stream whose generator raises mid-way ends the request."""
-    call(app, "/stream-error")
-    assert len(registry(app)) == 0
+    call(views_app, "/stream-error")
+    assert len(registry(views_app)) == 0
 
 
-def test_invalid_job_id_400(app: Flask, logs: Logs) -> None:
+def test_invalid_job_id_400(views_app: Flask, logs: Logs) -> None:
     """The 400 for an invalid job id is raised after the start line; the entry is removed."""
-    assert call(app, "/ok", headers={"X-Job-ID": "not valid!"}) == 400
+    assert call(views_app, "/ok", headers={"X-Job-ID": "not valid!"}) == 400
     assert "request_start" in logs.text("requests")
-    assert len(registry(app)) == 0
+    assert len(registry(views_app)) == 0
 
 
-def test_not_found(app: Flask) -> None:
+def test_not_found(views_app: Flask) -> None:
     """A 404 (routing error raised after the start line) leaves nothing behind."""
-    assert call(app, "/missing") == 404
-    assert len(registry(app)) == 0
+    assert call(views_app, "/missing") == 404
+    assert len(registry(views_app)) == 0
 
 
-def test_abort_in_user_before_request(app: Flask) -> None:
-    """abort() in the app's own before_request leaves nothing behind."""
+def test_abort_in_user_before_request(views_app: Flask) -> None:
+    """abort() in the views_app's own before_request leaves nothing behind."""
 
-    @app.before_request
+    @views_app.before_request
     def deny() -> None:
         abort(403)
 
-    assert call(app, "/ok") == 403
-    assert len(registry(app)) == 0
+    assert call(views_app, "/ok") == 403
+    assert len(registry(views_app)) == 0
 
 
-def test_exception_in_user_before_request(app: Flask) -> None:
-    """An exception in the app's own before_request leaves nothing behind."""
+def test_exception_in_user_before_request(views_app: Flask) -> None:
+    """An exception in the views_app's own before_request leaves nothing behind."""
 
-    @app.before_request
+    @views_app.before_request
     def fail() -> None:
         raise RuntimeError("before")
 
-    call(app, "/ok")
-    assert len(registry(app)) == 0
+    call(views_app, "/ok")
+    assert len(registry(views_app)) == 0
 
 
-def test_spawn_work_that_raises(app: Flask, logs: Logs) -> None:
+def test_spawn_work_that_raises(views_app: Flask, logs: Logs) -> None:
     """Background work that raises is removed when it ends (job_end failed)."""
-    assert call(app, "/spawn-fail") == 200
-    for t in app.config["jobs"]:
+    assert call(views_app, "/spawn-fail") == 200
+    for t in views_app.config["jobs"]:
         t.join(10)
     assert "job_end" in logs.text("jobs")
-    assert len(registry(app)) == 0
+    assert len(registry(views_app)) == 0
 
 
 def test_registry_is_bounded(make_app: Callable[..., Flask], logs: Logs) -> None:
