@@ -76,6 +76,12 @@ DEFAULTS: dict[str, Any] = {
     "DIAGLOG_HANG_AFTER": 30.0,
     #: Requests at least this slow log their end line at WARNING (``0`` = off).
     "DIAGLOG_SLOW_MS": 5000,
+    #: Serve the in-flight/recent-requests dashboard (opt-in).
+    "DIAGLOG_DASHBOARD": False,
+    #: URL prefix of the dashboard (never logged).
+    "DIAGLOG_DASHBOARD_URL": "/_diaglog",
+    #: Token the dashboard requires; without one it answers loopback clients only.
+    "DIAGLOG_DASHBOARD_TOKEN": None,
 }
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -256,6 +262,9 @@ _PARSERS: dict[str, Callable[[Any, str, str], Any]] = {
     "DIAGLOG_LIVE_NAMESPACE": _parse_namespace,
     "DIAGLOG_HANG_AFTER": _parse_float,
     "DIAGLOG_SLOW_MS": _parse_float,
+    "DIAGLOG_DASHBOARD": parse_bool,
+    "DIAGLOG_DASHBOARD_URL": _parse_namespace,
+    "DIAGLOG_DASHBOARD_TOKEN": _parse_opt_str,
 }
 
 
@@ -285,6 +294,9 @@ class Settings:
     live_namespace: str
     hang_after: float
     slow_ms: float
+    dashboard: bool
+    dashboard_url: str
+    dashboard_token: str | None
     testing: bool
 
 
@@ -337,5 +349,8 @@ def load_settings(app: Any, environ: Mapping[str, str] | None = None) -> Setting
         live_namespace=values["DIAGLOG_LIVE_NAMESPACE"],
         hang_after=values["DIAGLOG_HANG_AFTER"],
         slow_ms=values["DIAGLOG_SLOW_MS"],
+        dashboard=values["DIAGLOG_DASHBOARD"],
+        dashboard_url=values["DIAGLOG_DASHBOARD_URL"].rstrip("/") or "/_diaglog",
+        dashboard_token=values["DIAGLOG_DASHBOARD_TOKEN"],
         testing=testing,
     )

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-__all__ = ["LogRecord", "iter_files", "parse_line", "read_records", "summarize"]
+__all__ = [
+    "LogRecord",
+    "iter_files",
+    "parse_line",
+    "read_records",
+    "summarize",
+    "tail_records",
+]
 
 FILES = ("requests", "jobs", "errors")
 
@@ -143,6 +150,27 @@ def read_records(log_dir: str, names: Iterable[str] = FILES) -> Iterator[LogReco
             rec = parse_line(line, name)
             if rec is not None:
                 yield rec
+
+
+def tail_records(log_dir: str, name: str, max_bytes: int = 256 * 1024) -> list[LogRecord]:
+    """The records in the last ``max_bytes`` of the current ``<name>.log`` (cheap on big files)."""
+    path = os.path.join(log_dir, f"{name}.log")
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            fh.seek(start)
+            chunk = fh.read()
+    except OSError:
+        return []
+    if start:
+        chunk = chunk[chunk.find(b"\n") + 1 :]  # drop the partial first line
+    out = []
+    for line in chunk.decode("utf-8", "replace").split("\n"):
+        rec = parse_line(line, name)
+        if rec is not None:
+            out.append(rec)
+    return out
 
 
 def _pct(values: list[float], q: float) -> float:
