@@ -243,7 +243,8 @@ class _Middleware:
     def __init__(self, wsgi_app: WSGIApplication, state: _State) -> None:
         self.wsgi_app = wsgi_app
         self.state = state
-        self.exclude = state.settings.exclude
+        # DIAGLOG_EXCLUDE plus prefixes the parts register (the dashboard's own URL).
+        self.exclude = state.settings.exclude + tuple(state.extras.get("exclude", ()))
         self.server_timing = state.settings.server_timing
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -418,11 +419,12 @@ class DiagLog:
 
     def _setup_extras(self, state: _State) -> None:
         """The parts with their own modules; each registers its sink or hooks on ``state``."""
-        from . import jobs, live, watchdog
+        from . import dashboard, jobs, live, watchdog
 
         watchdog.setup(state)
         jobs.setup(state)
         live.setup(state)
+        dashboard.setup(state)
 
     def _attach_logging(self, app: Flask, state: _State) -> None:
         s = state.settings
