@@ -139,7 +139,6 @@ class JobStoreUnavailable(ProblemError, ServiceUnavailable):
 
     title = "Job store unavailable"
     problem_type = _PROBLEM + "job-store-unavailable"
-    retry_after = 1
 
     def __init__(self, job_id: str) -> None:
         super().__init__(
@@ -148,12 +147,14 @@ class JobStoreUnavailable(ProblemError, ServiceUnavailable):
             job_id=job_id,
         )
         self.job_id = job_id
+        #: Seconds in the ``Retry-After`` header.
+        self.retry_after = 1
 
     def get_response(  # type: ignore[override]
         self, environ: Any = None, scope: dict[str, Any] | None = None
     ) -> SansIOResponse:
         response = super().get_response(environ, scope)
-        if self.response is None:
+        if self.response is None and self.retry_after is not None:
             response.headers["Retry-After"] = str(self.retry_after)
         return response
 
