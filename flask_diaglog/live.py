@@ -416,7 +416,8 @@ def setup(state: _State) -> None:
         socketio,
         settings.live_namespace,
         token=settings.live_token,
-        auth=getattr(state.ext, "live_auth", None),
+        auth=state.ext.live_auth,
+        maxsize=QUEUE_SIZE,
         on_error=lambda msg, exc: state.report_internal(msg, exc),
     )
     state.extras["live"] = bridge

@@ -1,0 +1,192 @@
+"""Blinker signals: one per event kind, sent by the app, carrying the record the files get."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import Logs
+from flask import Flask
+
+from flask_diaglog import DiagLog, get_state, stage
+from flask_diaglog import signals as sig
+from flask_diaglog.events import EVENT_KINDS, Event
+
+JSON = {"DIAGLOG_FORMAT": "json"}
+
+
+class Recorder:
+    """Collects ``(sender, event)`` for one signal; strong reference, any sender."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[Any, Event]] = []
+
+    def __call__(self, sender: Any, event: Event, **kw: Any) -> None:
+        assert not kw
+        self.heard.append((sender, event))
+
+
+def make_routes(app: Flask) -> None:
+    @app.get("/ok")
+    def ok() -> dict[str, Any]:
+        with stage("parse"):
+            app.logger.info("parsed the thing")
+        return {"ok": True}
+
+    @app.get("/boom")
+    def boom() -> dict[str, Any]:
+        raise RuntimeError("kaboom")
+
+
+def test_every_event_kind_has_a_documented_signal() -> None:
+    """Each event kind maps to its own signal, and each signal has a #: comment naming sender
+    and keyword."""
+    import inspect
+
+    source = inspect.getsource(sig)
+    assert set(sig.SIGNALS) == set(EVENT_KINDS)
+    assert len(set(sig.SIGNALS.values())) == len(EVENT_KINDS)
+    for kind, signal in sig.SIGNALS.items():
+        assert sig.signal_for(kind) is signal
+        name = next(n for n, v in vars(sig).items() if v is signal and not n.startswith("_"))
+        block = source.split(f"\n{name} = ")[0].rsplit("\n\n", 1)[-1]
+        assert "Sender: the app" in block and "``event``" in block, name
+        assert name in sig.__all__
+
+
+def test_request_signals_carry_the_same_record_as_the_files(
+    make_app: Callable[..., Flask], logs: Logs
+) -> None:
+    """request_started, stage_finished, log_record and request_finished are sent by the app
+    object with the very events written to requests.log."""
+    app = make_app(JSON)
+    make_routes(app)
+    recorders = {k: Recorder() for k in ("request_start", "stage", "log", "request_end")}
+    for kind, rec in recorders.items():
+        sig.signal_for(kind).connect(rec, app, weak=False)
+    try:
+        assert app.test_client().get("/ok", headers={"X-Request-ID": "sig-1"}).status_code == 200
+    finally:
+        for kind, rec in recorders.items():
+            sig.signal_for(kind).disconnect(rec, app)
+    lines = {r["event"]: r for r in logs.json("requests") if r.get("request_id") == "sig-1"}
+    for kind, rec in recorders.items():
+        assert len(rec.heard) == 1, kind
+        sender, event = rec.heard[0]
+        assert sender is app
+        assert event.kind == kind and event.request_id == "sig-1"
+        line = lines[kind]
+        expected = event.to_dict()
+        expected.pop("ts")
+        line.pop("ts")
+        assert line == expected
+    assert recorders["log"].heard[0][1].msg == "parsed the thing"
+
+
+def test_request_error_signal(make_app: Callable[..., Flask], logs: Logs) -> None:
+    """request_failed carries the error event with its traceback."""
+    app = make_app({**JSON, "PROPAGATE_EXCEPTIONS": False})
+    make_routes(app)
+    rec = Recorder()
+    with sig.request_failed.connected_to(rec, app):
+        assert app.test_client().get("/boom").status_code == 500
+    assert len(rec.heard) == 1
+    sender, event = rec.heard[0]
+    assert sender is app
+    assert event.fields["error"] == "RuntimeError: kaboom"
+    assert event.exc is not None and "kaboom" in event.exc
+    assert logs.events("errors", "request_error")[0]["request_id"] == event.request_id
+
+
+def test_job_signals_from_background_work(make_app: Callable[..., Flask]) -> None:
+    """job_started and job_finished are sent for work started with spawn()."""
+    diaglog = DiagLog()
+    app = make_app(init=False)
+    diaglog.init_app(app)
+    threads = []
+
+    @app.post("/jobs/<job_id>")
+    def start(job_id: str) -> tuple[dict[str, str], int]:
+        threads.append(diaglog.spawn(lambda: None))
+        return {"job_id": job_id}, 202
+
+    started, finished = Recorder(), Recorder()
+    with sig.job_started.connected_to(started, app), sig.job_finished.connected_to(finished, app):
+        assert app.test_client().post("/jobs/j-7").status_code == 202
+        threads[0].join(10)
+    assert [e.job_id for _, e in started.heard] == ["j-7"]
+    assert [(s, e.job_id, e.fields["ok"]) for s, e in finished.heard] == [(app, "j-7", True)]
+
+
+@pytest.mark.parametrize("kind", EVENT_KINDS)
+def test_each_kind_goes_to_its_signal_only(make_app: Callable[..., Flask], kind: str) -> None:
+    """An event of one kind (also job_rejected and hang) is sent on its signal and no other."""
+    app = make_app()
+    recorders = {k: Recorder() for k in EVENT_KINDS}
+    for k, rec in recorders.items():
+        sig.signal_for(k).connect(rec, app, weak=False)
+    try:
+        event = get_state(app).emit(kind, logging.INFO, f"{kind} happened", None, {})
+    finally:
+        for k, rec in recorders.items():
+            sig.signal_for(k).disconnect(rec, app)
+    for k, rec in recorders.items():
+        assert rec.heard == ([(app, event)] if k == kind else []), k
+
+
+def test_receivers_for_another_app_do_not_hear(make_app: Callable[..., Flask]) -> None:
+    """A receiver connected for one app is not called for another app's events."""
+    app, other = make_app(), Flask("other")
+    rec = Recorder()
+    with sig.request_started.connected_to(rec, other):
+        app.test_client().get("/nothing")
+    assert rec.heard == []
+
+
+def test_a_raising_receiver_never_breaks_the_request(
+    make_app: Callable[..., Flask], logs: Logs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A receiver that raises is skipped: the request succeeds, the other receivers still hear,
+    the failure is counted every time and reported once (stderr and errors.log)."""
+    app = make_app(JSON)
+    make_routes(app)
+    good = Recorder()
+
+    def bad(sender: Any, event: Event, **_: Any) -> None:
+        raise ValueError("receiver bug")
+
+    with sig.request_finished.connected_to(bad, app), sig.request_finished.connected_to(good, app):
+        client = app.test_client()
+        for _ in range(3):
+            assert client.get("/ok").status_code == 200
+    assert len(good.heard) == 3
+    failures = get_state(app).stats()["sink_failures"]
+    [(name, count)] = failures.items()
+    assert count == 3
+    assert "diaglog-request-finished" in name and "bad" in name
+    err = capsys.readouterr().err
+    assert err.count("receiver bug") == 1
+    reported = [r for r in logs.json("errors") if "further failures are counted" in r["msg"]]
+    assert len(reported) == 1
+    assert "ValueError: receiver bug" in reported[0]["exc"]
+
+
+def test_logging_inside_a_receiver_does_not_recurse(
+    make_app: Callable[..., Flask], logs: Logs
+) -> None:
+    """A receiver that logs through the app logger creates a line in the files, but no second
+    signal (nested events reach only the files)."""
+    app = make_app(JSON)
+    make_routes(app)
+    heard: list[Event] = []
+
+    def chatty(sender: Flask, event: Event, **_: Any) -> None:
+        heard.append(event)
+        sender.logger.warning("heard %s", event.kind)
+
+    with sig.log_record.connected_to(chatty, app):
+        assert app.test_client().get("/ok").status_code == 200
+    assert [e.msg for e in heard] == ["parsed the thing"]
+    assert "heard log" in [r["msg"] for r in logs.json("requests")]
