@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import traceback
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -428,7 +429,7 @@ class DiagLog:
 
     def _attach_logging(self, app: Flask, state: _State) -> None:
         s = state.settings
-        handler = DiagLogHandler(dispatch=state.dispatch, redact=state.redactor.text, level=s.level)
+        handler = _AppHandler(state)
         state.handler = handler
         names = list(s.loggers)
         if not names:
@@ -648,6 +649,40 @@ def _run_job(
             if app_ctx is not None:
                 app_ctx.pop()
             reset_trace(token)
+
+
+#: The most recently initialised app state: owns log records that belong to no app context.
+_newest: weakref.ReferenceType[_State] | None = None
+
+
+class _AppHandler(DiagLogHandler):
+    """The handler diaglog attaches to an app's loggers.
+
+    When ``create_app()`` runs twice in one process (tests do), both apps' handlers sit on the same
+    logger. Each record is therefore written only by the app it belongs to: the app of the current
+    request or job, else of the current app context, else the most recently initialised app.
+    """
+
+    def __init__(self, state: _State) -> None:
+        super().__init__(
+            dispatch=state.dispatch, redact=state.redactor.text, level=state.settings.level
+        )
+        self.state = state
+        global _newest
+        _newest = weakref.ref(state)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        state = self.state
+        trace = current_trace()
+        if trace is not None:
+            if trace.state is not state:
+                return
+        elif has_app_context():
+            if current_app._get_current_object() is not state.app:  # type: ignore[attr-defined]
+                return
+        elif _newest is None or _newest() is not state:
+            return
+        super().emit(record)
 
 
 def _report_write_error(state: _State, file: Any, exc: OSError | None) -> None:

@@ -107,3 +107,29 @@ def test_get_state_explains_missing_registration() -> None:
 def test_repr_works_outside_app_context() -> None:
     """repr(DiagLog()) does not need an app context."""
     assert repr(DiagLog()) == "<DiagLog>"
+
+
+def test_create_app_twice_writes_each_record_once(tmp_path: Path) -> None:
+    """Two apps with the same name and log dir (a factory run twice) never duplicate a line."""
+    apps = []
+    for _ in range(2):
+        app = Flask("factory_app")
+        app.config.update(DIAGLOG_LOG_DIR=str(tmp_path))
+        DiagLog(app)
+
+        @app.get("/")
+        def index(app: Flask = app) -> str:
+            app.logger.info("inside request")
+            return "ok"
+
+        apps.append(app)
+    for app in apps:
+        app.test_client().get("/")
+        with app.app_context():
+            app.logger.info("in app context")
+    apps[1].logger.info("no context at all")
+    text = (tmp_path / "requests.log").read_text()
+    assert text.count("inside request") == 2
+    assert text.count("in app context") == 2
+    assert text.count("no context at all") == 1
+    assert text.count("request_start") == 2
