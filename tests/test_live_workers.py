@@ -1,0 +1,162 @@
+"""Live events across gunicorn workers: 2 real gthread workers, a real Redis message queue and a
+real python-socketio client over loopback.
+
+Several workers behind one port have no sticky sessions, so the client uses the websocket
+transport only (a long-polling client would hit a worker that does not know its session).
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import socketio
+from servers import gunicorn
+
+pytestmark = pytest.mark.slow
+
+NS = "/diaglog"
+TOKEN = "worker-token"
+
+APP = textwrap.dedent(
+    """
+    import os
+
+    from flask import Flask
+    from flask_socketio import SocketIO
+
+    from flask_diaglog import DiagLog, stage
+
+    app = Flask(__name__)
+    app.config.update(DIAGLOG_LOG_DIR=os.environ["LIVE_LOG_DIR"], DIAGLOG_FORMAT="json")
+    socketio = SocketIO(
+        app, async_mode="threading", message_queue=os.environ.get("OWN_MESSAGE_QUEUE") or None
+    )
+    DiagLog(app, socketio=socketio)
+
+
+    @app.get("/work")
+    def work():
+        with stage("compute"):
+            app.logger.info("working in %d", os.getpid())
+        return {"pid": os.getpid()}
+    """
+)
+
+
+@pytest.fixture(scope="module", params=["DIAGLOG_LIVE_QUEUE", "SocketIO(message_queue=)"])
+def server(
+    request: pytest.FixtureRequest, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """gunicorn -w 2 -k gthread serving the app; the queue set one way or the other."""
+    if not redis_server.ping():
+        redis_server.start()
+    tmp = tmp_path_factory.mktemp("live_workers")
+    (tmp / "live_workers_app.py").write_text(APP)
+    env = {"LIVE_LOG_DIR": str(tmp / "logs"), "DIAGLOG_LIVE_TOKEN": TOKEN}
+    if request.param == "DIAGLOG_LIVE_QUEUE":
+        env["DIAGLOG_LIVE_QUEUE"] = redis_server.url
+    else:
+        env["OWN_MESSAGE_QUEUE"] = redis_server.url
+    with gunicorn(
+        "live_workers_app:app",
+        workers=2,
+        worker_class="gthread",
+        threads=4,
+        env=env,
+        pythonpath=tmp,
+        cwd=tmp,
+    ) as base:
+        yield base
+
+
+class Listener:
+    """A real Socket.IO client that records the diaglog events it receives."""
+
+    def __init__(self) -> None:
+        self.client = socketio.Client(reconnection=False)
+        self.events: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        self.refusals: list[Any] = []
+        self.client.on("event", self._on_event, namespace=NS)
+        self.client.on("connect_error", self.refusals.append, namespace=NS)
+
+    def connect(self, base: str, auth: Any) -> None:
+        self.client.connect(
+            base, namespaces=[NS], auth=auth, transports=["websocket"], wait_timeout=15
+        )
+
+    def _on_event(self, data: dict[str, Any]) -> None:
+        with self._cond:
+            self.events.append(data)
+            self._cond.notify_all()
+
+    def wait(self, done: Any, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not done(self.events):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.shutdown()
+
+
+def get(base: str, path: str, headers: dict[str, str]) -> dict[str, Any]:
+    req = urllib.request.Request(base + path, headers={**headers, "Connection": "close"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())  # type: ignore[no-any-return]
+
+
+def test_a_client_on_one_worker_hears_every_worker(server: str) -> None:
+    """Requests served by both workers reach one client connected to one of them."""
+    listener = Listener()
+    try:
+        listener.connect(server, {"token": TOKEN})
+        ack = listener.client.call("subscribe", {"job_id": "multi"}, namespace=NS, timeout=15)
+        assert ack == {"ok": True, "rooms": ["job:multi"]}
+        served: dict[str, int] = {}
+        for i in range(200):
+            rid = f"multi-{i}"
+            served[rid] = get(server, "/work", {"X-Job-ID": "multi", "X-Request-ID": rid})["pid"]
+            if len(set(served.values())) == 2 and i >= 9:
+                break
+        pids = set(served.values())
+        assert len(pids) == 2, "gunicorn never handed a request to the second worker"
+
+        def all_ended(events: list[dict[str, Any]]) -> bool:
+            ended = {e["request_id"] for e in events if e["event"] == "request_end"}
+            return ended >= set(served)
+
+        assert listener.wait(all_ended), "not every request_end arrived"
+        events = list(listener.events)
+        assert {e["job_id"] for e in events} == {"multi"}
+        assert {e["pid"] for e in events} == pids
+        for rid, pid in served.items():
+            mine = [e for e in events if e["request_id"] == rid]
+            assert [e["event"] for e in mine] == ["request_start", "log", "stage", "request_end"]
+            assert {e["pid"] for e in mine} == {pid}
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("auth", [None, {"token": "wrong"}])
+def test_clients_without_the_token_are_refused(server: str, auth: Any) -> None:
+    """Over the network too, no credentials or wrong ones get a refused connection."""
+    listener = Listener()
+    try:
+        with pytest.raises(socketio.exceptions.ConnectionError, match="failed to connect"):
+            listener.connect(server, auth)
+        assert listener.refusals == [{"message": "unauthorized"}]
+    finally:
+        listener.close()
