@@ -2,7 +2,8 @@
 
 * ``POST /api/images`` (multipart field ``image``): validates a PNG/JPEG upload, returns a job id.
 * ``POST /api/jobs/<job_id>/generate``: runs validate, preprocess, generate and postprocess in
-  background work started with ``diaglog.spawn``; answers 202.
+  background work started with ``diaglog.spawn``; answers 202. Guarded: while that work runs, a
+  second generate for the same job gets ``409`` problem+json.
 * ``GET /api/jobs/<job_id>``: the job's status and current stage; ``.../result`` the mesh (OBJ).
 
 Run it with ``make demo`` (in-memory defaults, no Redis needed).
@@ -15,7 +16,7 @@ from typing import Any
 
 from flask import Flask, Response, request, url_for
 
-from flask_diaglog import DiagLog, stage
+from flask_diaglog import DiagLog, guard_job, stage
 from flask_diaglog.problems import problem_response
 
 from .pipeline import InvalidImage, image_info, run_generation
@@ -72,6 +73,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         return {"job_id": job_id, "status": record["status"], "image": info}, 201
 
     @app.post("/api/jobs/<job_id>/generate")
+    @guard_job  # a second generate for a job that is still running gets 409
     def generate(job_id: str) -> Response | tuple[dict[str, Any], int]:
         record = store.get(job_id)
         if record is None:

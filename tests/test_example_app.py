@@ -69,6 +69,29 @@ def test_upload_generate_status_result(example: Flask, tmp_path: Path) -> None:
     assert f"req={request_id} job={job_id} | job_end run_generation ok" in jobs_log
 
 
+def test_double_generate_is_refused_while_running(tmp_path: Path) -> None:
+    """A second generate for a running job gets 409 problem+json; after it finishes, 202 again."""
+    app = create_app(
+        {"TESTING": True, "DIAGLOG_LOG_DIR": str(tmp_path / "logs"), "EXAMPLE_GENERATE_SECONDS": 2}
+    )
+    client = app.test_client()
+    job_id = client.post("/api/images", data={"image": (io.BytesIO(png()), "in.png")}).json[
+        "job_id"
+    ]  # type: ignore[index]
+    assert client.post(f"/api/jobs/{job_id}/generate").status_code == 202
+    second = client.post(f"/api/jobs/{job_id}/generate")
+    assert second.status_code == 409 and second.mimetype == "application/problem+json"
+    assert second.json["job_id"] == job_id  # type: ignore[index]
+    assert second.json["title"] == "Job already in progress"  # type: ignore[index]
+    assert wait_for_status(client, job_id, "done")["status"] == "done"
+    deadline = time.monotonic() + 10
+    while (r := client.post(f"/api/jobs/{job_id}/generate")).status_code == 409:
+        assert time.monotonic() < deadline, "the job was never freed"
+        time.sleep(0.02)
+    assert r.status_code == 202
+    wait_for_status(client, job_id, "done")
+
+
 def test_invalid_uploads_get_problem_json(example: Flask) -> None:
     """Bad uploads get 4xx problem+json answers, never a 500."""
     client = example.test_client()
