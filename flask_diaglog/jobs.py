@@ -173,6 +173,7 @@ class JobLease:
     __slots__ = (
         "_count",
         "_lock",
+        "ended",
         "failed",
         "guard",
         "job_id",
@@ -180,6 +181,7 @@ class JobLease:
         "record",
         "renew_at",
         "replay",
+        "store_lock",
         "ttl",
         "value",
     )
@@ -196,6 +198,11 @@ class JobLease:
         self.failed = False
         #: The store gave the job to somebody else (our lease expired during an outage).
         self.lost = False
+        #: Freed in the store (or given up); the renewer must not touch it any more.
+        self.ended = False
+        #: Serialises renewal and release, so a renewal racing the release cannot re-take the
+        #: lease after it was freed.
+        self.store_lock = threading.Lock()
         self.renew_at = 0.0
         self._count = 1
         self._lock = threading.Lock()
@@ -278,20 +285,21 @@ class _Renewer:
     def _renew(self, lease: JobLease) -> None:
         guard = self.guard
         lease.renew_at = time.monotonic() + lease.ttl / 3
-        with self.lock:
-            if lease not in self.leases:
+        with lease.store_lock:
+            if lease.ended:
                 return  # released meanwhile
-        try:
-            ok = guard.store.renew(lease.job_id, lease.value, lease.ttl)
-        except Exception as exc:
-            guard.store_failed(exc, None, f"renewing the lease of job {lease.job_id!r}")
-            lease.renew_at = time.monotonic() + min(lease.ttl / 3, 1.0)
-            return
+            try:
+                ok = guard.store.renew(lease.job_id, lease.value, lease.ttl)
+            except Exception as exc:
+                guard.store_failed(exc, None, f"renewing the lease of job {lease.job_id!r}")
+                lease.renew_at = time.monotonic() + min(lease.ttl / 3, 1.0)
+                return
+            if not ok:
+                lease.lost = True
         guard.store_ok(None)
         self.renewals += 1
         if not ok:
             self.remove(lease)
-            lease.lost = True
             guard.emit(
                 "log",
                 logging.WARNING,
@@ -401,18 +409,23 @@ class JobGuard:
     def finish(self, lease: JobLease) -> None:
         """Free ``lease`` in the store. Never raises (it runs in teardown and job threads)."""
         self.renewer.remove(lease)
-        if lease.lost:
-            return
         record = None
         if lease.replay and not lease.failed and self.replay_ttl > 0:
             record = lease.record
-        try:
-            ok = self.store.release(lease.job_id, lease.value, record, self.replay_ttl)
-        except Exception as exc:
-            self.store_failed(
-                exc, current_trace(), f"freeing job {lease.job_id!r} (it frees itself at its TTL)"
-            )
-            return
+        with lease.store_lock:
+            if lease.ended or lease.lost:
+                lease.ended = True
+                return
+            lease.ended = True
+            try:
+                ok = self.store.release(lease.job_id, lease.value, record, self.replay_ttl)
+            except Exception as exc:
+                self.store_failed(
+                    exc,
+                    current_trace(),
+                    f"freeing job {lease.job_id!r} (it frees itself at its TTL)",
+                )
+                return
         self.store_ok(current_trace())
         if not ok:
             self.emit(

@@ -21,6 +21,7 @@ from flask_diaglog import (
     get_state,
     guard_job,
 )
+from flask_diaglog.context import current_trace
 from flask_diaglog.jobs import JobGuard, get_job_guard
 from flask_diaglog.signals import job_rejected
 
@@ -410,6 +411,49 @@ def test_long_job_is_renewed_and_never_expires_while_alive(
     assert client.post("/generate/long").status_code == 202
     for t in threads:
         t.join(WAIT)
+
+
+def test_renewal_racing_the_release_never_retakes_a_freed_job(
+    jobs_app: Callable[..., tuple[Flask, DiagLog]], store_url: str
+) -> None:
+    """A renewal that comes after the job was freed changes nothing (no stuck re-taken lease)."""
+    app, _ = jobs_app({"DIAGLOG_JOB_STORE": store_url})
+    leases: list[Any] = []
+
+    @app.post("/run/<job_id>")
+    @guard_job
+    def run(job_id: str) -> str:
+        trace = current_trace()
+        assert trace is not None
+        leases.append(trace.lease)
+        return "ran"
+
+    assert app.test_client().post("/run/q").status_code == 200
+    guard = get_job_guard(app)
+    guard.renewer._renew(leases[0])
+    assert guard.store.holder("q") is None
+
+
+def test_stale_guard_lease_never_frees_the_new_owner(
+    jobs_app: Callable[..., tuple[Flask, DiagLog]], logs: Any
+) -> None:
+    """A job whose lease expired and was taken by another holder warns, and its end does not free
+    the new owner's job (token check)."""
+    now = [0.0]
+    app, gate, threads = held_job_app(jobs_app, {"DIAGLOG_JOB_TTL": 10})
+    guard = get_job_guard(app)
+    guard.store = store = MemoryJobStore(clock=lambda: now[0])
+    assert app.test_client().post("/generate/st").status_code == 202
+    [lease] = list(guard.renewer.leases)
+    now[0] = 11.0  # e.g. the renewer was cut off from the store for longer than the TTL
+    assert store.claim("st", "other-owner -", 10).outcome == "acquired"
+    guard.renewer._renew(lease)
+    gate.set()
+    for t in threads:
+        t.join(WAIT)
+    assert store.holder("st") == "other-owner -"
+    warning = [r for r in logs.json("jobs") if "taken over" in r["msg"]]
+    assert len(warning) == 1 and warning[0]["job_id"] == "st" and warning[0]["level"] == "WARNING"
 
 
 # -- 5. Idempotency-Key --------------------------------------------------------------------------
