@@ -168,11 +168,6 @@ class _Watchdog:
         if t is not None and t is not threading.current_thread():
             t.join(timeout)
 
-    def restart(self) -> None:
-        """Allow a stopped watchdog to start again (tests)."""
-        self.stop()
-        self._reset()
-
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -225,9 +220,12 @@ class _Watchdog:
         if due:
             frames = sys._current_frames()
             names = _thread_names()
-            for reg, trace, name in due:
-                if trace in reg:  # it may have ended a moment ago
-                    _report(reg, trace, name, frames.get(trace.thread), names)
+            try:
+                for reg, trace, name in due:
+                    if trace in reg:  # it may have ended a moment ago
+                        _report(reg, trace, name, frames.get(trace.thread), names)
+            finally:
+                del frames  # frames reference every thread's locals: do not keep them
         return next_at
 
 
