@@ -7,6 +7,7 @@ lower bounds the design guarantees (a report is never early) and bounded waits, 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -95,10 +96,10 @@ def test_reports_repeat_at_doubling_intervals(make_app: Callable[..., Flask], lo
     for h in hangs:
         assert h["duration_ms"] >= HANG * 1000 * 2 ** (h["hung"] - 1)
         assert h["stage"] == "outer.inner"  # the innermost open stage
-    # Doubling: with hang_after 0.1 s, 1 s of work cannot get more than 4 reports (0.1, 0.2, 0.4,
-    # 0.8), where a fixed interval would give about 10.
-    assert len(hangs) <= 4
     (end,) = logs.events("requests", "request_end")
+    # Doubling: work that ran D ms gets at most 1 + log2(D / hang_after) reports (4 for about 1 s:
+    # 0.1, 0.2, 0.4, 0.8 s), where a fixed interval would give about 10.
+    assert len(hangs) <= 1 + math.log2(end["duration_ms"] / (HANG * 1000))
     assert end["hung"] == len(hangs)
     assert f"was_hung({len(hangs)})" in end["msg"]
     assert end["level"] == "INFO"  # DIAGLOG_SLOW_MS (default 5000) not reached
@@ -141,7 +142,7 @@ def test_hung_spawned_job(make_app: Callable[..., Flask], logs: Logs) -> None:
 
 def test_fast_work_gets_no_warning(make_app: Callable[..., Flask], logs: Logs) -> None:
     """Requests and jobs that end before the threshold are never reported."""
-    app = make_app({"DIAGLOG_FORMAT": "json", "DIAGLOG_HANG_AFTER": 0.5})
+    app = make_app({"DIAGLOG_FORMAT": "json", "DIAGLOG_HANG_AFTER": 1.0})
     diaglog: DiagLog = app.extensions["diaglog"].ext
 
     @app.get("/fast")
@@ -154,7 +155,7 @@ def test_fast_work_gets_no_warning(make_app: Callable[..., Flask], logs: Logs) -
     client = app.test_client()
     for _ in range(5):
         assert client.get("/fast").status_code == 200
-    time.sleep(1.0)  # well past the threshold: a forgotten trace would be reported by now
+    time.sleep(1.5)  # well past the threshold: a forgotten trace would be reported by now
     assert logs.events("requests", "hang") == []
     assert logs.events("jobs", "hang") == []
     assert all("hung" not in e for e in logs.events("requests", "request_end"))
