@@ -1,0 +1,164 @@
+"""The example app's live page (example_app/live_page.py): auth by session, and in Chromium the
+stages of one job appear while the job runs."""
+
+from __future__ import annotations
+
+import os
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask_socketio import SocketIO
+from werkzeug.serving import make_server
+
+from example_app.live_page import allow_live, bp
+from flask_diaglog import DiagLog, stage
+from flask_diaglog.live import get_bridge
+
+NS = "/diaglog"
+CHROMIUM = "/usr/bin/chromium"
+STAGES = ("validate", "preprocess", "generate", "postprocess")
+
+
+def build(make_app: Callable[..., Flask], gate: threading.Event) -> tuple[Flask, SocketIO]:
+    """The wiring the example app uses: SocketIO first, DiagLog(live_auth=allow_live), bp."""
+    app = make_app({"DIAGLOG_LIVE": True, "SECRET_KEY": "example"}, init=False)
+    socketio = SocketIO(app, async_mode="threading")
+    diaglog = DiagLog(app, live_auth=allow_live)
+    app.register_blueprint(bp)
+
+    def job() -> None:
+        for i, name in enumerate(STAGES):
+            with stage(name):
+                app.logger.info("%s running", name)
+            if i == 0:
+                assert gate.wait(30)  # the test looks at the page in between
+
+    @app.post("/run/<job_id>")
+    def run(job_id: str) -> tuple[dict[str, Any], int]:
+        diaglog.spawn(job)
+        return {"job_id": job_id}, 202
+
+    return app, socketio
+
+
+def test_page_renders_and_serves_the_vendored_client(make_app: Callable[..., Flask]) -> None:
+    """/live renders the page with the namespace and the vendored socket.io client."""
+    app, _ = build(make_app, threading.Event())
+    client = app.test_client()
+    page = client.get("/live")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert '/live/static/socket.io.min.js"' in html and 'io("/diaglog")' in html
+    js = client.get("/live/static/socket.io.min.js")
+    assert js.status_code == 200 and b"Socket.IO v4" in js.data
+    js.close()
+    bridge = get_bridge(app)
+    assert bridge is not None
+    bridge.close()
+
+
+def test_only_browsers_that_opened_the_page_are_admitted(make_app: Callable[..., Flask]) -> None:
+    """allow_live admits a client whose handshake carries the page's session cookie only."""
+    gate = threading.Event()
+    gate.set()
+    app, socketio = build(make_app, gate)
+    stranger = socketio.test_client(app, namespace=NS, flask_test_client=app.test_client())
+    assert not stranger.is_connected(NS)
+    client = app.test_client()
+    client.get("/live")
+    viewer = socketio.test_client(app, namespace=NS, flask_test_client=client)
+    bridge = get_bridge(app)
+    assert bridge is not None
+    try:
+        assert viewer.is_connected(NS)
+        viewer.emit("subscribe", {"job_id": "p-1"}, namespace=NS, callback=True)
+        client.post("/run/p-1")
+        assert bridge.flush(10)
+        # the job thread may still be finishing: wait for its end event to be emitted
+        received: list[dict[str, Any]] = []
+        for _ in range(200):
+            received += [p["args"][0] for p in viewer.get_received(NS)]
+            if any(e["event"] == "job_end" for e in received):
+                break
+            threading.Event().wait(0.05)
+            bridge.flush(10)
+        stages = [e["stage"] for e in received if e["event"] == "stage"]
+        assert stages == list(STAGES)
+    finally:
+        viewer.disconnect(NS)
+        bridge.close()
+
+
+@pytest.fixture
+def served(make_app: Callable[..., Flask]) -> Iterator[tuple[str, threading.Event]]:
+    gate = threading.Event()
+    app, _ = build(make_app, gate)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", gate
+    finally:
+        gate.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+        bridge = get_bridge(app)
+        if bridge is not None:
+            bridge.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (CI installs it)")
+def test_page_in_chromium_shows_stages_as_they_happen(
+    served: tuple[str, threading.Event], tmp_path: Path
+) -> None:
+    """In a real browser, the first stage shows while the job is still running, then the rest
+    and the job's end."""
+    from playwright.sync_api import sync_playwright
+
+    base, gate = served
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+            ],
+        )  # fmt: skip
+        try:
+            page = browser.new_page()
+            page.goto(f"{base}/live")
+            page.wait_for_function("document.getElementById('conn').textContent === 'connected'")
+            page.fill("#job", "browser-job")
+            page.click("#follow")
+            page.wait_for_function(
+                "document.getElementById('status').textContent === 'waiting for events'"
+            )
+            req = urllib.request.Request(f"{base}/run/browser-job", method="POST")
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status == 202
+            first = page.locator("#stages li", has_text="validate")
+            first.wait_for(timeout=15_000)
+            assert page.locator("#stages li").count() == 1  # the job is held after stage 1
+            assert page.eval_on_selector("#progress", "el => el.value") == 1
+            shots = Path(os.environ.get("LIVE_SCREENSHOTS", str(tmp_path)))
+            page.screenshot(path=str(shots / "live-running.png"))
+            gate.set()
+            page.wait_for_function(
+                "document.getElementById('status').textContent.startsWith('done')",
+                timeout=15_000,
+            )
+            names = page.locator("#stages li").all_text_contents()
+            assert [n.split(" ")[0] for n in names] == list(STAGES)
+            assert page.eval_on_selector("#progress", "el => el.value") == 4
+            assert "postprocess running" in (page.text_content("#console") or "")
+            page.screenshot(path=str(shots / "live-done.png"))
+        finally:
+            browser.close()
