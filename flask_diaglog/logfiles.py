@@ -1,21 +1,44 @@
 """Log files: rendering, the multi-process-safe rotating writer, the logging bridge, the console.
 
 Durability: every record is rendered to bytes and handed to the kernel with one ``os.write`` on an
-``O_APPEND`` descriptor before the logging call returns. There is no user-space buffer, so a
-SIGKILL loses nothing that was logged, and appends from many processes never tear or overwrite
-each other.
+``O_APPEND`` descriptor before the logging call returns. There is no user-space buffer and no
+queue, so a SIGKILL loses nothing that was logged, and appends from many processes never tear or
+overwrite each other (the kernel serialises appends to one inode).
 
-Rotation across processes: each log file has a small sidecar ``.<name>.lock`` file. Rotation takes
-an exclusive ``flock`` on it, re-checks that the file is still the one that was over the limit (so
-two processes never rotate twice), shifts the backups, and bumps a generation counter stored in the
-sidecar, which every process has ``mmap``-ed. Before each write a process compares that counter
-with its own (about 80 ns) and reopens when another process rotated. A process that wrote into the
-old file a moment before lands in ``.1``: late lines move with their file, they are never lost.
+Rotation across processes. Each log file has a small sidecar ``.<name>.lock`` file, ``mmap``-ed by
+every process, whose first word is a generation counter.
+
+* Rotation takes an exclusive ``flock`` on the sidecar, re-checks that the path is still the inode
+  this process saw over the limit (so two processes that both noticed the size never rotate
+  twice), shifts the backups, renames the file to ``.1`` and bumps the generation.
+* Before each write a process compares the generation with its own (a memory read, ~50 ns) and
+  reopens the path when another process rotated. A write that raced with a rotation (generation
+  checked just before it) lands in ``.1``: late lines move with their file, they are never lost.
+* Threads share one descriptor per file and process, guarded by a lock, so a reopen never closes a
+  descriptor another thread is about to write to.
+
+Compression (``compress=True``) runs in a background thread, never on the request path, and has to
+be sure nobody can still append to the backup it compresses (a line written after the gzip read
+the file would vanish with the plain file). Every writer therefore holds a *shared* ``flock`` on
+the descriptor it appends to, for as long as it keeps it open (one syscall per open, nothing per
+write). The compressor takes an *exclusive* non-blocking ``flock`` on a backup: it succeeds only
+when every process that had the file open has moved on to the new file, which each does at its
+next write. A backup still held is retried later. The ``.gz`` is written to a hidden temporary
+file, synced, and renamed into place; only then is the plain backup removed.
+
+Fork: descriptors are dropped before ``fork()`` in the parent and in the child (both reopen at
+their next write), because ``flock`` locks belong to the open file description, which a fork would
+share between the two processes.
+
+Failures (disk full, read-only file system, a removed directory) never reach the caller: the
+record is counted as lost, the outage is reported once through ``on_error`` (stderr by default),
+and every later write tries again, so lines written after recovery are there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gzip
 import json
@@ -23,13 +46,12 @@ import logging
 import mmap
 import os
 import queue
-import shutil
-import struct
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from .context import current_trace
 from .events import Event
@@ -48,29 +70,34 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-class _Clock:
-    """Caches the per-second parts of timestamps; per line only milliseconds are formatted."""
+class _Second(NamedTuple):
+    """The parts of a timestamp that change once per second, formatted once per second."""
 
-    __slots__ = ("iso", "offset", "plain", "sec")
-
-    def __init__(self) -> None:
-        self.sec = -1
-        self.plain = ""
-        self.iso = ""
-        self.offset = ""
-
-    def refresh(self, sec: int) -> None:
-        lt = time.localtime(sec)
-        self.plain = time.strftime("%Y-%m-%d %H:%M:%S", lt)
-        self.iso = time.strftime("%Y-%m-%dT%H:%M:%S", lt)
-        off = lt.tm_gmtoff or 0
-        sign = "+" if off >= 0 else "-"
-        off = abs(off)
-        self.offset = f"{sign}{off // 3600:02d}:{(off % 3600) // 60:02d}"
-        self.sec = sec
+    sec: int
+    plain: str  # 2026-11-22 10:15:02
+    iso: str  # 2026-11-22T10:15:02
+    offset: str  # +01:00
 
 
-_clock = _Clock()
+def _second(sec: int) -> _Second:
+    lt = time.localtime(sec)
+    off = lt.tm_gmtoff or 0
+    sign = "+" if off >= 0 else "-"
+    off = abs(off)
+    s = _Second(
+        sec,
+        time.strftime("%Y-%m-%d %H:%M:%S", lt),
+        time.strftime("%Y-%m-%dT%H:%M:%S", lt),
+        f"{sign}{off // 3600:02d}:{(off % 3600) // 60:02d}",
+    )
+    global _now
+    _now = s  # one reference swap: other threads see the old or the new tuple, never a mix
+    return s
+
+
+_now = _second(int(time.time()))
+#: ".000" to ".999": the millisecond part without a format call per line.
+_MS = tuple(f".{i:03d}" for i in range(1000))
 _LEVEL_TAG = {
     logging.DEBUG: " | DEBUG | ",
     logging.INFO: " | INFO | ",
@@ -94,29 +121,33 @@ def escape_line(text: str) -> str:
 def format_ts(ts: float) -> str:
     """ISO 8601 local time with milliseconds and offset, e.g. ``2026-11-22T10:15:02.123+00:00``."""
     sec = int(ts)
-    clock = _clock
-    if sec != clock.sec:
-        clock.refresh(sec)
-    return f"{clock.iso}.{int((ts - sec) * 1000):03d}{clock.offset}"
+    now = _now
+    if now.sec != sec:
+        now = _second(sec)
+    return f"{now.iso}{_MS[int((ts - sec) * 1000)]}{now.offset}"
 
 
 def render_plain(ev: Event) -> bytes:
     """``2026-11-22 10:15:02.123 | INFO | logger | req=<id> job=<id or -> | message``."""
     ts = ev.ts
     sec = int(ts)
-    clock = _clock
-    if sec != clock.sec:
-        clock.refresh(sec)
-    tag = _LEVEL_TAG.get(ev.level) or f" | {logging.getLevelName(ev.level)} | "
+    now = _now
+    if now.sec != sec:
+        now = _second(sec)
+    level = ev.level
+    tag = _LEVEL_TAG[level] if level in _LEVEL_TAG else f" | {logging.getLevelName(level)} | "
     line = (
-        f"{clock.plain}.{int((ts - sec) * 1000):03d}{tag}{ev.logger} | "
+        f"{now.plain}{_MS[int((ts - sec) * 1000)]}{tag}{ev.logger} | "
         f"req={ev.request_id or '-'} job={ev.job_id or '-'} | {ev.msg}"
     )
     if ev.exc:
         line = f"{line} | {ev.exc}"
     if not line.isprintable():
         line = line.translate(_ESCAPES)
-    return (line + "\n").encode("utf-8", "backslashreplace")
+    try:
+        return (line + "\n").encode()
+    except UnicodeEncodeError:  # lone surrogates
+        return (line + "\n").encode("utf-8", "backslashreplace")
 
 
 def render_json(ev: Event) -> bytes:
@@ -128,7 +159,10 @@ def render_json(ev: Event) -> bytes:
         # json.dumps escapes C0 controls already; these two are legal in JSON but break lines
         # for some readers.
         line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-    return (line + "\n").encode("utf-8", "backslashreplace")
+    try:
+        return (line + "\n").encode()
+    except UnicodeEncodeError:  # lone surrogates
+        return (line + "\n").encode("utf-8", "backslashreplace")
 
 
 RENDERERS: dict[str, Callable[[Event], bytes]] = {"plain": render_plain, "json": render_json}
@@ -137,16 +171,38 @@ RENDERERS: dict[str, Callable[[Event], bytes]] = {"plain": render_plain, "json":
 # The writer.
 # --------------------------------------------------------------------------------------------
 
-_GEN = struct.Struct("=Q")
+#: The sidecar ``.<name>.lock`` file: a few 64-bit words shared through ``mmap`` by every process
+#: that writes the file set. Word 0 is the generation, bumped by every rotation.
+_SIDECAR_SIZE = 64
+_WORDS = _SIDECAR_SIZE // 8
 ErrorHook = Callable[["LogFile", "OSError | None"], None]
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+_SH_NB = fcntl.LOCK_SH | fcntl.LOCK_NB
+_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
+#: Every open LogFile of this process, so descriptors and locks can be handled around fork().
+_open_files: weakref.WeakSet[LogFile] = weakref.WeakSet()
 
 
 class LogFile:
     """An append-only log file that many threads and processes can share and rotate safely.
 
-    ``write(data)`` is one ``os.write`` of a whole record. Failures (disk full, read-only file
-    system, directory removed) never raise: they are counted in ``failed_writes``, reported through
-    ``on_error`` once per outage, and the file is reopened on a later write.
+    ``write(data)`` hands one whole record to the kernel with one ``os.write`` on an ``O_APPEND``
+    descriptor before it returns. Failures (disk full, read-only file system, directory removed)
+    never raise: they are counted in ``failed_writes``, reported through ``on_error`` once per
+    outage (and once more when writing works again), and the next write tries again.
+
+    The protocol that makes sharing safe (see the module docstring for why each step exists):
+
+    * a writer holds a shared ``flock`` on the descriptor it writes to, for as long as it keeps
+      that descriptor open;
+    * before each write it compares the generation word in the mmap'd sidecar with the one it
+      opened under (about 50 ns) and reopens the path when another process rotated;
+    * rotation happens under an exclusive ``flock`` on the sidecar, only for the inode that was
+      seen over the limit, and bumps the generation;
+    * a backup is compressed only while the compressor holds an exclusive ``flock`` on it, which
+      it gets only once no process has it open for writing any more. So a line that landed in a
+      just-rotated file (a writer that checked the generation a moment before the rotation) is
+      always inside the ``.gz``.
     """
 
     def __init__(
@@ -163,111 +219,183 @@ class LogFile:
         self.backup_count = backup_count
         self.compress = compress
         self.on_error = on_error
+        #: Records that could not be written (each is counted once).
         self.failed_writes = 0
-        self.written = 0
-        head, tail = os.path.split(self.path)
-        self.lock_path = os.path.join(head, f".{tail}.lock")
+        #: Backups compressed by this process.
+        self.compressed = 0
+        self.dir, self.name = os.path.split(self.path)
+        self.lock_path = os.path.join(self.dir, f".{self.name}.lock")
         # How many bytes this process writes between size checks: small enough that N processes
-        # overshoot max_bytes by little, large enough that fstat stays off the hot path.
-        self._check_every = max(512, min(max_bytes // 64, 64 * 1024)) if max_bytes else 64 * 1024
+        # overshoot max_bytes by little, large enough that the stat() stays off the hot path.
+        self._check_every = max(512, min(max_bytes // 64, 64 * 1024)) if max_bytes else 1 << 20
         self._lock = threading.Lock()
         self._fd = -1
         self._ino = -1
-        self._gen = 0
+        self._gen = -1
         self._since = 0
         self._broken = False
-        self._retry_at = 0.0
-        self._pid = os.getpid()
-        self._lock_fd = -1
+        self._side_fd = -1
+        self._side_ino = -1
         self._mm: mmap.mmap | None = None
+        self._hdr: memoryview | None = None
         self._compressor: threading.Thread | None = None
-        self._pending: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._open()  # raises OSError at startup if the file cannot be created
+        self._wake = threading.Event()
+        self._closed = False
+        with self._lock:
+            self._open_sidecar()  # raises OSError at startup if the directory is unusable
+            # Create the file now (so a bad directory fails at startup), but keep no descriptor
+            # until the first write: a process that never writes (a pre-forking master) then holds
+            # no file open that a compressor would have to wait for.
+            os.close(os.open(self.path, _OPEN_FLAGS, 0o644))
+        _open_files.add(self)
 
     # -- opening ----------------------------------------------------------------------------
 
     def _open_sidecar(self) -> None:
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            if os.fstat(fd).st_size < _GEN.size:
-                os.ftruncate(fd, _GEN.size)
-            self._mm = mmap.mmap(fd, _GEN.size)
+            st = os.fstat(fd)
+            if st.st_size < _SIDECAR_SIZE:
+                os.ftruncate(fd, _SIDECAR_SIZE)  # only ever grows, so concurrent calls agree
+            mm = mmap.mmap(fd, _SIDECAR_SIZE)
         except BaseException:
             os.close(fd)
             raise
-        self._lock_fd = fd
+        self._release_sidecar()
+        self._side_fd = fd
+        self._side_ino = st.st_ino
+        self._mm = mm
+        self._hdr = memoryview(mm).cast("Q")
+
+    def _release_sidecar(self) -> None:
+        if self._hdr is not None:
+            self._hdr.release()
+            self._hdr = None
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+        if self._side_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._side_fd)
+            self._side_fd = -1
+
+    def _sidecar_fd(self) -> int:
+        if self._side_fd < 0:
+            self._open_sidecar()
+        return self._side_fd
 
     def _open(self) -> None:
-        if self._lock_fd < 0:
+        """Open the current file for appending and take the writer's shared lock on it."""
+        if self._hdr is None:
             self._open_sidecar()
-        assert self._mm is not None
-        gen = _GEN.unpack_from(self._mm, 0)[0]
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        old, self._fd = self._fd, fd
-        self._ino = os.fstat(fd).st_ino
-        self._gen = gen
-        self._since = 0
-        if old >= 0:
-            os.close(old)
+        hdr = self._hdr
+        assert hdr is not None
+        self._close_fd()
+        for _ in range(100):
+            gen = hdr[0]
+            try:
+                fd = os.open(self.path, _OPEN_FLAGS, 0o644)
+            except FileNotFoundError:
+                os.makedirs(self.dir, exist_ok=True)  # the directory was removed: recreate it
+                fd = os.open(self.path, _OPEN_FLAGS, 0o644)
+            try:
+                # Fails only while a compressor holds this inode, i.e. it was rotated after our
+                # open() found it: open the path again.
+                fcntl.flock(fd, _SH_NB)
+                if hdr[0] == gen:
+                    self._fd = fd
+                    self._ino = os.fstat(fd).st_ino
+                    self._gen = gen
+                    self._since = 0
+                    return
+            except BlockingIOError:
+                pass
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # rotated while we opened it: take the new one
+        raise OSError(errno.EAGAIN, "log file keeps being rotated while opening it", self.path)
 
-    def _after_fork(self) -> None:
-        # The child inherits descriptors and the mapping; only the thread and lock are stale.
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._compressor = None
-        self._pending = queue.SimpleQueue()
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # also drops our shared lock on that inode
 
     # -- writing ----------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self._pid != os.getpid():
-            self._after_fork()
+        """Append one record (one ``write(2)``). Never raises for I/O errors."""
         with self._lock:
+            hdr = self._hdr
             try:
-                if self._broken:
-                    if time.monotonic() < self._retry_at:
+                if hdr is None or hdr[0] != self._gen or self._fd < 0:
+                    if self._closed:
                         self.failed_writes += 1
                         return
                     self._open()
-                elif self._mm is not None and _GEN.unpack_from(self._mm, 0)[0] != self._gen:
-                    self._open()
-                view = memoryview(data)
-                while view:
-                    n = os.write(self._fd, view)
-                    view = view[n:]
-                self.written += 1
-                if self._broken:
-                    self._broken = False
-                    self._report(None)
-                self._since += len(data)
-                if self._since >= self._check_every:
-                    self._since = 0
-                    self._check_size()
+                n = os.write(self._fd, data)
+                if n != len(data):
+                    self._write_rest(data, n)
+                    n = len(data)
             except OSError as exc:
-                self.failed_writes += 1
-                self._retry_at = time.monotonic() + 0.5
-                if not self._broken:
-                    self._broken = True
-                    self._report(exc)
+                self._failed(exc)
+                return
+            if self._broken:
+                self._broken = False
+                self._report(None)
+            self._since += n
+            if self._since >= self._check_every:
+                self._since = 0
+                self._check()
+
+    def _write_rest(self, data: bytes, n: int) -> None:
+        view = memoryview(data)[n:]
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+
+    def _failed(self, exc: OSError) -> None:
+        self.failed_writes += 1
+        self._close_fd()  # reopen on the next write (the file may be gone, or the fd broken)
+        if not self._broken:
+            self._broken = True
+            self._report(exc)
 
     def _report(self, exc: OSError | None) -> None:
         hook = self.on_error
         if hook is None:
-            if exc is not None:
-                sys.stderr.write(f"flask-diaglog: cannot write {self.path}: {exc}\n")
+            with contextlib.suppress(Exception):
+                if exc is not None:
+                    sys.stderr.write(
+                        f"flask-diaglog: cannot write {self.path} ({exc}); lines are counted "
+                        "as lost until it can be written again\n"
+                    )
+                else:
+                    sys.stderr.write(
+                        f"flask-diaglog: {self.path} is writable again "
+                        f"({self.failed_writes} lines lost so far)\n"
+                    )
             return
         with contextlib.suppress(Exception):
             hook(self, exc)
 
-    def _check_size(self) -> None:
+    def _check(self) -> None:
+        """Every ``_check_every`` bytes: follow external moves, rotate when over the limit."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            self._open()  # removed from under us (logrotate, rm): start a new file
+            self._open()  # removed from under us (rm, logrotate): start a new file
             return
         if st.st_ino != self._ino:
-            self._open()
-        elif self.max_bytes and st.st_size >= self.max_bytes:
+            self._open()  # replaced by somebody who does not use our protocol
+            return
+        with contextlib.suppress(OSError):
+            if os.stat(self.lock_path).st_ino != self._side_ino:
+                self._open_sidecar()  # the sidecar was removed: share the new one
+                self._open()
+                return
+        if self.max_bytes and st.st_size >= self.max_bytes:
             self._rotate()
 
     # -- rotation ---------------------------------------------------------------------------
@@ -276,8 +404,10 @@ class LogFile:
         return f"{self.path}.{i}.gz" if gz else f"{self.path}.{i}"
 
     def _rotate(self) -> None:
-        assert self._mm is not None
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        hdr = self._hdr
+        assert hdr is not None
+        side = self._sidecar_fd()
+        fcntl.flock(side, fcntl.LOCK_EX)
         try:
             try:
                 st = os.stat(self.path)
@@ -287,102 +417,244 @@ class LogFile:
             if st is not None and st.st_ino == self._ino and st.st_size >= self.max_bytes:
                 n = self.backup_count
                 if n > 0:
-                    for gz in (False, True):
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(self._name(n, gz))
-                    for i in range(n - 1, 0, -1):
-                        for gz in (False, True):
-                            with contextlib.suppress(FileNotFoundError):
-                                os.rename(self._name(i, gz), self._name(i + 1, gz))
+                    self._shift(n)
                     os.rename(self.path, self._name(1))
                 else:
                     os.unlink(self.path)
-                gen = _GEN.unpack_from(self._mm, 0)[0] + 1
-                _GEN.pack_into(self._mm, 0, gen)
-                if self.compress and n > 0:
-                    self._schedule_compress(self._name(1))
+                hdr[0] = hdr[0] + 1
             self._open()
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            fcntl.flock(side, fcntl.LOCK_UN)
+        if self.compress and self.backup_count > 0:
+            self._start_compressor()
+
+    def _shift(self, n: int) -> None:
+        """``.i`` becomes ``.i+1`` (plain and ``.gz``); what would become ``.n+1`` is deleted."""
+        prefix = self.name + "."
+        present: set[str] = set()
+        for entry in os.listdir(self.dir):
+            if entry.startswith(prefix):
+                present.add(entry[len(self.name) :])
+        for gz in (False, True):
+            suffix = f".{n}.gz" if gz else f".{n}"
+            if suffix in present:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._name(n, gz))
+        for i in range(n - 1, 0, -1):
+            for gz in (False, True):
+                suffix = f".{i}.gz" if gz else f".{i}"
+                if suffix in present:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rename(self._name(i, gz), self._name(i + 1, gz))
 
     # -- compression (off the request path) -------------------------------------------------
 
-    def _schedule_compress(self, path: str) -> None:
-        with contextlib.suppress(OSError):
-            self._pending.put(path)
-        if self._compressor is None or not self._compressor.is_alive():
+    def _start_compressor(self) -> None:
+        self._wake.set()
+        t = self._compressor
+        if t is None or not t.is_alive():
             t = threading.Thread(target=self._compress_loop, name="diaglog-gzip", daemon=True)
             self._compressor = t
             t.start()
 
     def _compress_loop(self) -> None:
-        while True:
+        delay = 0.05
+        give_up = time.monotonic() + 3600.0
+        while not self._closed:
+            self._wake.clear()
             try:
-                path = self._pending.get(timeout=5.0)
-            except queue.Empty:
-                return
-            time.sleep(0.2)  # let writers that checked the generation a moment ago finish
-            with contextlib.suppress(Exception):
-                self.compress_file(path)
+                busy = self.compress_backups()
+            except Exception as exc:  # never let the thread die silently with work left
+                with contextlib.suppress(Exception):
+                    sys.stderr.write(f"flask-diaglog: compressing {self.path} backups: {exc}\n")
+                busy = True
+            if not busy or time.monotonic() > give_up:
+                if not self._wake.wait(30.0):
+                    return  # idle: the next rotation starts a new thread
+                delay = 0.05
+                give_up = time.monotonic() + 3600.0
+                continue
+            # Some backup is still open in a process that has not written since the rotation;
+            # it drops the file at its next write. Try again, a little later each time.
+            self._wake.wait(delay)
+            delay = min(delay * 2, 5.0)
 
-    def compress_file(self, path: str) -> str | None:
-        """Gzip one rotated backup. The ``.gz`` appears only when complete (temp file + rename).
+    def compress_backups(self) -> bool:
+        """Gzip every plain backup that no process still writes to. True if some were busy.
 
-        The backup may be shifted to a higher number while it is compressed; it is found again by
-        its inode under the rotation lock. Returns the ``.gz`` path, or ``None`` if it vanished.
+        A ``.gz`` appears only when complete: it is written to a hidden temporary file, synced,
+        and renamed. The plain backup is removed after that, so a crash at any point leaves the
+        plain backup or a complete ``.gz`` (or briefly both), never a partial one. Safe to run in
+        several processes at once.
         """
-        try:
-            ino = os.stat(path).st_ino
-        except FileNotFoundError:
-            return None
-        tmp = f"{path}.{os.getpid()}.gz.part"
-        with open(path, "rb") as src, open(tmp, "wb") as raw:
-            with gzip.GzipFile(filename=os.path.basename(path), mode="wb", fileobj=raw) as gz:
-                shutil.copyfileobj(src, gz, 1024 * 1024)
-            raw.flush()
-            os.fsync(raw.fileno())
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        busy = False
+        done: set[int] = set()
+        while True:
+            fd, ino, was_busy = self._pick_backup(done)
+            busy = busy or was_busy
+            if fd < 0:
+                return busy
+            done.add(ino)
+            try:
+                self._compress_fd(fd, ino)
+            finally:
+                os.close(fd)  # releases the exclusive lock
+
+    def _pick_backup(self, done: set[int]) -> tuple[int, int, bool]:
+        """Open and exclusively lock one plain backup nobody writes to: ``(fd, inode, busy)``."""
+        busy = False
+        side = self._sidecar_fd()
+        fcntl.flock(side, fcntl.LOCK_EX)  # no rotation renames files while we look
         try:
             for i in range(1, self.backup_count + 1):
-                plain = self._name(i)
                 try:
-                    if os.stat(plain).st_ino != ino:
-                        continue
+                    fd = os.open(self._name(i), os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
                     continue
-                final = self._name(i, gz=True)
-                os.rename(tmp, final)
-                os.unlink(plain)
-                return final
-            os.unlink(tmp)
-            return None
+                ino = os.fstat(fd).st_ino
+                if ino in done:
+                    os.close(fd)
+                    continue
+                try:
+                    fcntl.flock(fd, _EX_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    busy = True  # a writer still has it open: next round
+                    continue
+                return fd, ino, busy
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            fcntl.flock(side, fcntl.LOCK_UN)
+        return -1, -1, busy
+
+    def _compress_fd(self, fd: int, ino: int) -> None:
+        self._remove_stale_parts()
+        tmp = os.path.join(self.dir, f".{self.name}.{ino}.{os.getpid()}.gz.part")
+        try:
+            with open(tmp, "wb") as raw:
+                with gzip.GzipFile(filename=self.name, mode="wb", fileobj=raw, mtime=0) as gz:
+                    while True:
+                        chunk = os.read(fd, 1 << 20)
+                        if not chunk:
+                            break
+                        gz.write(chunk)
+                raw.flush()
+                os.fsync(raw.fileno())
+            side = self._sidecar_fd()
+            fcntl.flock(side, fcntl.LOCK_EX)
+            try:
+                # The backup may have moved to a higher number meanwhile: find it by inode.
+                for i in range(1, self.backup_count + 1):
+                    plain = self._name(i)
+                    try:
+                        if os.stat(plain).st_ino != ino:
+                            continue
+                    except FileNotFoundError:
+                        continue
+                    os.rename(tmp, self._name(i, gz=True))
+                    os.unlink(plain)
+                    self.compressed += 1
+                    return
+            finally:
+                fcntl.flock(side, fcntl.LOCK_UN)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # the backup fell off the end of the retention meanwhile
+
+    def _remove_stale_parts(self) -> None:
+        """Delete temporary ``.gz.part`` files left by compressors that were killed."""
+        prefix = f".{self.name}."
+        for entry in os.listdir(self.dir):
+            if not (entry.startswith(prefix) and entry.endswith(".gz.part")):
+                continue
+            try:
+                pid = int(entry[len(prefix) : -len(".gz.part")].rsplit(".", 1)[1])
+            except (IndexError, ValueError):
+                continue
+            if pid == os.getpid():
+                continue
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.dir, entry))
+            except PermissionError:
+                pass
 
     def wait_compressed(self, timeout: float = 10.0) -> bool:
-        """Block until the background compressor is idle (for tests and clean shutdown)."""
-        t = self._compressor
+        """Block until no plain backup is left to compress (tests, clean shutdown).
+
+        Returns False on timeout, e.g. while another process still has a backup open.
+        """
+        if not self.compress or self.backup_count <= 0:
+            return True
         deadline = time.monotonic() + timeout
-        while t is not None and t.is_alive() and not self._pending.empty():
+        while True:
+            t = self._compressor
+            if t is not None and t.is_alive():
+                self._wake.set()
+            try:
+                if not any(os.path.exists(self._name(i)) for i in range(1, self.backup_count + 1)):
+                    return True
+            except OSError:
+                return True
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.02)
-        return True
+
+    # -- lifecycle --------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Release the descriptors. Later writes are counted as failed, never raised."""
         with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-            if self._mm is not None:
-                self._mm.close()
-                self._mm = None
-            if self._lock_fd >= 0:
-                os.close(self._lock_fd)
-                self._lock_fd = -1
+            self._closed = True
+            self._wake.set()
+            self._close_fd()
+            self._release_sidecar()
+        _open_files.discard(self)
+
+    def _before_fork(self) -> None:
+        # The parent drops its descriptor (reopened at its next write): a pre-forking master that
+        # logged once must not keep a backup open forever, and the child must not share the open
+        # file description (flock locks belong to it, not to the process).
+        if self._lock.acquire(timeout=1.0):
+            try:
+                self._close_fd()
+            finally:
+                self._lock.release()
+
+    def _after_fork_child(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._compressor = None
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        # The rotation lock must be our own open file description too; the mapping stays.
+        side, self._side_fd = self._side_fd, -1
+        if side >= 0:
+            with contextlib.suppress(OSError):
+                os.close(side)
 
     def __repr__(self) -> str:
         return f"<LogFile {self.path}>"
+
+
+def _before_fork() -> None:
+    for f in list(_open_files):
+        f._before_fork()
+
+
+def _after_fork_child() -> None:
+    for f in list(_open_files):
+        f._after_fork_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_child)
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,11 +713,14 @@ class FileSink:
 
 
 class ConsoleSink:
-    """Echoes rendered lines to a stream through a bounded queue and a daemon thread.
+    """Echoes rendered lines to the console (stdout) through a bounded queue and a daemon thread.
 
-    ``put`` never blocks: when the stream is not read (a pipe nobody drains), the queue fills and
-    further lines are dropped and counted in ``dropped``. The first drop of an episode is reported
-    once on stderr; when the stream drains again, a line saying how many were dropped is written.
+    ``put`` never blocks: when the console is not read (a pipe nobody drains), the writer thread
+    blocks in ``write(2)``, the queue fills, and further lines are dropped and counted in
+    ``dropped``. The files are written before the console is offered the line, so they still get
+    every line. The first drop of an episode is reported once on stderr (from a separate thread,
+    as stderr may be that same unread pipe); once the console drains again, a line saying how
+    many lines were dropped is written to it.
     """
 
     sink_name = "console"
@@ -462,8 +737,12 @@ class ConsoleSink:
         self.level = level
         self._stream = stream
         self.maxsize = maxsize
+        #: Lines dropped because the queue was full (the console was not keeping up).
         self.dropped = 0
-        self._unreported = 0
+        #: Lines written to the console.
+        self.written = 0
+        self._announced = 0  # drops already reported on the console
+        self._warned = 0  # value of ``dropped`` when stderr was last told about an episode
         self._q: queue.Queue[bytes] = queue.Queue(maxsize)
         self._thread: threading.Thread | None = None
         self._pid = -1
@@ -479,19 +758,26 @@ class ConsoleSink:
         self.put(self.render(ev))
 
     def put(self, data: bytes) -> None:
+        """Queue one line for the console; drop and count it if the queue is full."""
         if self._pid != os.getpid():
             self._start()
         try:
             self._q.put_nowait(data)
         except queue.Full:
             self.dropped += 1
-            self._unreported += 1
-            if self._unreported == 1:
-                with contextlib.suppress(Exception):
-                    sys.stderr.write(
-                        "flask-diaglog: console output is not being read; console lines are "
-                        "dropped and counted (the log files still get every line)\n"
-                    )
+            if self._warned <= self._announced:  # first drop since the console last drained
+                self._warned = self.dropped
+                threading.Thread(
+                    target=self._warn, name="diaglog-console-warn", daemon=True
+                ).start()
+
+    def _warn(self) -> None:
+        with contextlib.suppress(Exception):
+            sys.stderr.write(
+                "flask-diaglog: the console (stdout) is not being read; console lines are "
+                "dropped and counted (see DiagLog.stats()), the log files still get every line\n"
+            )
+            sys.stderr.flush()
 
     def _start(self) -> None:
         with self._start_lock:
@@ -508,21 +794,35 @@ class ConsoleSink:
             data = q.get()
             try:
                 fd = self._fd()
-                if self._unreported:
-                    n, self._unreported = self._unreported, 0
-                    os.write(fd, f"flask-diaglog: {n} console lines were dropped\n".encode())
-                os.write(fd, data)
+                dropped = self.dropped
+                if dropped > self._announced:
+                    note = (
+                        f"flask-diaglog: {dropped - self._announced} console lines were dropped\n"
+                    )
+                    _write_all(fd, note.encode())
+                    self._announced = dropped
+                _write_all(fd, data)
+                self.written += 1
             except Exception:
-                time.sleep(0.05)
+                time.sleep(0.05)  # no console at all (closed stdout): keep draining the queue
+            finally:
+                q.task_done()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until queued lines are written (tests, shutdown). False on timeout."""
         deadline = time.monotonic() + timeout
-        while not self._q.empty():
+        q = self._q
+        while q.unfinished_tasks:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.005)
         return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,6 +879,17 @@ class DiagLogHandler(logging.Handler):
             self.file = None
         self._dispatch = dispatch
         self._redact = redact
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Filter, then emit without the handler-wide lock: the writer is thread-safe by itself
+        (one ``write(2)`` per record under the file's own lock), so records from many threads are
+        not serialised twice."""
+        rv: Any = self.filter(record)
+        if isinstance(rv, logging.LogRecord):
+            record = rv  # Python 3.12+: a filter may return a replacement record
+        if rv:
+            self.emit(record)
+        return bool(rv)
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, "_diaglog_seen", None) is self:
