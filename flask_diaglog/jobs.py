@@ -257,6 +257,13 @@ class _Renewer:
                 self.thread.start()
         self.wake.set()
 
+    def renew_all_soon(self) -> None:
+        """Renew every held lease now (after a store outage, which may have lost them)."""
+        with self.lock:
+            for lease in self.leases:
+                lease.renew_at = 0.0
+        self.wake.set()
+
     def remove(self, lease: JobLease) -> None:
         with self.lock:
             self.leases.discard(lease)
@@ -359,17 +366,17 @@ class JobGuard:
             first = self._outage_failures == 0
             self._outage_failures += 1
         if first:
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = str(exc) if isinstance(exc, JobStoreError) else f"{type(exc).__name__}: {exc}"
             mode = (
-                "guarded requests run unguarded (DIAGLOG_JOB_FAIL_OPEN)"
+                "Guarded requests run unguarded (DIAGLOG_JOB_FAIL_OPEN)"
                 if self.fail_open
-                else "guarded requests get 503 until it is back"
+                else "Guarded requests get 503 until it is back"
             )
             self.emit(
                 "log",
                 logging.ERROR,
-                f"job store {self.store.describe()} unreachable while {action}: {reason}; "
-                f"{mode}. Further failures are counted, not logged.",
+                f"job store {self.store.describe()} unreachable while {action} ({reason}). "
+                f"{mode}; further failures are counted, not logged.",
                 trace,
                 store=self.store.describe(),
                 error=reason,
@@ -382,9 +389,10 @@ class JobGuard:
         with self._health:
             failures, self._outage_failures = self._outage_failures, 0
         if failures:
+            self.renewer.renew_all_soon()  # re-assert leases the store may have lost
             self.emit(
                 "log",
-                logging.WARNING,
+                logging.INFO,
                 f"job store {self.store.describe()} reachable again after {failures} failed calls",
                 trace,
                 store=self.store.describe(),
@@ -431,8 +439,9 @@ class JobGuard:
             self.emit(
                 "log",
                 logging.WARNING,
-                f"job {lease.job_id} had already expired in the store when it ended (its lease "
-                "was not renewed in time); nothing was freed",
+                f"job {lease.job_id} was no longer held in the store when it ended (its lease "
+                "expired, or the store lost it in a restart), so it was not guarded all along; "
+                "nothing was freed",
                 current_trace(),
                 job_id=lease.job_id,
             )

@@ -289,31 +289,29 @@ def test_nested_spawn_keeps_job_until_the_last_work_ends(
 ) -> None:
     """Work spawned from background work holds the job as well, until it also returns."""
     app, diaglog = jobs_app()
-    outer_done = threading.Event()
     inner_gate = threading.Event()
-    threads: list[threading.Thread] = []
+    outers: list[threading.Thread] = []
+    inners: list[threading.Thread] = []
 
     def inner() -> None:
         assert inner_gate.wait(WAIT)
 
     def outer() -> None:
-        threads.append(diaglog.spawn(inner))
-        outer_done.set()
+        inners.append(diaglog.spawn(inner))
 
     @app.post("/generate/<job_id>")
     @guard_job
     def generate(job_id: str) -> tuple[str, int]:
-        threads.append(diaglog.spawn(outer))
+        outers.append(diaglog.spawn(outer))
         return "", 202
 
     client = app.test_client()
     assert client.post("/generate/n").status_code == 202
-    assert outer_done.wait(WAIT)
-    threads[0].join(WAIT)
+    outers[0].join(WAIT)
+    assert not outers[0].is_alive() and inners[0].is_alive()
     assert client.post("/generate/n").status_code == 409  # outer ended, inner still runs
     inner_gate.set()
-    for t in threads:
-        t.join(WAIT)
+    inners[0].join(WAIT)
     assert client.post("/generate/n").status_code == 202
 
 
