@@ -584,14 +584,24 @@ def _run_guarded(
     if trace is None:
         # No trace (the path is in DIAGLOG_EXCLUDE): the job ends with the view.
         try:
-            return fn(*args, **kwargs)
+            return _call_view(fn, args, kwargs, lease, fingerprint)
         finally:
             lease.release()
     if trace.lease is not None:
         trace.lease.release()  # a second guard on the same request: the newer one counts
-    trace.lease = lease
+    trace.lease = lease  # released by the extension when the request ends (also on errors)
+    return _call_view(fn, args, kwargs, lease, fingerprint)
+
+
+def _call_view(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    lease: JobLease,
+    fingerprint: str,
+) -> Any:
     rv = fn(*args, **kwargs)
-    if not replay:
+    if not lease.replay:
         return rv
     response = current_app.make_response(rv)
     lease.record = _encode_record(response, fingerprint)

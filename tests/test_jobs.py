@@ -631,6 +631,28 @@ def test_key_callable_overrides_the_job_id(
     assert rejected["job_id"] == "scene-a"
 
 
+def test_guard_still_guards_a_path_excluded_from_logging(
+    jobs_app: Callable[..., tuple[Flask, DiagLog]], logs: Any
+) -> None:
+    """On a DIAGLOG_EXCLUDE path the job is held while the view runs and replay still works."""
+    app, _ = jobs_app({"DIAGLOG_EXCLUDE": "/internal"})
+    seen: list[int] = []
+
+    @app.post("/internal/<job_id>")
+    @guard_job(replay=True)
+    def internal(job_id: str) -> dict[str, Any]:
+        inner = app.test_client().post(f"/internal/{job_id}")  # a duplicate while we run
+        seen.append(inner.status_code)
+        return {"n": len(seen)}
+
+    client = app.test_client()
+    assert client.post("/internal/e1").json == {"n": 1}
+    replayed = client.post("/internal/e1")
+    assert replayed.json == {"n": 1} and replayed.headers["Idempotent-Replayed"] == "true"
+    assert seen == [409]
+    assert logs.text("requests") == ""
+
+
 def test_guard_is_a_no_op_when_diaglog_is_disabled(make_app: Callable[..., Flask]) -> None:
     """With DIAGLOG_ENABLED off, guarded views run as if undecorated."""
     app = make_app({"DIAGLOG_ENABLED": False})
