@@ -178,6 +178,7 @@ class LiveBridge:
         self._pid = -1
         self._task: Any = None
         self._start_lock = threading.Lock()
+        self._count_lock = threading.Lock()
 
     # -- the sink (request thread) -----------------------------------------------------------
 
@@ -193,11 +194,14 @@ class LiveBridge:
         try:
             self._q.put_nowait(ev)
         except queue.Full:
-            self.dropped += 1
-            if self.dropped == 1:
+            with self._count_lock:
+                self.dropped += 1
+                first = self.dropped == 1
+            if first:
                 self._report("dropped", None)
             return
-        self.queued += 1
+        with self._count_lock:
+            self.queued += 1
 
     @property
     def started(self) -> bool:

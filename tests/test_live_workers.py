@@ -8,11 +8,15 @@ transport only (a long-polling client would hit a worker that does not know its 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import textwrap
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +25,7 @@ from servers import gunicorn
 
 pytestmark = pytest.mark.slow
 
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "live.md"
 NS = "/diaglog"
 TOKEN = "worker-token"
 
@@ -38,7 +43,18 @@ APP = textwrap.dedent(
     socketio = SocketIO(
         app, async_mode="threading", message_queue=os.environ.get("OWN_MESSAGE_QUEUE") or None
     )
-    DiagLog(app, socketio=socketio)
+    diaglog = DiagLog(app, socketio=socketio)
+
+
+    @app.post("/jobs/<job_id>")
+    def start(job_id):
+        def work():
+            for name in ("validate", "render"):
+                with stage(name):
+                    app.logger.info("%s done", name)
+
+        diaglog.spawn(work)
+        return {"job_id": job_id}, 202
 
 
     @app.get("/work")
@@ -144,7 +160,9 @@ def test_a_client_on_one_worker_hears_every_worker(server: str) -> None:
         assert {e["pid"] for e in events} == pids
         for rid, pid in served.items():
             mine = [e for e in events if e["request_id"] == rid]
-            assert [e["event"] for e in mine] == ["request_start", "log", "stage", "request_end"]
+            # the client runs each handler on its own thread: compare without order
+            kinds = sorted(e["event"] for e in mine)
+            assert kinds == ["log", "request_end", "request_start", "stage"]
             assert {e["pid"] for e in mine} == {pid}
     finally:
         listener.close()
@@ -160,3 +178,37 @@ def test_clients_without_the_token_are_refused(server: str, auth: Any) -> None:
         assert listener.refusals == [{"message": "unauthorized"}]
     finally:
         listener.close()
+
+
+def test_the_documented_python_client_follows_a_job(server: str) -> None:
+    """The Python client of docs/live.md, run as written (URL and token filled in), prints each
+    stage of a job served by the workers and exits when the job ends."""
+    docs = DOCS.read_text()
+    section = docs.split("### A Python client", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S)
+    assert code is not None
+    script = code.group(1).replace("http://localhost:8000", server)
+    script = script.replace('auth={"token": "..."}', f"auth={{'token': {TOKEN!r}}}")
+    assert server in script and TOKEN in script
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ack = proc.stdout.readline()  # printed once subscribed
+        assert "'ok': True" in ack, ack + (proc.stderr.read() if proc.stderr else "")
+        req = urllib.request.Request(server + "/jobs/job-1", method="POST")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 202
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert {ln.split()[0] for ln in lines if ln.endswith(" ms ok")} <= {"validate", "render"}
+    assert re.fullmatch(r"finished: validate [\d.]+ ms, render [\d.]+ ms", lines[-1]), out
