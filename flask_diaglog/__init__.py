@@ -6,6 +6,7 @@ rotating log files, a ``Server-Timing`` header, and events for signals and live 
 
 from __future__ import annotations
 
+from . import signals
 from .config import ConfigError, is_testing
 from .context import current_job_id, current_request_id
 from .events import Event
@@ -44,6 +45,7 @@ __all__ = [
     "guard_job",
     "inflight",
     "is_testing",
+    "signals",
     "stage",
     "timed_stage",
 ]
