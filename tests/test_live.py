@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from conftest import Logs
 from flask import Flask, request
+from flask.testing import FlaskClient
 from flask_socketio import SocketIO, SocketIOTestClient
 
 from flask_diaglog import DiagLog, get_state, stage
@@ -59,13 +60,18 @@ class LiveApp:
         return app, socketio
 
     def client(
-        self, app: Flask, socketio: SocketIO, auth: Any = ..., **kw: Any
+        self,
+        app: Flask,
+        socketio: SocketIO,
+        auth: Any = ...,
+        flask_client: FlaskClient | None = None,
+        **kw: Any,
     ) -> SocketIOTestClient:
         sc = socketio.test_client(
             app,
             namespace=NS,
             auth={"token": TOKEN} if auth is ... else auth,
-            flask_test_client=app.test_client(),
+            flask_test_client=flask_client or app.test_client(),
             **kw,
         )
         self.clients.append(sc)
@@ -110,11 +116,12 @@ def subscribe(sc: SocketIOTestClient, **what: Any) -> Any:
 def test_a_subscribed_client_gets_its_jobs_events(live_app: LiveApp) -> None:
     """A client subscribed to a job receives that job's events, each equal to Event.to_dict()."""
     app, socketio = live_app(LIVE)
-    sc = live_app.client(app, socketio)
+    client = app.test_client()
+    sc = live_app.client(app, socketio, flask_client=client)
     assert sc.is_connected(NS)
     assert subscribe(sc, job_id="job-1") == {"ok": True, "rooms": ["job:job-1"]}
     with capture_events(app) as events:
-        resp = app.test_client().get("/work", headers={"X-Job-ID": "job-1"})
+        resp = client.get("/work", headers={"X-Job-ID": "job-1"})
     assert resp.status_code == 200
     got = received(sc, app)
     assert [d["event"] for d in got] == ["request_start", "log", "stage", "request_end"]
@@ -229,9 +236,10 @@ def test_nothing_is_emitted_in_test_mode(
     monkeypatch.setattr(SocketIO, "start_background_task", spy)
     app, socketio = live_app({"DIAGLOG_LIVE_TOKEN": TOKEN})
     assert app.config["TESTING"] is True
-    sc = live_app.client(app, socketio)
+    client = app.test_client()
+    sc = live_app.client(app, socketio, flask_client=client)
     subscribe(sc, all=True)
-    app.test_client().get("/work", headers={"X-Job-ID": "quiet"})
+    client.get("/work", headers={"X-Job-ID": "quiet"})
     bridge = get_bridge(app)
     assert bridge is not None and bridge not in get_state(app).dispatch.fanout
     assert sc.get_received(NS) == []

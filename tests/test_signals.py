@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from conftest import Logs
 from flask import Flask
 
-from flask_diaglog import DiagLog, get_state, stage
+from flask_diaglog import DiagLog, get_state, guard_job, stage
 from flask_diaglog import signals as sig
 from flask_diaglog.events import EVENT_KINDS, Event
 
@@ -118,6 +119,34 @@ def test_job_signals_from_background_work(make_app: Callable[..., Flask]) -> Non
         threads[0].join(10)
     assert [e.job_id for _, e in started.heard] == ["j-7"]
     assert [(s, e.job_id, e.fields["ok"]) for s, e in finished.heard] == [(app, "j-7", True)]
+
+
+def test_job_rejected_signal_for_a_duplicate(make_app: Callable[..., Flask]) -> None:
+    """A second request for an active job gets its 409 and job_rejected is sent by the app."""
+    diaglog = DiagLog()
+    app = make_app(init=False)
+    diaglog.init_app(app)
+    release = threading.Event()
+    threads = []
+
+    @app.post("/gen/<job_id>")
+    @guard_job
+    def gen(job_id: str) -> tuple[dict[str, str], int]:
+        threads.append(diaglog.spawn(lambda: release.wait(30)))
+        return {"job_id": job_id}, 202
+
+    rec = Recorder()
+    try:
+        with sig.job_rejected.connected_to(rec, app):
+            client = app.test_client()
+            assert client.post("/gen/dup-1").status_code == 202
+            assert client.post("/gen/dup-1").status_code == 409
+    finally:
+        release.set()
+        for t in threads:
+            t.join(10)
+    [(sender, event)] = rec.heard
+    assert sender is app and event.kind == "job_rejected" and event.job_id == "dup-1"
 
 
 @pytest.mark.parametrize("kind", EVENT_KINDS)
