@@ -552,6 +552,31 @@ def test_failed_request_is_not_stored_for_replay(
     assert len(calls) == 2
 
 
+def test_failed_background_work_is_not_stored_for_replay(
+    jobs_app: Callable[..., tuple[Flask, DiagLog]],
+) -> None:
+    """When the spawned work raises, the 202 is not replayed: the retry starts the job again."""
+    app, diaglog = jobs_app()
+    threads: list[threading.Thread] = []
+
+    def work() -> None:
+        raise RuntimeError("GPU fell off the bus")
+
+    @app.post("/gen")
+    @guard_job(replay=True)
+    def gen() -> tuple[str, int]:
+        threads.append(diaglog.spawn(work))
+        return "accepted", 202
+
+    client = app.test_client()
+    h = {"Idempotency-Key": "bg-fail"}
+    for _ in range(2):
+        resp = client.post("/gen", headers=h)
+        assert resp.status_code == 202 and "Idempotent-Replayed" not in resp.headers
+        threads[-1].join(WAIT)
+    assert len(threads) == 2
+
+
 def test_replay_expires_after_replay_ttl(jobs_app: Callable[..., tuple[Flask, DiagLog]]) -> None:
     """After DIAGLOG_JOB_REPLAY_TTL the stored response is gone and the key runs again."""
     app, calls = replay_app(jobs_app, {"DIAGLOG_JOB_REPLAY_TTL": 60})
