@@ -287,7 +287,14 @@ class _Renewer:
                 continue
             for lease in leases:
                 if lease.renew_at <= now:
-                    self._renew(lease)
+                    try:
+                        self._renew(lease)
+                    except Exception as exc:  # keep renewing the others; say why
+                        lease.renew_at = time.monotonic() + lease.ttl / 3
+                        self.guard.state.report_internal(
+                            f"flask-diaglog: renewing the lease of job {lease.job_id!r} failed",
+                            exc,
+                        )
 
     def _renew(self, lease: JobLease) -> None:
         guard = self.guard

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from servers import RedisServer, gunicorn
+from servers import RedisServer, gunicorn, redis_binary
 
 from flask_diaglog import ConfigError, DiagLog, MemoryJobStore, RedisJobStore, guard_job
 from flask_diaglog.jobs import get_job_guard
@@ -121,6 +121,32 @@ def test_redis_store_selected_by_config(
     os.environ["DIAGLOG_JOB_STORE"] = "redis://:secret@127.0.0.1:1/0"  # cleaned by _clean_env
     app3, _ = apps()
     assert get_job_guard(app3).store.describe() == "redis://:***@127.0.0.1:1/0"
+
+
+def test_unix_socket_redis_store_guards(
+    apps: Callable[..., tuple[Flask, DiagLog]], tmp_path: Path
+) -> None:
+    """DIAGLOG_JOB_STORE=unix://... works against a real Redis listening on a unix socket."""
+    exe = redis_binary()
+    assert exe is not None
+    sock = tmp_path / "redis.sock"
+    proc = subprocess.Popen(
+        [exe, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(sock.exists, "the unix socket")
+        app, _ = apps({"DIAGLOG_JOB_STORE": f"unix://{sock}?db=0"})
+        store = get_job_guard(app).store
+        assert isinstance(store, RedisJobStore)
+        assert store.claim("u1", "t -", 30).outcome == "acquired"
+        assert store.claim("u1", "t2 -", 30).outcome == "busy"
+        assert store.release("u1", "t -") is True
+    finally:
+        proc.terminate()
+        proc.wait(WAIT)
 
 
 def test_missing_redis_package_is_a_startup_error_naming_the_key(
