@@ -247,7 +247,7 @@ def test_running_job_survives_a_redis_restart(
 ) -> None:
     """A job still running when Redis restarts (losing all keys) re-takes its lease at the next
     renewal, so duplicates are refused again."""
-    app, diaglog = apps({"DIAGLOG_JOB_STORE": own_redis.url, "DIAGLOG_JOB_TTL": 0.3})
+    app, diaglog = apps({"DIAGLOG_JOB_STORE": own_redis.url, "DIAGLOG_JOB_TTL": 1.0})
     gate = threading.Event()
     threads: list[threading.Thread] = []
 
@@ -296,7 +296,7 @@ from flask import Flask
 from flask_diaglog import DiagLog, guard_job
 
 app = Flask("holder")
-app.config.update(DIAGLOG_JOB_STORE=sys.argv[1], DIAGLOG_LOG_DIR=sys.argv[2], DIAGLOG_JOB_TTL=1.0)
+app.config.update(DIAGLOG_JOB_STORE=sys.argv[1], DIAGLOG_LOG_DIR=sys.argv[2], DIAGLOG_JOB_TTL=2.0)
 diaglog = DiagLog(app)
 
 @app.post("/generate/<job_id>")
