@@ -165,8 +165,8 @@ class LiveBridge:
         self.token = token
         self.auth = auth
         self.maxsize = maxsize
-        #: Called at most once per kind of trouble (``"dropped"``, ``"failed"``), outside any
-        #: lock, never on the emitting path's hot loop; must not raise.
+        #: ``on_error(message, exc)``: called once per kind of trouble, the first drop (on a
+        #: request thread) and the first failed emit (on the emitting task).
         self.on_error = on_error
         self.queued = 0
         self.emitted = 0
@@ -185,10 +185,8 @@ class LiveBridge:
     def __call__(self, ev: Event) -> None:
         if _emitting.active:
             return  # created while emitting (a socket library logged): files only
-        if ev.kind == "log" and ev.logger.startswith(QUIET_LOGGERS):
-            name = ev.logger
-            if any(name == q or name.startswith(q + ".") for q in QUIET_LOGGERS):
-                return
+        if ev.kind == "log" and ev.logger.split(".", 1)[0] in QUIET_LOGGERS:
+            return  # Socket.IO, Engine.IO and Redis clients log while emitting: files only
         if self._pid != os.getpid():
             self._start()
         try:

@@ -219,6 +219,18 @@ def test_socketio_transport_requests_are_not_logged(live_app: LiveApp, logs: Log
     assert [r["path"] for r in logs.events("requests", "request_end")] == ["/work"]
 
 
+def test_fields_json_cannot_encode_are_sent_as_text(live_app: LiveApp) -> None:
+    """An event field that is not JSON (a set, an object) goes out as its string form."""
+    app, socketio = live_app(LIVE)
+    sc = live_app.client(app, socketio)
+    subscribe(sc, all=True)
+    get_state(app).emit("stage", logging.INFO, "odd", None, {"stage": "x", "odd": {3}})
+    [data] = received(sc, app)
+    assert data["odd"] == "{3}" and data["stage"] == "x"
+    bridge = get_bridge(app)
+    assert bridge is not None and bridge.failed == 0
+
+
 # -- test mode --------------------------------------------------------------------------------
 
 
