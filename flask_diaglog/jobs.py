@@ -36,7 +36,7 @@ from flask.wrappers import Request
 from werkzeug.exceptions import BadRequest, Conflict, ServiceUnavailable, UnprocessableEntity
 from werkzeug.sansio.response import Response as SansIOResponse
 
-from .context import Trace, current_trace
+from .context import Lease, Trace, current_trace
 from .jobstores import (
     ACQUIRED,
     DONE,
@@ -225,6 +225,23 @@ class JobLease:
         return f"<JobLease {self.job_id} holders={self._count}>"
 
 
+class _Leases:
+    """Several leases held by one request (stacked guards): retained and released together."""
+
+    __slots__ = ("leases",)
+
+    def __init__(self, *leases: Lease) -> None:
+        self.leases = leases
+
+    def retain(self) -> None:
+        for lease in self.leases:
+            lease.retain()
+
+    def release(self) -> None:
+        for lease in reversed(self.leases):
+            lease.release()
+
+
 class _Renewer:
     """One daemon thread per guard that extends the TTL of held leases at a third of their TTL.
 
@@ -291,9 +308,14 @@ class _Renewer:
                         self._renew(lease)
                     except Exception as exc:  # keep renewing the others; say why
                         lease.renew_at = time.monotonic() + lease.ttl / 3
-                        self.guard.state.report_internal(
-                            f"flask-diaglog: renewing the lease of job {lease.job_id!r} failed",
-                            exc,
+                        self.guard.emit(
+                            "log",
+                            logging.ERROR,
+                            f"renewing the lease of job {lease.job_id} failed: "
+                            f"{type(exc).__name__}: {exc}",
+                            None,
+                            job_id=lease.job_id,
+                            exc=self.guard.state.format_exc(exc),
                         )
 
     def _renew(self, lease: JobLease) -> None:
@@ -556,6 +578,9 @@ def _run_guarded(
             raise JobIdRequired(_where(key, state))
         return fn(*args, **kwargs)
 
+    if trace is not None and job_id in _held_ids(trace.lease):
+        return fn(*args, **kwargs)  # a stacked guard already holds this very job
+
     fingerprint = _fingerprint(req) if replay else "-"
     value = f"{os.urandom(12).hex()} {fingerprint}"
     lease_ttl = ttl or guard.ttl
@@ -594,10 +619,18 @@ def _run_guarded(
             return _call_view(fn, args, kwargs, lease, fingerprint)
         finally:
             lease.release()
-    if trace.lease is not None:
-        trace.lease.release()  # a second guard on the same request: the newer one counts
-    trace.lease = lease  # released by the extension when the request ends (also on errors)
+    # Released by the extension when the request ends (also on errors). A second guard on the
+    # same request (two job ids) holds both.
+    trace.lease = lease if trace.lease is None else _Leases(trace.lease, lease)
     return _call_view(fn, args, kwargs, lease, fingerprint)
+
+
+def _held_ids(lease: Lease | None) -> list[str]:
+    if isinstance(lease, JobLease):
+        return [lease.job_id]
+    if isinstance(lease, _Leases):
+        return [i for inner in lease.leases for i in _held_ids(inner)]
+    return []
 
 
 def _call_view(
@@ -619,8 +652,9 @@ def _job_id(req: Request, trace: Trace | None, state: _State, key: KeyFunc | Non
     from .extension import _lookup_job_id
 
     if key is None:
-        if trace is not None:
+        if trace is not None and trace.lease is None:
             return trace.job_id
+        # No trace, or another guard on this request already replaced trace.job_id: look again.
         return _lookup_job_id(req, state.ext.job_id_getter)
     job_id = _lookup_job_id(req, key)  # validated: an invalid id is a 400 (InvalidJobId)
     if trace is not None:

@@ -315,6 +315,33 @@ def test_nested_spawn_keeps_job_until_the_last_work_ends(
     assert client.post("/generate/n").status_code == 202
 
 
+def test_two_stacked_guards_hold_both_jobs(
+    jobs_app: Callable[..., tuple[Flask, DiagLog]],
+) -> None:
+    """Two guards on one view (two job ids) hold both jobs until the work ends."""
+    app, diaglog = jobs_app()
+    gate = threading.Event()
+    threads: list[threading.Thread] = []
+
+    @app.post("/gen/<job_id>")
+    @guard_job(key=lambda r: "gpu-" + r.headers["X-GPU"])
+    @guard_job
+    @guard_job  # the same id twice: held once, not refused by itself
+    def gen(job_id: str) -> tuple[str, int]:
+        threads.append(diaglog.spawn(gate.wait, WAIT))
+        return "", 202
+
+    client = app.test_client()
+    assert client.post("/gen/a", headers={"X-GPU": "0"}).status_code == 202
+    assert client.post("/gen/b", headers={"X-GPU": "0"}).status_code == 409  # GPU busy
+    assert client.post("/gen/a", headers={"X-GPU": "1"}).status_code == 409  # job busy
+    gate.set()
+    for t in threads:
+        t.join(WAIT)
+    store = get_job_guard(app).store
+    assert store.holder("a") is None and store.holder("gpu-0") is None
+
+
 # -- 3. concurrency ------------------------------------------------------------------------------
 
 
