@@ -37,6 +37,7 @@ and every later write tries again, so lines written after recovery are there.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
@@ -181,6 +182,29 @@ _SH_NB = fcntl.LOCK_SH | fcntl.LOCK_NB
 _EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
 #: Every open LogFile of this process, so descriptors and locks can be handled around fork().
 _open_files: weakref.WeakSet[LogFile] = weakref.WeakSet()
+
+
+class _ExitGuard:
+    """Keeps interpreter shutdown from freezing a daemon compressor between its two final steps
+    (``.gz`` renamed into place, plain backup removed), which would leave the lines twice."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.exiting = False
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+    def at_exit(self) -> None:
+        with self.lock:
+            self.exiting = True
+
+
+_exit_guard = _ExitGuard()
+atexit.register(_exit_guard.at_exit)
 
 
 class LogFile:
@@ -460,7 +484,7 @@ class LogFile:
     def _compress_loop(self) -> None:
         delay = 0.05
         give_up = time.monotonic() + 3600.0
-        while not self._closed:
+        while not self._closed and not _exit_guard.exiting:
             self._wake.clear()
             try:
                 busy = self.compress_backups()
@@ -489,21 +513,26 @@ class LogFile:
         """
         busy = False
         done: set[int] = set()
-        while True:
-            fd, ino, was_busy = self._pick_backup(done)
-            busy = busy or was_busy
-            if fd < 0:
-                return busy
-            done.add(ino)
-            try:
-                self._compress_fd(fd, ino)
-            finally:
-                os.close(fd)  # releases the exclusive lock
+        # A descriptor of our own for the rotation lock: flock() locks belong to the open file
+        # description, so sharing the writers' descriptor would not exclude our own threads.
+        side = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            while True:
+                fd, ino, was_busy = self._pick_backup(side, done)
+                busy = busy or was_busy
+                if fd < 0:
+                    return busy
+                done.add(ino)
+                try:
+                    self._compress_fd(side, fd, ino)
+                finally:
+                    os.close(fd)  # releases the exclusive lock
+        finally:
+            os.close(side)
 
-    def _pick_backup(self, done: set[int]) -> tuple[int, int, bool]:
+    def _pick_backup(self, side: int, done: set[int]) -> tuple[int, int, bool]:
         """Open and exclusively lock one plain backup nobody writes to: ``(fd, inode, busy)``."""
         busy = False
-        side = self._sidecar_fd()
         fcntl.flock(side, fcntl.LOCK_EX)  # no rotation renames files while we look
         try:
             for i in range(1, self.backup_count + 1):
@@ -526,7 +555,7 @@ class LogFile:
             fcntl.flock(side, fcntl.LOCK_UN)
         return -1, -1, busy
 
-    def _compress_fd(self, fd: int, ino: int) -> None:
+    def _compress_fd(self, side: int, fd: int, ino: int) -> None:
         self._remove_stale_parts()
         tmp = os.path.join(self.dir, f".{self.name}.{ino}.{os.getpid()}.gz.part")
         try:
@@ -539,7 +568,6 @@ class LogFile:
                         gz.write(chunk)
                 raw.flush()
                 os.fsync(raw.fileno())
-            side = self._sidecar_fd()
             fcntl.flock(side, fcntl.LOCK_EX)
             try:
                 # The backup may have moved to a higher number meanwhile: find it by inode.
@@ -550,8 +578,11 @@ class LogFile:
                             continue
                     except FileNotFoundError:
                         continue
-                    os.rename(tmp, self._name(i, gz=True))
-                    os.unlink(plain)
+                    with _exit_guard:
+                        if _exit_guard.exiting:
+                            break  # interpreter shutdown: leave the plain backup for later
+                        os.rename(tmp, self._name(i, gz=True))
+                        os.unlink(plain)
                     self.compressed += 1
                     return
             finally:
@@ -649,6 +680,7 @@ def _before_fork() -> None:
 
 
 def _after_fork_child() -> None:
+    _exit_guard.lock = threading.Lock()
     for f in list(_open_files):
         f._after_fork_child()
 
