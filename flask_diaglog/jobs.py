@@ -258,6 +258,8 @@ class _Renewer:
         self.pid = -1
         self.closed = False
         self.renewals = 0
+        #: When the thread wakes next on its own; an earlier lease pokes it.
+        self.next_at = 0.0
 
     def add(self, lease: JobLease) -> None:
         lease.renew_at = time.monotonic() + lease.ttl / 3
@@ -272,7 +274,9 @@ class _Renewer:
                     target=self._run, name="diaglog-lease-renewer", daemon=True
                 )
                 self.thread.start()
-        self.wake.set()
+            poke = lease.renew_at < self.next_at
+        if poke:  # only when it sleeps past this lease's renewal: not once per request
+            self.wake.set()
 
     def renew_all_soon(self) -> None:
         """Renew every held lease now (after a store outage, which may have lost them)."""
@@ -295,12 +299,13 @@ class _Renewer:
     def _run(self) -> None:
         while not self.closed:
             self.wake.clear()  # before the snapshot: an add() after this wakes the wait below
-            with self.lock:
+            with self.lock:  # snapshot and next_at together: add() sees one or the other
                 leases = list(self.leases)
-            now = time.monotonic()
-            wait = min(lease.renew_at for lease in leases) - now if leases else 60.0
+                now = time.monotonic()
+                wait = min(min(lease.renew_at for lease in leases) - now, 60.0) if leases else 60.0
+                self.next_at = now + wait if wait > 0 else 0.0
             if wait > 0:
-                self.wake.wait(min(wait, 60.0))
+                self.wake.wait(wait)
                 continue
             for lease in leases:
                 if lease.renew_at <= now:
