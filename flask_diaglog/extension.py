@@ -527,7 +527,8 @@ class DiagLog:
         It carries the request and job ids (and a copy of all context variables), pushes an app
         context, and writes ``job_start``/``job_end`` lines to ``jobs.log``. Exceptions are logged
         with their traceback and re-raised (so an executor's future sees them). A job guarded by
-        ``@guard_job`` stays active until the first call of the wrapped callable returns.
+        ``@guard_job`` stays active until the first call of the wrapped callable returns, or until
+        the callable is garbage-collected without having run.
         """
         parent = current_trace()
         state = self._state()
@@ -543,6 +544,9 @@ class DiagLog:
             job_lease, held[0] = held[0], None
             return ctx.run(_run_job, state, parent, job_lease, name, fn, args, kwargs)
 
+        if lease is not None:
+            # Never run (a cancelled future, a dropped callable): free the job when it is gone.
+            weakref.finalize(runner, _release_unused, held)
         return runner
 
     def spawn(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> threading.Thread:
@@ -574,6 +578,12 @@ class DiagLog:
     def stats(self, app: Flask | None = None) -> dict[str, Any]:
         """Counters for ``app`` (default: ``current_app``): failed writes, drops, sink failures."""
         return get_state(app).stats()
+
+
+def _release_unused(held: list[Any]) -> None:
+    lease, held[0] = held[0], None
+    if lease is not None:
+        lease.release()
 
 
 def _run_job(

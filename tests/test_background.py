@@ -138,3 +138,27 @@ def test_spawn_thread_is_not_a_daemon(make_app: Callable[..., Flask]) -> None:
         t = diaglog.spawn(lambda: None)
         t.join(10)
     assert t.daemon is False
+
+
+def test_wrapped_callable_never_run_frees_its_job(make_app: Callable[..., Flask]) -> None:
+    """A guarded job held by wrap() is freed when the wrapped callable is dropped unrun."""
+    import gc
+
+    from flask_diaglog import guard_job
+
+    app = make_app()
+    diaglog: DiagLog = app.extensions["diaglog"].ext
+    kept: list[object] = []
+
+    @app.post("/jobs/<job_id>")
+    @guard_job
+    def start(job_id: str) -> tuple[str, int]:
+        kept.append(diaglog.wrap(lambda: None))
+        return "", 202
+
+    client = app.test_client()
+    assert client.post("/jobs/G1").status_code == 202
+    assert client.post("/jobs/G1").status_code == 409  # held by the unrun callable
+    kept.clear()
+    gc.collect()
+    assert client.post("/jobs/G1").status_code == 202
