@@ -1,0 +1,304 @@
+"""The log writer on its own: write failures, retention, compression, threads, fork, dictConfig."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import logging
+import logging.config
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask, abort
+from test_multiprocess import read_set
+
+from flask_diaglog import DiagLogHandler, get_state
+from flask_diaglog import logfiles as logfiles_mod
+from flask_diaglog.logfiles import LogFile
+
+# -- write failures ------------------------------------------------------------------------------
+
+
+class _FailingOs:
+    """Stands in for the ``os`` module inside logfiles: ``write`` fails while ``failing`` is set."""
+
+    def __init__(self) -> None:
+        self.failing = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: Any) -> int:
+        if self.failing:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.write(fd, data)
+
+
+def test_injected_write_errors_never_fail_requests(
+    make_app: Callable[..., Flask],
+    logs: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With every write failing, requests keep their status; failures are counted and reported
+    once; after recovery the new lines are in the file."""
+    app = make_app({"PROPAGATE_EXCEPTIONS": False})
+
+    @app.get("/ok")
+    def ok() -> dict[str, bool]:
+        logging.getLogger(app.import_name).info("view ran")
+        return {"ok": True}
+
+    @app.get("/teapot")
+    def teapot() -> tuple[str, int]:
+        return "short and stout", 418
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("kaput")
+
+    @app.get("/gone")
+    def gone() -> str:
+        abort(410)
+
+    client = app.test_client()
+    assert client.get("/ok", headers={"X-Request-ID": "before"}).status_code == 200
+    fake = _FailingOs()
+    monkeypatch.setattr(logfiles_mod, "os", fake)
+    expected = {"/ok": 200, "/teapot": 418, "/boom": 500, "/gone": 410, "/missing": 404}
+    for i in range(20):
+        for path, status in expected.items():
+            resp = client.get(path, headers={"X-Request-ID": f"during{i}"})
+            assert resp.status_code == status
+            assert resp.headers["X-Request-ID"] == f"during{i}"
+    stats = get_state(app).stats()
+    assert stats["failed_writes"] >= 20 * 5 * 2
+    err = capsys.readouterr().err
+    assert err.count("requests.log failed") == 1, err
+    assert err.count("errors.log failed") == 1, err
+
+    fake.failing = False
+    assert client.get("/ok", headers={"X-Request-ID": "after"}).status_code == 200
+    assert client.get("/boom", headers={"X-Request-ID": "after2"}).status_code == 500
+    text = logs.text("requests")
+    assert "req=before job=- | request_end" in text
+    assert "req=during" not in text
+    assert "req=after job=- | request_start" in text
+    assert "req=after job=- | view ran" in text
+    assert "req=after job=- | request_end" in text
+    assert "req=after2 job=- | request_error" in logs.text("errors")
+    err = capsys.readouterr().err
+    assert "requests.log is writable again" in err
+    assert get_state(app).stats()["failed_writes"] == stats["failed_writes"]
+
+
+def test_real_enospc_from_the_kernel(tmp_path: Path) -> None:
+    """A log path pointing at /dev/full gets real ENOSPC: counted, reported once, then recovers."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    path = tmp_path / "full.log"
+    path.symlink_to("/dev/full")
+    reports: list[OSError | None] = []
+    lf = LogFile(str(path), on_error=lambda f, exc: reports.append(exc))
+    for n in range(50):
+        lf.write(f"lost {n}\n".encode())
+    assert lf.failed_writes == 50
+    assert len(reports) == 1
+    assert reports[0] is not None and reports[0].errno == errno.ENOSPC
+    path.unlink()  # space again: the next write reopens the path and creates a regular file
+    lf.write(b"back\n")
+    assert reports[1:] == [None]
+    assert path.read_text() == "back\n"
+    lf.close()
+
+
+def test_removed_log_directory_is_recreated(tmp_path: Path) -> None:
+    """rm -rf of the log directory: the next size check starts a new file, nothing raises."""
+    d = tmp_path / "gone"
+    d.mkdir()
+    lf = LogFile(str(d / "a.log"), max_bytes=1024, backup_count=2)
+    lf.write(b"first\n")
+    for p in d.iterdir():
+        p.unlink()
+    d.rmdir()
+    for n in range(2000):  # the size check (every 512 bytes here) notices and reopens
+        lf.write(f"line {n}\n".encode())
+    assert lf.failed_writes == 0
+    assert "line 1999" in "".join(read_set(d / "a.log"))
+    lf.close()
+
+
+# -- rotation, retention, compression -----------------------------------------------------------
+
+
+def test_threads_rotating_lose_nothing(tmp_path: Path) -> None:
+    """8 threads sharing one LogFile while it rotates every 8 KiB: every line once."""
+    lf = LogFile(str(tmp_path / "t.log"), max_bytes=8 * 1024, backup_count=1000)
+
+    def worker(t: int) -> None:
+        for n in range(3000):
+            lf.write(f"t{t} n{n}\n".encode())
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    lines = read_set(tmp_path / "t.log")
+    assert sorted(lines) == sorted(f"t{t} n{n}" for t in range(8) for n in range(3000))
+    lf.close()
+
+
+def test_second_rotator_does_not_rotate_again(tmp_path: Path) -> None:
+    """Two writers that both saw the file over the limit: only the first one rotates."""
+    path = str(tmp_path / "r.log")
+    a = LogFile(path, max_bytes=1000, backup_count=5)
+    b = LogFile(path, max_bytes=1000, backup_count=5)  # its own descriptor, like another process
+    b.write(b"b0\n")  # b now holds the file that is about to be rotated
+    for n in range(40):
+        a.write(f"a{n:02d}{'x' * 40}\n".encode())  # rotates once it is past 1000 bytes
+    assert (tmp_path / "r.log.1").exists()
+    b._rotate()  # b noticed the same size a moment later: the path is a new file now
+    assert not (tmp_path / "r.log.2").exists()
+    b.write(b"b1\n")
+    assert "b1" in (tmp_path / "r.log").read_text()
+    assert sorted(read_set(tmp_path / "r.log")) == sorted(
+        ["b0", "b1", *(f"a{n:02d}{'x' * 40}" for n in range(40))]
+    )
+    a.close()
+    b.close()
+
+
+def test_backup_count_and_compression(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rotation keeps backup_count files; gzip runs in the background thread and is complete."""
+    threads: set[str] = set()
+    original = LogFile._compress_fd
+
+    def spy(self: LogFile, side: int, fd: int, ino: int) -> None:
+        threads.add(threading.current_thread().name)
+        original(self, side, fd, ino)
+
+    monkeypatch.setattr(LogFile, "_compress_fd", spy)
+    lf = LogFile(str(tmp_path / "c.log"), max_bytes=4096, backup_count=3, compress=True)
+    for n in range(3000):
+        lf.write(f"line {n:05d}\n".encode())
+    assert lf.wait_compressed(30)
+    names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert names == ["c.log", "c.log.1.gz", "c.log.2.gz", "c.log.3.gz"]
+    assert threads == {"diaglog-gzip"}, "compression must stay off the writing thread"
+    lines = read_set(tmp_path / "c.log")
+    first = int(lines[0].split()[1])
+    assert lines == [f"line {n:05d}" for n in range(first, 3000)]
+    lf.close()
+
+
+def test_late_line_in_rotated_file_ends_up_in_the_gz(tmp_path: Path) -> None:
+    """A writer still holding the rotated file delays its compression; its late line is kept."""
+    path = str(tmp_path / "late.log")
+    a = LogFile(path, max_bytes=2048, backup_count=10, compress=True)
+    b = LogFile(path, max_bytes=2048, backup_count=10)  # like an idle worker process
+    b.write(b"b before\n")
+    for n in range(60):
+        a.write(f"a{n:02d}{'x' * 40}\n".encode())
+    assert (tmp_path / "late.log.1").exists()
+    # b checked the generation just before the rotation, so its next line goes to the old file.
+    os.write(b._fd, b"b late\n")
+    assert not a.wait_compressed(0.5), "the file b still has open must not be compressed"
+    b.write(b"b after\n")  # b notices the rotation, moves to the new file, lets go of the old one
+    assert a.wait_compressed(30)
+    with gzip.open(tmp_path / "late.log.1.gz", "rt") as f:
+        old = f.read().splitlines()
+    assert old[0] == "b before" and old[-1] == "b late"
+    assert "b after" in (tmp_path / "late.log").read_text()
+    a.close()
+    b.close()
+
+
+def test_fork_parent_and_child_share_the_file_set(tmp_path: Path) -> None:
+    """A forked child and its parent keep writing one rotating set: every line once."""
+    path = tmp_path / "f.log"
+    lf = LogFile(str(path), max_bytes=4096, backup_count=1000)
+    lf.write(b"parent first\n")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            for n in range(3000):
+                lf.write(f"child {n}\n".encode())
+        except BaseException:
+            code = 1
+        os._exit(code)
+    for n in range(3000):
+        lf.write(f"parent {n}\n".encode())
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    lines = read_set(path)
+    expected = ["parent first", *(f"{w} {n}" for w in ("parent", "child") for n in range(3000))]
+    assert sorted(lines) == sorted(expected)
+    lf.close()
+
+
+# -- the logging bridge on its own ---------------------------------------------------------------
+
+
+def test_handler_from_dictconfig(tmp_path: Path) -> None:
+    """DiagLogHandler works from logging.config.dictConfig, in both formats, with rotation."""
+    plain, js = tmp_path / "logs" / "app.log", tmp_path / "logs" / "app.jsonl"
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "handlers": {
+                "safe": {
+                    "()": "flask_diaglog.DiagLogHandler",
+                    "filename": str(plain),
+                    "max_bytes": 2048,
+                    "backup_count": 50,
+                    "level": "INFO",
+                },
+                "safe_json": {
+                    "()": "flask_diaglog.DiagLogHandler",
+                    "filename": str(js),
+                    "format": "json",
+                },
+            },
+            "loggers": {
+                "myapp": {"handlers": ["safe", "safe_json"], "level": "DEBUG", "propagate": False}
+            },
+        }
+    )
+    log = logging.getLogger("myapp.sub")
+    log.debug("not at INFO")
+    for n in range(100):
+        log.info("hello %d\nsecond line", n, extra={"request_id": "r1"})
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        log.exception("failed")
+    lines = read_set(plain)
+    assert len(lines) == 101
+    assert lines[0].endswith(" | INFO | myapp.sub | req=r1 job=- | hello 0\\nsecond line")
+    assert "ValueError: bad" in lines[-1]
+    assert (tmp_path / "logs" / "app.log.1").exists()
+    records = [json.loads(line) for line in js.read_text().splitlines()]
+    assert records[0]["level"] == "DEBUG"
+    assert records[1]["msg"] == "hello 0\nsecond line"
+    assert records[1]["request_id"] == "r1"
+    assert records[1]["event"] == "log"
+    assert records[-1]["level"] == "ERROR" and "ValueError: bad" in records[-1]["exc"]
+    for h in logging.getLogger("myapp").handlers:
+        assert isinstance(h, DiagLogHandler)
+        h.close()
+
+
+def test_handler_needs_a_filename() -> None:
+    """A standalone handler without a file is a clear error, and so is an unknown format."""
+    with pytest.raises(ValueError, match="filename"):
+        DiagLogHandler()
+    with pytest.raises(ValueError, match="format"):
+        DiagLogHandler("x.log", format="xml")
