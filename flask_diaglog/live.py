@@ -46,6 +46,8 @@ import queue
 import sys
 import threading
 import time
+import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +101,29 @@ class _Emitting(threading.local):
 
 
 _emitting = _Emitting()
+_bridges: weakref.WeakSet[LiveBridge] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    """In a forked child (gunicorn workers of a ``--preload`` app): fresh locks, and a message
+    queue identity of its own.
+
+    A lock held by another thread at fork time would stay locked forever in the child. And
+    python-socketio's queue managers ignore messages carrying their own ``host_id``: workers that
+    inherited one manager from the master would drop each other's events as their own.
+    """
+    for bridge in list(_bridges):
+        bridge._start_lock = threading.Lock()
+        bridge._count_lock = threading.Lock()
+        manager = getattr(getattr(bridge.socketio, "server", None), "manager", None)
+        if manager is not None and isinstance(getattr(manager, "host_id", None), str):
+            manager.host_id = uuid.uuid4().hex
+            if getattr(manager, "redis_url", None) is not None:
+                manager.connected = False  # RedisManager: reconnect from this process
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def rooms_for(ev: Event) -> list[str]:
@@ -179,6 +204,7 @@ class LiveBridge:
         self._task: Any = None
         self._start_lock = threading.Lock()
         self._count_lock = threading.Lock()
+        _bridges.add(self)
 
     # -- the sink (request thread) -----------------------------------------------------------
 

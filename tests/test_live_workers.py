@@ -46,6 +46,11 @@ APP = textwrap.dedent(
     diaglog = DiagLog(app, socketio=socketio)
 
 
+    if os.environ.get("LOG_AT_IMPORT"):
+        # with --preload this runs in the gunicorn master: its bridge starts before the fork
+        app.logger.warning("app module loaded in %d", os.getpid())
+
+
     @app.post("/jobs/<job_id>")
     def start(job_id):
         def work():
@@ -66,20 +71,25 @@ APP = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module", params=["DIAGLOG_LIVE_QUEUE", "SocketIO(message_queue=)"])
+@pytest.fixture(
+    scope="module", params=["DIAGLOG_LIVE_QUEUE", "SocketIO(message_queue=)", "--preload"]
+)
 def server(
     request: pytest.FixtureRequest, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """gunicorn -w 2 -k gthread serving the app; the queue set one way or the other."""
+    """gunicorn -w 2 -k gthread serving the app; the queue set one way or the other, or the app
+    loaded (and its live bridge started) in the master before the workers fork."""
     if not redis_server.ping():
         redis_server.start()
     tmp = tmp_path_factory.mktemp("live_workers")
     (tmp / "live_workers_app.py").write_text(APP)
     env = {"LIVE_LOG_DIR": str(tmp / "logs"), "DIAGLOG_LIVE_TOKEN": TOKEN}
-    if request.param == "DIAGLOG_LIVE_QUEUE":
-        env["DIAGLOG_LIVE_QUEUE"] = redis_server.url
-    else:
+    if request.param == "SocketIO(message_queue=)":
         env["OWN_MESSAGE_QUEUE"] = redis_server.url
+    else:
+        env["DIAGLOG_LIVE_QUEUE"] = redis_server.url
+    if request.param == "--preload":
+        env.update(GUNICORN_CMD_ARGS="--preload", LOG_AT_IMPORT="1")
     with gunicorn(
         "live_workers_app:app",
         workers=2,
