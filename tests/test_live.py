@@ -158,8 +158,7 @@ def test_request_and_all_subscriptions(live_app: LiveApp) -> None:
 
 
 def test_log_subscription_by_level(live_app: LiveApp) -> None:
-    """A client subscribed at WARNING gets log records at WARNING and above, and nothing else;
-    unsubscribing stops them."""
+    """A WARNING subscriber gets only log records at WARNING and above, until it unsubscribes."""
     app, socketio = live_app({**LIVE, "DIAGLOG_LEVEL": "DEBUG"})
     sc = live_app.client(app, socketio)
     assert subscribe(sc, level="warning") == {"ok": True, "rooms": ["log:WARNING"]}
@@ -279,8 +278,7 @@ def test_live_false_turns_it_off_outside_test_mode(live_app: LiveApp) -> None:
 
 
 def test_live_queue_is_not_installed_in_test_mode(live_app: LiveApp) -> None:
-    """In test mode DIAGLOG_LIVE_QUEUE is left alone, so the Socket.IO test client still works;
-    forced live, it becomes the SocketIO's message queue."""
+    """DIAGLOG_LIVE_QUEUE is left alone in test mode and installed when live is forced."""
     from socketio import RedisManager
 
     app, socketio = live_app({**LIVE, "DIAGLOG_LIVE": None, "DIAGLOG_LIVE_QUEUE": "redis://x:1"})
@@ -399,8 +397,7 @@ def test_a_failing_emit_never_reaches_the_request(
 def test_a_full_queue_drops_and_counts_without_blocking(
     live_app: LiveApp, logs: Logs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the emitter stuck, the bounded queue fills; further events are dropped and counted,
-    and requests still complete. Once unstuck, the queued events go out."""
+    """With the emitter stuck, a full queue drops and counts events; requests never wait."""
     monkeypatch.setattr(live_mod, "QUEUE_SIZE", 3)
     app, socketio = live_app(LIVE)
     gate, entered = threading.Event(), threading.Event()
@@ -432,8 +429,7 @@ def test_a_full_queue_drops_and_counts_without_blocking(
 
 
 def test_socketio_logging_during_emit_cannot_loop(live_app: LiveApp, logs: Logs) -> None:
-    """Socket.IO and Engine.IO log every emit (logger=True) into captured loggers (root): the
-    lines reach the files, but no emit ever causes another."""
+    """Socket.IO logging every emit (logger=True, root captured) reaches files, never the stream."""
     app, socketio = live_app(
         {**LIVE, "DIAGLOG_LOGGERS": "root"},
         socketio_kw={"logger": True, "engineio_logger": True},

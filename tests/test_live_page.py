@@ -118,8 +118,7 @@ def served(make_app: Callable[..., Flask]) -> Iterator[tuple[str, threading.Even
 def test_page_in_chromium_shows_stages_as_they_happen(
     served: tuple[str, threading.Event], tmp_path: Path
 ) -> None:
-    """In a real browser, the first stage shows while the job is still running, then the rest
-    and the job's end."""
+    """In Chromium, the first stage shows while the job still runs, then the rest and the end."""
     from playwright.sync_api import sync_playwright
 
     base, gate = served

@@ -191,8 +191,7 @@ def test_clients_without_the_token_are_refused(server: str, auth: Any) -> None:
 
 
 def test_the_documented_python_client_follows_a_job(server: str) -> None:
-    """The Python client of docs/live.md, run as written (URL and token filled in), prints each
-    stage of a job served by the workers and exits when the job ends."""
+    """The Python client in docs/live.md, run as written, follows a job served by the workers."""
     docs = DOCS.read_text()
     section = docs.split("### A Python client", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, flags=re.S)

@@ -70,8 +70,7 @@ def test_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
 
 
 def test_fixture_works_with_pytest_flask_client(pytester: pytest.Pytester) -> None:
-    """diaglog_events captures a request made with pytest-flask's client, with helpers to
-    filter by kind, job, request and level."""
+    """diaglog_events captures pytest-flask client requests; helpers filter by kind/job/request."""
     pytester.makeconftest(APP)
     pytester.makepyfile(
         """
@@ -112,8 +111,7 @@ def test_fixture_works_with_pytest_flask_client(pytester: pytest.Pytester) -> No
 
 
 def test_failure_report_shows_the_captured_events(pytester: pytest.Pytester) -> None:
-    """A failing test's report has a "diaglog events" section with the events as log lines;
-    a test without the fixture has none."""
+    """A failing test using the fixture gets a "diaglog events" report section; others don't."""
     pytester.makeconftest(APP)
     pytester.makepyfile(
         """
@@ -173,8 +171,7 @@ def test_the_documented_example_passes(pytester: pytest.Pytester) -> None:
 
 
 def test_importing_the_plugin_is_cheap_and_has_no_side_effects() -> None:
-    """Loading the plugin imports neither the capture helpers nor Socket.IO, connects no
-    receiver and touches no logger."""
+    """Loading the plugin imports no helpers or Socket.IO, connects nothing, touches no logger."""
     code = textwrap.dedent(
         """
         import logging, sys

@@ -42,8 +42,7 @@ def make_routes(app: Flask) -> None:
 
 
 def test_every_event_kind_has_a_documented_signal() -> None:
-    """Each event kind maps to its own signal, and each signal has a #: comment naming sender
-    and keyword."""
+    """Each event kind has its own signal, documented with its sender and keyword."""
     import inspect
 
     source = inspect.getsource(sig)
@@ -60,8 +59,7 @@ def test_every_event_kind_has_a_documented_signal() -> None:
 def test_request_signals_carry_the_same_record_as_the_files(
     make_app: Callable[..., Flask], logs: Logs
 ) -> None:
-    """request_started, stage_finished, log_record and request_finished are sent by the app
-    object with the very events written to requests.log."""
+    """Request signals are sent by the app with the very events written to requests.log."""
     app = make_app(JSON)
     make_routes(app)
     recorders = {k: Recorder() for k in ("request_start", "stage", "log", "request_end")}
@@ -177,8 +175,7 @@ def test_receivers_for_another_app_do_not_hear(make_app: Callable[..., Flask]) -
 def test_a_raising_receiver_never_breaks_the_request(
     make_app: Callable[..., Flask], logs: Logs, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A receiver that raises is skipped: the request succeeds, the other receivers still hear,
-    the failure is counted every time and reported once (stderr and errors.log)."""
+    """A raising receiver is skipped, counted every time and reported once; others still hear."""
     app = make_app(JSON)
     make_routes(app)
     good = Recorder()
@@ -205,8 +202,7 @@ def test_a_raising_receiver_never_breaks_the_request(
 def test_logging_inside_a_receiver_does_not_recurse(
     make_app: Callable[..., Flask], logs: Logs
 ) -> None:
-    """A receiver that logs through the app logger creates a line in the files, but no second
-    signal (nested events reach only the files)."""
+    """A receiver's own log line reaches the files but is not signalled again."""
     app = make_app(JSON)
     make_routes(app)
     heard: list[Event] = []
