@@ -161,3 +161,84 @@ def test_page_in_chromium_shows_stages_as_they_happen(
             page.screenshot(path=str(shots / "live-done.png"))
         finally:
             browser.close()
+
+
+def tiny_png(width: int = 24, height: int = 24) -> bytes:
+    """A valid grayscale PNG."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(
+        b"\0" + bytes((x * 7 + y * 3) % 256 for x in range(width)) for y in range(height)
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture
+def example_served(tmp_path: Path) -> Iterator[str]:
+    from example_app import create_app
+
+    app = create_app({"DIAGLOG_LOG_DIR": str(tmp_path / "logs"), "EXAMPLE_GENERATE_SECONDS": 0.5})
+    if "socketio" not in app.extensions or "live" not in app.blueprints:
+        pytest.skip("example_app/__init__.py does not wire SocketIO and the live page yet")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+        bridge = get_bridge(app)
+        if bridge is not None:
+            bridge.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (CI installs it)")
+def test_example_app_page_uploads_and_follows_a_generation(
+    example_served: str, tmp_path: Path
+) -> None:
+    """In the example app, the page uploads an image, starts the job and shows all its stages."""
+    from playwright.sync_api import sync_playwright
+
+    image = tmp_path / "photo.png"
+    image.write_bytes(tiny_png())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+            ],
+        )  # fmt: skip
+        try:
+            page = browser.new_page()
+            page.goto(f"{example_served}/live")
+            page.wait_for_function("document.getElementById('conn').textContent === 'connected'")
+            page.set_input_files("#image", str(image))
+            page.click("#start")
+            page.locator("#stages li", has_text="preprocess").wait_for(timeout=15_000)
+            page.wait_for_function(
+                "document.getElementById('status').textContent.startsWith('done')",
+                timeout=30_000,
+            )
+            names = page.locator("#stages li").all_text_contents()
+            assert [n.split(" ")[0] for n in names] == list(STAGES)
+            href = page.get_attribute("#result-link", "href") or ""
+            with urllib.request.urlopen(example_served + href, timeout=10) as resp:
+                assert resp.read().startswith(b"v ")
+        finally:
+            browser.close()
