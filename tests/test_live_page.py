@@ -24,9 +24,11 @@ CHROMIUM = "/usr/bin/chromium"
 STAGES = ("validate", "preprocess", "generate", "postprocess")
 
 
-def build(make_app: Callable[..., Flask], gate: threading.Event) -> tuple[Flask, SocketIO]:
+def build(
+    make_app: Callable[..., Flask], gate: threading.Event, **config: Any
+) -> tuple[Flask, SocketIO]:
     """The wiring the example app uses: SocketIO first, DiagLog(live_auth=allow_live), bp."""
-    app = make_app({"DIAGLOG_LIVE": True, "SECRET_KEY": "example"}, init=False)
+    app = make_app({"DIAGLOG_LIVE": True, "SECRET_KEY": "example", **config}, init=False)
     socketio = SocketIO(app, async_mode="threading")
     diaglog = DiagLog(app, live_auth=allow_live)
     app.register_blueprint(bp)
@@ -242,3 +244,66 @@ def test_example_app_page_uploads_and_follows_a_generation(
                 assert resp.read().startswith(b"v ")
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (CI installs it)")
+def test_documented_js_client_follows_a_job(make_app: Callable[..., Flask]) -> None:
+    """The JavaScript client in docs/live.md, run as written in Chromium, lists a job's stages."""
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "live.md").read_text()
+    section = docs.split("### A JavaScript client", 1)[1]
+    found = re.search(r"```html\n(.*?)```", section, flags=re.S)
+    assert found is not None
+    gate = threading.Event()
+    gate.set()
+    app, _ = build(make_app, gate, DIAGLOG_LIVE_TOKEN="doc-token")
+    html = found.group(1).replace('token: "..."', 'token: "doc-token"')
+    html = html.replace("/static/socket.io.min.js", "/live/static/socket.io.min.js")
+    assert "doc-token" in html
+
+    @app.get("/doc-client")
+    def doc_client() -> str:
+        return f"<!doctype html><meta charset=utf-8><body>{html}</body>"
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM,
+                headless=True,
+                args=[
+                    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--no-first-run",
+                ],
+            )  # fmt: skip
+            try:
+                page = browser.new_page()
+                page.goto(f"{base}/doc-client")
+                page.wait_for_function("typeof socket !== 'undefined' && socket.connected")
+                # the page subscribes on connect; wait for a subscription to be acknowledged
+                page.evaluate("() => socket.emitWithAck('subscribe', {job_id: 'job-1'})")
+                req = urllib.request.Request(f"{base}/run/job-1", method="POST")
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    assert resp.status == 202
+                page.wait_for_function(
+                    "document.querySelectorAll('#stages li').length === 4", timeout=15_000
+                )
+                names = page.locator("#stages li").all_text_contents()
+                assert [n.split(" ")[0] for n in names] == list(STAGES)
+                assert page.eval_on_selector("#bar", "el => el.value") == 4
+            finally:
+                browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+        bridge = get_bridge(app)
+        if bridge is not None:
+            bridge.close()
