@@ -5,24 +5,31 @@
   background work started with ``diaglog.spawn``; answers 202. Guarded: while that work runs, a
   second generate for the same job gets ``409`` problem+json.
 * ``GET /api/jobs/<job_id>``: the job's status and current stage; ``.../result`` the mesh (OBJ).
+* ``GET /live``: a page that uploads an image and follows its generation live (Socket.IO).
 
 Run it with ``make demo`` (in-memory defaults, no Redis needed).
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import uuid
 from typing import Any
 
 from flask import Flask, Response, request, url_for
+from flask_socketio import SocketIO
 
 from flask_diaglog import DiagLog, guard_job, stage
 from flask_diaglog.problems import problem_response
 
+from .live_page import allow_live
+from .live_page import bp as live_bp
 from .pipeline import InvalidImage, image_info, run_generation
 from .store import JobStore
 
-diaglog = DiagLog()
+# Live events: browsers that opened /live may follow jobs; scripts use DIAGLOG_LIVE_TOKEN.
+diaglog = DiagLog(live_auth=allow_live)
 
 MAX_UPLOAD = 10 * 1024 * 1024
 
@@ -32,10 +39,15 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_UPLOAD,
         EXAMPLE_GENERATE_SECONDS=2.0,
-        DIAGLOG_EXCLUDE="/healthz,/static",
+        DIAGLOG_EXCLUDE="/healthz,/static,/live/static",
+        # The live page's auth uses the session. Set SECRET_KEY in production; the random
+        # fallback is fine for one demo process.
+        SECRET_KEY=os.environ.get("SECRET_KEY") or secrets.token_hex(16),
     )
     app.config.update(config or {})
+    SocketIO(app, async_mode="threading")  # before init_app: DiagLog finds it and streams events
     diaglog.init_app(app)
+    app.register_blueprint(live_bp)
     store = JobStore()
     app.extensions["example_jobs"] = store
 
@@ -46,6 +58,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             "upload": url_for("upload"),
             "generate": "/api/jobs/<job_id>/generate",
             "status": "/api/jobs/<job_id>",
+            "live": url_for("live.live"),
         }
 
     @app.get("/healthz")
