@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flask_diaglog import get_state
+
 from . import create_app
 
 
@@ -14,7 +16,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args()
     app = create_app({"DIAGLOG_CONSOLE": True})
-    sys.stderr.write(f"flask-diaglog example: log files in {app.config['DIAGLOG_LOG_DIR']}\n")
+    log_dir = get_state(app).settings.log_dir
+    sys.stderr.write(
+        f"flask-diaglog example: http://{args.host}:{args.port}/ (live page: /live), "
+        f"log files in {log_dir}\n"
+    )
     app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
 
 
