@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask_socketio import SocketIO
+from readme import readme_section
 from werkzeug.serving import make_server
 
 from example_app.live_page import allow_live, bp
@@ -249,13 +250,12 @@ def test_example_app_page_uploads_and_follows_a_generation(
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (CI installs it)")
 def test_documented_js_client_follows_a_job(make_app: Callable[..., Flask]) -> None:
-    """The JavaScript client in docs/live.md, run as written in Chromium, lists a job's stages."""
+    """The README's JavaScript client, run as written in Chromium, lists a job's stages."""
     import re
 
     from playwright.sync_api import sync_playwright
 
-    docs = (Path(__file__).resolve().parent.parent / "docs" / "live.md").read_text()
-    section = docs.split("### A JavaScript client", 1)[1]
+    section = readme_section("### A JavaScript client")
     found = re.search(r"```html\n(.*?)```", section, flags=re.S)
     assert found is not None
     gate = threading.Event()

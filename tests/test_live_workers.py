@@ -16,16 +16,15 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import socketio
+from readme import readme_section
 from servers import gunicorn
 
 pytestmark = pytest.mark.slow
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "live.md"
 NS = "/diaglog"
 TOKEN = "worker-token"
 
@@ -191,9 +190,8 @@ def test_clients_without_the_token_are_refused(server: str, auth: Any) -> None:
 
 
 def test_the_documented_python_client_follows_a_job(server: str) -> None:
-    """The Python client in docs/live.md, run as written, follows a job served by the workers."""
-    docs = DOCS.read_text()
-    section = docs.split("### A Python client", 1)[1]
+    """The README's Python client, run as written, follows a job served by the workers."""
+    section = readme_section("### A Python client")
     code = re.search(r"```python\n(.*?)```", section, flags=re.S)
     assert code is not None
     script = code.group(1).replace("http://localhost:8000", server)

@@ -6,11 +6,9 @@ import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
-
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "testing.md"
+from readme import readme_section
 
 APP = textwrap.dedent(
     """
@@ -155,13 +153,14 @@ def test_wait_for_and_one_explain_what_was_captured(pytester: pytest.Pytester) -
 
 
 def doc_files() -> dict[str, str]:
-    """The ``# <file>.py`` code blocks of docs/testing.md."""
-    blocks = re.findall(r"```python\n# (\w+\.py)\n(.*?)```", DOCS.read_text(), flags=re.S)
+    """The ``# <file>.py`` code blocks of the README's testing section."""
+    section = readme_section("## Testing your app")
+    blocks = re.findall(r"```python\n# (\w+\.py)\n(.*?)```", section, flags=re.S)
     return dict(blocks)
 
 
 def test_the_documented_example_passes(pytester: pytest.Pytester) -> None:
-    """The complete example of docs/testing.md (app, conftest, test) passes as written."""
+    """The README's complete testing example (app, conftest, test) passes as written."""
     files = doc_files()
     assert set(files) == {"myapp.py", "conftest.py", "test_generate.py"}
     for name, text in files.items():
