@@ -38,6 +38,8 @@ EVENT_KINDS = (
 )
 
 _pid = os.getpid()
+_time = time.time
+_current_thread = threading.current_thread
 
 
 def _refresh_pid() -> None:
@@ -90,7 +92,7 @@ class Event:
         ts: float | None = None,
     ) -> None:
         self.kind = kind
-        self.ts = time.time() if ts is None else ts
+        self.ts = _time() if ts is None else ts
         self.level = level
         self.logger = logger
         self.msg = msg
@@ -101,7 +103,7 @@ class Event:
         self.exc = exc
         self.trace = trace
         self.pid = _pid
-        self.thread = threading.current_thread().name
+        self.thread = _current_thread().name
 
     @property
     def level_name(self) -> str:
@@ -163,12 +165,12 @@ class Dispatcher:
                 lst.remove(sink)
 
     def __call__(self, event: Event) -> None:
-        flag = self._flag
         for sink in self.primary:
             try:
                 sink(event)
             except Exception as exc:
                 self.failed(sink, exc)
+        flag = self._flag
         if flag.active:
             return
         flag.active = True

@@ -180,6 +180,8 @@ ErrorHook = Callable[["LogFile", "OSError | None"], None]
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 _SH_NB = fcntl.LOCK_SH | fcntl.LOCK_NB
 _EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
+#: Stands in for the sidecar mapping while there is none (generation 0; ``_gen`` is then -1).
+_NO_HDR = memoryview(bytearray(_SIDECAR_SIZE)).cast("Q")
 #: Every open LogFile of this process, so descriptors and locks can be handled around fork().
 _open_files: weakref.WeakSet[LogFile] = weakref.WeakSet()
 
@@ -229,6 +231,34 @@ class LogFile:
       always inside the ``.gz``.
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_broken",
+        "_check_every",
+        "_closed",
+        "_compressor",
+        "_fd",
+        "_gen",
+        "_hdr",
+        "_ino",
+        "_lock",
+        "_mm",
+        "_side_fd",
+        "_side_ino",
+        "_since",
+        "_wake",
+        "backup_count",
+        "compress",
+        "compressed",
+        "dir",
+        "failed_writes",
+        "lock_path",
+        "max_bytes",
+        "name",
+        "on_error",
+        "path",
+    )
+
     def __init__(
         self,
         path: str,
@@ -261,7 +291,7 @@ class LogFile:
         self._side_fd = -1
         self._side_ino = -1
         self._mm: mmap.mmap | None = None
-        self._hdr: memoryview | None = None
+        self._hdr = _NO_HDR
         self._compressor: threading.Thread | None = None
         self._wake = threading.Event()
         self._closed = False
@@ -292,9 +322,10 @@ class LogFile:
         self._hdr = memoryview(mm).cast("Q")
 
     def _release_sidecar(self) -> None:
-        if self._hdr is not None:
+        if self._hdr is not _NO_HDR:
             self._hdr.release()
-            self._hdr = None
+            self._hdr = _NO_HDR
+            self._gen = -1
         if self._mm is not None:
             self._mm.close()
             self._mm = None
@@ -304,16 +335,17 @@ class LogFile:
             self._side_fd = -1
 
     def _sidecar_fd(self) -> int:
+        """The descriptor the rotation lock is taken on (reopened after a fork; the mapping is
+        inherited and stays)."""
         if self._side_fd < 0:
-            self._open_sidecar()
+            self._side_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         return self._side_fd
 
     def _open(self) -> None:
         """Open the current file for appending and take the writer's shared lock on it."""
-        if self._hdr is None:
+        if self._hdr is _NO_HDR:
             self._open_sidecar()
         hdr = self._hdr
-        assert hdr is not None
         self._close_fd()
         for _ in range(100):
             gen = hdr[0]
@@ -341,6 +373,7 @@ class LogFile:
         raise OSError(errno.EAGAIN, "log file keeps being rotated while opening it", self.path)
 
     def _close_fd(self) -> None:
+        self._gen = -1  # never equal to the sidecar's generation: the next write reopens
         fd, self._fd = self._fd, -1
         if fd >= 0:
             with contextlib.suppress(OSError):
@@ -351,9 +384,9 @@ class LogFile:
     def write(self, data: bytes) -> None:
         """Append one record (one ``write(2)``). Never raises for I/O errors."""
         with self._lock:
-            hdr = self._hdr
             try:
-                if hdr is None or hdr[0] != self._gen or self._fd < 0:
+                if self._hdr[0] != self._gen:
+                    # Another process rotated, or we are not open yet (closed, forked, failed).
                     if self._closed:
                         self.failed_writes += 1
                         return
@@ -365,12 +398,15 @@ class LogFile:
             except OSError as exc:
                 self._failed(exc)
                 return
+            since = self._since + n
+            if since < self._check_every and not self._broken:
+                self._since = since
+                return
             if self._broken:
                 self._broken = False
                 self._report(None)
-            self._since += n
-            if self._since >= self._check_every:
-                self._since = 0
+            self._since = 0
+            if since >= self._check_every:
                 self._check()
 
     def _write_rest(self, data: bytes, n: int) -> None:
@@ -428,9 +464,8 @@ class LogFile:
         return f"{self.path}.{i}.gz" if gz else f"{self.path}.{i}"
 
     def _rotate(self) -> None:
-        hdr = self._hdr
-        assert hdr is not None
         side = self._sidecar_fd()
+        hdr = self._hdr
         fcntl.flock(side, fcntl.LOCK_EX)
         try:
             try:
@@ -660,10 +695,7 @@ class LogFile:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._compressor = None
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._close_fd()
         # The rotation lock must be our own open file description too; the mapping stays.
         side, self._side_fd = self._side_fd, -1
         if side >= 0:
@@ -692,6 +724,9 @@ if hasattr(os, "register_at_fork"):
 # --------------------------------------------------------------------------------------------
 # Sinks.
 # --------------------------------------------------------------------------------------------
+
+
+_ERROR = logging.ERROR
 
 
 class FileSink:
@@ -728,11 +763,12 @@ class FileSink:
         self.files = {"requests": self.requests, "jobs": self.jobs}
 
     def __call__(self, ev: Event) -> None:
-        if ev.level < self.level:
+        level = ev.level
+        if level < self.level:
             return
         data = self.render(ev)
         self.files[ev.target].write(data)
-        if ev.level >= logging.ERROR:
+        if level >= _ERROR:
             self.errors.write(data)
 
     @property

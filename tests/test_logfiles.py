@@ -231,6 +231,9 @@ def test_fork_parent_and_child_share_the_file_set(tmp_path: Path) -> None:
             for n in range(3000):
                 lf.write(f"child {n}\n".encode())
         except BaseException:
+            import traceback
+
+            traceback.print_exc()
             code = 1
         os._exit(code)
     for n in range(3000):

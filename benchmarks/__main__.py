@@ -1,0 +1,34 @@
+"""``python -m benchmarks [--quick] [request] [lines] [http] [procs]`` (default: all)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+BENCHES = ("request", "lines", "http", "procs")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("names", nargs="*", choices=[*BENCHES, []], help="default: all")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (well under a minute)")
+    args = parser.parse_args(argv)
+    names = args.names or list(BENCHES)
+    print(
+        f"# flask-diaglog benchmarks: python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}{' (quick)' if args.quick else ''}",
+        flush=True,
+    )
+    for name in names:
+        t0 = time.monotonic()
+        module = __import__(f"benchmarks.{name}", fromlist=["run"])
+        out = module.run(quick=args.quick)
+        print(f"\n{out}\n\n({name}: {time.monotonic() - t0:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
