@@ -151,6 +151,28 @@ def render_plain(ev: Event) -> bytes:
         return (line + "\n").encode("utf-8", "backslashreplace")
 
 
+def _plain_record(record: logging.LogRecord, rid: Any, jid: Any, msg: str) -> bytes:
+    """``render_plain`` of the event a record would become (no exception text), without the
+    event: the shortcut of a standalone :class:`DiagLogHandler`."""
+    ts = record.created
+    sec = int(ts)
+    now = _now
+    if now.sec != sec:
+        now = _second(sec)
+    level = record.levelno
+    tag = _LEVEL_TAG[level] if level in _LEVEL_TAG else f" | {logging.getLevelName(level)} | "
+    line = (
+        f"{now.plain}{_MS[int((ts - sec) * 1000)]}{tag}{record.name} | "
+        f"req={rid or '-'} job={jid or '-'} | {msg}"
+    )
+    if not line.isprintable():
+        line = line.translate(_ESCAPES)
+    try:
+        return (line + "\n").encode()
+    except UnicodeEncodeError:  # lone surrogates
+        return (line + "\n").encode("utf-8", "backslashreplace")
+
+
 def render_json(ev: Event) -> bytes:
     """One JSON object per line with the documented keys (see README)."""
     d = ev.to_dict()
@@ -947,11 +969,17 @@ class DiagLogHandler(logging.Handler):
             self.file = None
         self._dispatch = dispatch
         self._redact = redact
+        #: Standalone plain files take a shortcut: the line is rendered straight from the record
+        #: (same bytes as ``render_plain`` of the event; a test holds the two together).
+        self._direct = self.file if self.file is not None and format == "plain" else None
 
     def handle(self, record: logging.LogRecord) -> bool:
         """Filter, then emit without the handler-wide lock: the writer is thread-safe by itself
         (one ``write(2)`` per record under the file's own lock), so records from many threads are
         not serialised twice."""
+        if not self.filters:
+            self.emit(record)
+            return True
         rv: Any = self.filter(record)
         if isinstance(rv, logging.LogRecord):
             record = rv  # Python 3.12+: a filter may return a replacement record
@@ -965,8 +993,20 @@ class DiagLogHandler(logging.Handler):
         try:
             record._diaglog_seen = self
             trace = current_trace()
-            if trace is not None and record.exc_info and record.exc_info[1] is trace.error:
-                return  # already written as the request_error line, with its traceback
+            if record.exc_info:
+                if trace is not None and record.exc_info[1] is trace.error:
+                    return  # already written as the request_error line, with its traceback
+            elif self._direct is not None and not record.exc_text and not record.stack_info:
+                if trace is not None:
+                    rid, jid = trace.request_id, trace.job_id
+                else:
+                    rid = getattr(record, "request_id", None)
+                    jid = getattr(record, "job_id", None)
+                msg = record.getMessage()
+                if self._redact is not None:
+                    msg = self._redact(msg)
+                self._direct.write(_plain_record(record, rid, jid, msg))
+                return
             self._dispatch(self.to_event(record, trace))
         except RecursionError:  # pragma: no cover
             raise

@@ -305,3 +305,25 @@ def test_handler_needs_a_filename() -> None:
         DiagLogHandler()
     with pytest.raises(ValueError, match="format"):
         DiagLogHandler("x.log", format="xml")
+
+
+def test_standalone_shortcut_renders_the_same_bytes(tmp_path: Path) -> None:
+    """The standalone handler's shortcut writes exactly what render_plain makes of the event."""
+    from flask_diaglog.logfiles import render_plain
+
+    handler = DiagLogHandler(str(tmp_path / "s.log"))
+    log = logging.getLogger("shortcut.test")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    log.addHandler(handler)
+    records: list[logging.LogRecord] = []
+    spy = logging.Handler()
+    spy.emit = records.append  # type: ignore[method-assign]
+    log.addHandler(spy)
+    log.info("plain %s", "text")
+    log.warning("cr\rlf\ntab\tnul\x00 \u2028 é \udcff", extra={"request_id": "r9", "job_id": "j9"})
+    log.log(25, "custom level")
+    handler.close()
+    expected = b"".join(render_plain(handler.to_event(r, None)) for r in records)
+    assert (tmp_path / "s.log").read_bytes() == expected
+    assert expected.count(b"\n") == 3
