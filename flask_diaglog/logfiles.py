@@ -128,19 +128,29 @@ def format_ts(ts: float) -> str:
     return f"{now.iso}{_MS[int((ts - sec) * 1000)]}{now.offset}"
 
 
+#: The last ``(level, logger, request id, job id, " | INFO | logger | req=.. job=.. | ")``: the
+#: lines of one request share it, so it is built once per request, not once per line. Replaced
+#: as a whole tuple, so threads never see a mix.
+_middle: tuple[int, str, str | None, str | None, str] = (-1, "", None, None, "")
+
+
 def render_plain(ev: Event) -> bytes:
     """``2026-11-22 10:15:02.123 | INFO | logger | req=<id> job=<id or -> | message``."""
+    global _middle
     ts = ev.ts
     sec = int(ts)
     now = _now
     if now.sec != sec:
         now = _second(sec)
-    level = ev.level
-    tag = _LEVEL_TAG[level] if level in _LEVEL_TAG else f" | {logging.getLevelName(level)} | "
-    line = (
-        f"{now.plain}{_MS[int((ts - sec) * 1000)]}{tag}{ev.logger} | "
-        f"req={ev.request_id or '-'} job={ev.job_id or '-'} | {ev.msg}"
-    )
+    m = _middle
+    level, logger, rid, jid = ev.level, ev.logger, ev.request_id, ev.job_id
+    if m[2] is rid and m[3] is jid and m[1] is logger and m[0] == level:
+        middle = m[4]
+    else:
+        tag = _LEVEL_TAG[level] if level in _LEVEL_TAG else f" | {logging.getLevelName(level)} | "
+        middle = f"{tag}{logger} | req={rid or '-'} job={jid or '-'} | "
+        _middle = (level, logger, rid, jid, middle)
+    line = f"{now.plain}{_MS[int((ts - sec) * 1000)]}{middle}{ev.msg}"
     if ev.exc:
         line = f"{line} | {ev.exc}"
     if not line.isprintable():
