@@ -178,9 +178,9 @@ def _server(module: str, directory: Path, log_dir: Path) -> Iterator[tuple[str, 
             proc.wait(5)
 
 
-def _wrk(url: str, seconds: float) -> tuple[int, float]:
+def _wrk(url: str, seconds: int) -> tuple[int, float]:
     out = subprocess.run(
-        ["wrk", "-t1", "-c4", f"-d{round(seconds)}s", url],
+        ["wrk", "-t1", "-c4", f"-d{seconds}s", url],
         capture_output=True,
         text=True,
         check=True,
@@ -196,7 +196,7 @@ def _wrk(url: str, seconds: float) -> tuple[int, float]:
 def run(quick: bool = False) -> str:
     if shutil.which("wrk") is None:
         return "(c) skipped: wrk is not installed"
-    seconds = 2.0 if quick else 3.0
+    seconds = 1 if quick else 3
     rounds = 3 if quick else 7
     rates: dict[str, list[float]] = {k: [] for k in APPS}
     with tempfile.TemporaryDirectory(prefix="diaglog-bench-") as d, contextlib.ExitStack() as st:
@@ -237,7 +237,7 @@ def run(quick: bool = False) -> str:
             ]
         )
     head = (
-        f"(c) over HTTP: gunicorn -w 2 sync, wrk -t1 -c4 on loopback, {seconds:g} s per run; "
+        f"(c) over HTTP: gunicorn -w 2 sync, wrk -t1 -c4 on loopback, {seconds} s per run; "
         f"median of {rounds} interleaved rounds"
     )
     return (
