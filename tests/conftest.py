@@ -115,3 +115,27 @@ def redis_url(redis_server: Any) -> str:
         redis_server.start()
     redis_server.flushall()
     return str(redis_server.url)
+
+
+CHROMIUM = "/usr/bin/chromium"
+#: Flags for Chromium on this closed network (see DESIGN.md): no background traffic, no sandbox
+#: (CI runs as root), no GPU.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """A real headless Debian Chromium driven by Playwright (skips where it is not installed)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("needs Debian's chromium: apt-get install chromium (CI installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

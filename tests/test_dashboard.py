@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
+from playwright.sync_api import Browser
 from werkzeug.serving import make_server
 
 from flask_diaglog import stage
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 def _app(make_app: Callable[..., Flask], release: threading.Event, **config: object) -> Flask:
@@ -106,43 +105,29 @@ def served(make_app: Callable[..., Flask]) -> Iterator[tuple[str, threading.Even
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (CI installs it)")
 def test_page_in_chromium_shows_inflight_then_recent(
-    served: tuple[str, threading.Event], tmp_path: Path
+    served: tuple[str, threading.Event], tmp_path: Path, browser: Browser
 ) -> None:
     """In a real browser the page shows the running request and its stage, then it as recent."""
-    from playwright.sync_api import sync_playwright
 
     base, release = served
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
-            ],
-        )  # fmt: skip
-        try:
-            page = browser.new_page()
-            page.goto(f"{base}/_diaglog/")
-            slow = threading.Thread(
-                target=lambda: urllib.request.urlopen(f"{base}/slow/JOB-42", timeout=30).read()
-            )
-            slow.start()
-            row = page.locator("#inflight tbody tr", has_text="/slow/JOB-42")
-            row.wait_for(timeout=15_000)
-            assert row.locator("td.stage").text_content() == "generate"
-            assert page.locator("#inflight-count").text_content() == "1"
-            shots = Path(os.environ.get("DASHBOARD_SCREENSHOTS", str(tmp_path)))
-            page.screenshot(path=str(shots / "dashboard-inflight.png"))
-            release.set()
-            slow.join(30)
-            recent = page.locator("#recent tbody tr", has_text="/slow/JOB-42")
-            recent.wait_for(timeout=15_000)
-            assert "200" in (recent.text_content() or "")
-            assert "generate" in (recent.locator("td.stages").text_content() or "")
-            page.locator("#inflight-empty").wait_for(state="visible", timeout=15_000)
-            page.screenshot(path=str(shots / "dashboard-recent.png"))
-        finally:
-            browser.close()
+    page = browser.new_page()
+    page.goto(f"{base}/_diaglog/")
+    slow = threading.Thread(
+        target=lambda: urllib.request.urlopen(f"{base}/slow/JOB-42", timeout=30).read()
+    )
+    slow.start()
+    row = page.locator("#inflight tbody tr", has_text="/slow/JOB-42")
+    row.wait_for(timeout=15_000)
+    assert row.locator("td.stage").text_content() == "generate"
+    assert page.locator("#inflight-count").text_content() == "1"
+    shots = Path(os.environ.get("DASHBOARD_SCREENSHOTS", str(tmp_path)))
+    page.screenshot(path=str(shots / "dashboard-inflight.png"))
+    release.set()
+    slow.join(30)
+    recent = page.locator("#recent tbody tr", has_text="/slow/JOB-42")
+    recent.wait_for(timeout=15_000)
+    assert "200" in (recent.text_content() or "")
+    assert "generate" in (recent.locator("td.stages").text_content() or "")
+    page.locator("#inflight-empty").wait_for(state="visible", timeout=15_000)
+    page.screenshot(path=str(shots / "dashboard-recent.png"))

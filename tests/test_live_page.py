@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask_socketio import SocketIO
+from playwright.sync_api import Browser
 from readme import readme_section
 from werkzeug.serving import make_server
 
@@ -21,7 +22,6 @@ from flask_diaglog import DiagLog, stage
 from flask_diaglog.live import get_bridge
 
 NS = "/diaglog"
-CHROMIUM = "/usr/bin/chromium"
 STAGES = ("validate", "preprocess", "generate", "postprocess")
 
 
@@ -117,53 +117,37 @@ def served(make_app: Callable[..., Flask]) -> Iterator[tuple[str, threading.Even
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (CI installs it)")
 def test_page_in_chromium_shows_stages_as_they_happen(
-    served: tuple[str, threading.Event], tmp_path: Path
+    served: tuple[str, threading.Event], tmp_path: Path, browser: Browser
 ) -> None:
     """In Chromium, the first stage shows while the job still runs, then the rest and the end."""
-    from playwright.sync_api import sync_playwright
 
     base, gate = served
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
-            ],
-        )  # fmt: skip
-        try:
-            page = browser.new_page()
-            page.goto(f"{base}/live")
-            page.wait_for_function("document.getElementById('conn').textContent === 'connected'")
-            page.fill("#job", "browser-job")
-            page.click("#follow")
-            page.wait_for_function(
-                "document.getElementById('status').textContent === 'waiting for events'"
-            )
-            req = urllib.request.Request(f"{base}/run/browser-job", method="POST")
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                assert resp.status == 202
-            first = page.locator("#stages li", has_text="validate")
-            first.wait_for(timeout=15_000)
-            assert page.locator("#stages li").count() == 1  # the job is held after stage 1
-            assert page.eval_on_selector("#progress", "el => el.value") == 1
-            shots = Path(os.environ.get("LIVE_SCREENSHOTS", str(tmp_path)))
-            page.screenshot(path=str(shots / "live-running.png"))
-            gate.set()
-            page.wait_for_function(
-                "document.getElementById('status').textContent.startsWith('done')",
-                timeout=15_000,
-            )
-            names = page.locator("#stages li").all_text_contents()
-            assert [n.split(" ")[0] for n in names] == list(STAGES)
-            assert page.eval_on_selector("#progress", "el => el.value") == 4
-            assert "postprocess running" in (page.text_content("#console") or "")
-            page.screenshot(path=str(shots / "live-done.png"))
-        finally:
-            browser.close()
+    page = browser.new_page()
+    page.goto(f"{base}/live")
+    page.wait_for_function("document.getElementById('conn').textContent === 'connected'")
+    page.fill("#job", "browser-job")
+    page.click("#follow")
+    page.wait_for_function("document.getElementById('status').textContent === 'waiting for events'")
+    req = urllib.request.Request(f"{base}/run/browser-job", method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 202
+    first = page.locator("#stages li", has_text="validate")
+    first.wait_for(timeout=15_000)
+    assert page.locator("#stages li").count() == 1  # the job is held after stage 1
+    assert page.eval_on_selector("#progress", "el => el.value") == 1
+    shots = Path(os.environ.get("LIVE_SCREENSHOTS", str(tmp_path)))
+    page.screenshot(path=str(shots / "live-running.png"))
+    gate.set()
+    page.wait_for_function(
+        "document.getElementById('status').textContent.startsWith('done')",
+        timeout=15_000,
+    )
+    names = page.locator("#stages li").all_text_contents()
+    assert [n.split(" ")[0] for n in names] == list(STAGES)
+    assert page.eval_on_selector("#progress", "el => el.value") == 4
+    assert "postprocess running" in (page.text_content("#console") or "")
+    page.screenshot(path=str(shots / "live-done.png"))
 
 
 def tiny_png(width: int = 24, height: int = 24) -> bytes:
@@ -209,51 +193,36 @@ def example_served(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (CI installs it)")
 def test_example_app_page_uploads_and_follows_a_generation(
-    example_served: str, tmp_path: Path
+    example_served: str, tmp_path: Path, browser: Browser
 ) -> None:
     """In the example app, the page uploads an image, starts the job and shows all its stages."""
-    from playwright.sync_api import sync_playwright
 
     image = tmp_path / "photo.png"
     image.write_bytes(tiny_png())
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
-            ],
-        )  # fmt: skip
-        try:
-            page = browser.new_page()
-            page.goto(f"{example_served}/live")
-            page.wait_for_function("document.getElementById('conn').textContent === 'connected'")
-            page.set_input_files("#image", str(image))
-            page.click("#start")
-            page.locator("#stages li", has_text="preprocess").wait_for(timeout=15_000)
-            page.wait_for_function(
-                "document.getElementById('status').textContent.startsWith('done')",
-                timeout=30_000,
-            )
-            names = page.locator("#stages li").all_text_contents()
-            assert [n.split(" ")[0] for n in names] == list(STAGES)
-            href = page.get_attribute("#result-link", "href") or ""
-            with urllib.request.urlopen(example_served + href, timeout=10) as resp:
-                assert resp.read().startswith(b"v ")
-        finally:
-            browser.close()
+    page = browser.new_page()
+    page.goto(f"{example_served}/live")
+    page.wait_for_function("document.getElementById('conn').textContent === 'connected'")
+    page.set_input_files("#image", str(image))
+    page.click("#start")
+    page.locator("#stages li", has_text="preprocess").wait_for(timeout=15_000)
+    page.wait_for_function(
+        "document.getElementById('status').textContent.startsWith('done')",
+        timeout=30_000,
+    )
+    names = page.locator("#stages li").all_text_contents()
+    assert [n.split(" ")[0] for n in names] == list(STAGES)
+    href = page.get_attribute("#result-link", "href") or ""
+    with urllib.request.urlopen(example_served + href, timeout=10) as resp:
+        assert resp.read().startswith(b"v ")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (CI installs it)")
-def test_documented_js_client_follows_a_job(make_app: Callable[..., Flask]) -> None:
+def test_documented_js_client_follows_a_job(
+    make_app: Callable[..., Flask], browser: Browser
+) -> None:
     """The README's JavaScript client, run as written in Chromium, lists a job's stages."""
     import re
-
-    from playwright.sync_api import sync_playwright
 
     section = readme_section("### A JavaScript client")
     found = re.search(r"```html\n(.*?)```", section, flags=re.S)
@@ -274,32 +243,20 @@ def test_documented_js_client_follows_a_job(make_app: Callable[..., Flask]) -> N
     thread.start()
     base = f"http://127.0.0.1:{server.server_port}"
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM,
-                headless=True,
-                args=[
-                    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run",
-                ],
-            )  # fmt: skip
-            try:
-                page = browser.new_page()
-                page.goto(f"{base}/doc-client")
-                page.wait_for_function("typeof socket !== 'undefined' && socket.connected")
-                # the page subscribes on connect; wait for a subscription to be acknowledged
-                page.evaluate("() => socket.emitWithAck('subscribe', {job_id: 'job-1'})")
-                req = urllib.request.Request(f"{base}/run/job-1", method="POST")
-                with urllib.request.urlopen(req, timeout=10) as resp:
-                    assert resp.status == 202
-                page.wait_for_function(
-                    "document.querySelectorAll('#stages li').length === 4", timeout=15_000
-                )
-                names = page.locator("#stages li").all_text_contents()
-                assert [n.split(" ")[0] for n in names] == list(STAGES)
-                assert page.eval_on_selector("#bar", "el => el.value") == 4
-            finally:
-                browser.close()
+        page = browser.new_page()
+        page.goto(f"{base}/doc-client")
+        page.wait_for_function("typeof socket !== 'undefined' && socket.connected")
+        # the page subscribes on connect; wait for a subscription to be acknowledged
+        page.evaluate("() => socket.emitWithAck('subscribe', {job_id: 'job-1'})")
+        req = urllib.request.Request(f"{base}/run/job-1", method="POST")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 202
+        page.wait_for_function(
+            "document.querySelectorAll('#stages li').length === 4", timeout=15_000
+        )
+        names = page.locator("#stages li").all_text_contents()
+        assert [n.split(" ")[0] for n in names] == list(STAGES)
+        assert page.eval_on_selector("#bar", "el => el.value") == 4
     finally:
         server.shutdown()
         server.server_close()
