@@ -389,7 +389,12 @@ class LogFile:
             try:
                 # Fails only while a compressor holds this inode, i.e. it was rotated after our
                 # open() found it: open the path again.
-                fcntl.flock(fd, _SH_NB)
+                try:
+                    fcntl.flock(fd, _SH_NB)
+                except BlockingIOError:
+                    raise
+                except OSError:
+                    pass  # no flock here (some network file systems): write without the lock
                 if hdr[0] == gen:
                     self._fd = fd
                     self._ino = os.fstat(fd).st_ino
