@@ -25,21 +25,30 @@ from flask_diaglog.logfiles import LogFile
 
 
 class _FailingOs:
-    """Stands in for the ``os`` module inside logfiles: ``write`` fails while ``failing`` is set."""
+    """Stands in for the ``os`` module inside logfiles: ``write`` fails while ``failing`` is set
+    (disk full, I/O error), and for a read-only file system, so does opening for writing."""
 
-    def __init__(self) -> None:
+    def __init__(self, code: int) -> None:
         self.failing = True
+        self.code = code
 
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
 
     def write(self, fd: int, data: Any) -> int:
         if self.failing:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise OSError(self.code, os.strerror(self.code))
         return os.write(fd, data)
 
+    def open(self, path: str, flags: int, mode: int = 0o777) -> int:
+        if self.failing and self.code == errno.EROFS and flags & os.O_WRONLY:
+            raise OSError(self.code, os.strerror(self.code), path)
+        return os.open(path, flags, mode)
 
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EIO], ids=errno.errorcode.get)
 def test_injected_write_errors_never_fail_requests(
+    code: int,
     make_app: Callable[..., Flask],
     logs: Any,
     monkeypatch: pytest.MonkeyPatch,
@@ -68,7 +77,7 @@ def test_injected_write_errors_never_fail_requests(
 
     client = app.test_client()
     assert client.get("/ok", headers={"X-Request-ID": "before"}).status_code == 200
-    fake = _FailingOs()
+    fake = _FailingOs(code)
     monkeypatch.setattr(logfiles_mod, "os", fake)
     expected = {"/ok": 200, "/teapot": 418, "/boom": 500, "/gone": 410, "/missing": 404}
     for i in range(20):
