@@ -21,6 +21,7 @@ __all__ = [
     "iter_files",
     "parse_line",
     "read_records",
+    "route_of",
     "summarize",
     "tail_records",
 ]
@@ -180,8 +181,26 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
+_ID_SEGMENT = re.compile(
+    r"^(?:\d+|[0-9a-fA-F]{8,}|[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12})$"
+)
+
+
+def route_of(path: str, job_id: str | None = None) -> str:
+    """A path with its ids folded: the job id becomes ``<job_id>``, numbers and hex ids ``<id>``,
+    so ``/api/jobs/4c1f9e0b2a7d4e55/generate`` is counted as ``/api/jobs/<job_id>/generate``."""
+    parts = path.split("/")
+    for i, seg in enumerate(parts):
+        if job_id is not None and seg == job_id:
+            parts[i] = "<job_id>"
+        elif _ID_SEGMENT.match(seg):
+            parts[i] = "<id>"
+    return "/".join(parts)
+
+
 def summarize(records: Iterable[LogRecord], since: float = 0.0) -> dict[str, Any]:
-    """Per route (method + path): count, 5xx, p50/p95/max ms; per stage: count, total, p95."""
+    """Per route (method + path with ids folded, see :func:`route_of`): count, 5xx, p50/p95/max
+    ms; per stage: count, total, p95."""
     routes: dict[str, list[float]] = {}
     errors: dict[str, int] = {}
     stages: dict[str, list[float]] = {}
@@ -191,7 +210,7 @@ def summarize(records: Iterable[LogRecord], since: float = 0.0) -> dict[str, Any
             continue
         d = rec.data
         if rec.event == "request_end" and rec.file == "requests":
-            key = f"{d.get('method')} {d.get('path')}"
+            key = f"{d.get('method')} {route_of(str(d.get('path')), rec.job_id)}"
             routes.setdefault(key, []).append(float(d.get("duration_ms", 0.0)))
             if int(d.get("status") or 0) >= 500:
                 errors[key] = errors.get(key, 0) + 1

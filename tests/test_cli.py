@@ -12,7 +12,7 @@ from flask import Flask
 
 from flask_diaglog import stage
 from flask_diaglog.cli import diaglog_cli
-from flask_diaglog.logread import parse_line
+from flask_diaglog.logread import parse_line, route_of
 
 
 def _traffic(app: Flask) -> None:
@@ -47,7 +47,7 @@ def test_summary_counts_routes_errors_and_stages(make_app: Callable[..., Flask],
     data = json.loads(result.output)
     assert data["routes"]["GET /fast"]["count"] == 3
     assert data["routes"]["GET /boom"]["errors"] == 1
-    assert data["routes"]["POST /jobs/J1/generate"]["count"] == 1
+    assert data["routes"]["POST /jobs/<job_id>/generate"]["count"] == 1
     assert data["stages"]["generate"]["count"] == 1
     table = app.test_cli_runner().invoke(diaglog_cli, ["summary"]).output
     assert "GET /fast" in table and "p95 ms" in table
@@ -107,6 +107,14 @@ def test_missing_dir_is_a_clear_error(tmp_path: Path) -> None:
         .invoke(diaglog_cli, ["tail", "--dir", str(tmp_path / "nope")])
     )
     assert out.exit_code == 1 and "does not exist" in out.output
+
+
+def test_routes_fold_ids() -> None:
+    """Summary routes fold the job id and id-like segments, keeping the route shape."""
+    assert route_of("/api/jobs/4c1f9e0b2a7d4e55/generate") == "/api/jobs/<id>/generate"
+    assert route_of("/api/jobs/J-1/generate", "J-1") == "/api/jobs/<job_id>/generate"
+    assert route_of("/users/42/avatar") == "/users/<id>/avatar"
+    assert route_of("/static/app.css") == "/static/app.css"
 
 
 def test_parse_plain_line_recovers_fields() -> None:
