@@ -718,6 +718,13 @@ class LogFile:
             self._release_sidecar()
         _open_files.discard(self)
 
+    def __del__(self) -> None:
+        # A LogFile dropped without close(): give its descriptors back (the mapping goes by itself).
+        with contextlib.suppress(Exception):
+            for fd in (self._fd, self._side_fd):
+                if fd >= 0:
+                    os.close(fd)
+
     def _before_fork(self) -> None:
         # The parent drops its descriptor (reopened at its next write): a pre-forking master that
         # logged once must not keep a backup open forever, and the child must not share the open
