@@ -37,7 +37,7 @@ def spread(values: Sequence[float]) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A Markdown table (pasted as is into docs/performance.md)."""
+    """A Markdown table (pasted as is into the README's Performance section)."""
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
     line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"

@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "DIAGLOG_BACKUP_COUNT": 5,
     #: Gzip rotated backups in a background thread.
     "DIAGLOG_COMPRESS": False,
-    #: Echo every line to stderr through a bounded, non-blocking queue.
+    #: Echo every line to stdout through a bounded, non-blocking queue.
     "DIAGLOG_CONSOLE": False,
     #: Path prefixes that are not logged at all, e.g. ``/static,/healthz``.
     "DIAGLOG_EXCLUDE": (),
