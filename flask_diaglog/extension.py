@@ -482,6 +482,9 @@ class DiagLog:
             lg = logging.getLogger(name) if name else logging.getLogger()
             if name and lg.level == logging.NOTSET:
                 lg.setLevel(s.level)  # so app.logger.info(...) is not filtered by root's WARNING
+            for h in list(lg.handlers):
+                if isinstance(h, _AppHandler) and h.state_ref() is None:
+                    lg.removeHandler(h)  # left behind by an app that no longer exists
             lg.addHandler(handler)
             state.loggers.append(lg)
 
@@ -550,7 +553,9 @@ class DiagLog:
 
         app.before_request_funcs.setdefault(None, []).insert(0, diaglog_before_request)
         app.after_request_funcs.setdefault(None, []).insert(0, diaglog_after_request)
-        got_request_exception.connect(on_exception, app, weak=False)
+        # Weakly connected (blinker's global registry must not keep the app alive); the state
+        # holds the receiver for as long as the app lives.
+        got_request_exception.connect(on_exception, app)
         state.extras["exception_receiver"] = on_exception
         state.wsgi_app = app.wsgi_app
         app.wsgi_app = _Middleware(app.wsgi_app, state)  # type: ignore[method-assign]
@@ -720,15 +725,24 @@ class _AppHandler(DiagLogHandler):
     """
 
     def __init__(self, state: _State) -> None:
-        super().__init__(
-            dispatch=state.dispatch, redact=state.redactor.text, level=state.settings.level
-        )
-        self.state = state
+        # Only a weak reference to the app's state: a handler left on a global logger must not
+        # keep a discarded app (and its open log files) alive.
+        ref = weakref.ref(state)
+
+        def dispatch(ev: Event) -> None:
+            st = ref()
+            if st is not None:
+                st.dispatch(ev)
+
+        super().__init__(dispatch=dispatch, redact=state.redactor.text, level=state.settings.level)
+        self.state_ref = ref
         global _newest
-        _newest = weakref.ref(state)
+        _newest = ref
 
     def emit(self, record: logging.LogRecord) -> None:
-        state = self.state
+        state = self.state_ref()
+        if state is None:
+            return  # its app is gone; pruned from the logger when the next app attaches
         trace = current_trace()
         if trace is not None:
             if trace.state is not state:

@@ -133,3 +133,42 @@ def test_create_app_twice_writes_each_record_once(tmp_path: Path) -> None:
     assert text.count("in app context") == 2
     assert text.count("no context at all") == 1
     assert text.count("request_start") == 2
+
+
+def test_discarded_apps_are_freed_with_their_files(tmp_path: Path) -> None:
+    """An app that is dropped is garbage-collected and its log descriptors are closed.
+
+    Run in a clean interpreter: pytest's own log capture keeps tracebacks (and so apps) alive.
+    """
+    code = r"""
+import gc, os, sys, weakref
+from flask import Flask
+from flask_diaglog import DiagLog
+
+def make(i):
+    app = Flask("discarded")
+    app.config.update(DIAGLOG_LOG_DIR=os.path.join(sys.argv[1], str(i)), TESTING=False)
+
+    @app.get("/")
+    def index():
+        app.logger.info("hello")
+        raise RuntimeError("boom")  # exercises the exception receiver too
+
+    DiagLog(app)
+    assert app.test_client().get("/").status_code == 500
+    return weakref.ref(app)
+
+make(0)  # lazy imports and threads first
+gc.collect()
+before = len(os.listdir("/proc/self/fd"))
+refs = [make(i) for i in range(1, 6)]
+gc.collect()
+alive = sum(r() is not None for r in refs)
+leaked = len(os.listdir("/proc/self/fd")) - before
+make(9)  # an app made after dead ones still logs its errors
+print(alive, leaked, "request_error" in open(os.path.join(sys.argv[1], "9", "errors.log")).read())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["0", "0", "True"], out.stderr[-2000:]
