@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from playwright.sync_api import Browser
-from werkzeug.serving import make_server
+from servers import serve_in_thread
 
 from flask_diaglog import stage
 
@@ -92,16 +92,11 @@ def test_bad_limit_is_a_400(make_app: Callable[..., Flask]) -> None:
 def served(make_app: Callable[..., Flask]) -> Iterator[tuple[str, threading.Event]]:
     release = threading.Event()
     app = _app(make_app, release)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", release
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serve_in_thread(app) as base:
+        try:
+            yield base, release
+        finally:
+            release.set()  # let a request still in the view finish before the server stops
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from flask import Flask
 from flask_socketio import SocketIO
 from playwright.sync_api import Browser
 from readme import readme_section
-from werkzeug.serving import make_server
+from servers import serve_in_thread
 
 from example_app.live_page import allow_live, bp
 from flask_diaglog import DiagLog, stage
@@ -97,23 +97,24 @@ def test_only_browsers_that_opened_the_page_are_admitted(make_app: Callable[...,
         bridge.close()
 
 
+def _close_bridge(app: Flask) -> None:
+    bridge = get_bridge(app)
+    if bridge is not None:
+        bridge.close()
+
+
 @pytest.fixture
 def served(make_app: Callable[..., Flask]) -> Iterator[tuple[str, threading.Event]]:
     gate = threading.Event()
     app, _ = build(make_app, gate)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}", gate
+        with serve_in_thread(app) as base:
+            try:
+                yield base, gate
+            finally:
+                gate.set()  # let a job still waiting on the gate finish
     finally:
-        gate.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
-        bridge = get_bridge(app)
-        if bridge is not None:
-            bridge.close()
+        _close_bridge(app)
 
 
 @pytest.mark.slow
@@ -176,20 +177,12 @@ def example_served(tmp_path: Path) -> Iterator[str]:
     from example_app import create_app
 
     app = create_app({"DIAGLOG_LOG_DIR": str(tmp_path / "logs"), "EXAMPLE_GENERATE_SECONDS": 0.5})
-    if "socketio" not in app.extensions or "live" not in app.blueprints:
-        pytest.skip("example_app/__init__.py does not wire SocketIO and the live page yet")
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    assert "socketio" in app.extensions and "live" in app.blueprints
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        with serve_in_thread(app) as base:
+            yield base
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
-        bridge = get_bridge(app)
-        if bridge is not None:
-            bridge.close()
+        _close_bridge(app)
 
 
 @pytest.mark.slow
@@ -238,29 +231,21 @@ def test_documented_js_client_follows_a_job(
     def doc_client() -> str:
         return f"<!doctype html><meta charset=utf-8><body>{html}</body>"
 
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_port}"
     try:
-        page = browser.new_page()
-        page.goto(f"{base}/doc-client")
-        page.wait_for_function("typeof socket !== 'undefined' && socket.connected")
-        # the page subscribes on connect; wait for a subscription to be acknowledged
-        page.evaluate("() => socket.emitWithAck('subscribe', {job_id: 'job-1'})")
-        req = urllib.request.Request(f"{base}/run/job-1", method="POST")
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            assert resp.status == 202
-        page.wait_for_function(
-            "document.querySelectorAll('#stages li').length === 4", timeout=15_000
-        )
-        names = page.locator("#stages li").all_text_contents()
-        assert [n.split(" ")[0] for n in names] == list(STAGES)
-        assert page.eval_on_selector("#bar", "el => el.value") == 4
+        with serve_in_thread(app) as base:
+            page = browser.new_page()
+            page.goto(f"{base}/doc-client")
+            page.wait_for_function("typeof socket !== 'undefined' && socket.connected")
+            # the page subscribes on connect; wait for a subscription to be acknowledged
+            page.evaluate("() => socket.emitWithAck('subscribe', {job_id: 'job-1'})")
+            req = urllib.request.Request(f"{base}/run/job-1", method="POST")
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status == 202
+            page.wait_for_function(
+                "document.querySelectorAll('#stages li').length === 4", timeout=15_000
+            )
+            names = page.locator("#stages li").all_text_contents()
+            assert [n.split(" ")[0] for n in names] == list(STAGES)
+            assert page.eval_on_selector("#bar", "el => el.value") == 4
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
-        bridge = get_bridge(app)
-        if bridge is not None:
-            bridge.close()
+        _close_bridge(app)
