@@ -37,24 +37,6 @@ def store_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("redis_url"))
 
 
-@pytest.fixture
-def jobs_app(make_app: Callable[..., Flask]) -> Iterator[Callable[..., tuple[Flask, DiagLog]]]:
-    """``jobs_app(config)``: an app in JSON format with its DiagLog; job stores closed after."""
-    made: list[Flask] = []
-
-    def factory(config: dict[str, Any] | None = None) -> tuple[Flask, DiagLog]:
-        app = make_app({"DIAGLOG_FORMAT": "json", **(config or {})}, init=False)
-        diaglog = DiagLog(app)
-        made.append(app)
-        return app, diaglog
-
-    yield factory
-    for app in made:
-        guard = get_state(app).extras.get("jobs")
-        if guard is not None:
-            guard.close()
-
-
 def wait_until(cond: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
     deadline = time.monotonic() + timeout
     while not cond():

@@ -49,22 +49,6 @@ def store(request: pytest.FixtureRequest) -> Iterator[JobStore]:
     s.close()
 
 
-@pytest.fixture
-def apps(make_app: Callable[..., Flask]) -> Iterator[Callable[..., tuple[Flask, DiagLog]]]:
-    """``apps(config)``: JSON-format apps whose job stores are closed after the test."""
-    made: list[Flask] = []
-
-    def factory(config: dict[str, Any] | None = None) -> tuple[Flask, DiagLog]:
-        app = make_app({"DIAGLOG_FORMAT": "json", **(config or {})}, init=False)
-        diaglog = DiagLog(app)
-        made.append(app)
-        return app, diaglog
-
-    yield factory
-    for app in made:
-        get_job_guard(app).close()
-
-
 # -- 4. stores -----------------------------------------------------------------------------------
 
 
@@ -109,22 +93,22 @@ def test_renew_extends_and_retakes_an_expired_free_lease(store: JobStore) -> Non
 
 
 def test_redis_store_selected_by_config(
-    apps: Callable[..., tuple[Flask, DiagLog]], redis_url: str, tmp_path: Path
+    jobs_app: Callable[..., tuple[Flask, DiagLog]], redis_url: str, tmp_path: Path
 ) -> None:
     """DIAGLOG_JOB_STORE=redis://... or unix://... selects RedisJobStore (also from the env)."""
-    app, _ = apps({"DIAGLOG_JOB_STORE": redis_url})
+    app, _ = jobs_app({"DIAGLOG_JOB_STORE": redis_url})
     store = get_job_guard(app).store
     assert isinstance(store, RedisJobStore) and store.describe() == redis_url
     sock = tmp_path / "redis.sock"
-    app2, _ = apps({"DIAGLOG_JOB_STORE": f"unix://{sock}?db=0"})
+    app2, _ = jobs_app({"DIAGLOG_JOB_STORE": f"unix://{sock}?db=0"})
     assert isinstance(get_job_guard(app2).store, RedisJobStore)
     os.environ["DIAGLOG_JOB_STORE"] = "redis://:secret@127.0.0.1:1/0"  # cleaned by _clean_env
-    app3, _ = apps()
+    app3, _ = jobs_app()
     assert get_job_guard(app3).store.describe() == "redis://:***@127.0.0.1:1/0"
 
 
 def test_unix_socket_redis_store_guards(
-    apps: Callable[..., tuple[Flask, DiagLog]], tmp_path: Path
+    jobs_app: Callable[..., tuple[Flask, DiagLog]], tmp_path: Path
 ) -> None:
     """DIAGLOG_JOB_STORE=unix://... works against a real Redis listening on a unix socket."""
     exe = redis_binary()
@@ -138,7 +122,7 @@ def test_unix_socket_redis_store_guards(
     )
     try:
         wait_until(sock.exists, "the unix socket")
-        app, _ = apps({"DIAGLOG_JOB_STORE": f"unix://{sock}?db=0"})
+        app, _ = jobs_app({"DIAGLOG_JOB_STORE": f"unix://{sock}?db=0"})
         store = get_job_guard(app).store
         assert isinstance(store, RedisJobStore)
         assert store.claim("u1", "t -", 30).outcome == "acquired"
@@ -171,9 +155,9 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 def outage_app(
-    apps: Callable[..., tuple[Flask, DiagLog]], url: str, **config: Any
+    jobs_app: Callable[..., tuple[Flask, DiagLog]], url: str, **config: Any
 ) -> tuple[Flask, list[str]]:
-    app, _ = apps({"DIAGLOG_JOB_STORE": url, "PROPAGATE_EXCEPTIONS": False, **config})
+    app, _ = jobs_app({"DIAGLOG_JOB_STORE": url, "PROPAGATE_EXCEPTIONS": False, **config})
     ran: list[str] = []
 
     @app.post("/generate/<job_id>")
@@ -200,11 +184,11 @@ def bounded_post(app: Flask, path: str) -> Any:
 
 
 def test_outage_answers_503_logs_once_and_recovers(
-    apps: Callable[..., tuple[Flask, DiagLog]], own_redis: RedisServer, logs: Any
+    jobs_app: Callable[..., tuple[Flask, DiagLog]], own_redis: RedisServer, logs: Any
 ) -> None:
     """Redis down: guarded endpoints get 503 problem+json (no hang), the outage is logged once
     with its reason, unguarded endpoints still work, and service resumes when Redis is back."""
-    app, ran = outage_app(apps, own_redis.url)
+    app, ran = outage_app(jobs_app, own_redis.url)
     client = app.test_client()
     assert client.post("/generate/a").status_code == 200
     own_redis.stop()
@@ -229,10 +213,10 @@ def test_outage_answers_503_logs_once_and_recovers(
 
 
 def test_outage_with_fail_open_lets_requests_through_with_a_warning(
-    apps: Callable[..., tuple[Flask, DiagLog]], own_redis: RedisServer, logs: Any
+    jobs_app: Callable[..., tuple[Flask, DiagLog]], own_redis: RedisServer, logs: Any
 ) -> None:
     """DIAGLOG_JOB_FAIL_OPEN: guarded requests run during an outage, each with a WARNING line."""
-    app, ran = outage_app(apps, own_redis.url, DIAGLOG_JOB_FAIL_OPEN=True)
+    app, ran = outage_app(jobs_app, own_redis.url, DIAGLOG_JOB_FAIL_OPEN=True)
     own_redis.stop()
     assert [bounded_post(app, "/generate/x").status_code for _ in range(2)] == [200, 200]
     assert ran == ["x", "x"]
@@ -243,11 +227,11 @@ def test_outage_with_fail_open_lets_requests_through_with_a_warning(
 
 
 def test_running_job_survives_a_redis_restart(
-    apps: Callable[..., tuple[Flask, DiagLog]], own_redis: RedisServer
+    jobs_app: Callable[..., tuple[Flask, DiagLog]], own_redis: RedisServer
 ) -> None:
     """A job still running when Redis restarts (losing all keys) re-takes its lease at the next
     renewal, so duplicates are refused again."""
-    app, diaglog = apps({"DIAGLOG_JOB_STORE": own_redis.url, "DIAGLOG_JOB_TTL": 1.0})
+    app, diaglog = jobs_app({"DIAGLOG_JOB_STORE": own_redis.url, "DIAGLOG_JOB_TTL": 1.0})
     gate = threading.Event()
     threads: list[threading.Thread] = []
 
@@ -311,7 +295,7 @@ time.sleep(3600)
 
 
 def test_sigkilled_holder_frees_the_job_after_its_ttl(
-    apps: Callable[..., tuple[Flask, DiagLog]], redis_url: str, tmp_path: Path
+    jobs_app: Callable[..., tuple[Flask, DiagLog]], redis_url: str, tmp_path: Path
 ) -> None:
     """A process holding a job is SIGKILLed (no release runs): the id is free after the TTL."""
     script = tmp_path / "holder.py"
@@ -324,7 +308,7 @@ def test_sigkilled_holder_frees_the_job_after_its_ttl(
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == b"202"
-        app, _ = apps({"DIAGLOG_JOB_STORE": redis_url})
+        app, _ = jobs_app({"DIAGLOG_JOB_STORE": redis_url})
 
         @app.post("/generate/<job_id>")
         @guard_job
