@@ -147,8 +147,10 @@ class Trace:
 
     @property
     def current_stage(self) -> str | None:
-        stack = self.open_stages
-        return stack[-1] if stack else None
+        """The innermost open stage. Safe to read from another thread (the watchdog): the
+        one-element slice is taken atomically, so a stage closing meanwhile cannot break it."""
+        top = self.open_stages[-1:]
+        return top[0] if top else None
 
     def stage_totals(self) -> dict[str, float]:
         """Stage name to total milliseconds (a stage run several times is summed)."""

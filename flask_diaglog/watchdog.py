@@ -263,8 +263,7 @@ def _report(
         return
     n = trace.hung
     ms = trace.elapsed_ms()
-    open_stages = list(trace.open_stages)
-    current = open_stages[-1] if open_stages else None
+    current = trace.current_stage
     thread_name = names.get(trace.thread, str(trace.thread))
     if trace.kind == "job":
         what = f"job {name or '?'}"
@@ -343,7 +342,6 @@ def _entries(registry: InFlight, stacks: bool) -> list[dict[str, Any]]:
     pid = os.getpid()
     out: list[dict[str, Any]] = []
     for t, name in items:
-        open_stages = list(t.open_stages)
         entry: dict[str, Any] = {
             "kind": t.kind,
             "request_id": t.request_id,
@@ -353,7 +351,7 @@ def _entries(registry: InFlight, stacks: bool) -> list[dict[str, Any]]:
             "path": t.path,
             "start": t.start,
             "elapsed_ms": round(t.elapsed_ms(), 3),
-            "stage": open_stages[-1] if open_stages else None,
+            "stage": t.current_stage,
             "stages": t.stage_totals(),
             "thread": names.get(t.thread),
             "thread_id": t.thread,
