@@ -63,9 +63,6 @@ class _IdSource:
         self.prefix = os.urandom(6).hex()
         self.counter = itertools.count(1)
 
-    def next(self) -> str:
-        return f"{self.prefix}{next(self.counter):06x}"
-
 
 _perf_counter = time.perf_counter
 _time = time.time

@@ -112,13 +112,6 @@ _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), 0x7F, 0x85)}
 _ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
 
 
-def escape_line(text: str) -> str:
-    """Escape CR, LF and other line-breaking or control characters (tabs stay)."""
-    if text.isprintable():
-        return text
-    return text.translate(_ESCAPES)
-
-
 def format_ts(ts: float) -> str:
     """ISO 8601 local time with milliseconds and offset, e.g. ``2026-11-22T10:15:02.123+00:00``."""
     sec = int(ts)
