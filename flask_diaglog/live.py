@@ -361,23 +361,20 @@ class LiveBridge:
             if not self.authorized(auth):
                 raise ConnectionRefusedError("unauthorized")
 
-        def on_subscribe(data: Any = None) -> dict[str, Any]:
+        def change_rooms(data: Any, change: Callable[[str], Any]) -> dict[str, Any]:
             try:
                 rooms = _requested_rooms(data)
             except ValueError as exc:
                 return {"ok": False, "error": str(exc)}
             for room in rooms:
-                join_room(room)
+                change(room)
             return {"ok": True, "rooms": rooms}
 
+        def on_subscribe(data: Any = None) -> dict[str, Any]:
+            return change_rooms(data, join_room)
+
         def on_unsubscribe(data: Any = None) -> dict[str, Any]:
-            try:
-                rooms = _requested_rooms(data)
-            except ValueError as exc:
-                return {"ok": False, "error": str(exc)}
-            for room in rooms:
-                leave_room(room)
-            return {"ok": True, "rooms": rooms}
+            return change_rooms(data, leave_room)
 
         sio.on("connect", namespace=ns)(on_connect)
         sio.on("subscribe", namespace=ns)(on_subscribe)
