@@ -162,6 +162,39 @@ def test_fast_work_gets_no_warning(make_app: Callable[..., Flask], logs: Logs) -
     assert inflight(app) == []
 
 
+def test_steady_traffic_does_not_wake_the_watchdog(
+    make_app: Callable[..., Flask], logs: Logs
+) -> None:
+    """Requests with idle gaps between them (a gunicorn sync worker waiting in accept) do not
+    wake the watchdog thread per request; a request that starts while it sleeps out an idle
+    period is still reported when it hangs."""
+    from flask_diaglog.watchdog import _watchdog
+
+    app = make_app({"DIAGLOG_FORMAT": "json", "DIAGLOG_HANG_AFTER": 0.8})
+
+    @app.get("/fast")
+    def fast() -> str:
+        return "ok"
+
+    @app.get("/slow")
+    def slow() -> str:
+        time.sleep(1.0)
+        return "ok"
+
+    client = app.test_client()
+    client.get("/fast")  # starts the watchdog
+    time.sleep(0.1)  # it scans, finds nothing in flight and sleeps one idle period
+    scans = _watchdog.scans
+    for _ in range(200):
+        assert client.get("/fast").status_code == 200
+        time.sleep(0.002)  # the watchdog thread gets the GIL while nothing is in flight
+    # At most the idle period's own wake-ups, not one per request.
+    assert _watchdog.scans - scans <= 2, _watchdog.scans - scans
+    assert client.get("/slow").status_code == 200
+    hangs = logs.events("requests", "hang")
+    assert hangs and {h["path"] for h in hangs} == {"/slow"}, hangs
+
+
 def test_hang_after_zero_disables(make_app: Callable[..., Flask], logs: Logs) -> None:
     """DIAGLOG_HANG_AFTER=0 reports nothing; the registry still tracks the work."""
     app = make_app({"DIAGLOG_FORMAT": "json", "DIAGLOG_HANG_AFTER": 0})
@@ -333,7 +366,7 @@ def test_lazy_start_and_clean_exit(tmp_path: Path) -> None:
         app.test_client().get("/slow")
         assert "diaglog-watchdog" in names(), names()
 
-        # Idle: once nothing is in flight the watchdog waits without a timeout (no scans).
+        # Idle: after two scans that find nothing in flight the watchdog waits without a timeout.
         deadline = time.monotonic() + 10
         while _watchdog.wake_at != float("inf") and time.monotonic() < deadline:
             time.sleep(0.02)
