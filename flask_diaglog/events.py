@@ -22,7 +22,7 @@ from typing import Any
 
 from .context import Trace
 
-__all__ = ["EVENT_KINDS", "Dispatcher", "Event"]
+__all__ = ["DIRECT_SINKS", "EVENT_KINDS", "Dispatcher", "Event"]
 
 #: Every value of the ``event`` key.
 EVENT_KINDS = (
@@ -51,6 +51,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_refresh_pid)
 
 Sink = Callable[["Event"], None]
+
+#: The sinks whose work the hooks can do without building an event: the files (the same
+#: ``plain_line``), the in-flight registry (``add``/``discard``) and the signals (nothing to do
+#: while no receiver is connected). See :attr:`Dispatcher.quiet`.
+DIRECT_SINKS = frozenset({"files", "inflight", "signals"})
 
 
 class Event:
@@ -155,14 +160,25 @@ class Dispatcher:
         #: Called once per failing sink with (sink name, exception); set by the extension so the
         #: failure also reaches errors.log.
         self.on_first_failure: Callable[[str, BaseException], None] | None = None
+        #: True while every sink is one of :data:`DIRECT_SINKS`: then an event nobody listens to
+        #: on its signal needs no :class:`Event` object, and the request hooks write its line
+        #: directly (the console, the live bridge or any other sink turns this off).
+        self.quiet = True
 
     def add(self, sink: Sink, *, primary: bool = False) -> None:
         (self.primary if primary else self.fanout).append(sink)
+        self._update()
 
     def remove(self, sink: Sink) -> None:
         for lst in (self.primary, self.fanout):
             if sink in lst:
                 lst.remove(sink)
+        self._update()
+
+    def _update(self) -> None:
+        self.quiet = all(
+            getattr(s, "sink_name", None) in DIRECT_SINKS for s in (*self.primary, *self.fanout)
+        )
 
     def __call__(self, event: Event) -> None:
         for sink in self.primary:

@@ -62,6 +62,7 @@ __all__ = [
     "DiagLogHandler",
     "FileSink",
     "LogFile",
+    "plain_line",
     "render_json",
     "render_plain",
 ]
@@ -127,25 +128,36 @@ def format_ts(ts: float) -> str:
 _middle: tuple[int, str, str | None, str | None, str] = (-1, "", None, None, "")
 
 
-def render_plain(ev: Event) -> bytes:
-    """``2026-11-22 10:15:02.123 | INFO | logger | req=<id> job=<id or -> | message``."""
+def plain_line(
+    ts: float,
+    level: int,
+    logger: str,
+    rid: str | None,
+    jid: str | None,
+    msg: str,
+    exc: str | None = None,
+) -> bytes:
+    """``2026-11-22 10:15:02.123 | INFO | logger | req=<id> job=<id or -> | message``.
+
+    The one plain renderer: :func:`render_plain` gives it an event's parts, and the hot paths
+    that write without building an event (request lines, stages, standalone handler records)
+    give it theirs, so every plain line is made here.
+    """
     global _middle
-    ts = ev.ts
     sec = int(ts)
     now = _now
     if now.sec != sec:
         now = _second(sec)
     m = _middle
-    level, logger, rid, jid = ev.level, ev.logger, ev.request_id, ev.job_id
     if m[2] is rid and m[3] is jid and m[1] is logger and m[0] == level:
         middle = m[4]
     else:
         tag = _LEVEL_TAG[level] if level in _LEVEL_TAG else f" | {logging.getLevelName(level)} | "
         middle = f"{tag}{logger} | req={rid or '-'} job={jid or '-'} | "
         _middle = (level, logger, rid, jid, middle)
-    line = f"{now.plain}{_MS[int((ts - sec) * 1000)]}{middle}{ev.msg}"
-    if ev.exc:
-        line = f"{line} | {ev.exc}"
+    line = f"{now.plain}{_MS[int((ts - sec) * 1000)]}{middle}{msg}"
+    if exc:
+        line = f"{line} | {exc}"
     if not line.isprintable():
         line = line.translate(_ESCAPES)
     try:
@@ -154,26 +166,9 @@ def render_plain(ev: Event) -> bytes:
         return (line + "\n").encode("utf-8", "backslashreplace")
 
 
-def _plain_record(record: logging.LogRecord, rid: Any, jid: Any, msg: str) -> bytes:
-    """``render_plain`` of the event a record would become (no exception text), without the
-    event: the shortcut of a standalone :class:`DiagLogHandler`."""
-    ts = record.created
-    sec = int(ts)
-    now = _now
-    if now.sec != sec:
-        now = _second(sec)
-    level = record.levelno
-    tag = _LEVEL_TAG[level] if level in _LEVEL_TAG else f" | {logging.getLevelName(level)} | "
-    line = (
-        f"{now.plain}{_MS[int((ts - sec) * 1000)]}{tag}{record.name} | "
-        f"req={rid or '-'} job={jid or '-'} | {msg}"
-    )
-    if not line.isprintable():
-        line = line.translate(_ESCAPES)
-    try:
-        return (line + "\n").encode()
-    except UnicodeEncodeError:  # lone surrogates
-        return (line + "\n").encode("utf-8", "backslashreplace")
+def render_plain(ev: Event) -> bytes:
+    """The plain line of an event (see :func:`plain_line`)."""
+    return plain_line(ev.ts, ev.level, ev.logger, ev.request_id, ev.job_id, ev.msg, ev.exc)
 
 
 def render_json(ev: Event) -> bytes:
@@ -985,7 +980,7 @@ class DiagLogHandler(logging.Handler):
         self._dispatch = dispatch
         self._redact = redact
         #: Standalone plain files take a shortcut: the line is rendered straight from the record
-        #: (same bytes as ``render_plain`` of the event; a test holds the two together).
+        #: by the same :func:`plain_line`, without building an event.
         self._direct = self.file if self.file is not None and format == "plain" else None
 
     def handle(self, record: logging.LogRecord) -> bool:
@@ -1020,7 +1015,9 @@ class DiagLogHandler(logging.Handler):
                 msg = record.getMessage()
                 if self._redact is not None:
                     msg = self._redact(msg)
-                self._direct.write(_plain_record(record, rid, jid, msg))
+                self._direct.write(
+                    plain_line(record.created, record.levelno, record.name, rid, jid, msg)
+                )
                 return
             self._dispatch(self.to_event(record, trace))
         except RecursionError:  # pragma: no cover

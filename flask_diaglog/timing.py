@@ -20,6 +20,7 @@ from typing import Any, TypeVar, overload
 
 from .context import Trace, current_trace
 from .events import Event
+from .signals import stage_finished
 
 __all__ = ["get_request_timings", "server_timing_header", "stage", "timed_stage"]
 
@@ -77,15 +78,19 @@ class stage:
         state = trace.state
         if state is None:
             return
-        fields: dict[str, Any] = {"stage": name, "duration_ms": round(ms, 3), "ok": ok}
         if ok:
+            error = None
             msg = f"stage {name} {ms:.2f}ms ok"
             level = logging.INFO
         else:
             error = f"{et.__name__}: {state.redactor.text(str(exc))}" if et else "error"
-            fields["error"] = error
             msg = f"stage {name} {ms:.2f}ms failed: {error}"
             level = logging.WARNING
+        if state.write_direct(stage_finished, trace, level, _LOGGER, msg):
+            return
+        fields: dict[str, Any] = {"stage": name, "duration_ms": round(ms, 3), "ok": ok}
+        if error is not None:
+            fields["error"] = error
         state.dispatch(
             Event(
                 "stage",

@@ -12,7 +12,9 @@ lazily by the first trace that needs watching (so a gunicorn worker forked from 
 its own) and sleeps on a condition until the earliest deadline. When it finds nothing in flight it
 sleeps one more ``DIAGLOG_HANG_AFTER`` (work that starts meanwhile cannot be due before then, so it
 needs no wake-up call), and only after a second idle scan without a timeout. A busy process
-therefore never wakes the thread per request; an idle one costs two scans, then nothing. Work running longer than ``DIAGLOG_HANG_AFTER`` seconds gets a WARNING
+therefore never wakes the thread per request; an idle one costs two scans, then nothing.
+
+Work running longer than ``DIAGLOG_HANG_AFTER`` seconds gets a WARNING
 ``hang`` event with its elapsed time, current stage and the Python stack of the thread running it;
 the report repeats at 2x, 4x, 8x ... that time while the work keeps running. ``trace.hung`` counts
 the reports, and the end line of the work notes ``was_hung(N)``. ``DIAGLOG_HANG_AFTER=0`` turns
@@ -77,22 +79,29 @@ class InFlight:
         kind = ev.kind
         if kind == "request_start" or kind == "job_start":
             trace = ev.trace
-            if trace is None:
-                return
-            items = self._items
-            if len(items) >= self.maxsize:
-                self.overflow += 1
-                return
-            items[trace] = ev.fields.get("name") if kind == "job_start" else None
-            hang_after = self.hang_after
-            # Wake (or start) the watchdog only when this deadline is earlier than the one it
-            # sleeps towards: once per idle-to-busy change, not once per request.
-            if hang_after and trace.t0 + hang_after < _watchdog.wake_at:
-                _watchdog.poke()
+            if trace is not None:
+                self.add(trace, ev.fields.get("name") if kind == "job_start" else None)
         elif kind == "request_end" or kind == "job_end":
             trace = ev.trace
             if trace is not None:
                 self._items.pop(trace, None)
+
+    def add(self, trace: Trace, name: str | None = None) -> None:
+        """Track ``trace`` (called for its start event, or directly by the request hooks)."""
+        items = self._items
+        if len(items) >= self.maxsize:
+            self.overflow += 1
+            return
+        items[trace] = name
+        hang_after = self.hang_after
+        # Wake (or start) the watchdog only when this deadline is earlier than the one it
+        # sleeps towards: once per idle-to-busy change, not once per request.
+        if hang_after and trace.t0 + hang_after < _watchdog.wake_at:
+            _watchdog.poke()
+
+    def discard(self, trace: Trace) -> None:
+        """Stop tracking ``trace`` (its end event, or directly by the request hooks)."""
+        self._items.pop(trace, None)
 
     def items(self) -> list[tuple[Trace, str | None]]:
         """A consistent copy of (trace, job name) pairs."""
