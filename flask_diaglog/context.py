@@ -95,6 +95,7 @@ class Trace:
 
     __slots__ = (
         "__weakref__",
+        "_totals",
         "error",
         "hung",
         "job_id",
@@ -138,6 +139,7 @@ class Trace:
         self.lease: Lease | None = None
         self.hung = 0  # how many hang reports were made
         self.thread = _get_ident()
+        self._totals: tuple[int, dict[str, float]] | None = None
 
     def elapsed_ms(self) -> float:
         return (_perf_counter() - self.t0) * 1000.0
@@ -150,10 +152,20 @@ class Trace:
         return top[0] if top else None
 
     def stage_totals(self) -> dict[str, float]:
-        """Stage name to total milliseconds (a stage run several times is summed)."""
+        """Stage name to total milliseconds (a stage run several times is summed).
+
+        Kept until the next stage finishes: the ``Server-Timing`` header and the end line share
+        one computation. Treat the result as read-only.
+        """
+        stages = self.stages
+        n = len(stages)
+        memo = self._totals  # one tuple: a reader in another thread sees old or new, not a mix
+        if memo is not None and memo[0] == n:
+            return memo[1]
         out: dict[str, float] = {}
-        for name, ms, _ok in self.stages:
+        for name, ms, _ok in stages[:n]:
             out[name] = round(out.get(name, 0.0) + ms, 3)
+        self._totals = (n, out)
         return out
 
     def __repr__(self) -> str:

@@ -185,4 +185,4 @@ def server_timing_header(trace: Trace) -> str:
 def get_request_timings() -> dict[str, float]:
     """Stage name to milliseconds for the current request or job (empty outside one)."""
     trace = current_trace()
-    return trace.stage_totals() if trace is not None else {}
+    return dict(trace.stage_totals()) if trace is not None else {}
