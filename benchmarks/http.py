@@ -53,6 +53,14 @@ APPS = {
         DiagLog(app)
         """,
     ),
+    "floor": (
+        "floor: same 2 lines + 2 headers, no features",
+        """
+        import os
+        from benchmarks.floor import floor_app
+        app = floor_app(os.path.join(os.environ["DIAGLOG_LOG_DIR"], "floor.log"))
+        """,
+    ),
     "handwritten": (
         "hand-written hooks + RotatingFileHandler",
         """

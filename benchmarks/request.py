@@ -54,6 +54,12 @@ def diaglog_stage(tmp: Path) -> Flask:
     return app
 
 
+def floor(tmp: Path) -> Flask:
+    from .floor import floor_app
+
+    return floor_app(str(tmp / "floor.log"))
+
+
 def handwritten(tmp: Path) -> Flask:
     """What people write by hand: two hooks, two lines through RotatingFileHandler, an id."""
     app = _app("handwritten")
@@ -106,6 +112,7 @@ VARIANTS: dict[str, tuple[str, Callable[[Path], Flask]]] = {
     "bare": ("bare Flask", bare),
     "diaglog": ("DiagLog(app), default config (2 lines, request id, Server-Timing)", diaglog),
     "diaglog_stage": ("DiagLog(app) + one timed stage (3 lines)", diaglog_stage),
+    "floor": ("floor: the same 2 lines and 2 headers, no features (benchmarks/floor.py)", floor),
     "handwritten": (
         "hand-written before/after_request, 2 lines via RotatingFileHandler",
         handwritten,

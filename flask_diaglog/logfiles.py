@@ -154,16 +154,19 @@ def plain_line(
     else:
         tag = _LEVEL_TAG[level] if level in _LEVEL_TAG else f" | {logging.getLevelName(level)} | "
         middle = f"{tag}{logger} | req={rid or '-'} job={jid or '-'} | "
+        if not middle.isprintable():  # ids are validated; a logger name may be anything
+            middle = middle.translate(_ESCAPES)
         _middle = (level, logger, rid, jid, middle)
-    line = f"{now.plain}{_MS[int((ts - sec) * 1000)]}{middle}{msg}"
     if exc:
-        line = f"{line} | {exc}"
-    if not line.isprintable():
-        line = line.translate(_ESCAPES)
+        msg = f"{msg} | {exc}"
+    if not msg.isprintable():
+        msg = msg.translate(_ESCAPES)
+    # The timestamp parts and the middle are printable by construction: only msg is checked.
+    line = f"{now.plain}{_MS[int((ts - sec) * 1000)]}{middle}{msg}\n"
     try:
-        return (line + "\n").encode()
+        return line.encode()
     except UnicodeEncodeError:  # lone surrogates
-        return (line + "\n").encode("utf-8", "backslashreplace")
+        return line.encode("utf-8", "backslashreplace")
 
 
 def render_plain(ev: Event) -> bytes:
