@@ -205,7 +205,7 @@ class _State:
             if trace.stages or aborted or trace.hung or is_slow:
                 totals = trace.stage_totals() if trace.stages else None
                 if totals:
-                    msg += " stages=" + ",".join(f"{k}:{v:.2f}" for k, v in totals.items())
+                    msg += " stages=" + ",".join([f"{k}:{v:.2f}" for k, v in totals.items()])
                 if aborted:
                     msg += " aborted"
                 if trace.hung:

@@ -177,7 +177,10 @@ def server_timing_header(trace: Trace) -> str:
     total = f"total;dur={trace.elapsed_ms():.1f}"
     if not trace.stages:
         return total
-    parts = [f"{_token(name)};dur={ms:.1f}" for name, ms in trace.stage_totals().items()]
+    get = _token_cache.get
+    parts = [
+        f"{get(name) or _token(name)};dur={ms:.1f}" for name, ms in trace.stage_totals().items()
+    ]
     parts.append(total)
     return ", ".join(parts)
 
