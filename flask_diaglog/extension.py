@@ -532,7 +532,10 @@ class DiagLog:
                 f"client={client} type={mimetype or '-'} testing={testing_text}"
             )
             if state.write_direct(request_started, trace, logging.INFO, _REQ_LOGGER, msg):
-                registry.add(trace)
+                try:
+                    registry.add(trace)
+                except Exception as exc:  # as a failing sink would be: counted, never raised
+                    state.dispatch.failed(registry, exc)
             else:
                 fields: dict[str, Any] = {
                     "method": trace.method,

@@ -192,3 +192,20 @@ def test_failing_direct_write_is_counted_not_raised(
     assert client.get("/").status_code == 200
     assert state.stats()["sink_failures"] == {"files": 4}
     assert "flask-diaglog sink files failed" in (tmp_path / "logs" / "errors.log").read_text()
+
+
+def test_failing_registry_is_counted_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = _app(tmp_path / "logs", "failingreg")
+    state = app.extensions["diaglog"]
+    registry = state.extras["inflight"]
+
+    def broken(trace: Any, name: Any = None) -> None:
+        raise RuntimeError("registry bug")
+
+    monkeypatch.setattr(registry, "add", broken)
+    assert app.test_client().get("/").status_code == 200
+    assert state.stats()["sink_failures"] == {"inflight": 1}
+    text = (tmp_path / "logs" / "requests.log").read_text()
+    assert "request_start GET /" in text and "request_end GET / 200" in text
