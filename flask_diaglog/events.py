@@ -5,6 +5,10 @@ in-flight registry, the live bridge and the console. A sink that raises is count
 on stderr
 (and in ``errors.log`` when the file sink still works) and skipped; the request never sees it.
 
+While every sink is one the request hooks can stand in for (:data:`DIRECT_SINKS`) and nobody
+listens on a kind's signal, the hooks write that kind's lines without building an event
+(:attr:`Dispatcher.quiet`, ``_State.write_direct``).
+
 A sink that logs while an event is being dispatched (Socket.IO or Redis clients do) would re-enter
 dispatch. Such nested events go to the primary sinks only (the files), so fan-out cannot recurse.
 """

@@ -10,6 +10,11 @@ How a request is observed (cheapest hooks that still see everything):
 * One ``after_request`` function, run after all others, notes the final status and whether the
   body is streamed.
 * Flask's ``got_request_exception`` signal gives the unhandled exception for the error line.
+
+Request and stage lines take the *direct path* (:meth:`_State.write_direct`) while only the files,
+the in-flight registry and signals without receivers would see their event: the line is rendered
+by the same ``plain_line`` and written, the registry updated, and no ``Event`` is built. Anything
+that listens (a receiver, the console, the live bridge, JSON files) gets events as before.
 """
 
 from __future__ import annotations
