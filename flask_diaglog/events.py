@@ -167,7 +167,7 @@ class Dispatcher:
         #: True while every sink is one of :data:`DIRECT_SINKS`: then an event nobody listens to
         #: on its signal needs no :class:`Event` object, and the request hooks write its line
         #: directly (the console, the live bridge or any other sink turns this off).
-        self.quiet = True
+        self.quiet = False  # until the files and the registry are added
 
     def add(self, sink: Sink, *, primary: bool = False) -> None:
         (self.primary if primary else self.fanout).append(sink)
@@ -180,8 +180,10 @@ class Dispatcher:
         self._update()
 
     def _update(self) -> None:
-        self.quiet = all(
-            getattr(s, "sink_name", None) in DIRECT_SINKS for s in (*self.primary, *self.fanout)
+        names = [getattr(s, "sink_name", None) for s in (*self.primary, *self.fanout)]
+        # Only while the files and the registry are there: the direct path stands in for them.
+        self.quiet = (
+            all(n in DIRECT_SINKS for n in names) and "files" in names and "inflight" in names
         )
 
     def __call__(self, event: Event) -> None:

@@ -831,7 +831,7 @@ def _lookup_job_id(req: Request, getter: JobIdGetter | None) -> str | None:
                     v = req.form.get("job_id")
                     if v is not None:
                         value, source = v, "the form field job_id"
-            if value is None and "job_id" in env.get("QUERY_STRING", ""):
+            if not source and "job_id" in env.get("QUERY_STRING", ""):
                 v = req.args.get("job_id")
                 if v is not None:
                     value, source = v, "the query parameter job_id"

@@ -126,7 +126,8 @@ class _Watchdog:
     def __init__(self) -> None:
         self.registries: weakref.WeakSet[InFlight] = weakref.WeakSet()
         #: perf_counter time the thread sleeps towards; ``inf`` while it is not running, while it
-        #: scans, or while nothing is in flight, so that every new trace pokes it then.
+        #: scans, or after two idle scans, so that every new trace pokes it then. After the first
+        #: idle scan it is one hang period ahead: no trace starting later can be due before it.
         self.wake_at = _INF
         self._reset()
         self._atexit = False
@@ -310,7 +311,7 @@ def _report(
         "name": name,
         "duration_ms": round(ms, 3),
         "stage": current,
-        "stages": trace.stage_totals() or None,
+        "stages": dict(trace.stage_totals()) or None,  # a copy: receivers may change it
         "hung": n,
         "thread_id": trace.thread,
     }
@@ -379,7 +380,7 @@ def _entries(registry: InFlight, stacks: bool) -> list[dict[str, Any]]:
             "start": t.start,
             "elapsed_ms": round(t.elapsed_ms(), 3),
             "stage": t.current_stage,
-            "stages": t.stage_totals(),
+            "stages": dict(t.stage_totals()),  # a copy: callers may change it
             "thread": names.get(t.thread),
             "thread_id": t.thread,
             "hung": t.hung,

@@ -155,6 +155,10 @@ def test_listeners_and_sinks_turn_the_direct_path_off(tmp_path: Path) -> None:
     assert seen[1:] == ["request_start", "request_end"]
     state.dispatch.remove(sink)
     assert state.dispatch.quiet
+    state.dispatch.remove(state.files)  # the direct path stands in for the files, not without
+    assert not state.dispatch.quiet
+    state.dispatch.add(state.files, primary=True)
+    assert state.dispatch.quiet
     ends = (tmp_path / "logs" / "requests.log").read_text().count("request_end GET / 200")
     assert ends == 4
 

@@ -81,6 +81,7 @@ def test_traceparent_trace_id_serves_as_request_id(make_app: Callable[..., Flask
         ({"headers": {"Idempotency-Key": "bare-key"}}, "bare-key"),
         ({"json": {"job_id": "body"}, "query_string": {"job_id": "q"}}, "body"),
         ({"json": {"job_id": 42}}, "42"),
+        ({"json": {"job_id": None}, "query_string": {"job_id": "q"}}, None),  # null: no job
         ({"data": {"job_id": "form"}, "query_string": {"job_id": "q"}}, "form"),
         ({"query_string": {"job_id": "query"}}, "query"),
         ({}, None),

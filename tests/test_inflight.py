@@ -181,3 +181,23 @@ def test_disabled_app_has_no_registry(make_app: Callable[..., Flask]) -> None:
     """With DIAGLOG_ENABLED off, inflight(app) is simply empty."""
     app = make_app({"DIAGLOG_ENABLED": False})
     assert inflight(app) == []
+
+
+def test_stage_totals_handed_out_are_copies(make_app: Callable[..., Flask], logs: Logs) -> None:
+    """Changing what inflight() or get_request_timings() return changes nothing diaglog writes."""
+    from flask_diaglog import get_request_timings
+
+    app = make_app()
+
+    @app.get("/")
+    def index() -> str:
+        with stage("db"):
+            pass
+        inflight(app)[0]["stages"]["db"] = 9999.0
+        get_request_timings()["db"] = 8888.0
+        return "ok"
+
+    r = app.test_client().get("/")
+    assert "9999" not in r.headers["Server-Timing"] and "8888" not in r.headers["Server-Timing"]
+    end = next(line for line in logs.text("requests").splitlines() if "request_end" in line)
+    assert "stages=db:" in end and "9999" not in end and "8888" not in end
