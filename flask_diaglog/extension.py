@@ -104,13 +104,11 @@ class _State:
         files = self.files
         if level >= files.level:  # type: ignore[union-attr]
             try:
-                data = plain_line(time(), level, logger, trace.request_id, trace.job_id, msg)
-                if trace.kind == "job":
-                    files.jobs.write(data)  # type: ignore[union-attr]
-                else:
-                    files.requests.write(data)  # type: ignore[union-attr]
-                if level >= logging.ERROR:
-                    files.errors.write(data)  # type: ignore[union-attr]
+                files.write(  # type: ignore[union-attr]
+                    "jobs" if trace.kind == "job" else "requests",
+                    level,
+                    plain_line(time(), level, logger, trace.request_id, trace.job_id, msg),
+                )
             except Exception as exc:  # never into the request: counted like a failing sink
                 self.dispatch.failed(files, exc)
         return True
@@ -130,31 +128,19 @@ class _State:
     ) -> Event:
         """Build one event for ``trace`` and dispatch it. The single way hooks create events."""
         if trace is not None:
-            if trace.kind == "job":
-                ev = Event(
-                    kind,
-                    level,
-                    logger or _JOB_LOGGER,
-                    msg,
-                    trace.request_id,
-                    trace.job_id,
-                    fields,
-                    exc=exc,
-                    trace=trace,
-                    target="jobs",
-                )
-            else:
-                ev = Event(
-                    kind,
-                    level,
-                    logger or _REQ_LOGGER,
-                    msg,
-                    trace.request_id,
-                    trace.job_id,
-                    fields,
-                    exc=exc,
-                    trace=trace,
-                )
+            is_job = trace.kind == "job"
+            ev = Event(
+                kind,
+                level,
+                logger or (_JOB_LOGGER if is_job else _REQ_LOGGER),
+                msg,
+                trace.request_id,
+                trace.job_id,
+                fields,
+                exc=exc,
+                trace=trace,
+                target="jobs" if is_job else "requests",
+            )
         else:
             ev = Event(kind, level, logger or _REQ_LOGGER, msg, None, None, fields, exc=exc)
         self.dispatch(ev)

@@ -798,11 +798,13 @@ class FileSink:
         self.files = {"requests": self.requests, "jobs": self.jobs}
 
     def __call__(self, ev: Event) -> None:
-        level = ev.level
-        if level < self.level:
-            return
-        data = self.render(ev)
-        self.files[ev.target].write(data)
+        if ev.level >= self.level:
+            self.write(ev.target, ev.level, self.render(ev))
+
+    def write(self, target: str, level: int, data: bytes) -> None:
+        """Write a rendered line to the ``target`` file (``"requests"`` or ``"jobs"``), and to
+        ``errors.log`` too when ``level`` is ERROR or above. The caller has checked the level."""
+        self.files[target].write(data)
         if level >= _ERROR:
             self.errors.write(data)
 

@@ -19,7 +19,6 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from .context import Trace, current_trace
-from .events import Event
 from .signals import stage_finished
 
 __all__ = ["get_request_timings", "server_timing_header", "stage", "timed_stage"]
@@ -91,19 +90,7 @@ class stage:
         fields: dict[str, Any] = {"stage": name, "duration_ms": round(ms, 3), "ok": ok}
         if error is not None:
             fields["error"] = error
-        state.dispatch(
-            Event(
-                "stage",
-                level,
-                _LOGGER,
-                msg,
-                trace.request_id,
-                trace.job_id,
-                fields,
-                target="jobs" if trace.kind == "job" else "requests",
-                trace=trace,
-            )
-        )
+        state.emit("stage", level, msg, trace, fields, logger=_LOGGER)
 
     def __call__(self, fn: F) -> F:
         return _decorate(fn, self.name)
@@ -177,10 +164,7 @@ def server_timing_header(trace: Trace) -> str:
     total = f"total;dur={trace.elapsed_ms():.1f}"
     if not trace.stages:
         return total
-    get = _token_cache.get
-    parts = [
-        f"{get(name) or _token(name)};dur={ms:.1f}" for name, ms in trace.stage_totals().items()
-    ]
+    parts = [f"{_token(name)};dur={ms:.1f}" for name, ms in trace.stage_totals().items()]
     parts.append(total)
     return ", ".join(parts)
 
