@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ._common import interleave, median, spread, table
+from ._common import interleave, median, spread, stop_process_group, table
 
 REPO = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -176,14 +175,7 @@ def _server(module: str, directory: Path, log_dir: Path) -> Iterator[tuple[str, 
             time.sleep(0.05)
         yield url, workers
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_process_group(proc)
 
 
 def _wrk(url: str, seconds: int) -> tuple[int, float]:
