@@ -84,7 +84,7 @@ class InFlight:
         elif kind == "request_end" or kind == "job_end":
             trace = ev.trace
             if trace is not None:
-                self._items.pop(trace, None)
+                self.discard(trace)
 
     def add(self, trace: Trace, name: str | None = None) -> None:
         """Track ``trace`` (called for its start event, or directly by the request hooks)."""
