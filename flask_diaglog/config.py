@@ -1,91 +1,138 @@
-"""Configuration: the ``DIAGLOG_*`` keys, their defaults, environment overrides and validation.
+"""Configuration: the one declaration of every ``DIAGLOG_*`` key, and everything derived from it.
 
-Every key is read once, in :meth:`DiagLog.init_app`. The value used is, in order of precedence:
+This module owns:
 
-1. the environment variable of the same name (so operators can change behaviour without a deploy),
-2. ``app.config[key]``,
-3. the default below.
+* :data:`KEYS`, one :class:`Key` per setting (name, ``Settings`` attribute, default, parser,
+  documentation, whether it is secret). Nothing else declares a key: :data:`DEFAULTS`,
+  :class:`Settings` construction, :func:`resolve`, the ``flask diaglog config`` listing and the
+  docs table (:func:`markdown_table`) all come from it.
+* Resolution. Every key is read once, in :meth:`DiagLog.init_app`. The value used is, in order of
+  precedence:
 
-The resolved value is written back into ``app.config`` so it can be inspected. Invalid values stop
-startup with a :class:`ConfigError` that names the key, where the value came from, and what is
-accepted.
+  1. the environment variable of the same name (so operators can change behaviour without a
+     deploy),
+  2. ``app.config[key]``,
+  3. the key's default.
+
+  The parsed value is written back into ``app.config`` so it can be inspected, and is the value
+  in :class:`Settings` (so parsing is idempotent: a written-back value parses to itself).
+* Validation. An invalid value stops startup with a :class:`ConfigError` that names the key, where
+  the value came from, and what is accepted.
+* Display. :func:`shown` is how a value is printed anywhere (CLI, errors, dashboard): secrets and
+  URL passwords are masked.
+* :func:`log_dir`, the one way to find the log directory, and :func:`is_testing`, the one test-mode
+  check.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULTS", "ConfigError", "Settings", "is_testing", "load_settings", "parse_bool"]
+__all__ = [
+    "DEFAULTS",
+    "KEYS",
+    "ConfigError",
+    "Key",
+    "Settings",
+    "is_testing",
+    "load_settings",
+    "log_dir",
+    "markdown_table",
+    "parse_bool",
+    "resolve",
+    "shown",
+]
 
 
 class ConfigError(ValueError):
     """A ``DIAGLOG_*`` key (or the ``TESTING`` variable) has a value that is not accepted."""
 
 
+@dataclass(frozen=True)
+class Key:
+    """The single declaration of one configuration key."""
+
+    #: The config key and environment variable, e.g. ``"DIAGLOG_LOG_DIR"``.
+    name: str
+    #: The :class:`Settings` attribute that holds the parsed value, e.g. ``"log_dir"``.
+    attr: str
+    #: The raw default, parsed like any other value.
+    default: Any
+    #: ``parse(value, key, source)``: the parsed value, or a :class:`ConfigError` naming the key,
+    #: the source and what is accepted. ``value`` may be ``None`` (a ``None`` in ``app.config``).
+    parse: Callable[[Any, str, str], Any]
+    #: One or two sentences (Markdown) for the documentation table.
+    doc: str
+    #: Never displayed: :func:`shown` prints ``'***'`` instead of the value.
+    secret: bool = False
+
+
+# -- display -----------------------------------------------------------------------------------
+
+_MASK = "***"
+_URL_START = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+_QUERY_PASSWORD = re.compile(r"([?&;]password=)[^&;#]*", re.IGNORECASE)
+
+
+def _mask_url(text: str) -> str:
+    """``text`` with the password of a ``scheme://user:password@host`` URL (and any
+    ``password=`` query parameter) replaced by ``***``. Anything else is returned unchanged."""
+    start = _URL_START.match(text)
+    if start is None:
+        return text
+    head, rest = text[: start.end()], text[start.end() :]
+    cut = len(rest)
+    for sep in "?#":
+        i = rest.find(sep)
+        if i != -1:
+            cut = min(cut, i)
+    main, tail = rest[:cut], rest[cut:]
+    at = main.rfind("@")  # the last '@': a password may contain an unescaped '@'
+    if at != -1:
+        user, colon, password = main[:at].partition(":")
+        if colon and password:
+            main = f"{user}:{_MASK}@{main[at + 1 :]}"
+    return head + main + _QUERY_PASSWORD.sub(rf"\g<1>{_MASK}", tail)
+
+
+def shown(key: Key | str, value: Any) -> str:
+    """How ``value`` of ``key`` is displayed anywhere diaglog prints configuration.
+
+    A secret key with a value prints ``'***'``; a URL's password (``redis://:pw@host``,
+    ``?password=pw``) prints as ``***``; everything else is its ``repr``.
+    """
+    k = key if isinstance(key, Key) else _BY_NAME.get(key)
+    if k is not None and k.secret and value is not None and value != "":
+        return repr(_MASK)
+    if isinstance(value, str):
+        return repr(_mask_url(value))
+    return repr(value)
+
+
+def _error(value: Any, key: str, source: str, problem: str) -> ConfigError:
+    """The one shape of a value error: ``KEY=<shown value> (from SOURCE) <problem>``."""
+    return ConfigError(f"{key}={shown(key, value)} (from {source}) {problem}")
+
+
+# -- parsers -----------------------------------------------------------------------------------
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
-
-#: Defaults for every key. Documented in the README's configuration table.
-DEFAULTS: dict[str, Any] = {
-    #: Master switch. ``False`` registers nothing at all.
-    "DIAGLOG_ENABLED": True,
-    #: Directory for ``requests.log``, ``jobs.log`` and ``errors.log``. Created if missing.
-    "DIAGLOG_LOG_DIR": "logs",
-    #: ``plain`` or ``json``.
-    "DIAGLOG_FORMAT": "plain",
-    #: Minimum level written to the files (``DEBUG``, ``INFO``, ``WARNING``, ``ERROR``).
-    "DIAGLOG_LEVEL": "INFO",
-    #: Rotate a file once it reaches this size. ``0`` disables rotation. Accepts ``10MiB`` style.
-    "DIAGLOG_MAX_BYTES": 10 * 1024 * 1024,
-    #: Rotated files kept per log file.
-    "DIAGLOG_BACKUP_COUNT": 5,
-    #: Gzip rotated backups in a background thread.
-    "DIAGLOG_COMPRESS": False,
-    #: Echo every line to stdout through a bounded, non-blocking queue.
-    "DIAGLOG_CONSOLE": False,
-    #: Path prefixes that are not logged at all, e.g. ``/static,/healthz``.
-    "DIAGLOG_EXCLUDE": (),
-    #: Key name fragments whose values are redacted (case-insensitive substring match).
-    "DIAGLOG_REDACT": ("password", "passwd", "secret", "token", "api_key", "apikey"),
-    #: Add a ``Server-Timing`` header with every stage and ``total``.
-    "DIAGLOG_SERVER_TIMING": True,
-    #: Loggers whose records are captured into the files. Empty means the app's logger and the
-    #: top-level package of ``app.import_name``. ``root`` captures everything.
-    "DIAGLOG_LOGGERS": (),
-    #: ``memory`` or a ``redis://``, ``rediss://`` or ``unix://`` URL.
-    "DIAGLOG_JOB_STORE": "memory",
-    #: Seconds a job lease lives without renewal (it is renewed while the work runs).
-    "DIAGLOG_JOB_TTL": 30.0,
-    #: Seconds a finished response is kept for ``Idempotency-Key`` replay.
-    "DIAGLOG_JOB_REPLAY_TTL": 600.0,
-    #: When the job store is unreachable, let guarded requests through (with a WARNING line).
-    "DIAGLOG_JOB_FAIL_OPEN": False,
-    #: Live Socket.IO events. ``None`` means: on when a SocketIO is given, off in test mode.
-    "DIAGLOG_LIVE": None,
-    #: Message queue URL for live events from several worker processes.
-    "DIAGLOG_LIVE_QUEUE": None,
-    #: Token that live clients must present in their Socket.IO ``auth`` payload.
-    "DIAGLOG_LIVE_TOKEN": None,
-    #: Socket.IO namespace of the live events.
-    "DIAGLOG_LIVE_NAMESPACE": "/diaglog",
-    #: Seconds after which in-flight work is reported as hung (fractions allowed, ``0`` = off).
-    "DIAGLOG_HANG_AFTER": 30.0,
-    #: Requests at least this slow log their end line at WARNING (``0`` = off).
-    "DIAGLOG_SLOW_MS": 5000,
-    #: Serve the in-flight/recent-requests dashboard (opt-in).
-    "DIAGLOG_DASHBOARD": False,
-    #: URL prefix of the dashboard (never logged).
-    "DIAGLOG_DASHBOARD_URL": "/_diaglog",
-    #: Token the dashboard requires; without one it answers loopback clients only.
-    "DIAGLOG_DASHBOARD_TOKEN": None,
+_LEVELS: dict[str, int] = {
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "CRITICAL": logging.CRITICAL,
 }
-
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _FORMATS = ("plain", "json")
+_STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+_DASHBOARD_URL = "/_diaglog"
 _SIZE_SUFFIX = {
     "k": 1000,
     "kb": 1000,
@@ -112,9 +159,11 @@ def parse_bool(value: Any, key: str, source: str) -> bool:
             return True
         if v in _FALSE:
             return False
-    raise ConfigError(
-        f"{key}={value!r} (from {source}) is not a boolean: "
-        "use one of 1/true/yes/on or 0/false/no/off (case-insensitive)"
+    raise _error(
+        value,
+        key,
+        source,
+        "is not a boolean: use one of 1/true/yes/on or 0/false/no/off (case-insensitive)",
     )
 
 
@@ -131,7 +180,7 @@ def is_testing(app: Any = None) -> bool:
 
 def _parse_int(value: Any, key: str, source: str, *, sizes: bool = False) -> int:
     if isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r} (from {source}) must be a whole number, not a boolean")
+        raise _error(value, key, source, "must be a whole number, not a boolean")
     if isinstance(value, int):
         n = value
     elif isinstance(value, str):
@@ -147,27 +196,27 @@ def _parse_int(value: Any, key: str, source: str, *, sizes: bool = False) -> int
             n = int(text) * mult
         except ValueError:
             hint = " (a number of bytes, or e.g. 10MiB)" if sizes else ""
-            raise ConfigError(
-                f"{key}={value!r} (from {source}) is not a whole number{hint}"
-            ) from None
+            raise _error(value, key, source, f"is not a whole number{hint}") from None
     else:
-        raise ConfigError(f"{key}={value!r} (from {source}) must be a whole number")
+        raise _error(value, key, source, "must be a whole number")
     if n < 0:
-        raise ConfigError(f"{key}={value!r} (from {source}) must be 0 or more")
+        raise _error(value, key, source, "must be 0 or more")
     return n
+
+
+def _parse_size(value: Any, key: str, source: str) -> int:
+    return _parse_int(value, key, source, sizes=True)
 
 
 def _parse_float(value: Any, key: str, source: str) -> float:
     if isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r} (from {source}) must be a number of seconds")
+        raise _error(value, key, source, "must be a number of seconds")
     try:
         f = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(
-            f"{key}={value!r} (from {source}) is not a number (seconds, fractions allowed)"
-        ) from None
+        raise _error(value, key, source, "is not a number (seconds, fractions allowed)") from None
     if f < 0 or f != f:
-        raise ConfigError(f"{key}={value!r} (from {source}) must be 0 or more")
+        raise _error(value, key, source, "must be 0 or more")
     return f
 
 
@@ -180,32 +229,51 @@ def _parse_list(value: Any, key: str, source: str) -> tuple[str, ...]:
         out = []
         for item in value:
             if not isinstance(item, str):
-                raise ConfigError(f"{key}={value!r} (from {source}) must be a list of strings")
+                raise _error(value, key, source, "must be a list of strings")
             out.append(item)
         return tuple(out)
-    raise ConfigError(f"{key}={value!r} (from {source}) must be a comma-separated string or a list")
+    raise _error(value, key, source, "must be a comma-separated string or a list")
 
 
-def _parse_choice(
-    choices: tuple[str, ...], *, upper: bool = False
-) -> Callable[[Any, str, str], str]:
-    def parse(value: Any, key: str, source: str) -> str:
-        v = str(value).strip()
-        v = v.upper() if upper else v.lower()
-        if v not in choices:
-            raise ConfigError(
-                f"{key}={value!r} (from {source}) is not valid: expected one of "
-                + ", ".join(repr(c) for c in choices)
-            )
-        return v
+def _parse_format(value: Any, key: str, source: str) -> str:
+    v = str(value).strip().lower()
+    if v not in _FORMATS:
+        raise _error(
+            value,
+            key,
+            source,
+            "is not valid: expected one of " + ", ".join(repr(c) for c in _FORMATS),
+        )
+    return v
 
-    return parse
+
+def _parse_level(value: Any, key: str, source: str) -> int:
+    """A level name (any case) to its number; a standard level number is kept as is."""
+    if isinstance(value, int) and not isinstance(value, bool) and value in _LEVELS.values():
+        return value
+    name = str(value).strip().upper()
+    if name not in _LEVELS:
+        numbers = ", ".join(str(n) for n in _LEVELS.values())
+        raise _error(
+            value,
+            key,
+            source,
+            "is not valid: expected one of "
+            + ", ".join(repr(c) for c in _LEVELS)
+            + f" (or its number: {numbers})",
+        )
+    return _LEVELS[name]
 
 
 def _parse_str(value: Any, key: str, source: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{key}={value!r} (from {source}) must be a non-empty string")
+        raise _error(value, key, source, "must be a non-empty string")
     return value.strip()
+
+
+def _parse_dir(value: Any, key: str, source: str) -> str:
+    """A directory, made absolute against the current working directory."""
+    return os.path.abspath(_parse_str(value, key, source))
 
 
 def _parse_opt_str(value: Any, key: str, source: str) -> str | None:
@@ -224,53 +292,228 @@ def _parse_store(value: Any, key: str, source: str) -> str:
     v = _parse_str(value, key, source)
     if v.lower() == "memory":
         return "memory"
-    if v.startswith(("redis://", "rediss://", "unix://")):
+    if v.startswith(_STORE_SCHEMES):
         return v
-    raise ConfigError(
-        f"{key}={value!r} (from {source}) is not valid: expected 'memory' or a "
-        "redis://, rediss:// or unix:// URL"
+    raise _error(
+        value,
+        key,
+        source,
+        "is not valid: expected 'memory' or a redis://, rediss:// or unix:// URL",
     )
 
 
 def _parse_namespace(value: Any, key: str, source: str) -> str:
     v = _parse_str(value, key, source)
     if not v.startswith("/"):
-        raise ConfigError(f"{key}={value!r} (from {source}) must start with '/'")
+        raise _error(value, key, source, "must start with '/'")
     return v
 
 
-_PARSERS: dict[str, Callable[[Any, str, str], Any]] = {
-    "DIAGLOG_ENABLED": parse_bool,
-    "DIAGLOG_LOG_DIR": _parse_str,
-    "DIAGLOG_FORMAT": _parse_choice(_FORMATS),
-    "DIAGLOG_LEVEL": _parse_choice(_LEVELS, upper=True),
-    "DIAGLOG_MAX_BYTES": lambda v, k, s: _parse_int(v, k, s, sizes=True),
-    "DIAGLOG_BACKUP_COUNT": _parse_int,
-    "DIAGLOG_COMPRESS": parse_bool,
-    "DIAGLOG_CONSOLE": parse_bool,
-    "DIAGLOG_EXCLUDE": _parse_list,
-    "DIAGLOG_REDACT": _parse_list,
-    "DIAGLOG_SERVER_TIMING": parse_bool,
-    "DIAGLOG_LOGGERS": _parse_list,
-    "DIAGLOG_JOB_STORE": _parse_store,
-    "DIAGLOG_JOB_TTL": _parse_float,
-    "DIAGLOG_JOB_REPLAY_TTL": _parse_float,
-    "DIAGLOG_JOB_FAIL_OPEN": parse_bool,
-    "DIAGLOG_LIVE": _parse_opt_bool,
-    "DIAGLOG_LIVE_QUEUE": _parse_opt_str,
-    "DIAGLOG_LIVE_TOKEN": _parse_opt_str,
-    "DIAGLOG_LIVE_NAMESPACE": _parse_namespace,
-    "DIAGLOG_HANG_AFTER": _parse_float,
-    "DIAGLOG_SLOW_MS": _parse_float,
-    "DIAGLOG_DASHBOARD": parse_bool,
-    "DIAGLOG_DASHBOARD_URL": _parse_namespace,
-    "DIAGLOG_DASHBOARD_TOKEN": _parse_opt_str,
-}
+def _parse_url_prefix(value: Any, key: str, source: str) -> str:
+    """A path starting with ``/``, without a trailing slash (``/`` alone means the default)."""
+    return _parse_namespace(value, key, source).rstrip("/") or _DASHBOARD_URL
+
+
+# -- the keys ----------------------------------------------------------------------------------
+
+#: Every key, in documentation order. The single declaration of the configuration.
+KEYS: tuple[Key, ...] = (
+    Key(
+        "DIAGLOG_ENABLED",
+        "enabled",
+        True,
+        parse_bool,
+        "Master switch. `False` registers nothing at all: no hooks, headers, files or handlers.",
+    ),
+    Key(
+        "DIAGLOG_LOG_DIR",
+        "log_dir",
+        "logs",
+        _parse_dir,
+        "Directory of `requests.log`, `jobs.log` and `errors.log` (relative to the working "
+        "directory; created if missing).",
+    ),
+    Key(
+        "DIAGLOG_FORMAT",
+        "format",
+        "plain",
+        _parse_format,
+        "Format of the log lines: `plain` or `json`.",
+    ),
+    Key(
+        "DIAGLOG_LEVEL",
+        "level",
+        "INFO",
+        _parse_level,
+        "Minimum level written to the files (`DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`).",
+    ),
+    Key(
+        "DIAGLOG_MAX_BYTES",
+        "max_bytes",
+        10 * 1024 * 1024,
+        _parse_size,
+        "Rotate a file once it reaches this size; `0` = never. Accepts `256KiB`, `10MiB`, `1GB`.",
+    ),
+    Key(
+        "DIAGLOG_BACKUP_COUNT",
+        "backup_count",
+        5,
+        _parse_int,
+        "Rotated files kept per log file.",
+    ),
+    Key(
+        "DIAGLOG_COMPRESS",
+        "compress",
+        False,
+        parse_bool,
+        "Gzip rotated backups in a background thread.",
+    ),
+    Key(
+        "DIAGLOG_CONSOLE",
+        "console",
+        False,
+        parse_bool,
+        "Echo every line to stdout through a bounded queue that never blocks.",
+    ),
+    Key(
+        "DIAGLOG_EXCLUDE",
+        "exclude",
+        (),
+        _parse_list,
+        "Comma-separated path prefixes that are not logged at all, e.g. `/static,/healthz`.",
+    ),
+    Key(
+        "DIAGLOG_REDACT",
+        "redact",
+        ("password", "passwd", "secret", "token", "api_key", "apikey"),
+        _parse_list,
+        "Key name fragments whose values are masked (case-insensitive substring match).",
+    ),
+    Key(
+        "DIAGLOG_SERVER_TIMING",
+        "server_timing",
+        True,
+        parse_bool,
+        "Add a `Server-Timing` header with every stage and `total`.",
+    ),
+    Key(
+        "DIAGLOG_LOGGERS",
+        "loggers",
+        (),
+        _parse_list,
+        "Loggers whose records are captured into the files. Empty = the app's logger and the "
+        "top-level package of `app.import_name`; `root` = everything.",
+    ),
+    Key(
+        "DIAGLOG_JOB_STORE",
+        "job_store",
+        "memory",
+        _parse_store,
+        "`memory`, or a `redis://`, `rediss://` or `unix://` URL shared by all processes.",
+    ),
+    Key(
+        "DIAGLOG_JOB_TTL",
+        "job_ttl",
+        30.0,
+        _parse_float,
+        "Seconds a job lease lives without renewal (it is renewed while the work runs); more "
+        "than `0`.",
+    ),
+    Key(
+        "DIAGLOG_JOB_REPLAY_TTL",
+        "job_replay_ttl",
+        600.0,
+        _parse_float,
+        "Seconds a finished response is kept for `Idempotency-Key` replay (`0` = none).",
+    ),
+    Key(
+        "DIAGLOG_JOB_FAIL_OPEN",
+        "job_fail_open",
+        False,
+        parse_bool,
+        "When the job store is unreachable, let guarded requests through with a WARNING instead "
+        "of answering 503.",
+    ),
+    Key(
+        "DIAGLOG_LIVE",
+        "live",
+        None,
+        _parse_opt_bool,
+        "Live Socket.IO events. `None` (or `auto`) = on when a SocketIO is given, off in test "
+        "mode.",
+    ),
+    Key(
+        "DIAGLOG_LIVE_QUEUE",
+        "live_queue",
+        None,
+        _parse_opt_str,
+        "Message queue URL (`redis://...`) for live events from several worker processes.",
+    ),
+    Key(
+        "DIAGLOG_LIVE_TOKEN",
+        "live_token",
+        None,
+        _parse_opt_str,
+        "Token live clients must send in their Socket.IO `auth` payload.",
+        secret=True,
+    ),
+    Key(
+        "DIAGLOG_LIVE_NAMESPACE",
+        "live_namespace",
+        "/diaglog",
+        _parse_namespace,
+        "Socket.IO namespace of the live events.",
+    ),
+    Key(
+        "DIAGLOG_HANG_AFTER",
+        "hang_after",
+        30.0,
+        _parse_float,
+        "Seconds (fractions allowed) after which in-flight work is reported as hung; `0` = off.",
+    ),
+    Key(
+        "DIAGLOG_SLOW_MS",
+        "slow_ms",
+        5000,
+        _parse_float,
+        "Requests at least this slow (milliseconds) log their end line at WARNING; `0` = off.",
+    ),
+    Key(
+        "DIAGLOG_DASHBOARD",
+        "dashboard",
+        False,
+        parse_bool,
+        "Serve the in-flight/recent-requests dashboard (opt-in).",
+    ),
+    Key(
+        "DIAGLOG_DASHBOARD_URL",
+        "dashboard_url",
+        _DASHBOARD_URL,
+        _parse_url_prefix,
+        "URL prefix of the dashboard (never logged).",
+    ),
+    Key(
+        "DIAGLOG_DASHBOARD_TOKEN",
+        "dashboard_token",
+        None,
+        _parse_opt_str,
+        "Token the dashboard requires; without one it answers loopback clients only.",
+        secret=True,
+    ),
+)
+
+_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
+
+#: The raw default of every key (derived from :data:`KEYS`; kept for compatibility).
+DEFAULTS: dict[str, Any] = {k.name: k.default for k in KEYS}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The resolved, validated configuration of one app. Read once at ``init_app``."""
+    """The resolved, validated configuration of one app. Read once at ``init_app``.
+
+    One attribute per :class:`Key` (its ``attr``), plus ``testing`` from :func:`is_testing`.
+    """
 
     enabled: bool
     log_dir: str
@@ -300,57 +543,53 @@ class Settings:
     testing: bool
 
 
+# -- resolution --------------------------------------------------------------------------------
+
+
+def _resolve_key(key: Key, config: Mapping[str, Any], environ: Mapping[str, str]) -> Any:
+    """One key: environment first, then ``config``, then the default; parsed."""
+    name = key.name
+    if name in environ:
+        return key.parse(environ[name], name, f"environment variable {name}")
+    if name in config:
+        return key.parse(config[name], name, f"app.config[{name!r}]")
+    return key.parse(key.default, name, "default")
+
+
 def resolve(config: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     """Resolve every key: environment first, then ``config``, then the default. Validates all."""
-    out: dict[str, Any] = {}
-    for key, default in DEFAULTS.items():
-        if key in environ:
-            raw: Any = environ[key]
-            source = f"environment variable {key}"
-        elif key in config:
-            raw = config[key]
-            source = f"app.config[{key!r}]"
-        else:
-            raw = default
-            source = "default"
-        out[key] = _PARSERS[key](raw, key, source) if raw is not None else None
-    if out["DIAGLOG_JOB_TTL"] <= 0:
-        raise ConfigError(f"DIAGLOG_JOB_TTL={out['DIAGLOG_JOB_TTL']!r} must be more than 0")
+    out = {key.name: _resolve_key(key, config, environ) for key in KEYS}
+    ttl = out["DIAGLOG_JOB_TTL"]
+    if ttl <= 0:
+        raise ConfigError(f"DIAGLOG_JOB_TTL={shown('DIAGLOG_JOB_TTL', ttl)} must be more than 0")
     return out
 
 
 def load_settings(app: Any, environ: Mapping[str, str] | None = None) -> Settings:
     """Resolve the configuration of ``app``, write it back to ``app.config`` and return it."""
-    env = os.environ if environ is None else environ
-    values = resolve(app.config, env)
+    values = resolve(app.config, os.environ if environ is None else environ)
     app.config.update(values)
-    testing = is_testing(app)
-    log_dir = os.path.abspath(values["DIAGLOG_LOG_DIR"])
-    return Settings(
-        enabled=values["DIAGLOG_ENABLED"],
-        log_dir=log_dir,
-        format=values["DIAGLOG_FORMAT"],
-        level=logging.getLevelName(values["DIAGLOG_LEVEL"]),
-        max_bytes=values["DIAGLOG_MAX_BYTES"],
-        backup_count=values["DIAGLOG_BACKUP_COUNT"],
-        compress=values["DIAGLOG_COMPRESS"],
-        console=values["DIAGLOG_CONSOLE"],
-        exclude=values["DIAGLOG_EXCLUDE"],
-        redact=values["DIAGLOG_REDACT"],
-        server_timing=values["DIAGLOG_SERVER_TIMING"],
-        loggers=values["DIAGLOG_LOGGERS"],
-        job_store=values["DIAGLOG_JOB_STORE"],
-        job_ttl=values["DIAGLOG_JOB_TTL"],
-        job_replay_ttl=values["DIAGLOG_JOB_REPLAY_TTL"],
-        job_fail_open=values["DIAGLOG_JOB_FAIL_OPEN"],
-        live=values["DIAGLOG_LIVE"],
-        live_queue=values["DIAGLOG_LIVE_QUEUE"],
-        live_token=values["DIAGLOG_LIVE_TOKEN"],
-        live_namespace=values["DIAGLOG_LIVE_NAMESPACE"],
-        hang_after=values["DIAGLOG_HANG_AFTER"],
-        slow_ms=values["DIAGLOG_SLOW_MS"],
-        dashboard=values["DIAGLOG_DASHBOARD"],
-        dashboard_url=values["DIAGLOG_DASHBOARD_URL"].rstrip("/") or "/_diaglog",
-        dashboard_token=values["DIAGLOG_DASHBOARD_TOKEN"],
-        testing=testing,
-    )
+    return Settings(**{key.attr: values[key.name] for key in KEYS}, testing=is_testing(app))
+
+
+def log_dir(
+    config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> str:
+    """The absolute log directory, resolved exactly as the writer resolves it.
+
+    ``DIAGLOG_LOG_DIR`` from ``environ`` (default ``os.environ``), else from ``config`` (e.g.
+    ``app.config``), else the default. Raises :class:`ConfigError` for an invalid value.
+    """
+    env = os.environ if environ is None else environ
+    path: str = _resolve_key(_BY_NAME["DIAGLOG_LOG_DIR"], config or {}, env)
+    return path
+
+
+def markdown_table() -> str:
+    """The configuration table for the docs: key, default (as :func:`shown`), what it does."""
+    rows = ["| key | default | what it does |", "|---|---|---|"]
+    for key in KEYS:
+        default = shown(key, key.default).replace("|", "\\|")
+        doc = key.doc.replace("|", "\\|")
+        rows.append(f"| `{key.name}` | `{default}` | {doc} |")
+    return "\n".join(rows) + "\n"

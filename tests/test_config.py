@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +12,17 @@ import pytest
 from flask import Flask
 
 from flask_diaglog import ConfigError, DiagLog, is_testing
-from flask_diaglog.config import DEFAULTS
+from flask_diaglog.cli import diaglog_cli
+from flask_diaglog.config import (
+    DEFAULTS,
+    KEYS,
+    Settings,
+    load_settings,
+    log_dir,
+    markdown_table,
+    resolve,
+    shown,
+)
 
 
 def test_defaults_are_written_back_to_app_config(make_app: Callable[..., Flask]) -> None:
@@ -184,3 +196,132 @@ def test_level_filters_lines(make_app: Callable[..., Flask], logs: object) -> No
     assert "quiet" not in text
     assert "loud" in text
     assert logging.getLogger(app.logger.name).level == logging.WARNING
+
+
+def test_every_settings_field_has_exactly_one_key() -> None:
+    """Each Settings field but `testing` is one Key's attr, and each Key names one field."""
+    attrs = [key.attr for key in KEYS]
+    assert len(attrs) == len(set(attrs))
+    assert len({key.name for key in KEYS}) == len(KEYS)
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    assert set(attrs) == fields - {"testing"}
+
+
+def test_defaults_are_the_keys_defaults() -> None:
+    """DEFAULTS is derived from KEYS: same keys, same order, same values."""
+    assert list(DEFAULTS.items()) == [(key.name, key.default) for key in KEYS]
+
+
+def test_markdown_table_names_every_key() -> None:
+    """The docs table has one row per key, in KEYS order."""
+    rows = markdown_table().splitlines()[2:]
+    assert [row.split("`")[1] for row in rows] == [key.name for key in KEYS]
+
+
+def test_resolved_values_resolve_to_themselves(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Values written back to app.config parse to the same values again (parsers are idempotent)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DIAGLOG_LEVEL", "warning")
+    app = make_app({"DIAGLOG_LOG_DIR": "rel/logs", "DIAGLOG_DASHBOARD_URL": "/dash/"})
+    monkeypatch.delenv("DIAGLOG_LEVEL")
+    first = {key.name: app.config[key.name] for key in KEYS}
+    assert first["DIAGLOG_LEVEL"] == logging.WARNING
+    assert first["DIAGLOG_LOG_DIR"] == str(tmp_path / "rel" / "logs")
+    assert first["DIAGLOG_DASHBOARD_URL"] == "/dash"
+    assert resolve(first, {}) == first
+
+
+def test_settings_attributes_are_the_parsed_values(make_app: Callable[..., Flask]) -> None:
+    """load_settings returns, per key, exactly the value it wrote back to app.config."""
+    app = make_app(init=False)
+    settings = load_settings(app, environ={})
+    for key in KEYS:
+        assert getattr(settings, key.attr) == app.config[key.name], key.name
+
+
+def test_shown_masks_secret_keys() -> None:
+    """A secret key with a value is shown as '***'; unset it is shown as None."""
+    assert shown("DIAGLOG_DASHBOARD_TOKEN", "hunter2") == "'***'"
+    assert shown("DIAGLOG_LIVE_TOKEN", "hunter2") == "'***'"
+    assert shown("DIAGLOG_DASHBOARD_TOKEN", None) == "None"
+    assert shown("DIAGLOG_FORMAT", "plain") == "'plain'"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://:pw@host:6379/0", "'redis://:***@host:6379/0'"),
+        ("rediss://user:pw@host", "'rediss://user:***@host'"),
+        ("redis://:p@ss@host/0", "'redis://:***@host/0'"),
+        ("unix:///run/redis.sock?db=0&password=pw", "'unix:///run/redis.sock?db=0&password=***'"),
+        ("redis://user@host:6379/0", "'redis://user@host:6379/0'"),
+    ],
+)
+def test_shown_masks_url_passwords(url: str, expected: str) -> None:
+    """A URL's password (userinfo or password= query) is shown as ***; the rest stays visible."""
+    assert shown("DIAGLOG_JOB_STORE", url) == expected
+
+
+@pytest.mark.parametrize("key", ["DIAGLOG_DASHBOARD_TOKEN", "DIAGLOG_LIVE_TOKEN"])
+def test_config_error_does_not_echo_a_secret(make_app: Callable[..., Flask], key: str) -> None:
+    """A bad value of a secret key is reported with the key and source, never the value."""
+    with pytest.raises(ConfigError) as info:
+        make_app({key: 987654321})
+    message = str(info.value)
+    assert f"{key}='***' (from app.config" in message
+    assert "987654321" not in message
+
+
+def test_config_error_masks_a_url_password(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad job store URL is reported with its password masked."""
+    monkeypatch.setenv("DIAGLOG_JOB_STORE", "postgres://app:pw-leak@db/0")
+    with pytest.raises(ConfigError, match=r"'postgres://app:\*\*\*@db/0'") as info:
+        make_app()
+    assert "pw-leak" not in str(info.value)
+
+
+def test_config_command_masks_secrets(make_app: Callable[..., Flask]) -> None:
+    """`flask diaglog config` lists every key, with tokens and URL passwords masked."""
+    app = make_app(
+        {
+            "DIAGLOG_LIVE_TOKEN": "live-s3cret",
+            "DIAGLOG_DASHBOARD_TOKEN": "dash-s3cret",
+            "DIAGLOG_LIVE_QUEUE": "redis://:queue-s3cret@queue-host:6379/0",
+        }
+    )
+    result = app.test_cli_runner().invoke(diaglog_cli, ["config"])
+    assert result.exit_code == 0, result.output
+    assert "s3cret" not in result.output
+    assert "DIAGLOG_LIVE_QUEUE = 'redis://:***@queue-host:6379/0'" in result.output
+    assert "DIAGLOG_DASHBOARD_TOKEN = '***'" in result.output
+    assert [line.split(" = ")[0] for line in result.output.splitlines()] == [
+        key.name for key in KEYS
+    ]
+
+
+def test_log_dir_prefers_environment(tmp_path: Path) -> None:
+    """log_dir() takes DIAGLOG_LOG_DIR from the environment over config, as an absolute path."""
+    env = {"DIAGLOG_LOG_DIR": str(tmp_path / "from-env")}
+    config = {"DIAGLOG_LOG_DIR": str(tmp_path / "from-config")}
+    assert log_dir(config, env) == str(tmp_path / "from-env")
+    assert log_dir(config, {}) == str(tmp_path / "from-config")
+    assert log_dir(None, {}) == os.path.abspath("logs")
+
+
+def test_cli_reads_the_environment_log_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI finds DIAGLOG_LOG_DIR from the environment even for an app without DiagLog."""
+    env_dir = tmp_path / "env-logs"
+    env_dir.mkdir()
+    (env_dir / "requests.log").write_text(
+        "2026-11-22 10:00:00.000 | INFO | flask_diaglog.request | req=R job=- | from env\n"
+    )
+    monkeypatch.setenv("DIAGLOG_LOG_DIR", str(env_dir))
+    app = Flask(__name__)
+    app.config["DIAGLOG_LOG_DIR"] = str(tmp_path / "config-logs")
+    result = app.test_cli_runner().invoke(diaglog_cli, ["tail"])
+    assert result.exit_code == 0, result.output
+    assert result.output.endswith("from env\n")
