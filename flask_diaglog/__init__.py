@@ -9,8 +9,7 @@ from __future__ import annotations
 from . import signals
 from .config import ConfigError, is_testing
 from .context import current_job_id, current_request_id
-from .events import Event
-from .extension import DiagLog, get_state
+from .extension import DiagLog, inflight, stats
 from .jobs import (
     DuplicateJob,
     IdempotencyKeyMismatch,
@@ -20,10 +19,10 @@ from .jobs import (
     RedisJobStore,
     guard_job,
 )
-from .logfiles import DiagLogHandler
+from .logbridge import DiagLogHandler
 from .problems import InvalidJobId, ProblemError
+from .record import Event
 from .timing import get_request_timings, stage, timed_stage
-from .watchdog import inflight
 
 __all__ = [
     "ConfigError",
@@ -41,13 +40,13 @@ __all__ = [
     "current_job_id",
     "current_request_id",
     "get_request_timings",
-    "get_state",
     "guard_job",
     "inflight",
     "is_testing",
     "signals",
     "stage",
+    "stats",
     "timed_stage",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -15,7 +15,10 @@ from typing import Any
 import click
 from flask.cli import ScriptInfo
 
-from .logread import FILES, parse_line, read_records, summarize
+from .config import KEYS, ConfigError, shown
+from .config import log_dir as configured_log_dir
+from .logread import parse_line, read_records, summarize
+from .trail import FILES, LEVELS
 
 __all__ = ["diaglog_cli"]
 
@@ -26,7 +29,6 @@ _DIR = click.option(
     default=None,
     help="Log directory (default: the app's DIAGLOG_LOG_DIR).",
 )
-_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 
 
 def _log_dir(ctx: click.Context, log_dir: str | None) -> str:
@@ -39,10 +41,10 @@ def _log_dir(ctx: click.Context, log_dir: str | None) -> str:
         raise click.UsageError(
             f"Could not load the app to find DIAGLOG_LOG_DIR ({exc}). Use --app or --dir."
         ) from exc
-    state = app.extensions.get("diaglog")
-    if state is not None:
-        return str(state.settings.log_dir)
-    return os.path.abspath(str(app.config.get("DIAGLOG_LOG_DIR", "logs")))
+    try:
+        return configured_log_dir(app.config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _check_dir(path: str) -> None:
@@ -66,7 +68,7 @@ def diaglog_cli() -> None:
     default="requests",
     show_default=True,
 )
-@click.option("--level", type=click.Choice(list(_LEVELS)), default=None, help="Minimum level.")
+@click.option("--level", type=click.Choice(list(LEVELS)), default=None, help="Minimum level.")
 @click.pass_context
 def tail_cmd(
     ctx: click.Context, log_dir: str | None, count: int, follow: bool, which: str, level: str | None
@@ -75,13 +77,13 @@ def tail_cmd(
     directory = _log_dir(ctx, log_dir)
     _check_dir(directory)
     names = FILES if which == "all" else (which,)
-    minimum = _LEVELS[level] if level else 0
+    minimum = LEVELS[level] if level else 0
 
     def keep(line: str) -> bool:
         if not minimum:
             return True
         rec = parse_line(line)
-        return rec is not None and _LEVELS.get(str(rec.data.get("level")), 0) >= minimum
+        return rec is not None and LEVELS.get(str(rec.data.get("level")), 0) >= minimum
 
     recs = sorted(
         (rec for rec in read_records(directory, names) if keep(rec.raw)), key=lambda r: r.ts
@@ -205,8 +207,5 @@ def config_cmd(ctx: click.Context) -> None:
     app = info.load_app()
     if "diaglog" not in app.extensions:
         raise click.ClickException("this app does not use DiagLog")
-    for key in sorted(k for k in app.config if k.startswith("DIAGLOG_")):
-        value = app.config[key]
-        if key == "DIAGLOG_LIVE_TOKEN" and value:
-            value = "[REDACTED]"
-        click.echo(f"{key} = {value!r}")
+    for key in KEYS:
+        click.echo(f"{key.name} = {shown(key, app.config.get(key.name, key.default))}")

@@ -16,7 +16,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .extension import _State
+    from .record import Recorder
 
 __all__ = [
     "Trace",
@@ -87,7 +87,7 @@ class Lease(Protocol):
 
 
 class Trace:
-    """The state of one request or one background job.
+    """The state of one request or one background job, and the recorder its lines go to.
 
     ``stages`` holds finished stages as ``(name, duration_ms, ok)``; ``open_stages`` is the stack of
     stages that are running (the innermost is the "current stage" the watchdog reports).
@@ -104,27 +104,31 @@ class Trace:
         "method",
         "open_stages",
         "path",
+        "rec",
         "request_id",
         "stages",
         "start",
-        "state",
         "status",
         "streamed",
         "t0",
+        "target",
         "thread",
     )
 
     def __init__(
         self,
-        state: _State | None,
+        rec: Recorder | None,
         kind: str,
         request_id: str | None,
         job_id: str | None = None,
         method: str | None = None,
         path: str | None = None,
     ) -> None:
-        self.state = state
+        #: The recorder of the app this work belongs to (``None``: diaglog is not active).
+        self.rec = rec
         self.kind = kind  # "request" or "job"
+        #: The file its lines go to: "requests" or "jobs".
+        self.target = "jobs" if kind == "job" else "requests"
         self.request_id = request_id
         self.job_id = job_id
         self.method = method

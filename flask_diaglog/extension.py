@@ -1,259 +1,90 @@
-"""The ``DiagLog`` extension: setup, the request hooks, background work.
+"""The ``DiagLog`` extension: set-up and wiring per app, background work, and introspection.
 
-How a request is observed (cheapest hooks that still see everything):
-
-* ``app.wsgi_app`` is wrapped. The wrapper creates the :class:`~.context.Trace` (request id, start
-  time), adds ``X-Request-ID`` and ``Server-Timing`` to the WSGI headers, and writes the end line
-  when Flask returns, or, for a streamed body, when the server closes the body.
-* One ``before_request`` function, run before any other, resolves the job id (after URL matching,
-  so a ``<job_id>`` view argument is seen) and writes the start line before the view runs.
-* One ``after_request`` function, run after all others, notes the final status and whether the
-  body is streamed.
-* Flask's ``got_request_exception`` signal gives the unhandled exception for the error line.
-
-Request and stage lines take the *direct path* (:meth:`_State.write_direct`) while only the files,
-the in-flight registry and signals without receivers would see their event: the line is rendered
-by the same ``plain_line`` and written, the registry updated, and no ``Event`` is built. Anything
-that listens (a receiver, the console, the live bridge, JSON files) gets events as before.
+``init_app`` reads the settings, opens the files, builds the app's one
+:class:`~flask_diaglog.record.Recorder`, and hands each part only what it needs: the request
+trail (:mod:`.wsgi`, :mod:`.hooks`) and the logging bridge get the recorder; the job guard the
+recorder, the settings and a store; the watchdog the registry; the live bridge a SocketIO and the
+recorder to subscribe to; the dashboard the settings and two callables. Everything lives in one
+typed :class:`AppState` in ``app.extensions["diaglog"]``.
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
-import json
 import logging
 import os
+import sys
 import threading
-import traceback
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from time import perf_counter, time
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from flask import Flask, current_app, got_request_exception, has_app_context, request
-from flask.wrappers import Request, Response
-from werkzeug.wsgi import ClosingIterator
+from flask import Flask, current_app, has_app_context
 
+from . import live
 from .config import ConfigError, Settings, load_settings
-from .context import (
-    Trace,
-    current_trace,
-    is_valid_id,
-    new_request_id,
-    reset_trace,
-    set_trace,
-    traceparent_id,
-)
-from .events import Dispatcher, Event
-from .logfiles import ConsoleSink, DiagLogHandler, FileSink, plain_line, render_plain
-from .problems import InvalidJobId
+from .context import Lease, Trace, current_trace, new_request_id, reset_trace, set_trace
+from .files import FileSet
+from .files.console import ConsoleSink
+from .files.render import RENDERERS
+from .files.writer import LogFile
+from .hooks import JobIdGetter, register
+from .jobs import JobGuard, make_store
+from .live import LiveBridge
+from .logbridge import AppHandler, attach
+from .record import Recorder
 from .redact import Redactor
-from .signals import SignalSink, request_finished, request_started
-from .timing import server_timing_header
+from .trail import job_end_msg, job_start_msg
+from .watchdog import InFlight, all_entries, entries
+from .wsgi import RequestTrail
 
-if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
-
-__all__ = ["DiagLog", "get_state"]
+__all__ = ["AppState", "DiagLog", "inflight", "stats"]
 
 R = TypeVar("R")
-JobIdGetter = Callable[[Request], "str | None"]
-
-_REQ_LOGGER = "flask_diaglog.request"
-_JOB_LOGGER = "flask_diaglog.job"
-#: Bodies larger than this are not parsed just to look for a ``job_id`` field.
-BODY_LOOKUP_MAX = 1024 * 1024
-_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_INFO = logging.INFO
+_ERROR = logging.ERROR
 
 
 @dataclass(eq=False)
-class _State:
-    """Per-app state, stored in ``app.extensions["diaglog"]``."""
+class AppState:
+    """Everything diaglog keeps for one app, in ``app.extensions["diaglog"]``."""
 
     ext: DiagLog
     app: Flask
     settings: Settings
-    active: bool
-    dispatch: Dispatcher = field(default_factory=Dispatcher)
-    redactor: Redactor = field(default_factory=lambda: Redactor(()))
-    files: FileSink | None = None
+    #: The one recorder of this app (``None`` while ``DIAGLOG_ENABLED`` is off).
+    recorder: Recorder | None = None
+    registry: InFlight | None = None
+    files: FileSet | None = None
     console: ConsoleSink | None = None
-    handler: DiagLogHandler | None = None
+    handler: AppHandler | None = None
     loggers: list[logging.Logger] = field(default_factory=list)
+    trail: RequestTrail | None = None
+    guard: JobGuard | None = None
+    live: LiveBridge | None = None
+    #: ``app.wsgi_app`` as it was before diaglog wrapped it.
     wsgi_app: Any = None
-    #: Filled in by the job guard, the in-flight registry and the live bridge.
-    extras: dict[str, Any] = field(default_factory=dict)
-    #: The files are plain text: lines may be written without an event (see write_direct).
-    direct: bool = False
+    #: Kept alive here: blinker holds the ``got_request_exception`` receiver weakly.
+    exception_receiver: Callable[..., None] | None = None
 
-    # -- the direct path ----------------------------------------------------------------------
-
-    def write_direct(self, signal: Any, trace: Trace, level: int, logger: str, msg: str) -> bool:
-        """Write the line of an event of ``trace`` without building the event, when only the
-        files, the in-flight registry and a signal without receivers would see it (measured:
-        the event, its dispatch and the three sinks cost about 3 µs per line, a fifth of the
-        request overhead). Returns ``False`` when an event is needed: the caller emits it.
-
-        The line is the same :func:`~.logfiles.plain_line` the file sink renders from the event;
-        the caller updates the registry itself.
-        """
-        if not self.direct or signal.receivers or not self.dispatch.quiet:
-            return False
-        files = self.files
-        if level >= files.level:  # type: ignore[union-attr]
-            try:
-                files.write(  # type: ignore[union-attr]
-                    "jobs" if trace.kind == "job" else "requests",
-                    level,
-                    plain_line(time(), level, logger, trace.request_id, trace.job_id, msg),
-                )
-            except Exception as exc:  # never into the request: counted like a failing sink
-                self.dispatch.failed(files, exc)
-        return True
-
-    # -- emitting ---------------------------------------------------------------------------
-
-    def emit(
-        self,
-        kind: str,
-        level: int,
-        msg: str,
-        trace: Trace | None,
-        fields: dict[str, Any],
-        *,
-        exc: str | None = None,
-        logger: str | None = None,
-    ) -> Event:
-        """Build one event for ``trace`` and dispatch it. The single way hooks create events."""
-        if trace is not None:
-            is_job = trace.kind == "job"
-            ev = Event(
-                kind,
-                level,
-                logger or (_JOB_LOGGER if is_job else _REQ_LOGGER),
-                msg,
-                trace.request_id,
-                trace.job_id,
-                fields,
-                exc=exc,
-                trace=trace,
-                target="jobs" if is_job else "requests",
-            )
-        else:
-            ev = Event(kind, level, logger or _REQ_LOGGER, msg, None, None, fields, exc=exc)
-        self.dispatch(ev)
-        return ev
-
-    def format_exc(self, exc: BaseException) -> str:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
-        return self.redactor.text(text)
-
-    def report_internal(self, msg: str, exc: BaseException | None = None) -> None:
-        """An ERROR line about diaglog itself (a failing sink, a store outage)."""
-        ev = Event(
-            "log",
-            logging.ERROR,
-            "flask_diaglog",
-            msg,
-            None,
-            None,
-            {},
-            exc=self.format_exc(exc) if exc is not None else None,
-        )
-        files = self.files
-        if files is not None:
-            files(ev)
+    @property
+    def active(self) -> bool:
+        return self.recorder is not None
 
     def stats(self) -> dict[str, Any]:
         """Counters: failed file writes, dropped console lines, sink failures."""
-        return {
+        rec = self.recorder
+        out: dict[str, Any] = {
             "failed_writes": self.files.failed_writes if self.files else 0,
             "console_dropped": self.console.dropped if self.console else 0,
-            "sink_failures": dict(self.dispatch.failures),
+            "sink_failures": dict(rec.failures) if rec is not None else {},
         }
-
-    # -- request lifecycle ------------------------------------------------------------------
-
-    def finish_request(
-        self, trace: Trace, exc: BaseException | None, aborted: bool = False
-    ) -> None:
-        """Write the end line (and the error line if not written yet); free the job."""
-        try:
-            if exc is not None and trace.error is not exc:
-                self.request_error(trace, exc)
-            status = trace.status
-            if exc is not None or status is None:
-                status = 500 if exc is not None or trace.error is not None else status
-            ms = (perf_counter() - trace.t0) * 1000.0
-            slow = self.settings.slow_ms
-            is_slow = slow and ms >= slow
-            level = logging.INFO
-            if (status is not None and status >= 500) or is_slow:
-                level = logging.WARNING
-            msg = f"request_end {trace.method} {trace.path} {status} {ms:.2f}ms"
-            if trace.stages or aborted or trace.hung or is_slow:
-                totals = trace.stage_totals() if trace.stages else None
-                if totals:
-                    msg += " stages=" + ",".join([f"{k}:{v:.2f}" for k, v in totals.items()])
-                if aborted:
-                    msg += " aborted"
-                if trace.hung:
-                    msg += f" was_hung({trace.hung})"
-                if is_slow:
-                    msg += " slow"
-            else:
-                totals = None
-            if self.write_direct(request_finished, trace, level, _REQ_LOGGER, msg):
-                self.extras["inflight"].discard(trace)
-                return
-            fields: dict[str, Any] = {
-                "method": trace.method,
-                "path": trace.path,
-                "status": status,
-                "duration_ms": round(ms, 3),
-                "stages": totals,
-            }
-            if aborted:
-                fields["aborted"] = True
-            if trace.hung:
-                fields["hung"] = trace.hung
-            self.emit("request_end", level, msg, trace, fields)
-        finally:
-            lease = trace.lease
-            if lease is not None:
-                trace.lease = None
-                lease.release()
-
-    def request_error(self, trace: Trace, exc: BaseException) -> None:
-        trace.error = exc
-        fields: dict[str, Any] = {
-            "method": trace.method,
-            "path": trace.path,
-            "error": f"{type(exc).__name__}: {self.redactor.text(str(exc))}",
-        }
-        try:
-            req = request._get_current_object()  # type: ignore[attr-defined]
-        except RuntimeError:
-            req = None
-        if req is not None:
-            fields["headers"] = self.redactor.headers(req.headers.items())
-            if req.is_json and (req.content_length or 0) <= BODY_LOOKUP_MAX:
-                body = req.get_json(silent=True)
-                if body is not None:
-                    fields["body"] = self.redactor.data(body)
-        self.emit(
-            "request_error",
-            logging.ERROR,
-            f"request_error {trace.method} {trace.path} {fields['error']}",
-            trace,
-            fields,
-            exc=self.format_exc(exc),
-        )
+        return out
 
 
-def get_state(app: Flask | None = None) -> _State:
+def _get_state(app: Flask | None = None) -> AppState:
     """The diaglog state of ``app`` (default: ``current_app``), with a helpful error if missing."""
     if app is None:
         if not has_app_context():
@@ -271,101 +102,33 @@ def get_state(app: Flask | None = None) -> _State:
     return state  # type: ignore[no-any-return]
 
 
-class _Middleware:
-    """The WSGI wrapper: trace, ids, response headers and the end line."""
+def inflight(app: Flask | None = None, *, stacks: bool = False) -> list[dict[str, Any]]:
+    """The requests and background jobs in flight in this process, oldest first.
 
-    def __init__(self, wsgi_app: WSGIApplication, state: _State) -> None:
-        self.wsgi_app = wsgi_app
-        self.state = state
-        # DIAGLOG_EXCLUDE plus prefixes the parts register (the dashboard's own URL).
-        self.exclude = state.settings.exclude + tuple(state.extras.get("exclude", ()))
-        self.server_timing = state.settings.server_timing
+    :param app: the app to list. Default: ``current_app`` inside an app context; outside one,
+        every app of this process that uses DiagLog.
+    :param stacks: also include ``stack``, the current Python stack of each entry's thread.
 
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        # The hot path of every request: kept to plain attribute and dict operations (see
-        # the README's "Where the microseconds go" for the measured breakdown).
-        path = environ.get("PATH_INFO", "")
-        if self.exclude and path.startswith(self.exclude):
-            return self.wsgi_app(environ, start_response)
-        rid = environ.get("HTTP_X_REQUEST_ID")
-        if rid is None or not is_valid_id(rid):
-            tp = environ.get("HTTP_TRACEPARENT")
-            rid = (traceparent_id(tp) if tp else None) or new_request_id()
-        state = self.state
-        trace = Trace(state, "request", rid, None, environ.get("REQUEST_METHOD"), path)
-        server_timing = self.server_timing
-
-        def _start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Any:
-            trace.status = int(status[:3])
-            headers.append(("X-Request-ID", rid))
-            if server_timing:
-                if trace.stages:
-                    headers.append(("Server-Timing", server_timing_header(trace)))
-                else:  # the common case, inlined: total only
-                    ms = (perf_counter() - trace.t0) * 1000.0
-                    headers.append(("Server-Timing", f"total;dur={ms:.1f}"))
-            return start_response(status, headers, exc_info)
-
-        token = set_trace(trace)
-        try:
-            body = self.wsgi_app(environ, _start_response)
-        except BaseException as exc:
-            # Propagated (TESTING or PROPAGATE_EXCEPTIONS): the end line still gets written.
-            state.finish_request(trace, exc)
-            raise
-        finally:
-            reset_trace(token)
-        if trace.streamed:
-            return _StreamedBody(body, trace, state)
-        state.finish_request(trace, None)
-        return body
+    Each entry is a dict: ``kind`` (``"request"`` or ``"job"``), ``request_id``, ``job_id``,
+    ``name`` (a job's function), ``method``, ``path``, ``start`` (epoch seconds), ``elapsed_ms``,
+    ``stage`` (the innermost open stage, or ``None``), ``stages`` (finished stages: name to ms),
+    ``thread`` (name), ``thread_id``, ``hung`` (hang reports made so far) and ``pid``.
+    The registry is per process: under gunicorn, each worker answers for itself.
+    """
+    if app is not None or has_app_context():
+        registry = _get_state(app).registry
+        return entries(registry, stacks) if registry is not None else []
+    return all_entries(stacks)
 
 
-class _StreamedBody:
-    """Wraps a streamed body: runs each chunk inside the request's trace, ends at ``close()``."""
+def stats(app: Flask | None = None) -> dict[str, Any]:
+    """Counters of ``app`` (default: ``current_app``): ``failed_writes`` (lines the files could
+    not take), ``console_dropped`` (lines the console queue dropped) and ``sink_failures``
+    (failures per subscriber or signal receiver).
 
-    def __init__(self, body: Iterable[bytes], trace: Trace, state: _State) -> None:
-        self._body = body
-        self._it: Iterator[bytes] | None = None
-        self._trace = trace
-        self._state = state
-        self._done = False
-        self._exhausted = False
-        self._error: BaseException | None = None
-
-    def __iter__(self) -> _StreamedBody:
-        return self
-
-    def __next__(self) -> bytes:
-        token = set_trace(self._trace)
-        try:
-            if self._it is None:
-                self._it = iter(self._body)
-            return next(self._it)
-        except StopIteration:
-            self._exhausted = True
-            raise
-        except BaseException as exc:
-            self._error = exc
-            raise
-        finally:
-            reset_trace(token)
-
-    def close(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        token = set_trace(self._trace)
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            reset_trace(token)
-            aborted = not self._exhausted and self._error is None
-            self._state.finish_request(self._trace, self._error, aborted=aborted)
+    .. versionadded:: 0.2
+    """
+    return _get_state(app).stats()
 
 
 class DiagLog:
@@ -417,167 +180,66 @@ class DiagLog:
                 "is harmless)."
             )
         settings = load_settings(app)
-        state = _State(ext=self, app=app, settings=settings, active=settings.enabled)
+        state = AppState(ext=self, app=app, settings=settings)
         app.extensions["diaglog"] = state
         if not settings.enabled:
             return
-        state.redactor = Redactor(settings.redact)
-        self._open_files(state)
-        dispatch = state.dispatch
-        dispatch.add(state.files, primary=True)  # type: ignore[arg-type]
-        dispatch.on_first_failure = lambda name, exc: state.report_internal(
-            f"flask-diaglog sink {name} failed; further failures are counted", exc
+        s = settings
+        redactor = Redactor(s.redact)
+        state.files = files = _open_files(s)
+        state.registry = registry = InFlight(hang_after=max(0.0, float(s.hang_after or 0.0)))
+        state.recorder = rec = Recorder(
+            files=files,
+            render=RENDERERS[s.format],
+            level=s.level,
+            registry=registry,
+            sender=app,
+            redact=redactor.text,
         )
-        dispatch.add(SignalSink(app, dispatch.failed))
-        self._setup_extras(state)
-        if settings.console:
-            state.console = ConsoleSink(state.files.render, level=settings.level)  # type: ignore[union-attr]
-            dispatch.add(state.console)
-        state.direct = state.files.render is render_plain  # type: ignore[union-attr]
-        self._attach_logging(app, state)
-        self._register_hooks(app, state)
+        registry.recorder = rec
+        state.guard = JobGuard(rec, s, make_store(s.job_store), self.job_id_getter)
 
-    def _open_files(self, state: _State) -> None:
-        s = state.settings
-        try:
-            os.makedirs(s.log_dir, exist_ok=True)
-            if not os.access(s.log_dir, os.W_OK | os.X_OK):
-                raise PermissionError(f"no write permission on {s.log_dir}")
-            state.files = FileSink(
-                s.log_dir,
-                fmt=s.format,
-                level=s.level,
-                max_bytes=s.max_bytes,
-                backup_count=s.backup_count,
-                compress=s.compress,
-                on_error=lambda f, e: _report_write_error(state, f, e),
-            )
-        except OSError as exc:
-            raise ConfigError(
-                f"DIAGLOG_LOG_DIR={s.log_dir!r} cannot be used for log files: "
-                f"{exc.strerror or exc}. Create it or point DIAGLOG_LOG_DIR "
-                "(config key or environment variable) to a writable directory."
-            ) from exc
+        exclude = list(s.exclude)
+        socketio = self.socketio or app.extensions.get("socketio")
+        state.live = live.setup(socketio, s, rec, self.live_auth)
+        if state.live is not None:
+            exclude.append(live.socketio_path(socketio))
+        if s.dashboard:
+            from .dashboard import create_blueprint
 
-    def _setup_extras(self, state: _State) -> None:
-        """The parts with their own modules; each registers its sink or hooks on ``state``."""
-        from . import dashboard, jobs, live, watchdog
+            app.register_blueprint(create_blueprint(s, state.stats, lambda: entries(registry)))
+            exclude.append(s.dashboard_url)
+        if s.console:
+            state.console = console = ConsoleSink(rec.render, level=s.level)
+            rec.subscribe(console, "console")
 
-        watchdog.setup(state)
-        jobs.setup(state)
-        live.setup(state)
-        dashboard.setup(state)
+        state.handler = handler = AppHandler(rec, s.level)
+        names = list(s.loggers) or [app.logger.name, app.import_name.split(".")[0]]
+        state.loggers = attach(handler, names, s.level)
 
-    def _attach_logging(self, app: Flask, state: _State) -> None:
-        s = state.settings
-        handler = _AppHandler(state)
-        state.handler = handler
-        names = list(s.loggers)
-        if not names:
-            names = [app.logger.name, app.import_name.split(".")[0]]
-        # Attach to the minimal set: a logger whose ancestor is also captured would see each
-        # record twice (the handler also skips records it has seen, as a second guard).
-        resolved = sorted({"" if n in ("root", "") else n for n in names}, key=len)
-        chosen: list[str] = []
-        for name in resolved:
-            if any(p == "" or name == p or name.startswith(p + ".") for p in chosen):
-                continue
-            chosen.append(name)
-        for name in chosen:
-            lg = logging.getLogger(name) if name else logging.getLogger()
-            if name and lg.level == logging.NOTSET:
-                lg.setLevel(s.level)  # so app.logger.info(...) is not filtered by root's WARNING
-            for h in list(lg.handlers):
-                if isinstance(h, _AppHandler) and h.state_ref() is None:
-                    lg.removeHandler(h)  # left behind by an app that no longer exists
-            lg.addHandler(handler)
-            state.loggers.append(lg)
-
-    def _register_hooks(self, app: Flask, state: _State) -> None:
-        getter = self.job_id_getter
-
-        testing = state.settings.testing
-        testing_text = "true" if testing else "false"
-        registry = state.extras["inflight"]
-
-        def diaglog_before_request() -> None:
-            trace = current_trace()
-            if trace is None or trace.state is not state:
-                return None
-            req = request._get_current_object()  # type: ignore[attr-defined]
-            trace.path = path = req.path
-            invalid: InvalidJobId | None = None
-            try:
-                trace.job_id = _lookup_job_id(req, getter)
-            except InvalidJobId as exc:
-                invalid = exc  # the start line is still written, then the 400 is raised
-            env = req.environ
-            # The mimetype straight from the environ: req.mimetype parses the header options.
-            ctype = env.get("CONTENT_TYPE")
-            mimetype = ctype.partition(";")[0].strip().lower() or None if ctype else None
-            client = env.get("REMOTE_ADDR")
-            qs = env.get("QUERY_STRING")
-            query = state.redactor.query(qs) if qs else None
-            msg = (
-                f"request_start {trace.method} {f'{path}?{query}' if qs else path} "
-                f"client={client} type={mimetype or '-'} testing={testing_text}"
-            )
-            if state.write_direct(request_started, trace, logging.INFO, _REQ_LOGGER, msg):
-                try:
-                    registry.add(trace)
-                except Exception as exc:  # as a failing sink would be: counted, never raised
-                    state.dispatch.failed(registry, exc)
-            else:
-                fields: dict[str, Any] = {
-                    "method": trace.method,
-                    "path": path,
-                    "client": client,
-                    "content_type": mimetype,
-                    "testing": testing,
-                }
-                if qs:
-                    fields["query"] = query
-                state.emit("request_start", logging.INFO, msg, trace, fields)
-            if invalid is not None:
-                raise invalid
-            return None
-
-        def diaglog_after_request(response: Response) -> Response:
-            trace = current_trace()
-            if trace is not None and trace.state is state:
-                trace.status = response.status_code
-                # HTTPException responses (404, 405, abort()) are pre-built bodies that Flask
-                # wraps in a ClosingIterator: not streamed, so their end line is written now.
-                trace.streamed = response.is_streamed and not isinstance(
-                    response.response, ClosingIterator
-                )
-            return response
-
-        def on_exception(sender: Flask, exception: BaseException, **_: Any) -> None:
-            trace = current_trace()
-            if trace is not None and trace.state is state and trace.error is not exception:
-                state.request_error(trace, exception)
-
-        app.before_request_funcs.setdefault(None, []).insert(0, diaglog_before_request)
-        app.after_request_funcs.setdefault(None, []).insert(0, diaglog_after_request)
-        # Weakly connected (blinker's global registry must not keep the app alive); the state
-        # holds the receiver for as long as the app lives.
-        got_request_exception.connect(on_exception, app)
-        state.extras["exception_receiver"] = on_exception
+        state.trail = trail = RequestTrail(
+            app.wsgi_app,
+            rec,
+            redactor,
+            exclude=tuple(dict.fromkeys(exclude)),
+            server_timing=s.server_timing,
+            slow_ms=s.slow_ms,
+        )
+        state.exception_receiver = register(app, trail, self.job_id_getter, testing=s.testing)
         state.wsgi_app = app.wsgi_app
-        app.wsgi_app = _Middleware(app.wsgi_app, state)  # type: ignore[method-assign]
+        app.wsgi_app = trail  # type: ignore[method-assign]
 
     # -- background work --------------------------------------------------------------------
 
-    def _state(self) -> _State | None:
+    def _recorder(self) -> tuple[Recorder | None, Flask | None]:
         trace = current_trace()
-        if trace is not None and trace.state is not None:
-            return trace.state
+        if trace is not None and trace.rec is not None:
+            return trace.rec, trace.rec.sender
         if has_app_context():
             st = current_app.extensions.get("diaglog")
             if st is not None and st.ext is self:
-                return st  # type: ignore[no-any-return]
-        return None
+                return st.recorder, st.app
+        return None, None
 
     def wrap(self, fn: Callable[..., R]) -> Callable[..., R]:
         """Return a callable that runs ``fn`` as background work of the current request.
@@ -589,18 +251,18 @@ class DiagLog:
         the callable is garbage-collected without having run.
         """
         parent = current_trace()
-        state = self._state()
+        rec, app = self._recorder()
         ctx = contextvars.copy_context()
         lease = parent.lease if parent is not None else None
         if lease is not None:
             lease.retain()
-        held = [lease]
+        held: list[Lease | None] = [lease]
         name = getattr(fn, "__qualname__", None) or repr(fn)
 
         @functools.wraps(fn)
         def runner(*args: Any, **kwargs: Any) -> R:
             job_lease, held[0] = held[0], None
-            return ctx.run(_run_job, state, parent, job_lease, name, fn, args, kwargs)
+            return ctx.run(_run_job, rec, app, parent, job_lease, name, fn, args, kwargs)
 
         if lease is not None:
             # Never run (a cancelled future, a dropped callable): free the job when it is gone.
@@ -614,8 +276,8 @@ class DiagLog:
         exception in ``fn`` is written with its traceback to ``jobs.log`` and ``errors.log``.
         """
         runner = self.wrap(fn)
-        state = self._state()
-        logged = state is not None and state.active
+        rec, _ = self._recorder()
+        logged = rec is not None
         trace = current_trace()
         job_id = trace.job_id if trace is not None else None
 
@@ -635,136 +297,30 @@ class DiagLog:
 
     def stats(self, app: Flask | None = None) -> dict[str, Any]:
         """Counters for ``app`` (default: ``current_app``): failed writes, drops, sink failures."""
-        return get_state(app).stats()
+        return _get_state(app).stats()
 
 
-def _release_unused(held: list[Any]) -> None:
-    lease, held[0] = held[0], None
-    if lease is not None:
-        lease.release()
-
-
-def _run_job(
-    state: _State | None,
-    parent: Trace | None,
-    lease: Any,
-    name: str,
-    fn: Callable[..., R],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> R:
-    job = Trace(
-        state,
-        "job",
-        parent.request_id if parent else None,
-        parent.job_id if parent else None,
-        parent.method if parent else None,
-        parent.path if parent else None,
-    )
-    job.lease = lease
-    token = set_trace(job)
-    app_ctx = state.app.app_context() if state is not None else None
-    if app_ctx is not None:
-        app_ctx.push()
+def _open_files(s: Settings) -> FileSet:
     try:
-        if state is None or not state.active:
-            return fn(*args, **kwargs)
-        state.emit("job_start", logging.INFO, f"job_start {name}", job, {"name": name})
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            ms = job.elapsed_ms()
-            error = f"{type(exc).__name__}: {state.redactor.text(str(exc))}"
-            state.emit(
-                "job_end",
-                logging.ERROR,
-                f"job_end {name} failed {ms:.2f}ms: {error}",
-                job,
-                {
-                    "name": name,
-                    "duration_ms": round(ms, 3),
-                    "ok": False,
-                    "error": error,
-                    "stages": job.stage_totals() or None,
-                    "hung": job.hung or None,
-                },
-                exc=state.format_exc(exc),
-            )
-            raise
-        ms = job.elapsed_ms()
-        totals = job.stage_totals()
-        stages = " stages=" + ",".join(f"{k}:{v:.2f}" for k, v in totals.items()) if totals else ""
-        hung = f" was_hung({job.hung})" if job.hung else ""
-        state.emit(
-            "job_end",
-            logging.INFO,
-            f"job_end {name} ok {ms:.2f}ms{stages}{hung}",
-            job,
-            {
-                "name": name,
-                "duration_ms": round(ms, 3),
-                "ok": True,
-                "stages": totals or None,
-                "hung": job.hung or None,
-            },
+        os.makedirs(s.log_dir, exist_ok=True)
+        if not os.access(s.log_dir, os.W_OK | os.X_OK):
+            raise PermissionError(f"no write permission on {s.log_dir}")
+        return FileSet(
+            s.log_dir,
+            max_bytes=s.max_bytes,
+            backup_count=s.backup_count,
+            compress=s.compress,
+            on_error=_report_write_error,
         )
-        return result
-    finally:
-        try:
-            if lease is not None:
-                lease.release()
-        finally:
-            if app_ctx is not None:
-                app_ctx.pop()
-            reset_trace(token)
+    except OSError as exc:
+        raise ConfigError(
+            f"DIAGLOG_LOG_DIR={s.log_dir!r} cannot be used for log files: "
+            f"{exc.strerror or exc}. Create it or point DIAGLOG_LOG_DIR "
+            "(config key or environment variable) to a writable directory."
+        ) from exc
 
 
-#: The most recently initialised app state: owns log records that belong to no app context.
-_newest: weakref.ReferenceType[_State] | None = None
-
-
-class _AppHandler(DiagLogHandler):
-    """The handler diaglog attaches to an app's loggers.
-
-    When ``create_app()`` runs twice in one process (tests do), both apps' handlers sit on the same
-    logger. Each record is therefore written only by the app it belongs to: the app of the current
-    request or job, else of the current app context, else the most recently initialised app.
-    """
-
-    def __init__(self, state: _State) -> None:
-        # Only a weak reference to the app's state: a handler left on a global logger must not
-        # keep a discarded app (and its open log files) alive.
-        ref = weakref.ref(state)
-
-        def dispatch(ev: Event) -> None:
-            st = ref()
-            if st is not None:
-                st.dispatch(ev)
-
-        super().__init__(dispatch=dispatch, redact=state.redactor.text, level=state.settings.level)
-        self.state_ref = ref
-        global _newest
-        _newest = ref
-
-    def emit(self, record: logging.LogRecord) -> None:
-        state = self.state_ref()
-        if state is None:
-            return  # its app is gone; pruned from the logger when the next app attaches
-        trace = current_trace()
-        if trace is not None:
-            if trace.state is not state:
-                return
-        elif has_app_context():
-            if current_app._get_current_object() is not state.app:  # type: ignore[attr-defined]
-                return
-        elif _newest is None or _newest() is not state:
-            return
-        super().emit(record)
-
-
-def _report_write_error(state: _State, file: Any, exc: OSError | None) -> None:
-    import sys
-
+def _report_write_error(file: LogFile, exc: OSError | None) -> None:
     if exc is not None:
         sys.stderr.write(
             f"flask-diaglog: writing {file.path} failed ({exc}); requests are still served, "
@@ -777,59 +333,74 @@ def _report_write_error(state: _State, file: Any, exc: OSError | None) -> None:
         )
 
 
-def _idempotency_key(value: str) -> str:
-    """The string of an ``Idempotency-Key`` structured-field string (quotes optional)."""
-    v = value.strip()
-    if len(v) >= 2 and v[0] == '"' and v[-1] == '"':
-        return v[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-    return v
+def _release_unused(held: list[Lease | None]) -> None:
+    lease, held[0] = held[0], None
+    if lease is not None:
+        lease.release()
 
 
-def _lookup_job_id(req: Request, getter: JobIdGetter | None) -> str | None:
-    """The job id of a request, from the documented sources in order; 400 when invalid.
+def _run_job(
+    rec: Recorder | None,
+    app: Flask | None,
+    parent: Trace | None,
+    lease: Lease | None,
+    name: str,
+    fn: Callable[..., R],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> R:
+    job = Trace(
+        rec,
+        "job",
+        parent.request_id if parent else None,
+        parent.job_id if parent else None,
+        parent.method if parent else None,
+        parent.path if parent else None,
+    )
+    job.lease = lease
+    token = set_trace(job)
+    app_ctx = app.app_context() if app is not None else None
+    if app_ctx is not None:
+        app_ctx.push()
+    try:
+        if rec is None:
+            return fn(*args, **kwargs)
+        rec.record("job_start", job, _INFO, job_start_msg(name), {"name": name})
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            _job_end(rec, job, name, exc)
+            raise
+        _job_end(rec, job, name, None)
+        return result
+    finally:
+        try:
+            if lease is not None:
+                lease.release()
+        finally:
+            if app_ctx is not None:
+                app_ctx.pop()
+            reset_trace(token)
 
-    One function, not a lookup plus a validation call: it runs on every request, and a request
-    without a job id (the common case) leaves after five dictionary lookups.
-    """
-    value: Any = None
-    source = ""
-    if getter is not None:
-        value = getter(req)
-        source = "the job id callable"
-    else:
-        va = req.view_args
-        env = req.environ
-        if va and "job_id" in va:
-            value, source = va["job_id"], "the URL (job_id view argument)"
-        elif (v := env.get("HTTP_X_JOB_ID")) is not None:
-            value, source = v, "the X-Job-ID header"
-        elif (v := env.get("HTTP_IDEMPOTENCY_KEY")) is not None:
-            value, source = _idempotency_key(v), "the Idempotency-Key header"
-        else:
-            # CONTENT_LENGTH first: werkzeug's content_length parses headers (~1.5 µs).
-            length = req.content_length if env.get("CONTENT_LENGTH") else None
-            if length and length <= BODY_LOOKUP_MAX:
-                if req.is_json:
-                    body = req.get_json(silent=True)
-                    if isinstance(body, dict) and "job_id" in body:
-                        value, source = body["job_id"], "the JSON body (job_id)"
-                elif req.mimetype in _FORM_TYPES:
-                    v = req.form.get("job_id")
-                    if v is not None:
-                        value, source = v, "the form field job_id"
-            if not source and "job_id" in env.get("QUERY_STRING", ""):
-                v = req.args.get("job_id")
-                if v is not None:
-                    value, source = v, "the query parameter job_id"
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not is_valid_id(value):
-        shown = value if isinstance(value, str) else json.dumps(value, default=str)
-        raise InvalidJobId(
-            f"The job id from {source} is not valid: it must be 1 to 128 characters of "
-            f"A-Z a-z 0-9 . _ : - (got {shown[:64]!r}).",
-            source=source,
-        )
-    return value  # type: ignore[no-any-return]
+
+def _job_end(rec: Recorder, job: Trace, name: str, exc: BaseException | None) -> None:
+    """The ``job_end`` line: the same fields whether the job succeeded or failed."""
+    ms = job.elapsed_ms()
+    totals = job.stage_totals() or None
+    ok = exc is None
+    error = rec.error_text(exc) if exc is not None else None
+    rec.record(
+        "job_end",
+        job,
+        _INFO if ok else _ERROR,
+        job_end_msg(name, ok, ms, totals, error=error, hung=job.hung),
+        {
+            "name": name,
+            "duration_ms": round(ms, 3),
+            "ok": ok,
+            "error": error,
+            "stages": totals,
+            "hung": job.hung or None,
+        },
+        exc=rec.format_exc(exc) if exc is not None else None,
+    )

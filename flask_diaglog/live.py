@@ -6,7 +6,7 @@ this module is only imported when diaglog is set up.
 
 How an event travels:
 
-1. The dispatch hands the :class:`~flask_diaglog.events.Event` to :class:`LiveBridge` on the
+1. The recorder hands the :class:`~flask_diaglog.Event` to :class:`LiveBridge` on the
    request thread. The bridge only does ``put_nowait`` on a bounded queue: when the queue is full
    the event is dropped and counted (``bridge.dropped``). The request never waits and never sees
    an exception from the socket layer.
@@ -37,7 +37,6 @@ every client is refused.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hmac
 import json
 import logging
@@ -53,10 +52,11 @@ from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError
 from .context import is_valid_id
-from .events import Event
+from .trail import LEVELS
 
 if TYPE_CHECKING:
-    from .extension import _State
+    from .config import Settings
+    from .record import Event, Recorder
 
 __all__ = [
     "EVENT_NAME",
@@ -67,6 +67,7 @@ __all__ = [
     "get_bridge",
     "rooms_for",
     "setup",
+    "socketio_path",
 ]
 
 logger = logging.getLogger("flask_diaglog.live")
@@ -76,14 +77,6 @@ logger = logging.getLogger("flask_diaglog.live")
 EVENT_NAME = "event"
 #: Events waiting to be emitted, per process. Beyond this, new events are dropped and counted.
 QUEUE_SIZE = 10_000
-#: Levels a client can subscribe to for log records.
-LEVELS: dict[str, int] = {
-    "DEBUG": logging.DEBUG,
-    "INFO": logging.INFO,
-    "WARNING": logging.WARNING,
-    "ERROR": logging.ERROR,
-    "CRITICAL": logging.CRITICAL,
-}
 #: Loggers whose records never go out on the live stream (they log while emitting).
 QUIET_LOGGERS = ("socketio", "engineio", "flask_socketio", "simple_websocket", "redis", "kombu")
 
@@ -383,9 +376,10 @@ class LiveBridge:
 
 def get_bridge(app: Any = None) -> LiveBridge | None:
     """The live bridge of ``app`` (default: ``current_app``), or ``None`` when there is none."""
-    from .extension import get_state
+    from flask import current_app
 
-    bridge = get_state(app).extras.get("live")
+    app = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+    bridge = getattr(app.extensions.get("diaglog"), "live", None)
     return bridge if isinstance(bridge, LiveBridge) else None
 
 
@@ -411,50 +405,50 @@ def _use_queue(socketio: Any, url: str) -> None:
     server.manager = manager
 
 
-def _exclude_socketio_path(state: _State, socketio: Any) -> None:
-    """Socket.IO transport requests (long polls, websockets) are not requests worth a log line."""
+def socketio_path(socketio: Any) -> str:
+    """The URL prefix of Socket.IO's transport requests (long polls, websockets), which are not
+    requests worth a log line."""
     mw = getattr(socketio, "sockio_mw", None)
-    path = getattr(mw, "engineio_path", None) or "/socket.io/"
-    s = state.settings
-    if path not in s.exclude:
-        state.settings = dataclasses.replace(s, exclude=(*s.exclude, path))
+    return getattr(mw, "engineio_path", None) or "/socket.io/"
 
 
-def setup(state: _State) -> None:
-    """Install the live bridge on ``state`` when a SocketIO is given or registered on the app.
+def setup(
+    socketio: Any,
+    settings: Settings,
+    rec: Recorder,
+    auth: Callable[[Any], bool] | None = None,
+) -> LiveBridge | None:
+    """Create the live bridge for ``socketio`` (``None``: there is none) and subscribe it to
+    ``rec``.
 
     The namespace handlers are registered whenever there is a SocketIO. Events flow only when
     ``DIAGLOG_LIVE`` is on: by default that is "not in test mode"; ``DIAGLOG_LIVE=True`` forces it
     on (to test the bridge itself), ``False`` turns it off.
     """
-    settings = state.settings
-    socketio = getattr(state.ext, "socketio", None) or state.app.extensions.get("socketio")
     if socketio is None:
         if settings.live:
             raise ConfigError(
                 "DIAGLOG_LIVE is on but there is no Flask-SocketIO: pass DiagLog(app, "
                 "socketio=socketio), or create SocketIO(app) before DiagLog(app)."
             )
-        return
+        return None
     live = settings.live if settings.live is not None else not settings.testing
     bridge = LiveBridge(
         socketio,
         settings.live_namespace,
         token=settings.live_token,
-        auth=state.ext.live_auth,
+        auth=auth,
         maxsize=QUEUE_SIZE,
-        on_error=lambda msg, exc: state.report_internal(msg, exc),
+        on_error=rec.report_internal,
     )
-    state.extras["live"] = bridge
-    _exclude_socketio_path(state, socketio)
     bridge.register()
     if bridge.token is None and bridge.auth is None:
         logger.warning(
             "flask-diaglog: live clients are refused until DIAGLOG_LIVE_TOKEN or "
             "DiagLog(live_auth=...) allows them"
         )
-    if not live:
-        return
-    if settings.live_queue:
-        _use_queue(socketio, settings.live_queue)
-    state.dispatch.add(bridge)
+    if live:
+        if settings.live_queue:
+            _use_queue(socketio, settings.live_queue)
+        rec.subscribe(bridge, "live")
+    return bridge

@@ -5,10 +5,8 @@ Shared by the ``flask diaglog`` CLI and anything else that reads the trail (a da
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import gzip
-import json
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -16,7 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .files.render import split_json, split_plain
+from .trail import FILES, kind_of, parse_message
+
 __all__ = [
+    "FILES",
     "LogRecord",
     "iter_files",
     "parse_line",
@@ -25,24 +27,6 @@ __all__ = [
     "summarize",
     "tail_records",
 ]
-
-FILES = ("requests", "jobs", "errors")
-
-_PLAIN = re.compile(
-    r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \| (?P<level>[A-Z]+) \| (?P<logger>.*?) \| "
-    r"req=(?P<req>\S+) job=(?P<job>\S+) \| (?P<msg>.*)$"
-)
-_END = re.compile(
-    r"^request_end (?P<method>\S+) (?P<path>.*) (?P<status>\d{3}|None) (?P<ms>[\d.]+)ms"
-    r"(?: stages=(?P<stages>\S+))?"
-)
-_START = re.compile(r"^request_start (?P<method>\S+) (?P<path>.*?) client=")
-_STAGE = re.compile(r"^stage (?P<stage>\S+) (?P<ms>[\d.]+)ms (?P<ok>ok|failed)")
-_JOB_END = re.compile(r"^job_end (?P<name>\S+) (?P<ok>ok|failed) (?P<ms>[\d.]+)ms")
-_KINDS = (
-    "request_start", "stage", "request_end", "request_error", "job_start", "job_end",
-    "job_rejected", "hang",
-)  # fmt: skip
 
 
 @dataclass
@@ -77,47 +61,30 @@ def _ts(text: str) -> float:
 
 
 def parse_line(line: str, file: str = "") -> LogRecord | None:
-    """Parse one line of either format; ``None`` for a line that is neither."""
+    """Parse one line of either layout; ``None`` for a line that is neither.
+
+    The layout is split by :mod:`~flask_diaglog.files.render`, a plain message is read back by
+    the patterns of :mod:`~flask_diaglog.trail`, so reading can never drift from writing.
+    """
     line = line.rstrip("\n")
     if not line:
         return None
     if line.startswith("{"):
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            return None
-        if not isinstance(obj, dict):
-            return None
-        return LogRecord(_ts(str(obj.get("ts", ""))), file, line, obj)
-    m = _PLAIN.match(line)
-    if m is None:
+        obj = split_json(line)
+        return LogRecord(_ts(str(obj.get("ts", ""))), file, line, obj) if obj is not None else None
+    parts = split_plain(line)
+    if parts is None:
         return None
-    msg = m["msg"]
-    data: dict[str, Any] = {"level": m["level"], "logger": m["logger"], "msg": msg}
-    if m["req"] != "-":
-        data["request_id"] = m["req"]
-    if m["job"] != "-":
-        data["job_id"] = m["job"]
-    kind = msg.split(" ", 1)[0]
-    data["event"] = kind if kind in _KINDS and m["logger"].startswith("flask_diaglog") else "log"
-    if data["event"] == "request_end" and (e := _END.match(msg)):
-        data.update(method=e["method"], path=e["path"], duration_ms=float(e["ms"]))
-        if e["status"] != "None":
-            data["status"] = int(e["status"])
-        if e["stages"]:
-            stages = {}
-            for part in e["stages"].split(","):
-                name, _, ms = part.rpartition(":")
-                with contextlib.suppress(ValueError):
-                    stages[name] = float(ms)
-            data["stages"] = stages
-    elif data["event"] == "request_start" and (s := _START.match(msg)):
-        data.update(method=s["method"], path=s["path"])
-    elif data["event"] == "stage" and (st := _STAGE.match(msg)):
-        data.update(stage=st["stage"], duration_ms=float(st["ms"]), ok=st["ok"] == "ok")
-    elif data["event"] == "job_end" and (j := _JOB_END.match(msg)):
-        data.update(name=j["name"], duration_ms=float(j["ms"]), ok=j["ok"] == "ok")
-    return LogRecord(_ts(m["ts"]), file, line, data)
+    msg = parts["msg"]
+    data: dict[str, Any] = {"level": parts["level"], "logger": parts["logger"], "msg": msg}
+    if parts["req"] != "-":
+        data["request_id"] = parts["req"]
+    if parts["job"] != "-":
+        data["job_id"] = parts["job"]
+    kind = kind_of(parts["logger"], msg)
+    data["event"] = kind
+    data.update(parse_message(kind, msg))
+    return LogRecord(_ts(parts["ts"]), file, line, data)
 
 
 def iter_files(log_dir: str, names: Iterable[str] = FILES) -> Iterator[tuple[str, str]]:

@@ -1,30 +1,34 @@
-"""Blinker signals: one per event kind.
+"""Blinker signals, one per event kind: the names and nothing else.
 
 Every signal is sent with the Flask app object as sender (never the proxy) and one keyword
-argument, ``event``: the same :class:`~flask_diaglog.events.Event` record the files get.
+argument, ``event``: a :class:`~flask_diaglog.Event` with the same parts as the line the files got.
 Connect with ``signal.connect(receiver, app)`` to hear one app only. A receiver that raises never
-breaks the request: the failure is counted and reported once.
+breaks the request: the failure is counted and reported once. Events are built only while a
+signal has a receiver, so an unconnected signal costs nothing.
+
+.. versionchanged:: 0.2
+   ``request_started`` and ``request_finished`` are now ``diaglog_request_started`` and
+   ``diaglog_request_finished``, so they cannot be mistaken for Flask's signals of the same
+   names. The old names still import, with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
 from typing import Any
 
 from blinker import Namespace, Signal
 
-from .events import Event
-
 __all__ = [
     "SIGNALS",
+    "diaglog_request_finished",
+    "diaglog_request_started",
     "hang_detected",
     "job_finished",
     "job_rejected",
     "job_started",
     "log_record",
     "request_failed",
-    "request_finished",
-    "request_started",
     "signal_for",
     "stage_finished",
 ]
@@ -33,12 +37,12 @@ _signals = Namespace()
 
 #: A request began (``event.kind == "request_start"``); sent before the view runs.
 #: Sender: the app. Keyword: ``event``.
-request_started = _signals.signal("diaglog-request-started")
+diaglog_request_started = _signals.signal("diaglog-request-started")
 #: A stage finished, successfully or not (``"stage"``). Sender: the app. Keyword: ``event``.
 stage_finished = _signals.signal("diaglog-stage-finished")
 #: A request ended (``"request_end"``), including streamed ones when the stream closed.
 #: Sender: the app. Keyword: ``event``.
-request_finished = _signals.signal("diaglog-request-finished")
+diaglog_request_finished = _signals.signal("diaglog-request-finished")
 #: A request raised an unhandled exception (``"request_error"``). Sender: the app.
 #: Keyword: ``event`` (``event.exc`` holds the traceback).
 request_failed = _signals.signal("diaglog-request-failed")
@@ -59,9 +63,9 @@ hang_detected = _signals.signal("diaglog-hang-detected")
 
 #: Event kind to signal.
 SIGNALS: dict[str, Signal] = {
-    "request_start": request_started,
+    "request_start": diaglog_request_started,
     "stage": stage_finished,
-    "request_end": request_finished,
+    "request_end": diaglog_request_finished,
     "request_error": request_failed,
     "log": log_record,
     "job_start": job_started,
@@ -70,44 +74,25 @@ SIGNALS: dict[str, Signal] = {
     "hang": hang_detected,
 }
 
+_RENAMED = {
+    "request_started": "diaglog_request_started",
+    "request_finished": "diaglog_request_finished",
+}
+
 
 def signal_for(kind: str) -> Signal:
     """The signal sent for events of ``kind``."""
     return SIGNALS[kind]
 
 
-class _Receiver:
-    """Names a failing receiver in the failure counts: ``signal <name> receiver <qualname>``."""
-
-    __slots__ = ("sink_name",)
-
-    def __init__(self, sig: Signal, receiver: Callable[..., Any]) -> None:
-        name = getattr(sig, "name", "?")
-        what = getattr(receiver, "__qualname__", None) or repr(receiver)
-        module = getattr(receiver, "__module__", None)
-        self.sink_name = f"signal {name} receiver {module + '.' if module else ''}{what}"
-
-
-class SignalSink:
-    """Sends each event on its signal, only when somebody listens (no cost otherwise).
-
-    Receivers are called one by one, so one that raises is counted and reported (through
-    ``on_fail``, once per receiver) without keeping the others from hearing the event.
-    """
-
-    sink_name = "signals"
-
-    def __init__(self, app: Any, on_fail: Callable[[object, BaseException], None]) -> None:
-        self.app = app
-        self.on_fail = on_fail
-
-    def __call__(self, event: Event) -> None:
-        sig = SIGNALS.get(event.kind)
-        if sig is None or not sig.receivers:
-            return
-        app = self.app
-        for receiver in sig.receivers_for(app):
-            try:
-                receiver(app, event=event)
-            except Exception as exc:
-                self.on_fail(_Receiver(sig, receiver), exc)
+def __getattr__(name: str) -> Any:
+    new = _RENAMED.get(name)
+    if new is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"flask_diaglog.signals.{name} is now {new} (it shared its name with Flask's own "
+        f"signal); import {new} instead",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return globals()[new]

@@ -12,7 +12,7 @@
 The pytest plugin's ``diaglog_events`` fixture is one such capture around each test.
 
 Capturing listens on the :mod:`~flask_diaglog.signals`, so the records are the very
-:class:`~flask_diaglog.events.Event` objects the log files get. It works in test mode (signals are
+:class:`~flask_diaglog.Event` objects the log files get. It works in test mode (signals are
 never switched off) and captures from every app unless one is given.
 """
 
@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, overload
 
-from .events import Event
+from .record import Event
 from .signals import SIGNALS
 
 __all__ = ["CapturedEvents", "EventCapture", "capture_events"]
@@ -188,9 +188,23 @@ class CapturedEvents(Sequence[Event]):
 
     def render(self) -> str:
         """The events as plain log lines, one per line (what the files would show)."""
-        from .logfiles import render_plain
+        from .files.render import plain_line
 
-        return "".join(render_plain(ev).decode("utf-8") for ev in self._snapshot())
+        return "".join(
+            plain_line(
+                ev.ts,
+                ev.level,
+                ev.kind,
+                ev.logger,
+                ev.request_id,
+                ev.job_id,
+                ev.msg,
+                ev.fields,
+                ev.exc,
+                ev.thread,
+            ).decode("utf-8")
+            for ev in self._snapshot()
+        )
 
     # -- assertions -------------------------------------------------------------------------
 

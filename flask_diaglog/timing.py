@@ -19,12 +19,13 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from .context import Trace, current_trace
-from .signals import stage_finished
+from .trail import stage_msg
 
 __all__ = ["get_request_timings", "server_timing_header", "stage", "timed_stage"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-_LOGGER = "flask_diaglog.stage"
+_INFO = logging.INFO
+_WARNING = logging.WARNING
 
 
 class stage:
@@ -74,23 +75,26 @@ class stage:
         ok = et is None
         name = self._full
         trace.stages.append((name, ms, ok))
-        state = trace.state
-        if state is None:
+        rec = trace.rec
+        if rec is None:
             return
         if ok:
-            error = None
-            msg = f"stage {name} {ms:.2f}ms ok"
-            level = logging.INFO
+            rec.record(
+                "stage",
+                trace,
+                _INFO,
+                stage_msg(name, ms, True),
+                {"stage": name, "duration_ms": ms, "ok": True},
+            )
         else:
-            error = f"{et.__name__}: {state.redactor.text(str(exc))}" if et else "error"
-            msg = f"stage {name} {ms:.2f}ms failed: {error}"
-            level = logging.WARNING
-        if state.write_direct(stage_finished, trace, level, _LOGGER, msg):
-            return
-        fields: dict[str, Any] = {"stage": name, "duration_ms": round(ms, 3), "ok": ok}
-        if error is not None:
-            fields["error"] = error
-        state.emit("stage", level, msg, trace, fields, logger=_LOGGER)
+            error = rec.error_text(exc) if exc is not None else "error"
+            rec.record(
+                "stage",
+                trace,
+                _WARNING,
+                stage_msg(name, ms, False, error),
+                {"stage": name, "duration_ms": ms, "ok": False, "error": error},
+            )
 
     def __call__(self, fn: F) -> F:
         return _decorate(fn, self.name)
@@ -103,9 +107,10 @@ def _app_trace() -> Trace | None:
     if not has_app_context():
         return None
     state = current_app.extensions.get("diaglog")
-    if state is None or not getattr(state, "active", False):
+    rec = getattr(state, "recorder", None)
+    if rec is None:
         return None
-    return Trace(state, "job", None, None)
+    return Trace(rec, "job", None, None)
 
 
 def _decorate(fn: F, name: str) -> F:

@@ -1,7 +1,7 @@
 """The in-flight registry and the hang watchdog: "where is it stuck?" answered by diaglog itself.
 
-**Registry.** :class:`InFlight` is a sink of the event dispatch. It adds a trace on
-``request_start``/``job_start`` and removes it on ``request_end``/``job_end``. Those end events
+**Registry.** :class:`InFlight` is kept by the recorder: it adds a trace on
+``request_start``/``job_start`` and removes it on ``request_end``/``job_end``. Those end records
 are written on every path (normal end, exception, propagated exception in ``TESTING``, a streamed
 body closed early, a 400/403 raised in ``before_request``, background work that raises), so the
 registry empties itself. Per request it costs one dict insert and one dict pop. It holds at most
@@ -38,17 +38,14 @@ from time import perf_counter
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from .context import Trace
-from .events import Event
+from .trail import hang_msg
 
 if TYPE_CHECKING:
-    from flask import Flask
+    from .context import Trace
+    from .record import Recorder
 
-    from .extension import _State
+__all__ = ["InFlight", "entries"]
 
-__all__ = ["InFlight", "inflight", "setup"]
-
-_LOGGER = "flask_diaglog.watchdog"
 _INF = float("inf")
 #: Innermost frames shown in a hang report (a stack deeper than this is cut at the outer end).
 STACK_LIMIT = 100
@@ -61,12 +58,11 @@ class InFlight:
     ``hang_after`` is in seconds (``0`` = not watched).
     """
 
-    sink_name = "inflight"
-
     def __init__(
-        self, state: _State | None = None, maxsize: int = 10_000, hang_after: float = 0.0
+        self, recorder: Recorder | None = None, maxsize: int = 10_000, hang_after: float = 0.0
     ) -> None:
-        self.state = state
+        #: Where hang reports are recorded (set once the app's recorder exists).
+        self.recorder = recorder
         self.maxsize = maxsize
         self.hang_after = hang_after
         #: Work that was not tracked because the registry was full.
@@ -75,19 +71,8 @@ class InFlight:
         self._items: dict[Trace, str | None] = {}
         _watchdog.registries.add(self)
 
-    def __call__(self, ev: Event) -> None:
-        kind = ev.kind
-        if kind == "request_start" or kind == "job_start":
-            trace = ev.trace
-            if trace is not None:
-                self.add(trace, ev.fields.get("name") if kind == "job_start" else None)
-        elif kind == "request_end" or kind == "job_end":
-            trace = ev.trace
-            if trace is not None:
-                self.discard(trace)
-
     def add(self, trace: Trace, name: str | None = None) -> None:
-        """Track ``trace`` (called for its start event, or directly by the request hooks)."""
+        """Track ``trace`` (the recorder calls this for its start record)."""
         items = self._items
         if len(items) >= self.maxsize:
             self.overflow += 1
@@ -100,7 +85,7 @@ class InFlight:
             _watchdog.poke()
 
     def discard(self, trace: Trace) -> None:
-        """Stop tracking ``trace`` (its end event, or directly by the request hooks)."""
+        """Stop tracking ``trace`` (the recorder calls this for its end record)."""
         self._items.pop(trace, None)
 
     def items(self) -> list[tuple[Trace, str | None]]:
@@ -285,9 +270,9 @@ def _report(
     frame: FrameType | None,
     names: dict[int, str],
 ) -> None:
-    state = reg.state
+    rec = reg.recorder
     trace.hung += 1  # before the line: an end line written meanwhile already says was_hung
-    if state is None:
+    if rec is None:
         return
     n = trace.hung
     ms = trace.elapsed_ms()
@@ -299,12 +284,6 @@ def _report(
             what += f" (from {trace.method} {trace.path})"
     else:
         what = f"{trace.method} {trace.path}"
-    msg = (
-        f"hang {what} still running after {ms / 1000:.2f}s "
-        f"{'in stage ' + current if current else 'outside any stage'} "
-        f"(report {n}, thread {thread_name})"
-    )
-    stack = state.redactor.text(format_stack(frame, trace.thread, names))
     fields: dict[str, Any] = {
         "method": trace.method,
         "path": trace.path,
@@ -315,59 +294,43 @@ def _report(
         "hung": n,
         "thread_id": trace.thread,
     }
-    is_job = trace.kind == "job"
-    ev = Event(
+    rec.record(
         "hang",
+        trace,
         logging.WARNING,
-        _LOGGER,
-        msg,
-        trace.request_id,
-        trace.job_id,
+        hang_msg(what, ms, current, n, thread_name),
         fields,
-        target="jobs" if is_job else "requests",
-        exc=stack,
-        trace=trace,
+        exc=rec.redact(format_stack(frame, trace.thread, names)),
+        thread=thread_name,  # the thread that is stuck, not the watchdog's own
     )
-    ev.thread = thread_name  # the thread that is stuck, not the watchdog's own
-    state.dispatch(ev)
 
 
 def _report_overflow(reg: InFlight) -> None:
     count = reg.overflow
     reg.overflow_reported = count
-    state = reg.state
-    if state is None:
+    rec = reg.recorder
+    if rec is None:
         return
-    state.dispatch(
-        Event(
-            "log",
-            logging.WARNING,
-            _LOGGER,
-            f"in-flight registry full ({reg.maxsize} entries): {count} requests or jobs were "
-            "not tracked, so they are not watched for hangs",
-            None,
-            None,
-            {"overflow": count},
-        )
+    rec.record(
+        "log",
+        None,
+        logging.WARNING,
+        f"in-flight registry full ({reg.maxsize} entries): {count} requests or jobs were "
+        "not tracked, so they are not watched for hangs",
+        {"overflow": count},
+        logger="flask_diaglog.watchdog",
     )
 
 
-def setup(state: _State) -> None:
-    """Create the registry of ``state``'s app and add it to the dispatch."""
-    registry = InFlight(state, hang_after=max(0.0, float(state.settings.hang_after or 0.0)))
-    state.extras["inflight"] = registry
-    # A primary sink runs for every event, also for events dispatched from inside another sink,
-    # so the registry never misses the end of work whose start it saw.
-    state.dispatch.add(registry, primary=True)
-
-
-def _entries(registry: InFlight, stacks: bool) -> list[dict[str, Any]]:
+def entries(registry: InFlight, stacks: bool = False) -> list[dict[str, Any]]:
+    """The in-flight work of one registry, oldest first (see ``flask_diaglog.inflight``)."""
     items = registry.items()
     if not items:
         return []
     names = _thread_names()
     frames = sys._current_frames() if stacks else {}
     pid = os.getpid()
+    rec = registry.recorder
     out: list[dict[str, Any]] = []
     for t, name in items:
         entry: dict[str, Any] = {
@@ -388,39 +351,16 @@ def _entries(registry: InFlight, stacks: bool) -> list[dict[str, Any]]:
         }
         if stacks:
             text = format_stack(frames.get(t.thread), t.thread, names)
-            entry["stack"] = registry.state.redactor.text(text) if registry.state else text
+            entry["stack"] = rec.redact(text) if rec is not None else text
         out.append(entry)
     out.sort(key=lambda e: e["start"])
     return out
 
 
-def snapshot(state: Any, stacks: bool = False) -> list[dict[str, Any]]:
-    """The in-flight work of one app's state (see :func:`inflight`)."""
-    registry: InFlight | None = state.extras.get("inflight")
-    return _entries(registry, stacks) if registry is not None else []
-
-
-def inflight(app: Flask | None = None, *, stacks: bool = False) -> list[dict[str, Any]]:
-    """The requests and background jobs in flight in this process, oldest first.
-
-    :param app: the app to list. Default: ``current_app`` inside an app context; outside one,
-        every app of this process that uses DiagLog.
-    :param stacks: also include ``stack``, the current Python stack of each entry's thread.
-
-    Each entry is a dict: ``kind`` (``"request"`` or ``"job"``), ``request_id``, ``job_id``,
-    ``name`` (a job's function), ``method``, ``path``, ``start`` (epoch seconds), ``elapsed_ms``,
-    ``stage`` (the innermost open stage, or ``None``), ``stages`` (finished stages: name to ms),
-    ``thread`` (name), ``thread_id``, ``hung`` (hang reports made so far) and ``pid``.
-    The registry is per process: under gunicorn, each worker answers for itself.
-    """
-    from flask import has_app_context
-
-    from .extension import get_state
-
-    if app is not None or has_app_context():
-        return snapshot(get_state(app), stacks)
+def all_entries(stacks: bool = False) -> list[dict[str, Any]]:
+    """The in-flight work of every registry in this process, oldest first."""
     out: list[dict[str, Any]] = []
     for reg in list(_watchdog.registries):
-        out.extend(_entries(reg, stacks))
+        out.extend(entries(reg, stacks))
     out.sort(key=lambda e: e["start"])
     return out

@@ -17,8 +17,8 @@ def test_spawn_carries_ids_and_writes_job_lines(
     make_app: Callable[..., Flask], logs: object
 ) -> None:
     """spawn runs fn in a thread with the request and job ids; job_start/job_end go to jobs.log."""
-    app = make_app({"DIAGLOG_FORMAT": "json"})
-    diaglog: DiagLog = app.extensions["diaglog"].ext
+    app = make_app({"DIAGLOG_FORMAT": "json"}, init=False)
+    diaglog = DiagLog(app)
     seen: dict[str, object] = {}
     threads: list[threading.Thread] = []
 
@@ -61,8 +61,8 @@ def test_exception_in_spawned_work_is_logged_with_traceback(
     make_app: Callable[..., Flask], logs: object
 ) -> None:
     """An exception in background work lands in jobs.log and errors.log with its traceback."""
-    app = make_app({"DIAGLOG_FORMAT": "json"})
-    diaglog: DiagLog = app.extensions["diaglog"].ext
+    app = make_app({"DIAGLOG_FORMAT": "json"}, init=False)
+    diaglog = DiagLog(app)
     threads: list[threading.Thread] = []
 
     def explode() -> None:
@@ -86,8 +86,8 @@ def test_exception_in_spawned_work_is_logged_with_traceback(
 
 def test_wrap_for_executors(make_app: Callable[..., Flask], logs: object) -> None:
     """wrap(fn) returns a callable that carries the ids into an executor and re-raises errors."""
-    app = make_app({"DIAGLOG_FORMAT": "json"})
-    diaglog: DiagLog = app.extensions["diaglog"].ext
+    app = make_app({"DIAGLOG_FORMAT": "json"}, init=False)
+    diaglog = DiagLog(app)
     pool = ThreadPoolExecutor(2)
     results: list[object] = []
 
@@ -114,8 +114,8 @@ def test_wrap_for_executors(make_app: Callable[..., Flask], logs: object) -> Non
 
 def test_spawn_outside_request_in_app_context(make_app: Callable[..., Flask], logs: object) -> None:
     """spawn in an app context (no request) still logs the job, with no ids."""
-    app = make_app({"DIAGLOG_FORMAT": "json"})
-    diaglog: DiagLog = app.extensions["diaglog"].ext
+    app = make_app({"DIAGLOG_FORMAT": "json"}, init=False)
+    diaglog = DiagLog(app)
     with app.app_context():
         diaglog.spawn(lambda: None).join(10)
     kinds = [r["event"] for r in logs.json("jobs")]  # type: ignore[attr-defined]
@@ -132,8 +132,8 @@ def test_spawn_without_diaglog_just_runs(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_spawn_thread_is_not_a_daemon(make_app: Callable[..., Flask]) -> None:
     """Spawned work is a non-daemon thread, so a graceful shutdown waits for it."""
-    app = make_app()
-    diaglog: DiagLog = app.extensions["diaglog"].ext
+    app = make_app(init=False)
+    diaglog = DiagLog(app)
     with app.app_context():
         t = diaglog.spawn(lambda: None)
         t.join(10)
@@ -146,8 +146,8 @@ def test_wrapped_callable_never_run_frees_its_job(make_app: Callable[..., Flask]
 
     from flask_diaglog import guard_job
 
-    app = make_app()
-    diaglog: DiagLog = app.extensions["diaglog"].ext
+    app = make_app(init=False)
+    diaglog = DiagLog(app)
     kept: list[object] = []
 
     @app.post("/jobs/<job_id>")

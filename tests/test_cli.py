@@ -96,7 +96,7 @@ def test_config_shows_resolved_values(make_app: Callable[..., Flask]) -> None:
     app = make_app({"DIAGLOG_LIVE_TOKEN": "hunter2"})
     out = app.test_cli_runner().invoke(diaglog_cli, ["config"]).output
     assert "DIAGLOG_FORMAT = 'plain'" in out
-    assert "hunter2" not in out and "DIAGLOG_LIVE_TOKEN = '[REDACTED]'" in out
+    assert "hunter2" not in out and "DIAGLOG_LIVE_TOKEN = '***'" in out
 
 
 def test_missing_dir_is_a_clear_error(tmp_path: Path) -> None:

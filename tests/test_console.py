@@ -9,13 +9,15 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 from flask import Flask
 
-from flask_diaglog import get_state, stage
-from flask_diaglog.logfiles import ConsoleSink, render_plain
+from flask_diaglog import stage
+from flask_diaglog.files.console import ConsoleSink
+from flask_diaglog.files.render import plain_line
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +27,7 @@ CHILD = textwrap.dedent(
     """
     import json, logging, sys
     from flask import Flask
-    from flask_diaglog import DiagLog, get_state, stage
+    from flask_diaglog import DiagLog, stage, stats
 
     log_dir, result = sys.argv[1], sys.argv[2]
     app = Flask("pipeapp")
@@ -43,7 +45,7 @@ CHILD = textwrap.dedent(
     statuses = [client.get(f"/n/{n}", headers={"X-Request-ID": f"r{n}"}).status_code
                 for n in range(5000)]
     with open(result, "w") as f:
-        json.dump({"statuses": statuses, "stats": get_state(app).stats()}, f)
+        json.dump({"statuses": statuses, "stats": stats(app)}, f)
     """
 )
 
@@ -92,7 +94,7 @@ def test_console_echoes_lines_and_reports_drops_after_draining(tmp_path: Path) -
     os.set_blocking(r, False)
     try:
         with os.fdopen(os.dup(w), "w") as stream:
-            sink = ConsoleSink(render_plain, stream=stream, maxsize=4)
+            sink = ConsoleSink(plain_line, stream=stream, maxsize=4)
             for n in range(3):
                 sink.put(f"line {n}\n".encode())
             assert sink.flush(10)
@@ -149,10 +151,11 @@ def test_console_config_echoes_every_line(
         return {"ok": True}
 
     app.test_client().get("/", headers={"X-Request-ID": "c1"})
-    state = get_state(app)
-    assert state.console is not None
-    assert state.console.flush(10)
-    out = capfd.readouterr().out
+    out = ""
+    deadline = time.monotonic() + 10  # the console thread writes after the request returned
+    while out.count("req=c1") < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+        out += capfd.readouterr().out
     missing = [k for k in ("request_start", "stage s", "request_end") if k not in out]
     assert missing == []
     assert out.count("req=c1") == 3

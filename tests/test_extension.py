@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from flask_diaglog import DiagLog, get_state
+from flask_diaglog import DiagLog, inflight, stats
 
 
 def test_import_has_no_side_effects() -> None:
@@ -43,8 +43,10 @@ def test_factory_pattern(tmp_path: Path) -> None:
     app.add_url_rule("/", view_func=lambda: "ok")
     r = app.test_client().get("/")
     assert r.headers["X-Request-ID"]
-    assert get_state(app).ext is diaglog
     assert "request_end GET / 200" in (tmp_path / "requests.log").read_text()
+    with app.app_context():  # work spawned outside a request is logged only by the app's DiagLog
+        diaglog.spawn(lambda: None).join()
+    assert "job_start" in (tmp_path / "jobs.log").read_text()
 
 
 def test_second_init_app_same_instance_does_not_duplicate_lines(
@@ -94,14 +96,20 @@ def test_two_apps_keep_separate_state_and_files(tmp_path: Path) -> None:
     two = (tmp_path / "two" / "requests.log").read_text().splitlines()
     assert len(one) == 2 and " | INFO | " in one[0]
     assert len(two) == 4 and json.loads(two[0])["event"] == "request_start"
-    assert get_state(apps[0]) is not get_state(apps[1])
-    assert get_state(apps[0]).settings.format == "plain"
+    assert [app.config["DIAGLOG_FORMAT"] for app in apps] == ["plain", "json"]
 
 
-def test_get_state_explains_missing_registration() -> None:
-    """get_state on an app without DiagLog says to call init_app."""
+@pytest.mark.parametrize("call", [stats, inflight])
+def test_unregistered_app_is_explained(call: Callable[[Flask], object]) -> None:
+    """stats() and inflight() on an app without DiagLog say to call init_app."""
     with pytest.raises(RuntimeError, match="Did you forget to call DiagLog"):
-        get_state(Flask(__name__))
+        call(Flask(__name__))
+
+
+def test_stats_outside_app_context_is_explained() -> None:
+    """stats() without an app outside an app context says to pass the app."""
+    with pytest.raises(RuntimeError, match="outside of an application context"):
+        stats()
 
 
 def test_repr_works_outside_app_context() -> None:

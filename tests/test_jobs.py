@@ -16,9 +16,7 @@ from flask_diaglog import (
     DiagLog,
     DuplicateJob,
     MemoryJobStore,
-    RedisJobStore,
     current_job_id,
-    get_state,
     guard_job,
 )
 from flask_diaglog.context import current_trace
@@ -694,12 +692,17 @@ def test_guard_is_a_no_op_when_diaglog_is_disabled(make_app: Callable[..., Flask
     @app.post("/run/<job_id>")
     @guard_job
     def run(job_id: str) -> str:
-        return "ran"
+        if request.args.get("inner"):
+            return "ran"
+        # The same job again while this one is active: a working guard would answer 409.
+        inner = app.test_client().post(f"/run/{job_id}?inner=1")
+        return f"ran, inner {inner.status_code} {inner.text}"
 
-    assert app.test_client().post("/run/j").text == "ran"
-    assert "jobs" not in get_state(app).extras
+    assert app.test_client().post("/run/j").text == "ran, inner 200 ran"
 
 
-def test_redis_store_class_is_exported() -> None:
-    """The stores are public names."""
-    assert RedisJobStore.__module__ == "flask_diaglog.jobstores"
+def test_store_classes_are_exported() -> None:
+    """The stores are public names of the package."""
+    import flask_diaglog
+
+    assert {"MemoryJobStore", "RedisJobStore"} <= set(flask_diaglog.__all__)

@@ -22,8 +22,7 @@ from flask import Flask
 from servers import RedisServer, gunicorn, redis_binary
 
 from flask_diaglog import ConfigError, DiagLog, MemoryJobStore, RedisJobStore, guard_job
-from flask_diaglog.jobs import get_job_guard
-from flask_diaglog.jobstores import JobStore, JobStoreError
+from flask_diaglog.jobs import JobStore, JobStoreError, get_job_guard
 
 PROBLEM = "application/problem+json"
 WAIT = 30.0

@@ -13,10 +13,11 @@ from flask import Flask, request
 from flask.testing import FlaskClient
 from flask_socketio import SocketIO, SocketIOTestClient
 
-from flask_diaglog import DiagLog, get_state, stage
+from flask_diaglog import DiagLog, Event, stage
 from flask_diaglog import live as live_mod
 from flask_diaglog.config import ConfigError
 from flask_diaglog.live import LiveBridge, get_bridge
+from flask_diaglog.signals import stage_finished
 from flask_diaglog.testing import capture_events
 
 NS = "/diaglog"
@@ -219,13 +220,18 @@ def test_socketio_transport_requests_are_not_logged(live_app: LiveApp, logs: Log
 
 
 def test_fields_json_cannot_encode_are_sent_as_text(live_app: LiveApp) -> None:
-    """An event field that is not JSON (a set, an object) goes out as its string form."""
+    """An event field that is not JSON (here a set a receiver added) goes out as its string form."""
     app, socketio = live_app(LIVE)
     sc = live_app.client(app, socketio)
     subscribe(sc, all=True)
-    get_state(app).emit("stage", logging.INFO, "odd", None, {"stage": "x", "odd": {3}})
-    [data] = received(sc, app)
-    assert data["odd"] == "{3}" and data["stage"] == "x"
+
+    def annotate(sender: Flask, event: Event, **_: Any) -> None:
+        event.fields["odd"] = {3}
+
+    with stage_finished.connected_to(annotate, app):
+        assert app.test_client().get("/work").status_code == 200
+    [data] = [d for d in received(sc, app) if d["event"] == "stage"]
+    assert data["odd"] == "{3}" and data["stage"] == "compute"
     bridge = get_bridge(app)
     assert bridge is not None and bridge.failed == 0
 
@@ -252,7 +258,7 @@ def test_nothing_is_emitted_in_test_mode(
     subscribe(sc, all=True)
     client.get("/work", headers={"X-Job-ID": "quiet"})
     bridge = get_bridge(app)
-    assert bridge is not None and bridge not in get_state(app).dispatch.fanout
+    assert bridge is not None
     assert sc.get_received(NS) == []
     assert started == []
     assert bridge.stats() == {"queued": 0, "emitted": 0, "dropped": 0, "failed": 0}
@@ -272,9 +278,14 @@ def test_testing_env_var_also_turns_it_off(
 
 def test_live_false_turns_it_off_outside_test_mode(live_app: LiveApp) -> None:
     """DIAGLOG_LIVE=False keeps the bridge off even when not testing."""
-    app, _ = live_app({"TESTING": False, "DIAGLOG_LIVE": False, "DIAGLOG_LIVE_TOKEN": "t"})
+    app, socketio = live_app({"TESTING": False, "DIAGLOG_LIVE": False, "DIAGLOG_LIVE_TOKEN": TOKEN})
+    sc = live_app.client(app, socketio)
+    subscribe(sc, all=True)
+    assert app.test_client().get("/work").status_code == 200
     bridge = get_bridge(app)
-    assert bridge is not None and bridge not in get_state(app).dispatch.fanout
+    assert bridge is not None
+    assert bridge.stats() == {"queued": 0, "emitted": 0, "dropped": 0, "failed": 0}
+    assert sc.get_received(NS) == []
 
 
 def test_live_queue_is_not_installed_in_test_mode(live_app: LiveApp) -> None:

@@ -17,15 +17,16 @@ import pytest
 from flask import Flask, abort
 from test_multiprocess import read_set
 
-from flask_diaglog import DiagLogHandler, get_state
-from flask_diaglog import logfiles as logfiles_mod
-from flask_diaglog.logfiles import LogFile
+from flask_diaglog import DiagLogHandler, stats
+from flask_diaglog.files import writer as writer_mod
+from flask_diaglog.files.render import plain_line
+from flask_diaglog.files.writer import LogFile
 
 # -- write failures ------------------------------------------------------------------------------
 
 
 class _FailingOs:
-    """Stands in for the ``os`` module inside logfiles: ``write`` fails while ``failing`` is set
+    """Stands in for the ``os`` module inside the writer: ``write`` fails while ``failing`` is set
     (disk full, I/O error), and for a read-only file system, so does opening for writing."""
 
     def __init__(self, code: int) -> None:
@@ -78,15 +79,15 @@ def test_injected_write_errors_never_fail_requests(
     client = app.test_client()
     assert client.get("/ok", headers={"X-Request-ID": "before"}).status_code == 200
     fake = _FailingOs(code)
-    monkeypatch.setattr(logfiles_mod, "os", fake)
+    monkeypatch.setattr(writer_mod, "os", fake)
     expected = {"/ok": 200, "/teapot": 418, "/boom": 500, "/gone": 410, "/missing": 404}
     for i in range(20):
         for path, status in expected.items():
             resp = client.get(path, headers={"X-Request-ID": f"during{i}"})
             assert resp.status_code == status
             assert resp.headers["X-Request-ID"] == f"during{i}"
-    stats = get_state(app).stats()
-    assert stats["failed_writes"] >= 20 * 5 * 2
+    lost = stats(app)["failed_writes"]
+    assert lost >= 20 * 5 * 2
     err = capsys.readouterr().err
     assert err.count("requests.log failed") == 1, err
     assert err.count("errors.log failed") == 1, err
@@ -103,7 +104,7 @@ def test_injected_write_errors_never_fail_requests(
     assert "req=after2 job=- | request_error" in logs.text("errors")
     err = capsys.readouterr().err
     assert "requests.log is writable again" in err
-    assert get_state(app).stats()["failed_writes"] == stats["failed_writes"]
+    assert stats(app)["failed_writes"] == lost
 
 
 def test_real_enospc_from_the_kernel(tmp_path: Path) -> None:
@@ -316,10 +317,8 @@ def test_handler_needs_a_filename() -> None:
         DiagLogHandler("x.log", format="xml")
 
 
-def test_standalone_shortcut_renders_the_same_bytes(tmp_path: Path) -> None:
-    """The standalone handler's shortcut writes exactly what render_plain makes of the event."""
-    from flask_diaglog.logfiles import render_plain
-
+def test_standalone_handler_writes_plain_lines_of_the_records(tmp_path: Path) -> None:
+    """The standalone handler writes exactly what plain_line makes of each record's parts."""
     handler = DiagLogHandler(str(tmp_path / "s.log"))
     log = logging.getLogger("shortcut.test")
     log.propagate = False
@@ -333,6 +332,17 @@ def test_standalone_shortcut_renders_the_same_bytes(tmp_path: Path) -> None:
     log.warning("cr\rlf\ntab\tnul\x00 \u2028 é \udcff", extra={"request_id": "r9", "job_id": "j9"})
     log.log(25, "custom level")
     handler.close()
-    expected = b"".join(render_plain(handler.to_event(r, None)) for r in records)
+    expected = b"".join(
+        plain_line(
+            r.created,
+            r.levelno,
+            "log",
+            r.name,
+            getattr(r, "request_id", None),
+            getattr(r, "job_id", None),
+            r.getMessage(),
+        )
+        for r in records
+    )
     assert (tmp_path / "s.log").read_bytes() == expected
     assert expected.count(b"\n") == 3

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,9 +11,9 @@ import pytest
 from conftest import Logs
 from flask import Flask
 
-from flask_diaglog import DiagLog, get_state, guard_job, stage
+from flask_diaglog import DiagLog, Event, guard_job, stage, stats
 from flask_diaglog import signals as sig
-from flask_diaglog.events import EVENT_KINDS, Event
+from flask_diaglog.trail import KINDS
 
 JSON = {"DIAGLOG_FORMAT": "json"}
 
@@ -46,8 +46,8 @@ def test_every_event_kind_has_a_documented_signal() -> None:
     import inspect
 
     source = inspect.getsource(sig)
-    assert set(sig.SIGNALS) == set(EVENT_KINDS)
-    assert len(set(sig.SIGNALS.values())) == len(EVENT_KINDS)
+    assert set(sig.SIGNALS) == set(KINDS)
+    assert len(set(sig.SIGNALS.values())) == len(KINDS)
     for kind, signal in sig.SIGNALS.items():
         assert sig.signal_for(kind) is signal
         name = next(n for n, v in vars(sig).items() if v is signal and not n.startswith("_"))
@@ -147,27 +147,52 @@ def test_job_rejected_signal_for_a_duplicate(make_app: Callable[..., Flask]) -> 
     assert sender is app and event.kind == "job_rejected" and event.job_id == "dup-1"
 
 
-@pytest.mark.parametrize("kind", EVENT_KINDS)
-def test_each_kind_goes_to_its_signal_only(make_app: Callable[..., Flask], kind: str) -> None:
-    """An event of one kind (also job_rejected and hang) is sent on its signal and no other."""
-    app = make_app()
-    recorders = {k: Recorder() for k in EVENT_KINDS}
+def test_each_kind_goes_to_its_signal_only(make_app: Callable[..., Flask]) -> None:
+    """Real work producing every kind (also job_rejected and hang): each signal hears its own."""
+    app = make_app({"DIAGLOG_HANG_AFTER": 0.1, "PROPAGATE_EXCEPTIONS": False}, init=False)
+    diaglog = DiagLog(app)
+    make_routes(app)
+    release = threading.Event()
+    threads: list[threading.Thread] = []
+    recorders = {k: Recorder() for k in KINDS}
+
+    @app.post("/gen/<job_id>")
+    @guard_job
+    def gen(job_id: str) -> tuple[dict[str, str], int]:
+        threads.append(diaglog.spawn(lambda: release.wait(30)))
+        return {"job_id": job_id}, 202
+
+    @app.get("/stuck")
+    def stuck() -> str:
+        deadline = time.monotonic() + 10  # held until the watchdog has reported it
+        while not recorders["hang"].heard and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return "unstuck"
+
     for k, rec in recorders.items():
         sig.signal_for(k).connect(rec, app, weak=False)
     try:
-        event = get_state(app).emit(kind, logging.INFO, f"{kind} happened", None, {})
+        client = app.test_client()
+        assert client.get("/ok").status_code == 200
+        assert client.get("/boom").status_code == 500
+        assert client.post("/gen/each-1").status_code == 202
+        assert client.post("/gen/each-1").status_code == 409
+        release.set()
+        threads[0].join(10)
+        assert client.get("/stuck").status_code == 200
     finally:
+        release.set()
         for k, rec in recorders.items():
             sig.signal_for(k).disconnect(rec, app)
-    for k, rec in recorders.items():
-        assert rec.heard == ([(app, event)] if k == kind else []), k
+    heard = {k: sorted({(s is app, e.kind) for s, e in rec.heard}) for k, rec in recorders.items()}
+    assert heard == {k: [(True, k)] for k in KINDS}
 
 
 def test_receivers_for_another_app_do_not_hear(make_app: Callable[..., Flask]) -> None:
     """A receiver connected for one app is not called for another app's events."""
     app, other = make_app(), Flask("other")
     rec = Recorder()
-    with sig.request_started.connected_to(rec, other):
+    with sig.diaglog_request_started.connected_to(rec, other):
         app.test_client().get("/nothing")
     assert rec.heard == []
 
@@ -183,12 +208,15 @@ def test_a_raising_receiver_never_breaks_the_request(
     def bad(sender: Any, event: Event, **_: Any) -> None:
         raise ValueError("receiver bug")
 
-    with sig.request_finished.connected_to(bad, app), sig.request_finished.connected_to(good, app):
+    with (
+        sig.diaglog_request_finished.connected_to(bad, app),
+        sig.diaglog_request_finished.connected_to(good, app),
+    ):
         client = app.test_client()
         for _ in range(3):
             assert client.get("/ok").status_code == 200
     assert len(good.heard) == 3
-    failures = get_state(app).stats()["sink_failures"]
+    failures = stats(app)["sink_failures"]
     [(name, count)] = failures.items()
     assert count == 3
     assert "diaglog-request-finished" in name and "bad" in name
@@ -215,3 +243,10 @@ def test_logging_inside_a_receiver_does_not_recurse(
         assert app.test_client().get("/ok").status_code == 200
     assert [e.msg for e in heard] == ["parsed the thing"]
     assert "heard log" in [r["msg"] for r in logs.json("requests")]
+
+
+def test_old_signal_name_warns_and_gives_the_renamed_signal() -> None:
+    """Importing the old name request_finished warns and returns diaglog_request_finished."""
+    with pytest.warns(DeprecationWarning, match="diaglog_request_finished"):
+        from flask_diaglog.signals import request_finished
+    assert request_finished is sig.diaglog_request_finished

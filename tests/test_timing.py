@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from flask import Flask
 
-from flask_diaglog import get_request_timings, stage, timed_stage
-from flask_diaglog.context import Trace, reset_trace, set_trace
-from flask_diaglog.timing import server_timing_header
+from flask_diaglog import DiagLog, get_request_timings, stage, timed_stage
 
 
 def test_three_forms_and_nesting(make_app: Callable[..., Flask], logs: object) -> None:
@@ -103,20 +104,33 @@ def test_server_timing_can_be_turned_off(make_app: Callable[..., Flask]) -> None
     assert "Server-Timing" not in r.headers and r.headers["X-Request-ID"]
 
 
-def test_repeated_stage_is_summed_in_header() -> None:
+def test_repeated_stage_is_summed_in_header(make_app: Callable[..., Flask], logs: Any) -> None:
     """A stage run twice appears once in Server-Timing with the summed duration."""
-    trace = Trace(None, "request", "r")
-    trace.stages += [("a", 1.25, True), ("a", 2.5, True), ("b", 1.0, False)]
-    header = server_timing_header(trace)
-    assert header.startswith("a;dur=3.8, b;dur=1.0, total;dur=")
+    app = make_app({"DIAGLOG_FORMAT": "json"})
+
+    @app.get("/")
+    def index() -> str:
+        for _ in range(2):
+            with stage("a"):
+                time.sleep(0.01)
+        with contextlib.suppress(ValueError), stage("b"):
+            raise ValueError("failed stages count too")
+        return "ok"
+
+    header = app.test_client().get("/").headers["Server-Timing"]
+    parts = header.split(", ")
+    assert [p.split(";dur=")[0] for p in parts] == ["a", "b", "total"]
+    runs = [e["duration_ms"] for e in logs.events("requests", "stage") if e["stage"] == "a"]
+    assert len(runs) == 2
+    assert abs(float(parts[0].split(";dur=")[1]) - sum(runs)) <= 0.06  # the header rounds to 0.1
 
 
 def test_stage_in_spawned_work_goes_to_jobs_log(
     make_app: Callable[..., Flask], logs: object
 ) -> None:
     """Stages inside background work are written to jobs.log with the request's ids."""
-    app = make_app({"DIAGLOG_FORMAT": "json"})
-    diaglog = app.extensions["diaglog"].ext
+    app = make_app({"DIAGLOG_FORMAT": "json"}, init=False)
+    diaglog = DiagLog(app)
     threads: list[threading.Thread] = []
 
     def work() -> None:
@@ -160,18 +174,21 @@ def test_stage_name_must_be_a_nonempty_string() -> None:
         stage("")
 
 
-def test_async_function_stage() -> None:
+def test_async_function_stage(make_app: Callable[..., Flask]) -> None:
     """@timed_stage on an async function times the awaited call."""
 
     @timed_stage("fetch")
     async def fetch() -> int:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.02)
         return 5
 
-    trace = Trace(None, "job", "r", "j")
-    token = set_trace(trace)
-    try:
+    app = make_app()
+
+    @app.get("/")
+    def index() -> dict[str, float]:
         assert asyncio.run(fetch()) == 5
-    finally:
-        reset_trace(token)
-    assert [s[0] for s in trace.stages] == ["fetch"]
+        return get_request_timings()
+
+    timings = app.test_client().get("/").json
+    assert list(timings) == ["fetch"]
+    assert timings["fetch"] >= 20  # the awaited sleep, not just creating the coroutine

@@ -76,7 +76,7 @@ def test_hung_request_names_stage_and_has_stack(make_app: Callable[..., Flask], 
     assert first["thread"] == threading.current_thread().name  # the stuck thread, not the dog's
     assert "render_frames" in first["exc"] and "time.sleep(1.0)" in first["exc"]
     assert first["exc"].rstrip().endswith("time.sleep(1.0)")  # innermost frame last
-    assert app.extensions["diaglog"].extras["inflight"].traces() == []
+    assert inflight(app) == []
 
 
 def test_reports_repeat_at_doubling_intervals(make_app: Callable[..., Flask], logs: Logs) -> None:
@@ -107,8 +107,8 @@ def test_reports_repeat_at_doubling_intervals(make_app: Callable[..., Flask], lo
 
 def test_hung_spawned_job(make_app: Callable[..., Flask], logs: Logs) -> None:
     """Background work started with spawn() is watched too; its report goes to jobs.log."""
-    app = make_app(JSON_HANG)
-    diaglog: DiagLog = app.extensions["diaglog"].ext
+    app = make_app(JSON_HANG, init=False)
+    diaglog = DiagLog(app)
     threads: list[threading.Thread] = []
 
     def generate() -> None:
@@ -137,13 +137,13 @@ def test_hung_spawned_job(make_app: Callable[..., Flask], logs: Logs) -> None:
     assert not logs.events("requests", "hang")  # the request itself ended at once
     (end,) = logs.events("jobs", "job_end")
     assert end["hung"] == len(hangs) and "was_hung(" in end["msg"]
-    assert app.extensions["diaglog"].extras["inflight"].traces() == []
+    assert inflight(app) == []
 
 
 def test_fast_work_gets_no_warning(make_app: Callable[..., Flask], logs: Logs) -> None:
     """Requests and jobs that end before the threshold are never reported."""
-    app = make_app({"DIAGLOG_FORMAT": "json", "DIAGLOG_HANG_AFTER": 1.0})
-    diaglog: DiagLog = app.extensions["diaglog"].ext
+    app = make_app({"DIAGLOG_FORMAT": "json", "DIAGLOG_HANG_AFTER": 1.0}, init=False)
+    diaglog = DiagLog(app)
 
     @app.get("/fast")
     def fast() -> str:
@@ -305,8 +305,7 @@ def test_lazy_start_and_clean_exit(tmp_path: Path) -> None:
         """
         import sys, threading, time
         from flask import Flask
-        from flask_diaglog import DiagLog, stage
-        from flask_diaglog.watchdog import _watchdog
+        from flask_diaglog import DiagLog, stage, watchdog
 
         def names():
             return [t.name for t in threading.enumerate()]
@@ -335,11 +334,11 @@ def test_lazy_start_and_clean_exit(tmp_path: Path) -> None:
 
         # Idle: after two scans that find nothing in flight the watchdog waits without a timeout.
         deadline = time.monotonic() + 10
-        while _watchdog.wake_at != float("inf") and time.monotonic() < deadline:
+        while watchdog._watchdog.wake_at != float("inf") and time.monotonic() < deadline:
             time.sleep(0.02)
-        scans = _watchdog.scans
+        scans = watchdog._watchdog.scans
         time.sleep(0.5)
-        assert _watchdog.scans == scans, (scans, _watchdog.scans)
+        assert watchdog._watchdog.scans == scans, (scans, watchdog._watchdog.scans)
 
         app.test_client().get("/")
         print("main done")
@@ -363,8 +362,7 @@ def test_idle_watchdog_is_not_woken_by_new_requests(tmp_path: Path) -> None:
         """
         import json, sys, time
         from flask import Flask
-        from flask_diaglog import DiagLog
-        from flask_diaglog.watchdog import _watchdog
+        from flask_diaglog import DiagLog, watchdog
 
         app = Flask("idleapp")
         app.config.update(
@@ -384,17 +382,15 @@ def test_idle_watchdog_is_not_woken_by_new_requests(tmp_path: Path) -> None:
         client = app.test_client()
         client.get("/fast")  # starts the watchdog; its deadline passes with nothing in flight
         deadline = time.monotonic() + 10
-        while _watchdog.idle_scans == 0 and time.monotonic() < deadline:
+        while watchdog._watchdog.idle_scans == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert _watchdog.idle_scans == 1, _watchdog.idle_scans
-        assert _watchdog.wake_at != float("inf")  # one more period, not forever
+        assert watchdog._watchdog.idle_scans == 1, watchdog._watchdog.idle_scans
+        assert watchdog._watchdog.wake_at != float("inf")  # one more period, not forever
 
-        pokes = []
-        real_poke = _watchdog.poke
-        _watchdog.poke = lambda: (pokes.append(1), real_poke())
+        scans = watchdog._watchdog.scans  # a wake-up (a poke) makes a scan
         for _ in range(50):
             assert client.get("/fast").status_code == 200
-        assert pokes == [], pokes
+        assert watchdog._watchdog.scans == scans, (scans, watchdog._watchdog.scans)
 
         assert client.get("/slow").status_code == 200
         with open(sys.argv[1] + "/requests.log") as f:

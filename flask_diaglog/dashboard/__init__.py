@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, abort, jsonify, render_template, request
@@ -20,16 +21,16 @@ from ..logread import tail_records
 from ..problems import problem_response
 
 if TYPE_CHECKING:
-    from ..extension import _State
+    from ..config import Settings
 
-__all__ = ["setup"]
+__all__ = ["create_blueprint"]
 
 _COOKIE = "diaglog_dashboard"
 _LOOPBACK = ("127.", "::1", "::ffff:127.")
 
 
-def _allowed(state: _State) -> bool:
-    token = state.settings.dashboard_token
+def _allowed(settings: Settings) -> bool:
+    token = settings.dashboard_token
     if token is None:
         addr = request.remote_addr or ""
         return addr.startswith(_LOOPBACK)
@@ -41,18 +42,23 @@ def _allowed(state: _State) -> bool:
     return bool(given) and hmac.compare_digest(given.encode(), token.encode())
 
 
-def create_blueprint(state: _State) -> Blueprint:
+def create_blueprint(
+    settings: Settings,
+    stats: Callable[[], dict[str, Any]],
+    inflight: Callable[[], list[dict[str, Any]]],
+) -> Blueprint:
+    """The dashboard for one app: its settings, a ``stats()`` and an ``inflight()`` callable."""
     bp = Blueprint(
         "diaglog_dashboard",
         __name__,
         template_folder="templates",
         static_folder="static",
-        url_prefix=state.settings.dashboard_url,
+        url_prefix=settings.dashboard_url,
     )
 
     @bp.before_request
     def guard() -> Response | None:
-        if not _allowed(state):
+        if not _allowed(settings):
             return problem_response(
                 403,
                 "Dashboard access denied",
@@ -64,7 +70,7 @@ def create_blueprint(state: _State) -> Blueprint:
     @bp.after_request
     def remember_token(response: Response) -> Response:
         token = request.args.get("token")
-        if token and state.settings.dashboard_token:
+        if token and settings.dashboard_token:
             response.set_cookie(_COOKIE, token, httponly=True, samesite="Strict")
         response.headers["Cache-Control"] = "no-store"
         return response
@@ -75,14 +81,12 @@ def create_blueprint(state: _State) -> Blueprint:
 
     @bp.get("/api/state")
     def api_state() -> Response:
-        from ..watchdog import snapshot
-
         try:
             limit = min(max(int(request.args.get("limit", "50")), 1), 500)
         except ValueError:
             abort(problem_response(400, "Invalid limit", "'limit' must be a whole number."))
         recent: list[dict[str, Any]] = []
-        for rec in reversed(tail_records(state.settings.log_dir, "requests")):
+        for rec in reversed(tail_records(settings.log_dir, "requests")):
             if rec.event in ("request_end", "request_error", "job_rejected", "hang"):
                 recent.append({**rec.data, "ts": rec.ts})
                 if len(recent) >= limit:
@@ -90,18 +94,10 @@ def create_blueprint(state: _State) -> Blueprint:
         return jsonify(
             {
                 "now": time.time(),
-                "inflight": snapshot(state),
+                "inflight": inflight(),
                 "recent": recent,
-                "stats": state.stats(),
+                "stats": stats(),
             }
         )
 
     return bp
-
-
-def setup(state: _State) -> None:
-    """Register the dashboard blueprint when ``DIAGLOG_DASHBOARD`` is on."""
-    if not state.settings.dashboard:
-        return
-    state.app.register_blueprint(create_blueprint(state))
-    state.extras.setdefault("exclude", []).append(state.settings.dashboard_url)

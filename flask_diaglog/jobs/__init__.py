@@ -1,0 +1,29 @@
+"""The duplicate-job guard: ``@guard_job``, its leases, and the stores that hold them.
+
+:mod:`.guard` has the per-app :class:`JobGuard` and the decorator, :mod:`.leases` the leases and
+their renewal, :mod:`.stores` the memory and Redis stores. The problem+json answers live in
+:mod:`flask_diaglog.problems`.
+"""
+
+from __future__ import annotations
+
+from ..problems import DuplicateJob, IdempotencyKeyMismatch, JobIdRequired, JobStoreUnavailable
+from .guard import JobGuard, get_job_guard, guard_job
+from .leases import JobLease
+from .stores import JobStore, JobStoreError, MemoryJobStore, RedisJobStore, make_store
+
+__all__ = [
+    "DuplicateJob",
+    "IdempotencyKeyMismatch",
+    "JobGuard",
+    "JobIdRequired",
+    "JobLease",
+    "JobStore",
+    "JobStoreError",
+    "JobStoreUnavailable",
+    "MemoryJobStore",
+    "RedisJobStore",
+    "get_job_guard",
+    "guard_job",
+    "make_store",
+]
