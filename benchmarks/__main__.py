@@ -1,4 +1,9 @@
-"""``python -m benchmarks [--quick] [request] [lines] [http] [procs]`` (default: all)."""
+"""``python -m benchmarks [--quick] [request] [lines] [http] [procs] [instructions]`` (default: all
+but ``instructions``, which needs valgrind and takes 10+ minutes).
+
+``python -m benchmarks instructions [options] [variant ...]`` runs the callgrind benchmark with its
+own options (``--n1``, ``--n2``, ``--warmup``, ``--jobs``, ``--json``; see ``--help``).
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,30 @@ import sys
 import time
 
 BENCHES = ("request", "lines", "http", "procs")
+#: Run only when named.
+ON_DEMAND = ("instructions",)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["instructions"]:  # a subcommand with options of its own
+        from . import instructions
+
+        return instructions.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument(
-        "names", nargs="*", metavar="name", help=f"any of {', '.join(BENCHES)} (default: all)"
+        "names",
+        nargs="*",
+        metavar="name",
+        help=f"any of {', '.join(BENCHES + ON_DEMAND)} (default: all but {', '.join(ON_DEMAND)})",
     )
     parser.add_argument("--quick", action="store_true", help="fewer rounds (well under a minute)")
     args = parser.parse_args(argv)
-    unknown = [n for n in args.names if n not in BENCHES]
+    unknown = [n for n in args.names if n not in BENCHES + ON_DEMAND]
     if unknown:
-        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
+        parser.error(
+            f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHES + ON_DEMAND)}"
+        )
     names = args.names or list(BENCHES)
     print(
         f"# flask-diaglog benchmarks: python {platform.python_version()}, {os.cpu_count()} CPUs, "

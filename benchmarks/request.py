@@ -54,6 +54,32 @@ def diaglog_stage(tmp: Path) -> Flask:
     return app
 
 
+def diaglog_json(tmp: Path) -> Flask:
+    """DiagLog(app) writing JSON lines (``DIAGLOG_FORMAT=json``)."""
+    app = _app("diaglog_json")
+    app.config["DIAGLOG_LOG_DIR"] = str(tmp / "diaglog_json")
+    app.config["DIAGLOG_FORMAT"] = "json"
+    DiagLog(app)
+    return app
+
+
+def diaglog_signal(tmp: Path) -> Flask:
+    """DiagLog(app) + one no-op receiver on the ``request_end`` signal (one event per request)."""
+    from flask_diaglog.signals import signal_for
+
+    app = _app("diaglog_signal")
+    app.config["DIAGLOG_LOG_DIR"] = str(tmp / "diaglog_signal")
+    DiagLog(app)
+
+    def receiver(sender: Flask, **kwargs: Any) -> None:
+        pass
+
+    signal_for("request_end").connect(receiver, app)
+    # blinker holds receivers weakly: the app keeps this one alive (and it goes with the app)
+    app.extensions["bench_signal_receiver"] = receiver
+    return app
+
+
 def floor(tmp: Path) -> Flask:
     from .floor import floor_app
 

@@ -6,14 +6,19 @@ both headers and two lines per request, the start line written before the view r
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from benchmarks import instructions
 from benchmarks import request as request_bench
 from benchmarks.floor import floor_app
+from flask_diaglog.signals import signal_for
 
 
 def test_floor_writes_two_lines_and_both_headers(tmp_path: Path) -> None:
@@ -56,3 +61,130 @@ def test_request_benchmark_variants_serve(tmp_path: Path, key: str) -> None:
         for handler in list(bench_logger.handlers):
             bench_logger.removeHandler(handler)
             handler.close()
+
+
+# -- the callgrind benchmark (valgrind itself is never run here: far too slow) -----------------
+
+# Log lines per request of each DiagLog variant, and the directory its builder writes to.
+_DIAGLOG_LINES = {"diaglog": 2, "stage": 3, "json": 2, "signal": 2}
+
+
+@pytest.mark.parametrize("variant", list(instructions.VARIANTS))
+def test_instruction_variants_serve(tmp_path: Path, variant: str) -> None:
+    if variant == "request_id":
+        pytest.importorskip("flask_log_request_id")
+    try:
+        app = instructions.build(variant, tmp_path)
+        assert instructions.serve(app, 2, 3) == 5
+        if variant in _DIAGLOG_LINES:
+            (log,) = tmp_path.glob("*/requests.log")
+            lines = log.read_text().splitlines()
+            assert len(lines) == 5 * _DIAGLOG_LINES[variant]
+            if variant == "json":
+                assert [json.loads(line)["event"] for line in lines[:2]] == [
+                    "request_start",
+                    "request_end",
+                ]
+            else:
+                assert " | request_end GET / 200 " in lines[-1]
+            if variant == "stage":
+                assert " | stage work " in lines[1]
+        if variant == "signal":
+            receiver = app.extensions["bench_signal_receiver"]
+            assert receiver in signal_for("request_end").receivers_for(app)
+            assert receiver not in signal_for("request_start").receivers_for(app)
+    finally:
+        bench_logger = logging.getLogger("bench.handwritten")
+        for handler in list(bench_logger.handlers):
+            bench_logger.removeHandler(handler)
+            handler.close()
+
+
+def test_instruction_serve_rejects_a_failing_view(tmp_path: Path) -> None:
+    app = instructions.build("bare", tmp_path)
+    app.view_functions["index"] = lambda: ("no", 500)
+    with pytest.raises(RuntimeError, match="500"):
+        instructions.serve(app, 0, 1)
+
+
+def test_instruction_driver_command_runs(tmp_path: Path) -> None:
+    """The exact command valgrind is given, run without valgrind."""
+    cmd = instructions.driver_command("diaglog", tmp_path, 3, 4)
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.run(
+        cmd, cwd=instructions.REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["ok", "7"]
+    assert len((tmp_path / "diaglog" / "requests.log").read_text().splitlines()) == 14
+
+
+_CALLGRIND_SAMPLE = """\
+# callgrind format
+version: 1
+creator: callgrind-3.19.0
+pid: 4242
+cmd:  python -m benchmarks.instructions drive bare /tmp/x 50 100
+part: 1
+
+positions: line
+events: Dr Ir Dw
+summary: 11 987654321 33
+
+ob=(1) /usr/bin/python3.11
+fl=(1) ???
+fn=(1) main
+0 7 9000 5
+cfn=(2) helper
+calls=1 0
+0 2 50 1
+
+fn=(2) helper
+0 2 50 1
+
+totals: 11 987654321 33
+"""
+
+
+def test_read_total_picks_ir_from_the_totals(tmp_path: Path) -> None:
+    out = tmp_path / "callgrind.out"
+    out.write_text(_CALLGRIND_SAMPLE)
+    assert instructions.read_total(out) == 987654321
+    assert instructions.read_total(out, "Dw") == 33
+    # no totals line (an interrupted dump): the summary line
+    out.write_text(_CALLGRIND_SAMPLE.replace("totals: 11 987654321 33\n", ""))
+    assert instructions.read_total(out) == 987654321
+    # two dumped parts: their totals add up
+    out.write_text(_CALLGRIND_SAMPLE + _CALLGRIND_SAMPLE.replace("987654321", "1000"))
+    assert instructions.read_total(out) == 987655321
+    with pytest.raises(ValueError, match="Bc"):
+        instructions.read_total(out, "Bc")
+    out.write_text("events: Ir\n")
+    with pytest.raises(ValueError, match="totals"):
+        instructions.read_total(out)
+
+
+def test_instruction_results_difference_and_derived_figures() -> None:
+    n1, n2 = 100, 600
+    per_request = {"bare": 800_000, "floor": 830_000, "diaglog": 860_000}
+    per_request |= {"stage": 875_000, "json": 890_000, "signal": 880_000}
+    # start-up differs by variant and must cancel
+    totals = {
+        name: (10**9 + i * 10**7 + n1 * pr, 10**9 + i * 10**7 + n2 * pr)
+        for i, (name, pr) in enumerate(per_request.items())
+    }
+    res = instructions.results(totals, n1, n2)
+    v = res["variants"]
+    assert v["bare"]["per_request"] == 800_000
+    assert v["diaglog"]["overhead"] == 60_000
+    assert v["diaglog"]["overhead_vs_floor"] == pytest.approx(2.0)
+    assert v["floor"]["overhead_vs_floor"] is None
+    assert res["derived"] == {
+        "json_plain_overhead_ratio": pytest.approx(1.5),
+        "per_stage": 15_000,
+        "per_signal_event": 20_000,
+    }
+    text = instructions.markdown(res, n1, n2, 50)
+    assert "| diaglog " in text and "| 860.0 " in text and "| +60.0 " in text and "2.00x" in text
+    assert "json/plain overhead ratio: 1.50x" in text
+    assert "per stage (stage - diaglog): +15.0 k" in text
