@@ -6,12 +6,12 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: demo test lint bench clean system-deps
+.PHONY: demo test lint docs bench clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=25.1"
-	$(BIN)/python -m pip install -q -e . --group dev --group bench
+	$(BIN)/python -m pip install -q -e . --group dev --group bench --group docs
 	touch $(STAMP)
 
 ## Run the example app (a 2D-to-3D generation backend) on http://$(HOST):$(PORT)
@@ -42,6 +42,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+## Build the documentation (Sphinx + MyST) into docs/_build/html; warnings are errors
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -n -b html docs docs/_build/html
 
 ## Benchmarks against bare Flask, measured in the same run (not part of the tests)
 bench: $(STAMP)

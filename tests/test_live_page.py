@@ -14,9 +14,9 @@ import pytest
 from flask import Flask
 from flask_socketio import SocketIO
 from playwright.sync_api import Browser
-from readme import readme_section
 from servers import serve_in_thread
 
+from docs import docs_section
 from example_app.live_page import allow_live, bp
 from flask_diaglog import DiagLog, stage
 from flask_diaglog.live import get_bridge
@@ -214,10 +214,10 @@ def test_example_app_page_uploads_and_follows_a_generation(
 def test_documented_js_client_follows_a_job(
     make_app: Callable[..., Flask], browser: Browser
 ) -> None:
-    """The README's JavaScript client, run as written in Chromium, lists a job's stages."""
+    """The docs' JavaScript client, run as written in Chromium, lists a job's stages."""
     import re
 
-    section = readme_section("### A JavaScript client")
+    section = docs_section("live.md", "## A JavaScript client")
     found = re.search(r"```html\n(.*?)```", section, flags=re.S)
     assert found is not None
     gate = threading.Event()

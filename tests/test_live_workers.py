@@ -20,13 +20,19 @@ from typing import Any
 
 import pytest
 import socketio
-from readme import readme_section
 from servers import gunicorn
+
+from docs import run_by
 
 pytestmark = pytest.mark.slow
 
 NS = "/diaglog"
 TOKEN = "worker-token"
+PYTHON_CLIENT = run_by(
+    "test_live_workers.py::test_the_documented_python_client_follows_a_job",
+    "live.md",
+    "## A Python client",
+)
 
 APP = textwrap.dedent(
     """
@@ -190,11 +196,9 @@ def test_clients_without_the_token_are_refused(server: str, auth: Any) -> None:
 
 
 def test_the_documented_python_client_follows_a_job(server: str) -> None:
-    """The README's Python client, run as written, follows a job served by the workers."""
-    section = readme_section("### A Python client")
-    code = re.search(r"```python\n(.*?)```", section, flags=re.S)
-    assert code is not None
-    script = code.group(1).replace("http://localhost:8000", server)
+    """The docs' Python client, run as written, follows a job served by the workers."""
+    (code,) = PYTHON_CLIENT
+    script = code.code.replace("http://localhost:8000", server)
     script = script.replace('auth={"token": "..."}', f"auth={{'token': {TOKEN!r}}}")
     assert server in script and TOKEN in script
     proc = subprocess.Popen(

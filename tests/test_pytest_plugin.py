@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
-from readme import readme_section
+
+from docs import run_by
 
 APP = textwrap.dedent(
     """
@@ -152,15 +152,20 @@ def test_wait_for_and_one_explain_what_was_captured(pytester: pytest.Pytester) -
     pytester.runpytest().assert_outcomes(passed=1)
 
 
+DOC_EXAMPLE = run_by(
+    "test_pytest_plugin.py::test_the_documented_example_passes",
+    "testing.md",
+    "## The `diaglog_events` fixture",
+)
+
+
 def doc_files() -> dict[str, str]:
-    """The ``# <file>.py`` code blocks of the README's testing section."""
-    section = readme_section("## Testing your app")
-    blocks = re.findall(r"```python\n# (\w+\.py)\n(.*?)```", section, flags=re.S)
-    return dict(blocks)
+    """The ``# <file>.py`` code blocks of the docs' testing page."""
+    return {block.filename or "": block.code for block in DOC_EXAMPLE}
 
 
 def test_the_documented_example_passes(pytester: pytest.Pytester) -> None:
-    """The README's complete testing example (app, conftest, test) passes as written."""
+    """The docs' complete testing example (app, conftest, test) passes as written."""
     files = doc_files()
     assert set(files) == {"myapp.py", "conftest.py", "test_generate.py"}
     for name, text in files.items():
