@@ -1,0 +1,139 @@
+"""The line vocabulary round-trips: every event kind, rendered in both layouts, reads back to the
+fields it was written with, through the same parser the CLI and the dashboard use."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from flask_diaglog import trail
+from flask_diaglog.files.render import RENDERERS
+from flask_diaglog.logread import parse_line
+
+TOTALS = {"validate": 1.25, "render.mesh": 40.5}
+
+#: kind -> (level, message, fields): built with the vocabulary's own builders.
+CASES: dict[str, tuple[int, str, dict[str, Any]]] = {
+    "request_start": (
+        20,
+        trail.request_start_msg(
+            "POST", "/api/generate?x=1", "10.0.0.7", "application/json", "false"
+        ),
+        {
+            "method": "POST",
+            "path": "/api/generate",
+            "query": "x=1",
+            "client": "10.0.0.7",
+            "content_type": "application/json",
+            "testing": False,
+        },
+    ),
+    "stage": (
+        30,
+        trail.stage_msg("render.mesh", 12.5, False, "ValueError: bad mesh: 3 holes"),
+        {
+            "stage": "render.mesh",
+            "duration_ms": 12.5,
+            "ok": False,
+            "error": "ValueError: bad mesh: 3 holes",
+        },
+    ),
+    "request_end": (
+        30,
+        trail.request_end_msg(
+            "GET", "/a path/x", 503, 75.25, TOTALS, aborted=True, hung=2, slow=True
+        ),
+        {
+            "method": "GET",
+            "path": "/a path/x",
+            "status": 503,
+            "duration_ms": 75.25,
+            "stages": TOTALS,
+            "aborted": True,
+            "hung": 2,
+            "slow": True,
+        },
+    ),
+    "request_error": (
+        40,
+        trail.request_error_msg("PUT", "/x y", "KeyError: 'job: 1'"),
+        {"method": "PUT", "path": "/x y", "error": "KeyError: 'job: 1'"},
+    ),
+    "log": (20, "rendered 3 pages: request_end GET / 200", {}),
+    "job_start": (20, trail.job_start_msg("pipeline.run"), {"name": "pipeline.run"}),
+    "job_end": (
+        40,
+        trail.job_end_msg(
+            "pipeline.run", False, 120.5, TOTALS, error="RuntimeError: out of: memory", hung=1
+        ),
+        {
+            "name": "pipeline.run",
+            "ok": False,
+            "duration_ms": 120.5,
+            "stages": TOTALS,
+            "hung": 1,
+            "error": "RuntimeError: out of: memory",
+        },
+    ),
+    "job_rejected": (
+        20,
+        trail.job_rejected_msg("POST", "/api/jobs/j 1", "j1", "in_progress"),
+        {"method": "POST", "path": "/api/jobs/j 1", "reason": "in_progress"},
+    ),
+    "hang": (
+        30,
+        trail.hang_msg(
+            "job pipeline.run (from POST /api/generate)", 31000.0, "render", 1, "Thread-3"
+        ),
+        {
+            "name": "pipeline.run",
+            "method": "POST",
+            "path": "/api/generate",
+            "duration_ms": 31000.0,
+            "stage": "render",
+            "hung": 1,
+        },
+    ),
+}
+
+
+def test_every_kind_has_a_case() -> None:
+    """The cases below cover every kind the vocabulary declares."""
+    assert set(CASES) == set(trail.KINDS)
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+@pytest.mark.parametrize("kind", trail.KINDS)
+def test_kind_round_trips(kind: str, fmt: str) -> None:
+    """A line of each kind parses back to its kind, ids, level, message and fields."""
+    level, msg, fields = CASES[kind]
+    logger = trail.KIND_LOGGER[kind] if kind != "log" else "myapp.helpers"
+    ts = time.time()
+    data = RENDERERS[fmt](ts, level, kind, logger, "req-1", "job-9", msg, fields, None, "T")
+    rec = parse_line(data.decode(), trail.file_for("request"))
+    assert rec is not None
+    assert rec.event == kind
+    assert rec.request_id == "req-1" and rec.job_id == "job-9"
+    assert rec.data["level"] == trail.level_name(level)
+    assert rec.data["msg"] == msg
+    assert abs(rec.ts - ts) < 0.002
+    got = {k: rec.data.get(k) for k in fields}
+    assert got == fields
+
+
+def test_failed_and_successful_job_end_carry_the_same_fields() -> None:
+    """A failed job_end says everything a successful one says, and its error besides."""
+    ok = trail.parse_message("job_end", trail.job_end_msg("f", True, 1.0, TOTALS, hung=1))
+    failed = trail.parse_message(
+        "job_end", trail.job_end_msg("f", False, 1.0, TOTALS, error="E: x", hung=1)
+    )
+    assert set(failed) == set(ok) | {"error"}
+    assert failed["stages"] == ok["stages"] == TOTALS and failed["hung"] == ok["hung"] == 1
+
+
+def test_an_app_line_that_looks_like_ours_stays_a_log_line() -> None:
+    """Only diaglog's own loggers write structured messages; an app's look-alike is ``log``."""
+    assert trail.kind_of("myapp", "request_end GET / 200 1.00ms") == "log"
+    assert trail.kind_of("flask_diaglog.request", "request_end GET / 200 1.00ms") == "request_end"
