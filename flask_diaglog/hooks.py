@@ -69,14 +69,7 @@ def register(
             request_start_msg(
                 trace.method, f"{path}?{query}" if qs else path, client, mimetype, testing_text
             ),
-            {
-                "method": trace.method,
-                "path": path,
-                "query": query,
-                "client": client,
-                "content_type": mimetype,
-                "testing": testing,
-            },
+            (trace.method, path, query, client, mimetype, testing),
         )
         if invalid is not None:
             raise invalid

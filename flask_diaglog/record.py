@@ -33,7 +33,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 from blinker import Signal
 
 from .signals import SIGNALS
-from .trail import CLOSES, FLOAT_DIGITS, KIND_LOGGER, LOGGER_ROOT, OPENS, level_name
+from .trail import (
+    CLOSES,
+    FLOAT_DIGITS,
+    KIND_LOGGER,
+    LOGGER_ROOT,
+    OPENS,
+    Fields,
+    fields_dict,
+    level_name,
+)
 
 if TYPE_CHECKING:
     from .context import Trace
@@ -79,7 +88,7 @@ class Event:
         msg: str,
         request_id: str | None = None,
         job_id: str | None = None,
-        fields: dict[str, Any] | None = None,
+        fields: Fields | None = None,
         *,
         target: str = "requests",
         exc: str | None = None,
@@ -94,7 +103,8 @@ class Event:
         self.msg = msg
         self.request_id = request_id
         self.job_id = job_id
-        self.fields = fields if fields is not None else {}
+        #: The kind's fields by name (``None`` values left out).
+        self.fields: dict[str, Any] = fields_dict(kind, fields)
         #: The file the line went to: ``"requests"`` or ``"jobs"``.
         self.target = target
         self.exc = exc
@@ -244,7 +254,7 @@ class Recorder:
         trace: Trace | None,
         level: int,
         msg: str,
-        fields: dict[str, Any] | None = None,
+        fields: Fields | None = None,
         *,
         exc: str | None = None,
         logger: str | None = None,
@@ -289,7 +299,8 @@ class Recorder:
             if registry is not None:
                 try:
                     if opens:
-                        registry.add(trace, fields.get("name") if fields else None)
+                        name = fields.get("name") if type(fields) is dict else None
+                        registry.add(trace, name)
                     else:
                         registry.discard(trace)
                 except Exception as e:

@@ -84,7 +84,7 @@ class stage:
                 trace,
                 _INFO,
                 stage_msg(name, ms, True),
-                {"stage": name, "duration_ms": ms, "ok": True},
+                (name, ms, True),
             )
         else:
             error = rec.error_text(exc) if exc is not None else "error"
@@ -93,7 +93,7 @@ class stage:
                 trace,
                 _WARNING,
                 stage_msg(name, ms, False, error),
-                {"stage": name, "duration_ms": ms, "ok": False, "error": error},
+                (name, ms, False, error),
             )
 
     def __call__(self, fn: F) -> F:

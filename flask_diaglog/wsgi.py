@@ -121,24 +121,13 @@ class RequestTrail:
                     trace.method, trace.path, status, ms, totals,
                     aborted=aborted, hung=hung, slow=is_slow,
                 )  # fmt: skip
-                fields: dict[str, Any] = {
-                    "method": trace.method,
-                    "path": trace.path,
-                    "status": status,
-                    "duration_ms": ms,
-                    "stages": totals,
-                    "aborted": aborted or None,
-                    "hung": hung or None,
-                    "slow": is_slow or None,
-                }
+                fields: tuple[Any, ...] = (
+                    trace.method, trace.path, status, ms, totals,
+                    aborted or None, hung or None, is_slow or None,
+                )  # fmt: skip
             else:  # the common case
                 msg = request_end_msg(trace.method, trace.path, status, ms)
-                fields = {
-                    "method": trace.method,
-                    "path": trace.path,
-                    "status": status,
-                    "duration_ms": ms,
-                }
+                fields = (trace.method, trace.path, status, ms)
             self.rec.record("request_end", trace, level, msg, fields)
         finally:
             lease = trace.lease

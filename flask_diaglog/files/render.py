@@ -22,10 +22,10 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from ..trail import FLOAT_DIGITS, LEVEL_NAMES
+from ..trail import FIELDS, FLOAT_DIGITS, LEVEL_NAMES, Fields
 
 __all__ = [
     "PLAIN_LAYOUT",
@@ -48,7 +48,7 @@ Renderer = Callable[
         "str | None",
         "str | None",
         str,
-        "Mapping[str, Any] | None",
+        "Fields | None",
         "str | None",
         "str | None",
     ],
@@ -127,7 +127,7 @@ def plain_line(
     rid: str | None,
     jid: str | None,
     msg: str,
-    fields: Mapping[str, Any] | None = None,
+    fields: Fields | None = None,
     exc: str | None = None,
     thread: str | None = None,
 ) -> bytes:
@@ -211,7 +211,7 @@ def json_line(
     rid: str | None,
     jid: str | None,
     msg: str,
-    fields: Mapping[str, Any] | None = None,
+    fields: Fields | None = None,
     exc: str | None = None,
     thread: str | None = None,
 ) -> bytes:
@@ -235,7 +235,8 @@ def json_line(
     if jid is not None:
         line += f',"job_id":{_enc(jid)}'
     if fields:
-        for k, v in fields.items():
+        items = zip(FIELDS[kind], fields, strict=False) if type(fields) is tuple else fields.items()  # type: ignore[union-attr]
+        for k, v in items:
             if v is not None:
                 line += f",{_enc(k)}:{_value(v)}"
     if thread is None:
