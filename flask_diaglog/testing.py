@@ -188,23 +188,9 @@ class CapturedEvents(Sequence[Event]):
 
     def render(self) -> str:
         """The events as plain log lines, one per line (what the files would show)."""
-        from .files.render import plain_line
+        from .files.render import plain_line, render_event
 
-        return "".join(
-            plain_line(
-                ev.ts,
-                ev.level,
-                ev.kind,
-                ev.logger,
-                ev.request_id,
-                ev.job_id,
-                ev.msg,
-                ev.fields,
-                ev.exc,
-                ev.thread,
-            ).decode("utf-8")
-            for ev in self._snapshot()
-        )
+        return "".join(render_event(plain_line, ev).decode("utf-8") for ev in self._snapshot())
 
     # -- assertions -------------------------------------------------------------------------
 

@@ -10,6 +10,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, TextIO
 
+from .render import render_event
+
 if TYPE_CHECKING:
     from ..record import Event
     from .render import Renderer
@@ -60,20 +62,7 @@ class ConsoleSink:
     def __call__(self, ev: Event) -> None:
         if ev.level < self.level:
             return
-        self.put(
-            self.render(
-                ev.ts,
-                ev.level,
-                ev.kind,
-                ev.logger,
-                ev.request_id,
-                ev.job_id,
-                ev.msg,
-                ev.fields,
-                ev.exc,
-                ev.thread,
-            )
-        )
+        self.put(render_event(self.render, ev))
 
     def put(self, data: bytes) -> None:
         """Queue one line for the console; drop and count it if the queue is full."""

@@ -23,9 +23,12 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..trail import FIELDS, FLOAT_DIGITS, LEVEL_NAMES, Fields
+
+if TYPE_CHECKING:
+    from ..record import Event
 
 __all__ = [
     "PLAIN_LAYOUT",
@@ -259,3 +262,11 @@ def split_json(line: str) -> dict[str, Any] | None:
 
 
 RENDERERS: dict[str, Renderer] = {"plain": plain_line, "json": json_line}
+
+
+def render_event(render: Renderer, ev: Event) -> bytes:
+    """The line of an event, as ``render`` writes it (the console and test captures)."""
+    return render(
+        ev.ts, ev.level, ev.kind, ev.logger, ev.request_id, ev.job_id, ev.msg,
+        ev.fields, ev.exc, ev.thread,
+    )  # fmt: skip
