@@ -255,7 +255,8 @@ class Recorder:
         level: int,
         msg: str,
         fields: Fields | None = None,
-        *,
+        # Not keyword-only on purpose: positional defaults are filled from a tuple, keyword-only
+        # ones by a dict lookup each, on every call (measured under callgrind).
         exc: str | None = None,
         logger: str | None = None,
         ts: float | None = None,
