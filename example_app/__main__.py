@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flask_diaglog import get_state
-
 from . import create_app
 
 
@@ -16,7 +14,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args()
     app = create_app({"DIAGLOG_CONSOLE": True})
-    log_dir = get_state(app).settings.log_dir
+    log_dir = app.config["DIAGLOG_LOG_DIR"]  # resolved and absolute after DiagLog(app)
     sys.stderr.write(
         f"flask-diaglog example: http://{args.host}:{args.port}/ (live page: /live), "
         f"log files in {log_dir}\n"

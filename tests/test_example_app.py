@@ -114,3 +114,19 @@ def test_health_check_is_not_logged(example: Flask, tmp_path: Path) -> None:
     example.test_client().get("/healthz")
     log = tmp_path / "logs" / "requests.log"
     assert not log.exists() or "/healthz" not in log.read_text()
+
+
+def test_make_demo_entry_point_starts() -> None:
+    """``python -m example_app`` (what ``make demo`` runs) imports and parses its options."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "example_app", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--port" in out.stdout
