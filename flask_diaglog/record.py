@@ -35,6 +35,7 @@ from blinker import Signal
 from .signals import SIGNALS
 from .trail import (
     CLOSES,
+    ERRORS_FROM,
     FLOAT_DIGITS,
     KIND_LOGGER,
     LOGGER_ROOT,
@@ -242,10 +243,6 @@ class Recorder:
         with self._lock:
             self._subscribers = tuple(s for s in self._subscribers if s[1] is not subscriber)
 
-    @property
-    def subscribers(self) -> tuple[Subscriber, ...]:
-        return tuple(s for _, s in self._subscribers)
-
     # -- the one call -------------------------------------------------------------------------
 
     def record(
@@ -289,7 +286,7 @@ class Recorder:
             try:
                 data = self.render(ts, level, kind, logger, rid, jid, msg, fields, exc, thread)
                 self._targets[target].write(data)
-                if level >= _ERROR:
+                if level >= ERRORS_FROM:
                     errors = self._errors
                     if errors is not None:
                         errors.write(data)

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import os
 
-from ..trail import ERRORS_FROM, FILES, file_name
+from ..trail import FILES, file_name
 from .writer import ErrorHook, LogFile
 
 __all__ = ["FileSet", "LogFile", "SingleFile"]
 
 
 class FileSet:
-    """``requests.log``, ``jobs.log`` and ``errors.log`` in one directory, with routing.
-
-    ``write(target, level, data)`` appends a rendered line to the ``target`` file and, at ERROR
-    and above, to ``errors.log`` as well.
-    """
+    """``requests.log``, ``jobs.log`` and ``errors.log`` in one directory: the file of each
+    target, and the one that also takes ERROR and above (the recorder writes by this routing)."""
 
     def __init__(
         self,
@@ -49,12 +46,6 @@ class FileSet:
         }
         self.errors: LogFile | None = self.files["errors"]
 
-    def write(self, target: str, level: int, data: bytes) -> None:
-        """Write one rendered line to ``target``; ERROR and above also to ``errors.log``."""
-        self.targets[target].write(data)
-        if level >= ERRORS_FROM and self.errors is not None:
-            self.errors.write(data)
-
     @property
     def failed_writes(self) -> int:
         """Lines that could not be written, over all files."""
@@ -72,9 +63,6 @@ class SingleFile:
         self.file = file
         self.targets: dict[str, LogFile] = {"requests": file, "jobs": file}
         self.errors: LogFile | None = None
-
-    def write(self, target: str, level: int, data: bytes) -> None:
-        self.file.write(data)
 
     @property
     def failed_writes(self) -> int:
