@@ -250,8 +250,11 @@ class DiagLog:
         ``@guard_job`` stays active until the first call of the wrapped callable returns, or until
         the callable is garbage-collected without having run.
         """
-        parent = current_trace()
-        rec, app = self._recorder()
+        return self._wrap(fn, current_trace(), *self._recorder())
+
+    def _wrap(
+        self, fn: Callable[..., R], parent: Trace | None, rec: Recorder | None, app: Flask | None
+    ) -> Callable[..., R]:
         ctx = contextvars.copy_context()
         lease = parent.lease if parent is not None else None
         if lease is not None:
@@ -275,10 +278,10 @@ class DiagLog:
         See :meth:`wrap`. The thread is not a daemon, so a graceful shutdown waits for it. An
         exception in ``fn`` is written with its traceback to ``jobs.log`` and ``errors.log``.
         """
-        runner = self.wrap(fn)
-        rec, _ = self._recorder()
-        logged = rec is not None
         trace = current_trace()
+        rec, app = self._recorder()
+        runner = self._wrap(fn, trace, rec, app)
+        logged = rec is not None
         job_id = trace.job_id if trace is not None else None
 
         def target() -> None:

@@ -200,7 +200,6 @@ class Recorder:
         sender: Any = None,
         redact: Callable[[str], str] | None = None,
     ) -> None:
-        self.files = files
         self.render = render
         self.level = level
         self.registry = registry
