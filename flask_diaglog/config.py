@@ -211,6 +211,20 @@ KEYS: tuple[Key, ...] = (
         "Seconds a finished response is kept for `Idempotency-Key` replay (`0` = none).",
     ),
     Key(
+        "DIAGLOG_JOB_REPLAY_MAX_ENTRIES",
+        "job_replay_max_entries",
+        10_000,
+        parse_int,
+        "Most stored responses kept for replay in memory; the oldest is evicted first.",
+    ),
+    Key(
+        "DIAGLOG_JOB_REPLAY_MAX_BYTES",
+        "job_replay_max_bytes",
+        64 * 1024 * 1024,
+        parse_size,
+        "Most bytes of stored response bodies kept for replay in memory; the oldest go first.",
+    ),
+    Key(
         "DIAGLOG_JOB_FAIL_OPEN",
         "job_fail_open",
         False,
@@ -254,6 +268,38 @@ KEYS: tuple[Key, ...] = (
         30.0,
         parse_float,
         "Seconds (fractions allowed) after which in-flight work is reported as hung; `0` = off.",
+    ),
+    Key(
+        "DIAGLOG_SHUTDOWN_GRACE",
+        "shutdown_grace",
+        30.0,
+        parse_float,
+        "Seconds a stopping process waits for running background jobs (`0` = no wait). A job "
+        "still running after it gets a `job_end` line marked aborted.",
+    ),
+    Key(
+        "DIAGLOG_STRICT_IDS",
+        "strict_ids",
+        False,
+        parse_bool,
+        "Answer 400 to an invalid job id on every route, not only on `@guard_job` views. Off: an "
+        "invalid id is recorded in `bad_job_id` and never changes a response.",
+    ),
+    Key(
+        "DIAGLOG_TRUST_REQUEST_ID",
+        "trust_request_id",
+        True,
+        parse_bool,
+        "Use a valid incoming `X-Request-ID` as the request id. Turn off when clients reach the "
+        "app directly: every request then gets a fresh unpredictable id.",
+    ),
+    Key(
+        "DIAGLOG_PROGRESS_INTERVAL",
+        "progress_interval",
+        0.5,
+        parse_float,
+        "Least seconds between two `progress` lines of one request or job (the last one of a "
+        "burst is kept; a finished `1.0` is always written).",
     ),
     Key(
         "DIAGLOG_SLOW_MS",
@@ -314,12 +360,18 @@ class Settings:
     job_store: str
     job_ttl: float
     job_replay_ttl: float
+    job_replay_max_entries: int
+    job_replay_max_bytes: int
     job_fail_open: bool
     live: bool | None
     live_queue: str | None
     live_token: str | None
     live_namespace: str
     hang_after: float
+    shutdown_grace: float
+    strict_ids: bool
+    trust_request_id: bool
+    progress_interval: float
     slow_ms: float
     dashboard: bool
     dashboard_url: str

@@ -24,8 +24,9 @@ from typing import Any, TypeVar
 from flask import Flask, current_app, has_app_context
 
 from . import live
+from .background import release_unused, run_job
 from .config import ConfigError, Settings, load_settings
-from .context import Lease, Trace, current_trace, new_request_id, reset_trace, set_trace
+from .context import Lease, Trace, current_trace, new_request_id
 from .files import FileSet
 from .files.console import ConsoleSink
 from .files.render import RENDERERS
@@ -36,15 +37,12 @@ from .live import LiveBridge
 from .logbridge import AppHandler, attach
 from .record import Recorder
 from .redact import Redactor
-from .trail import job_end_msg, job_start_msg
 from .watchdog import InFlight, all_entries, entries
 from .wsgi import RequestTrail
 
 __all__ = ["AppState", "DiagLog", "inflight", "stats"]
 
 R = TypeVar("R")
-_INFO = logging.INFO
-_ERROR = logging.ERROR
 
 
 @dataclass(eq=False)
@@ -265,11 +263,11 @@ class DiagLog:
         @functools.wraps(fn)
         def runner(*args: Any, **kwargs: Any) -> R:
             job_lease, held[0] = held[0], None
-            return ctx.run(_run_job, rec, app, parent, job_lease, name, fn, args, kwargs)
+            return ctx.run(run_job, rec, app, parent, job_lease, name, fn, args, kwargs)
 
         if lease is not None:
             # Never run (a cancelled future, a dropped callable): free the job when it is gone.
-            weakref.finalize(runner, _release_unused, held)
+            weakref.finalize(runner, release_unused, held)
         return runner
 
     def spawn(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> threading.Thread:
@@ -334,76 +332,3 @@ def _report_write_error(file: LogFile, exc: OSError | None) -> None:
             f"flask-diaglog: {file.path} is writable again "
             f"({file.failed_writes} lines lost so far)\n"
         )
-
-
-def _release_unused(held: list[Lease | None]) -> None:
-    lease, held[0] = held[0], None
-    if lease is not None:
-        lease.release()
-
-
-def _run_job(
-    rec: Recorder | None,
-    app: Flask | None,
-    parent: Trace | None,
-    lease: Lease | None,
-    name: str,
-    fn: Callable[..., R],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> R:
-    job = Trace(
-        rec,
-        "job",
-        parent.request_id if parent else None,
-        parent.job_id if parent else None,
-        parent.method if parent else None,
-        parent.path if parent else None,
-    )
-    job.lease = lease
-    token = set_trace(job)
-    app_ctx = app.app_context() if app is not None else None
-    if app_ctx is not None:
-        app_ctx.push()
-    try:
-        if rec is None:
-            return fn(*args, **kwargs)
-        rec.record("job_start", job, _INFO, job_start_msg(name), {"name": name})
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException as exc:
-            _job_end(rec, job, name, exc)
-            raise
-        _job_end(rec, job, name, None)
-        return result
-    finally:
-        try:
-            if lease is not None:
-                lease.release()
-        finally:
-            if app_ctx is not None:
-                app_ctx.pop()
-            reset_trace(token)
-
-
-def _job_end(rec: Recorder, job: Trace, name: str, exc: BaseException | None) -> None:
-    """The ``job_end`` line: the same fields whether the job succeeded or failed."""
-    ms = job.elapsed_ms()
-    totals = job.stage_totals() or None
-    ok = exc is None
-    error = rec.error_text(exc) if exc is not None else None
-    rec.record(
-        "job_end",
-        job,
-        _INFO if ok else _ERROR,
-        job_end_msg(name, ok, ms, totals, error=error, hung=job.hung),
-        {
-            "name": name,
-            "duration_ms": round(ms, 3),
-            "ok": ok,
-            "error": error,
-            "stages": totals,
-            "hung": job.hung or None,
-        },
-        exc=rec.format_exc(exc) if exc is not None else None,
-    )
