@@ -21,6 +21,7 @@ from .jobs import (
 )
 from .logbridge import DiagLogHandler
 from .problems import InvalidJobId, ProblemError
+from .progress import progress, set_job_id
 from .record import Event
 from .timing import get_request_timings, stage, timed_stage
 
@@ -43,6 +44,8 @@ __all__ = [
     "guard_job",
     "inflight",
     "is_testing",
+    "progress",
+    "set_job_id",
     "signals",
     "stage",
     "stats",

@@ -298,8 +298,8 @@ KEYS: tuple[Key, ...] = (
         "progress_interval",
         0.5,
         parse_float,
-        "Least seconds between two `progress` lines of one request or job (the last one of a "
-        "burst is kept; a finished `1.0` is always written).",
+        "Least seconds between two `progress` lines of one request or job. The first report and "
+        "a finished `1.0` are always written; the latest value is always shown in flight.",
     ),
     Key(
         "DIAGLOG_SLOW_MS",

@@ -104,6 +104,8 @@ class Trace:
         "method",
         "open_stages",
         "path",
+        "progress",
+        "progress_at",
         "rec",
         "request_id",
         "stages",
@@ -144,6 +146,9 @@ class Trace:
         self.hung = 0  # how many hang reports were made
         self.thread = _get_ident()
         self._totals: tuple[int, dict[str, float]] | None = None
+        #: The latest ``progress()``: ``(fraction, message)``, and when its line was written.
+        self.progress: tuple[float, str | None] | None = None
+        self.progress_at: float | None = None
 
     def elapsed_ms(self) -> float:
         return (_perf_counter() - self.t0) * 1000.0

@@ -195,6 +195,7 @@ class DiagLog:
             redact=redactor.text,
         )
         registry.recorder = rec
+        rec.progress_interval = s.progress_interval
         state.guard = JobGuard(rec, s, make_store(s.job_store), self.job_id_getter)
 
         exclude = list(s.exclude)

@@ -205,6 +205,8 @@ class Recorder:
         self.registry = registry
         self.sender = sender
         self.redact: Callable[[str], str] = redact if redact is not None else _same
+        #: Least seconds between two ``progress`` lines of a trace (DIAGLOG_PROGRESS_INTERVAL).
+        self.progress_interval = 0.0
         #: Failures per sink or subscriber name.
         self.failures: dict[str, int] = {}
         self._subscribers: tuple[tuple[str, Subscriber], ...] = ()

@@ -21,6 +21,7 @@ from blinker import Namespace, Signal
 
 __all__ = [
     "SIGNALS",
+    "diaglog_progress",
     "diaglog_request_finished",
     "diaglog_request_started",
     "hang_detected",
@@ -61,6 +62,10 @@ job_rejected = _signals.signal("diaglog-job-rejected")
 #: Keyword: ``event``.
 hang_detected = _signals.signal("diaglog-hang-detected")
 
+#: A request or job reported its progress (``"progress"``, see :func:`flask_diaglog.progress`).
+#: Sender: the app. Keyword: ``event``.
+diaglog_progress = _signals.signal("diaglog-progress")
+
 #: Event kind to signal.
 SIGNALS: dict[str, Signal] = {
     "request_start": diaglog_request_started,
@@ -72,6 +77,7 @@ SIGNALS: dict[str, Signal] = {
     "job_end": job_finished,
     "job_rejected": job_rejected,
     "hang": hang_detected,
+    "progress": diaglog_progress,
 }
 
 _RENAMED = {

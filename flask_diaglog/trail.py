@@ -36,6 +36,7 @@ __all__ = [
     "kind_of",
     "level_name",
     "parse_message",
+    "progress_msg",
     "request_end_msg",
     "request_error_msg",
     "request_start_msg",
@@ -55,6 +56,7 @@ KINDS = (
     "job_end",
     "job_rejected",
     "hang",
+    "progress",
 )
 
 LOGGER_ROOT = "flask_diaglog"
@@ -63,6 +65,7 @@ LOGGER_JOB = "flask_diaglog.job"
 LOGGER_STAGE = "flask_diaglog.stage"
 LOGGER_GUARD = "flask_diaglog.jobs"
 LOGGER_WATCHDOG = "flask_diaglog.watchdog"
+LOGGER_PROGRESS = "flask_diaglog.progress"
 
 #: The logger name a kind's lines are written under (``log`` lines keep their record's logger).
 KIND_LOGGER: dict[str, str] = {
@@ -75,6 +78,7 @@ KIND_LOGGER: dict[str, str] = {
     "job_end": LOGGER_JOB,
     "job_rejected": LOGGER_GUARD,
     "hang": LOGGER_WATCHDOG,
+    "progress": LOGGER_PROGRESS,
 }
 
 #: The fields of the kinds written on every request, in order. Their producers pass the values
@@ -398,6 +402,38 @@ def _hang_fields(m: re.Match[str]) -> dict[str, Any]:
     return out
 
 
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def progress_msg(
+    fraction: float, step: float | None, total: float | None, message: str | None
+) -> str:
+    """``progress 42.5% [3/7] [- message]``: the fraction with one decimal of a percent."""
+    msg = f"progress {fraction * 100:.1f}%"
+    if step is not None and total is not None:
+        msg += f" {_num(step)}/{_num(total)}"
+    if message:
+        msg += f" - {message}"
+    return msg
+
+
+_PROGRESS = re.compile(
+    r"progress (?P<pct>[\d.]+)%(?: (?P<step>[\d.e+\-]+)/(?P<total>[\d.e+\-]+))?"
+    r"(?: - (?P<message>.*))?$"
+)
+
+
+def _progress_fields(m: re.Match[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"fraction": round(float(m["pct"]) / 100.0, 3)}
+    if m["step"] is not None:
+        out["step"] = float(m["step"])
+        out["total"] = float(m["total"])
+    if m["message"] is not None:
+        out["message"] = m["message"]
+    return out
+
+
 #: For each kind with a structured message: its pattern and the function that turns a match into
 #: fields. ``log`` lines are the app's own text and have none.
 _PARSERS: dict[str, tuple[re.Pattern[str], Callable[[re.Match[str]], dict[str, Any]]]] = {
@@ -409,6 +445,7 @@ _PARSERS: dict[str, tuple[re.Pattern[str], Callable[[re.Match[str]], dict[str, A
     "job_end": (_JOB_END, _job_end_fields),
     "job_rejected": (_JOB_REJECTED, _job_rejected_fields),
     "hang": (_HANG, _hang_fields),
+    "progress": (_PROGRESS, _progress_fields),
 }
 
 

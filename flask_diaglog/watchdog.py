@@ -348,6 +348,7 @@ def entries(registry: InFlight, stacks: bool = False) -> list[dict[str, Any]]:
             "thread_id": t.thread,
             "hung": t.hung,
             "pid": pid,
+            "progress": _progress(t),
         }
         if stacks:
             text = format_stack(frames.get(t.thread), t.thread, names)
@@ -355,6 +356,11 @@ def entries(registry: InFlight, stacks: bool = False) -> list[dict[str, Any]]:
         out.append(entry)
     out.sort(key=lambda e: e["start"])
     return out
+
+
+def _progress(trace: Trace) -> dict[str, Any] | None:
+    p = trace.progress
+    return {"fraction": p[0], "message": p[1]} if p is not None else None
 
 
 def all_entries(stacks: bool = False) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import pytest
 from conftest import Logs
 from flask import Flask
 
-from flask_diaglog import DiagLog, Event, guard_job, stage, stats
+from flask_diaglog import DiagLog, Event, guard_job, progress, stage, stats
 from flask_diaglog import signals as sig
 from flask_diaglog.trail import KINDS
 
@@ -162,6 +162,11 @@ def test_each_kind_goes_to_its_signal_only(make_app: Callable[..., Flask]) -> No
         threads.append(diaglog.spawn(lambda: release.wait(30)))
         return {"job_id": job_id}, 202
 
+    @app.get("/halfway")
+    def halfway() -> str:
+        progress(0.5, message="half")
+        return "half"
+
     @app.get("/stuck")
     def stuck() -> str:
         deadline = time.monotonic() + 10  # held until the watchdog has reported it
@@ -179,6 +184,7 @@ def test_each_kind_goes_to_its_signal_only(make_app: Callable[..., Flask]) -> No
         assert client.post("/gen/each-1").status_code == 409
         release.set()
         threads[0].join(10)
+        assert client.get("/halfway").status_code == 200
         assert client.get("/stuck").status_code == 200
     finally:
         release.set()

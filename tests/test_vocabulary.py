@@ -96,6 +96,11 @@ CASES: dict[str, tuple[int, str, dict[str, Any]]] = {
             "hung": 1,
         },
     ),
+    "progress": (
+        20,
+        trail.progress_msg(0.425, 3, 7, "rendering mesh - pass 2"),
+        {"fraction": 0.425, "step": 3.0, "total": 7.0, "message": "rendering mesh - pass 2"},
+    ),
 }
 
 

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -180,6 +181,8 @@ def split_plain(line: str) -> dict[str, str] | None:
 _enc: Callable[[str], str] = json.encoder.encode_basestring
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 _pid = os.getpid()
+#: The host name, JSON-encoded: which machine wrote a line, when files of several are merged.
+_HOST = json.dumps(socket.gethostname())
 _current_thread = threading.current_thread
 _isfinite = math.isfinite
 
@@ -219,7 +222,8 @@ def json_line(
     thread: str | None = None,
 ) -> bytes:
     """One JSON object: ``ts``, ``level``, ``event``, ``logger``, ``msg``, ``request_id``,
-    ``job_id``, the kind's fields, ``pid``, ``thread``, ``exc``; keys without a value left out.
+    ``job_id``, the kind's fields, ``pid``, ``host``, ``thread``, ``exc``; keys without a value
+    left out.
 
     Built as text from the parts (the constant keys need no encoder), so a JSON line costs about
     what a plain one does.
@@ -244,7 +248,7 @@ def json_line(
                 line += f",{_enc(k)}:{_value(v)}"
     if thread is None:
         thread = _current_thread().name
-    line += f',"pid":{_pid},"thread":{_enc(thread)}'
+    line += f',"pid":{_pid},"host":{_HOST},"thread":{_enc(thread)}'
     if exc:
         line += f',"exc":{_enc(exc)}'
     if not line.isprintable():  # encode_basestring escapes C0; C1, U+2028 and U+2029 remain
