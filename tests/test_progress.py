@@ -17,9 +17,7 @@ from tests.conftest import Logs
 JSON = {"DIAGLOG_FORMAT": "json"}
 
 
-def test_progress_writes_a_line_with_its_fields(
-    make_app: Callable[..., Flask], logs: Logs
-) -> None:
+def test_progress_writes_a_line_with_its_fields(make_app: Callable[..., Flask], logs: Logs) -> None:
     app = make_app(JSON)
 
     @app.get("/work")
@@ -65,9 +63,7 @@ def test_a_tight_loop_writes_the_first_and_the_finished_report_only(
     assert [r["step"] for r in logs.events("requests", "progress")] == [1, 10_000]
 
 
-def test_reports_after_the_interval_are_written(
-    make_app: Callable[..., Flask], logs: Logs
-) -> None:
+def test_reports_after_the_interval_are_written(make_app: Callable[..., Flask], logs: Logs) -> None:
     app = make_app({**JSON, "DIAGLOG_PROGRESS_INTERVAL": 0})
 
     @app.get("/steps")
@@ -148,7 +144,9 @@ def test_bad_values_raise_value_error(args: tuple[Any, ...], match: str) -> None
         progress(*args)
 
 
-def test_progress_outside_a_request_does_nothing(make_app: Callable[..., Flask], logs: Logs) -> None:
+def test_progress_outside_a_request_does_nothing(
+    make_app: Callable[..., Flask], logs: Logs
+) -> None:
     make_app()
     progress(0.5)
     assert "progress" not in logs.text("requests")
