@@ -33,6 +33,24 @@ share between the two processes.
 Failures (disk full, read-only file system, a removed directory) never reach the caller: the
 record is counted as lost, the outage is reported once through ``on_error`` (stderr by default),
 and every later write tries again, so lines written after recovery are there.
+
+A full disk in particular:
+
+* The sidecar's bytes are written for real (and ``posix_fallocate``-d, for a sidecar somebody
+  left sparse) before it is mapped, and the mapping is read-only: its counters are written with
+  ``pwrite`` under the exclusive ``flock``. A sparse page would be allocated by the first touch,
+  and on a full disk that touch is a SIGBUS that kills the process; ``pwrite`` fails with ENOSPC.
+* When the sidecar cannot be allocated (the disk was full when the process started), the writer
+  works without the generation counter: before each write it ``stat``-s the path and reopens it
+  when its inode changed (a rotation by another process), and it tries to map the sidecar again
+  at most once a second.
+* A record that fills the disk part-way is *torn*: its start is in the file, the kernel refused
+  the rest. The writer keeps the rest and, in the sidecar, sets the *torn* word and bumps the
+  generation, so every process reopens, and repairs, before its next write. The repair runs under
+  the exclusive ``flock``: the writer that tore the record appends the rest when the file still
+  ends with its start, so the record is whole after all; anybody else (or the owner, when the
+  file has moved on) ends the fragment with :data:`TORN_MARK`, so the next record starts on a
+  line of its own.
 """
 
 from __future__ import annotations
@@ -44,17 +62,29 @@ import fcntl
 import gzip
 import mmap
 import os
+import struct
 import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable
 
-__all__ = ["ErrorHook", "LogFile"]
+__all__ = ["TORN_MARK", "ErrorHook", "LogFile"]
 
 #: The sidecar ``.<name>.lock`` file: a few 64-bit words shared through ``mmap`` by every process
-#: that writes the file set. Word 0 is the generation, bumped by every rotation.
+#: that writes the file set. Word 0 is the generation, bumped by every rotation and every torn
+#: record; word 1 is non-zero while the current file may end in a torn record.
 _SIDECAR_SIZE = 64
+_WORDS = struct.Struct("=QQ")
+_TORN_WORD = struct.Struct("=Q")
+#: Ends the start of a record whose rest could not be written (disk full), so the next record
+#: starts on a new line. Such a line is never taken for a whole record: it is not valid JSON, and
+#: a plain one either does not split or its message visibly ends with the mark.
+TORN_MARK = b" <diaglog: torn record, rest lost>\n"
+#: The errors of a full disk or quota: the writer goes on without what it could not allocate.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: How often a writer without a sidecar mapping tries to map it again (seconds).
+_SIDECAR_RETRY = 1.0
 ErrorHook = Callable[["LogFile", "OSError | None"], None]
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 _SH_NB = fcntl.LOCK_SH | fcntl.LOCK_NB
@@ -94,7 +124,9 @@ class LogFile:
     ``write(data)`` hands one whole record to the kernel with one ``os.write`` on an ``O_APPEND``
     descriptor before it returns. Failures (disk full, read-only file system, directory removed)
     never raise: they are counted in ``failed_writes``, reported through ``on_error`` once per
-    outage (and once more when writing works again), and the next write tries again.
+    outage (and once more when writing works again), and the next write tries again. A record the
+    disk took only part of is completed, or its start marked with :data:`TORN_MARK`, before the
+    next record is written (see the module docstring).
 
     The protocol that makes sharing safe (see the module docstring for why each step exists):
 
@@ -122,9 +154,13 @@ class LogFile:
         "_ino",
         "_lock",
         "_mm",
+        "_rest",
         "_side_fd",
         "_side_ino",
+        "_side_retry",
         "_since",
+        "_torn_end",
+        "_torn_ino",
         "_wake",
         "backup_count",
         "compress",
@@ -171,26 +207,63 @@ class LogFile:
         self._side_ino = -1
         self._mm: mmap.mmap | None = None
         self._hdr = _NO_HDR
+        self._side_retry = 0.0
+        #: The part of a torn record the disk did not take, and where the file ended after its
+        #: start (inode, size): the rest is appended only if the file still ends there.
+        self._rest = b""
+        self._torn_ino = -1
+        self._torn_end = -1
         self._compressor: threading.Thread | None = None
         self._wake = threading.Event()
         self._closed = False
         with self._lock:
-            self._open_sidecar()  # raises OSError at startup if the directory is unusable
+            # Raises OSError at startup if the directory is unusable. A full disk is not a bad
+            # directory: the writer starts without the sidecar and without the file, and its
+            # writes fail (counted, reported) until there is space again.
+            try:
+                self._open_sidecar()
+            except OSError as exc:
+                if exc.errno not in _NO_SPACE:
+                    raise
+                self._side_retry = time.monotonic() + _SIDECAR_RETRY
             # Create the file now (so a bad directory fails at startup), but keep no descriptor
             # until the first write: a process that never writes (a pre-forking master) then holds
             # no file open that a compressor would have to wait for.
-            os.close(os.open(self.path, _OPEN_FLAGS, 0o644))
+            try:
+                os.close(os.open(self.path, _OPEN_FLAGS, 0o644))
+            except OSError as exc:
+                if exc.errno not in _NO_SPACE:
+                    raise
         _open_files.add(self)
 
     # -- opening ----------------------------------------------------------------------------
 
     def _open_sidecar(self) -> None:
+        """Map the sidecar (read-only), its page allocated for real first.
+
+        Never ``ftruncate``: a sparse page is allocated by the first touch of the mapping, and on
+        a full disk that is a SIGBUS. Raises OSError (ENOSPC on a full disk) instead.
+        """
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            st = os.fstat(fd)
-            if st.st_size < _SIDECAR_SIZE:
-                os.ftruncate(fd, _SIDECAR_SIZE)  # only ever grows, so concurrent calls agree
-            mm = mmap.mmap(fd, _SIDECAR_SIZE)
+            # One initialiser at a time, and never while a rotation bumps the generation: the
+            # zeros go only where the file has no bytes yet.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                st = os.fstat(fd)
+                if st.st_size < _SIDECAR_SIZE:
+                    _pwrite_all(fd, bytes(_SIDECAR_SIZE - st.st_size), st.st_size)
+                    os.fsync(fd)
+                if hasattr(os, "posix_fallocate"):
+                    try:  # a sidecar left sparse (an older version, a crash): allocate it
+                        os.posix_fallocate(fd, 0, _SIDECAR_SIZE)
+                    except OSError as exc:
+                        if exc.errno in _NO_SPACE:
+                            raise
+                        # not supported by this file system: the bytes above are real anyway
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            mm = mmap.mmap(fd, _SIDECAR_SIZE, access=mmap.ACCESS_READ)
         except BaseException:
             os.close(fd)
             raise
@@ -213,6 +286,16 @@ class LogFile:
                 os.close(self._side_fd)
             self._side_fd = -1
 
+    def _try_sidecar(self) -> None:
+        """Map the sidecar if it can be (at most once a second); else go on without it."""
+        now = time.monotonic()
+        if now < self._side_retry:
+            return
+        try:
+            self._open_sidecar()
+        except OSError:
+            self._side_retry = now + _SIDECAR_RETRY
+
     def _sidecar_fd(self) -> int:
         """The descriptor the rotation lock is taken on (reopened after a fork; the mapping is
         inherited and stays)."""
@@ -220,10 +303,31 @@ class LogFile:
             self._side_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         return self._side_fd
 
-    def _open(self) -> None:
-        """Open the current file for appending and take the writer's shared lock on it."""
-        if self._hdr is _NO_HDR:
-            self._open_sidecar()
+    def _set_words(self, side: int, *, bump: bool, torn: int | None = None) -> None:
+        """Under the caller's exclusive ``flock`` on ``side``: bump the generation (every process
+        reopens at its next write) and/or set the torn word. With ``pwrite``, never through the
+        mapping, so a file system that finds no space fails here instead of with a SIGBUS. A
+        sidecar that was never allocated is left alone: nobody maps it, writers follow by stat.
+        """
+        with contextlib.suppress(OSError):
+            raw = os.pread(side, _WORDS.size, 0)
+            if len(raw) < _WORDS.size:
+                return
+            gen, flag = _WORDS.unpack(raw)
+            if torn is not None and not bump:
+                if flag != torn:
+                    _pwrite_all(side, _TORN_WORD.pack(torn), _TORN_WORD.size)
+                return
+            _pwrite_all(side, _WORDS.pack(gen + 1, flag if torn is None else torn), 0)
+
+    def _open(self, *, rotating: bool = False) -> None:
+        """Open the current file for appending and take the writer's shared lock on it.
+
+        Then, if the file may end in a torn record, repair it (see :meth:`_repair`).
+        ``rotating``: called by :meth:`_rotate`, which holds the sidecar's exclusive lock.
+        """
+        if self._hdr is _NO_HDR and not rotating:
+            self._try_sidecar()
         hdr = self._hdr
         self._close_fd()
         for _ in range(100):
@@ -243,18 +347,96 @@ class LogFile:
                 except OSError:
                     pass  # no flock here (some network file systems): write without the lock
                 if hdr[0] == gen:
-                    self._fd = fd
-                    self._ino = os.fstat(fd).st_ino
-                    self._gen = gen
-                    self._since = 0
-                    return
+                    ino = os.fstat(fd).st_ino
+                    break
             except BlockingIOError:
                 pass
             except BaseException:
                 os.close(fd)
                 raise
             os.close(fd)  # rotated while we opened it: take the new one
-        raise OSError(errno.EAGAIN, "log file keeps being rotated while opening it", self.path)
+        else:
+            raise OSError(errno.EAGAIN, "log file keeps being rotated while opening it", self.path)
+        self._fd = fd
+        self._ino = ino
+        # Without a mapping the generation is always 0: -1 sends every write through _follow.
+        self._gen = gen if hdr is not _NO_HDR else -1
+        self._since = 0
+        if self._rest or hdr[1]:
+            self._repair(fd, rotating)
+
+    def _follow(self) -> None:
+        """The slow path before a write: open the file (first write, after a failure or a fork),
+        reopen it after another process rotated. Without a sidecar mapping there is no
+        generation to compare: reopen when the path is another inode than ours."""
+        if self._hdr is _NO_HDR and self._fd >= 0:
+            self._try_sidecar()
+            if self._hdr is _NO_HDR:
+                try:
+                    ino = os.stat(self.path).st_ino
+                except FileNotFoundError:
+                    ino = -1
+                if ino == self._ino:
+                    return
+        self._open()
+
+    def _repair(self, fd: int, locked: bool) -> None:
+        """Before writing to a file that may end in a torn record, make its tail a line end.
+
+        If this writer tore a record and the file still ends where its start ended, the rest is
+        appended: the record is whole after all. Otherwise a tail that is not a line end gets
+        :data:`TORN_MARK`. Under the sidecar's exclusive lock, so one writer repairs at a time;
+        ``locked``: the caller holds it already.
+        """
+        side = -1
+        if not locked:
+            with contextlib.suppress(OSError):
+                side = self._sidecar_fd()
+                fcntl.flock(side, fcntl.LOCK_EX)
+        elif self._side_fd >= 0:
+            side = self._side_fd
+        try:
+            st = os.fstat(fd)
+            rest = self._rest
+            whole = False
+            if rest:
+                if st.st_ino == self._torn_ino and st.st_size == self._torn_end:
+                    written = 0
+                    try:
+                        while written < len(rest):
+                            written += _write_some(fd, rest[written:])
+                    finally:
+                        self._rest = rest[written:]
+                        self._torn_end += written
+                    whole = True
+                else:
+                    # Marked by another writer, or the file moved on (rotated, replaced).
+                    self._rest = b""
+                    self.failed_writes += 1
+            if not whole and st.st_size > 0 and self._tail(st) != b"\n":
+                _write_all(fd, TORN_MARK)
+            if side >= 0 and self._hdr[1]:
+                self._set_words(side, bump=False, torn=0)
+        finally:
+            if side >= 0 and not locked:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(side, fcntl.LOCK_UN)
+
+    def _tail(self, st: os.stat_result) -> bytes:
+        """The last byte of the file ``st`` describes (the writer's own descriptor is write-only);
+        a line end when it cannot be read."""
+        try:
+            rfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return b"\n"
+        try:
+            if os.fstat(rfd).st_ino != st.st_ino:
+                return b"\n"
+            return os.pread(rfd, 1, st.st_size - 1) or b"\n"
+        except OSError:
+            return b"\n"
+        finally:
+            os.close(rfd)
 
     def _close_fd(self) -> None:
         self._gen = -1  # never equal to the sidecar's generation: the next write reopens
@@ -270,18 +452,22 @@ class LogFile:
         with self._lock:
             try:
                 if self._hdr[0] != self._gen:
-                    # Another process rotated, or we are not open yet (closed, forked, failed).
+                    # Another process rotated or tore a record, we are not open yet (closed,
+                    # forked, failed), or there is no sidecar mapping (see _follow).
                     if self._closed:
                         self.failed_writes += 1
                         return
-                    self._open()
+                    self._follow()
                 n = os.write(self._fd, data)
-                if n != len(data):
-                    self._write_rest(data, n)
-                    n = len(data)
             except OSError as exc:
                 self._failed(exc)
                 return
+            if n != len(data):
+                torn = self._write_rest(data, n)
+                if torn is not None:
+                    self._failed(torn, lost=False)  # not lost yet: the rest waits in _rest
+                    return
+                n = len(data)
             since = self._since + n
             if since < self._check_every and not self._broken:
                 self._since = since
@@ -291,16 +477,41 @@ class LogFile:
                 self._report(None)
             self._since = 0
             if since >= self._check_every:
-                self._check()
+                try:
+                    self._check()
+                except OSError as exc:  # the record is written; the next write reopens
+                    self._failed(exc, lost=False)
 
-    def _write_rest(self, data: bytes, n: int) -> None:
+    def _write_rest(self, data: bytes, n: int) -> OSError | None:
+        """A short write: write the rest. When the disk refuses it, the record is torn: keep the
+        rest and tell every writer (sidecar torn word, generation bumped) to repair first."""
         view = memoryview(data)[n:]
         while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+            try:
+                view = view[_write_some(self._fd, view) :]
+            except OSError as exc:
+                self._tore(bytes(view))
+                return exc
+        return None
 
-    def _failed(self, exc: OSError) -> None:
-        self.failed_writes += 1
+    def _tore(self, rest: bytes) -> None:
+        self._rest = rest
+        try:
+            st = os.fstat(self._fd)
+            self._torn_ino, self._torn_end = st.st_ino, st.st_size
+        except OSError:
+            self._torn_ino = self._torn_end = -1  # cannot be completed: the repair marks it
+        with contextlib.suppress(OSError):
+            side = self._sidecar_fd()
+            fcntl.flock(side, fcntl.LOCK_EX)
+            try:
+                self._set_words(side, bump=True, torn=1)
+            finally:
+                fcntl.flock(side, fcntl.LOCK_UN)
+
+    def _failed(self, exc: OSError, lost: bool = True) -> None:
+        if lost:
+            self.failed_writes += 1
         self._close_fd()  # reopen on the next write (the file may be gone, or the fd broken)
         if not self._broken:
             self._broken = True
@@ -334,11 +545,16 @@ class LogFile:
         if st.st_ino != self._ino:
             self._open()  # replaced by somebody who does not use our protocol
             return
-        with contextlib.suppress(OSError):
-            if os.stat(self.lock_path).st_ino != self._side_ino:
-                self._open_sidecar()  # the sidecar was removed: share the new one
-                self._open()
-                return
+        try:
+            side_ino = os.stat(self.lock_path).st_ino
+        except OSError:
+            side_ino = self._side_ino
+        if side_ino != self._side_ino:
+            # The sidecar was removed (share the new one), or we have none mapped yet.
+            with contextlib.suppress(OSError):
+                self._open_sidecar()
+            self._open()
+            return
         if self.max_bytes and st.st_size >= self.max_bytes:
             self._rotate()
 
@@ -349,7 +565,6 @@ class LogFile:
 
     def _rotate(self) -> None:
         side = self._sidecar_fd()
-        hdr = self._hdr
         fcntl.flock(side, fcntl.LOCK_EX)
         try:
             try:
@@ -364,8 +579,8 @@ class LogFile:
                     os.rename(self.path, self._name(1))
                 else:
                     os.unlink(self.path)
-                hdr[0] = hdr[0] + 1
-            self._open()
+                self._set_words(side, bump=True)
+            self._open(rotating=True)
         finally:
             fcntl.flock(side, fcntl.LOCK_UN)
         if self.compress and self.backup_count > 0:
@@ -561,6 +776,9 @@ class LogFile:
         with self._lock:
             self._closed = True
             self._wake.set()
+            if self._rest:  # a torn record that was never completed
+                self._rest = b""
+                self.failed_writes += 1
             self._close_fd()
             self._release_sidecar()
         _open_files.discard(self)
@@ -586,6 +804,7 @@ class LogFile:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._compressor = None
+        self._rest = b""  # the parent's torn record is the parent's to complete
         self._close_fd()
         # The rotation lock must be our own open file description too; the mapping stays.
         side, self._side_fd = self._side_fd, -1
@@ -595,6 +814,29 @@ class LogFile:
 
     def __repr__(self) -> str:
         return f"<LogFile {self.path}>"
+
+
+def _write_some(fd: int, data: bytes | memoryview) -> int:
+    """``os.write`` that treats writing nothing as the disk being full."""
+    n = os.write(fd, data)
+    if n <= 0 and len(data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return n
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[_write_some(fd, view) :]
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view, offset = view[n:], offset + n
 
 
 def _before_fork() -> None:
