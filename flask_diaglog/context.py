@@ -6,7 +6,6 @@ A trace is either a request (created by the WSGI wrapper) or a background job (c
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import threading
@@ -48,34 +47,19 @@ def traceparent_id(header: str | None) -> str | None:
     return m.group(1)
 
 
-class _IdSource:
-    """Per-process unique ids: a random prefix (re-drawn in a forked child) and a counter.
-
-    ``next(itertools.count())`` is atomic under the GIL, so no lock and no ``getpid()`` per id.
-    """
-
-    __slots__ = ("counter", "prefix")
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.prefix = os.urandom(6).hex()
-        self.counter = itertools.count(1)
-
-
 _perf_counter = time.perf_counter
 _time = time.time
 _get_ident = threading.get_ident
-_ids = _IdSource()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_ids.reset)
+_urandom = os.urandom
 
 
 def new_request_id() -> str:
-    """A new id, unique across processes and hosts (48 random bits per process + a counter)."""
-    ids = _ids
-    return f"{ids.prefix}{next(ids.counter):06x}"
+    """A new id: 72 bits from the operating system's CSPRNG, as 18 hex digits.
+
+    Unpredictable, so a client cannot send the id the next request will get (its lines would
+    then show up in another request's trace).
+    """
+    return _urandom(9).hex()
 
 
 class Lease(Protocol):
@@ -96,6 +80,7 @@ class Trace:
     __slots__ = (
         "__weakref__",
         "_totals",
+        "bad_job_id",
         "error",
         "hung",
         "job_id",
@@ -108,6 +93,7 @@ class Trace:
         "progress_at",
         "rec",
         "request_id",
+        "resolve",
         "stages",
         "start",
         "status",
@@ -146,6 +132,11 @@ class Trace:
         self.hung = 0  # how many hang reports were made
         self.thread = _get_ident()
         self._totals: tuple[int, dict[str, float]] | None = None
+        #: Pending job-id resolution (see :class:`flask_diaglog.jobids.JobIds`): called as
+        #: ``resolve(trace, read_body)`` until the job id is known, then ``None``.
+        self.resolve: Callable[[Trace, bool], None] | None = None
+        #: An invalid job id the request carried (escaped and cut short by the renderer).
+        self.bad_job_id: str | None = None
         #: The latest ``progress()``: ``(fraction, message)``, and when its line was written.
         self.progress: tuple[float, str | None] | None = None
         self.progress_at: float | None = None
@@ -194,9 +185,29 @@ def current_request_id() -> str | None:
 
 
 def current_job_id() -> str | None:
-    """The job id of the current request or background job, or ``None``."""
+    """The job id of the current request or background job, or ``None``.
+
+    A job id in a JSON or form body is looked up on this call if it is not known yet (the body is
+    read and put back, so the view still gets it; see :doc:`/lines`).
+    """
     t = _current.get()
-    return t.job_id if t is not None else None
+    if t is None:
+        return None
+    resolve = t.resolve
+    if resolve is not None:
+        resolve(t, True)
+    return t.job_id
+
+
+def settled_trace() -> Trace | None:
+    """The current trace with its job id resolved (a body may be read for it): what background
+    work started now inherits."""
+    t = _current.get()
+    if t is not None:
+        resolve = t.resolve
+        if resolve is not None:
+            resolve(t, True)
+    return t
 
 
 #: Make ``trace`` current; returns the token for :func:`reset_trace` (the ContextVar's own

@@ -26,12 +26,13 @@ from flask import Flask, current_app, has_app_context
 from . import live
 from .background import release_unused, run_job
 from .config import ConfigError, Settings, load_settings
-from .context import Lease, Trace, current_trace, new_request_id
+from .context import Lease, Trace, current_trace, new_request_id, settled_trace
 from .files import FileSet
 from .files.console import ConsoleSink
 from .files.render import RENDERERS
 from .files.writer import LogFile
-from .hooks import JobIdGetter, register
+from .hooks import register
+from .jobids import JobIdGetter, JobIds
 from .jobs import JobGuard, make_store
 from .live import LiveBridge
 from .logbridge import AppHandler, attach
@@ -220,11 +221,16 @@ class DiagLog:
             app.wsgi_app,
             rec,
             redactor,
+            JobIds(self.job_id_getter),
             exclude=tuple(dict.fromkeys(exclude)),
             server_timing=s.server_timing,
             slow_ms=s.slow_ms,
+            trust_request_id=s.trust_request_id,
+            testing=s.testing,
         )
-        state.exception_receiver = register(app, trail, self.job_id_getter, testing=s.testing)
+        state.exception_receiver = register(
+            app, trail, self.job_id_getter, strict=s.strict_ids
+        )
         state.wsgi_app = app.wsgi_app
         app.wsgi_app = trail  # type: ignore[method-assign]
 
@@ -249,7 +255,7 @@ class DiagLog:
         ``@guard_job`` stays active until the first call of the wrapped callable returns, or until
         the callable is garbage-collected without having run.
         """
-        return self._wrap(fn, current_trace(), *self._recorder())
+        return self._wrap(fn, settled_trace(), *self._recorder())
 
     def _wrap(
         self, fn: Callable[..., R], parent: Trace | None, rec: Recorder | None, app: Flask | None
@@ -277,7 +283,7 @@ class DiagLog:
         See :meth:`wrap`. The thread is not a daemon, so a graceful shutdown waits for it. An
         exception in ``fn`` is written with its traceback to ``jobs.log`` and ``errors.log``.
         """
-        trace = current_trace()
+        trace = settled_trace()
         rec, app = self._recorder()
         runner = self._wrap(fn, trace, rec, app)
         logged = rec is not None

@@ -37,6 +37,7 @@ from .trail import (
     CLOSES,
     ERRORS_FROM,
     FLOAT_DIGITS,
+    HOST,
     KIND_LOGGER,
     LOGGER_ROOT,
     OPENS,
@@ -134,6 +135,7 @@ class Event:
             if v is not None:
                 d[k] = round(v, FLOAT_DIGITS) if type(v) is float else v  # as in JSON lines
         d["pid"] = self.pid
+        d["host"] = HOST
         d["thread"] = self.thread
         if self.exc:
             d["exc"] = self.exc
@@ -275,6 +277,9 @@ class Recorder:
         if logger is None:
             logger = log_as
         if trace is not None:
+            resolve = trace.resolve
+            if resolve is not None:  # a job id the URL or the body may still give
+                resolve(trace, False)
             rid = trace.request_id
             jid = trace.job_id
             if target is None:

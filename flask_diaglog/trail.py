@@ -16,7 +16,9 @@ formats and parses it back.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any, Union
 
@@ -88,6 +90,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "request_start": ("method", "path", "query", "client", "content_type", "testing"),
     "request_end": (
         "method", "path", "status", "duration_ms", "stages", "aborted", "hung", "slow",
+        "bad_job_id",
     ),
     "stage": ("stage", "duration_ms", "ok", "error"),
 }  # fmt: skip
@@ -104,6 +107,10 @@ def fields_dict(kind: str, fields: Fields | None) -> dict[str, Any]:
         return {k: v for k, v in zip(FIELDS[kind], fields, strict=False) if v is not None}
     return dict(fields)
 
+
+#: The host name every JSON line and event carries (``host``), so that the files of several
+#: machines can be merged and still say where each line came from.
+HOST = socket.gethostname()
 
 #: Decimal places of float fields (durations in ms) in JSON lines and ``Event.to_dict()``.
 FLOAT_DIGITS = 3
@@ -167,7 +174,13 @@ def _parse_stages(text: str) -> dict[str, float]:
     return out
 
 
-def _tail(totals: Mapping[str, float] | None, aborted: bool, hung: int, slow: bool) -> str:
+def _tail(
+    totals: Mapping[str, float] | None,
+    aborted: bool,
+    hung: int,
+    slow: bool,
+    bad_job_id: str | None = None,
+) -> str:
     """The optional words of an end line, in a fixed order."""
     tail = ""
     if totals:
@@ -178,12 +191,15 @@ def _tail(totals: Mapping[str, float] | None, aborted: bool, hung: int, slow: bo
         tail += f" was_hung({hung})"
     if slow:
         tail += " slow"
+    if bad_job_id is not None:
+        tail += " bad_job_id=" + json.dumps(bad_job_id)
     return tail
 
 
 _TAIL = (
     r"(?: stages=(?P<stages>\S+))?(?P<aborted> aborted)?"
     r"(?: was_hung\((?P<hung>\d+)\))?(?P<slow> slow)?"
+    r'(?: bad_job_id=(?P<bad>"(?:[^"\\]|\\.)*"))?'
 )
 
 
@@ -196,6 +212,9 @@ def _tail_fields(m: re.Match[str], out: dict[str, Any]) -> None:
         out["hung"] = int(m["hung"])
     if m["slow"]:
         out["slow"] = True
+    if m["bad"]:
+        with contextlib.suppress(ValueError):
+            out["bad_job_id"] = json.loads(m["bad"])
 
 
 def request_start_msg(
@@ -237,11 +256,13 @@ def request_end_msg(
     aborted: bool = False,
     hung: int = 0,
     slow: bool = False,
+    bad_job_id: str | None = None,
 ) -> str:
-    """``request_end GET /p 200 12.34ms [stages=a:1.00,b:2.00] [aborted] [was_hung(n)] [slow]``."""
+    """``request_end GET /p 200 12.34ms [stages=a:1.00,b:2.00] [aborted] [was_hung(n)] [slow]
+    [bad_job_id="a/b"]`` (``bad_job_id``: an invalid job id the request carried, JSON-quoted)."""
     msg = f"request_end {method} {path} {status} {ms:.2f}ms"
-    if totals or aborted or hung or slow:
-        msg += _tail(totals, aborted, hung, slow)
+    if totals or aborted or hung or slow or bad_job_id is not None:
+        msg += _tail(totals, aborted, hung, slow, bad_job_id)
     return msg
 
 

@@ -1,12 +1,14 @@
-"""The WSGI wrapper around ``app.wsgi_app``: the trace, the response headers and the end line.
+"""The WSGI wrapper around ``app.wsgi_app``: the trace, the start line, the headers, the end line.
 
-It creates the :class:`~flask_diaglog.context.Trace` of each request (request id, start time),
-adds ``X-Request-ID`` and ``Server-Timing`` to the response headers, and records the end line
-when Flask returns or, for a streamed body, when the server closes the body. The start line and
-the job id are the business of :mod:`.hooks`, which run after URL matching.
+For each request it creates the :class:`~flask_diaglog.context.Trace` (request id, start time),
+records the start line and so registers the request in flight, all before Flask reads a byte of
+the body or matches the URL; adds ``X-Request-ID`` and ``Server-Timing`` to the response headers
+(merged with the app's own, never duplicated); and records the end line when Flask returns or,
+for a streamed body, when the server closes the body. The job id is resolved by
+:class:`~flask_diaglog.jobids.JobIds`; the Flask-side hooks are in :mod:`.hooks`.
 
-Wrapping ``wsgi_app`` rather than using three Flask hooks keeps most of the per-request work out
-of Flask's hook dispatch (measured: see the performance page of the docs).
+Wrapping ``wsgi_app`` rather than using Flask hooks keeps most of the per-request work out of
+Flask's hook dispatch (measured: see the performance page of the docs).
 """
 
 from __future__ import annotations
@@ -19,22 +21,38 @@ from typing import TYPE_CHECKING, Any
 from flask import request
 
 from .context import Trace, is_valid_id, new_request_id, reset_trace, set_trace, traceparent_id
+from .jobids import BODY_LOOKUP_MAX, JobIds, body_json
 from .redact import Redactor
 from .timing import server_timing_header
-from .trail import request_end_msg, request_error_msg
+from .trail import request_end_msg, request_error_msg, request_start_msg
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from .record import Recorder
 
-__all__ = ["BODY_LOOKUP_MAX", "RequestTrail"]
+__all__ = ["BODY_LOOKUP_MAX", "RequestTrail", "excluded"]
 
-#: Bodies larger than this are not parsed for a ``job_id`` field or shown in error lines.
-BODY_LOOKUP_MAX = 1024 * 1024
 _INFO = logging.INFO
 _WARNING = logging.WARNING
 _ERROR = logging.ERROR
+
+
+def excluded(prefixes: Iterable[str]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The exact paths and the ``prefix/`` starts of ``prefixes``: a URL is excluded when it is
+    one of the prefixes or lies below one, whole path segments only (``/_diaglog`` excludes
+    ``/_diaglog/api`` but not ``/_diaglog-export``)."""
+    exact = {p.rstrip("/") or "/" for p in prefixes if p}
+    return frozenset(exact), tuple(p if p.endswith("/") else p + "/" for p in exact)
+
+
+def _path(raw: str) -> str:
+    """``PATH_INFO`` as Flask's ``request.path`` has it: UTF-8 decoded, one leading slash."""
+    if not raw.isascii():
+        raw = raw.encode("latin-1", "replace").decode("utf-8", "replace")
+    if raw[:1] != "/" or raw[:2] == "//":
+        raw = "/" + raw.lstrip("/")
+    return raw
 
 
 class RequestTrail:
@@ -43,7 +61,10 @@ class RequestTrail:
     :param wsgi_app: the wrapped ``app.wsgi_app``.
     :param rec: the app's recorder.
     :param redactor: scrubs queries, headers and bodies.
-    :param exclude: path prefixes that are not observed at all.
+    :param job_ids: the app's lenient job-id resolution.
+    :param exclude: URL prefixes that are not observed at all (whole path segments).
+    :param trust_request_id: use a valid incoming ``X-Request-ID`` (or ``traceparent``).
+    :param testing: the app is under test (said on the start line).
     """
 
     def __init__(
@@ -51,41 +72,84 @@ class RequestTrail:
         wsgi_app: WSGIApplication,
         rec: Recorder,
         redactor: Redactor,
+        job_ids: JobIds,
         *,
         exclude: tuple[str, ...] = (),
         server_timing: bool = True,
         slow_ms: float = 0.0,
+        trust_request_id: bool = True,
+        testing: bool = False,
     ) -> None:
         self.wsgi_app = wsgi_app
         self.rec = rec
         self.redactor = redactor
+        self.job_ids = job_ids
         self.exclude = exclude
+        self._exact, self._under = excluded(exclude)
         self.server_timing = server_timing
         self.slow_ms = slow_ms
+        self.trust_request_id = trust_request_id
+        self.testing = testing
+        self._testing_text = "true" if testing else "false"
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         # The hot path of every request: kept to plain attribute and dict operations.
         path = environ.get("PATH_INFO", "")
-        if self.exclude and path.startswith(self.exclude):
+        if self._under and (path in self._exact or path.startswith(self._under)):
             return self.wsgi_app(environ, start_response)
-        rid = environ.get("HTTP_X_REQUEST_ID")
+        if not path.isascii() or path[:1] != "/" or path[:2] == "//":
+            path = _path(path)
+        rid = environ.get("HTTP_X_REQUEST_ID") if self.trust_request_id else None
         if rid is None or not is_valid_id(rid):
-            tp = environ.get("HTTP_TRACEPARENT")
+            tp = environ.get("HTTP_TRACEPARENT") if self.trust_request_id else None
             rid = (traceparent_id(tp) if tp else None) or new_request_id()
-        trace = Trace(self.rec, "request", rid, None, environ.get("REQUEST_METHOD"), path)
+        method = environ.get("REQUEST_METHOD")
+        trace = Trace(self.rec, "request", rid, None, method, path)
+        job_ids = self.job_ids
+        pending = job_ids.at_start(trace, environ)
+        # The start line, before Flask reads the body: the request is in flight from here.
+        ctype = environ.get("CONTENT_TYPE")
+        mimetype = ctype.partition(";")[0].strip().lower() or None if ctype else None
+        client = environ.get("REMOTE_ADDR")
+        qs = environ.get("QUERY_STRING")
+        query = self.redactor.query(qs) if qs else None
+        self.rec.record(
+            "request_start",
+            trace,
+            _INFO,
+            request_start_msg(
+                method, f"{path}?{query}" if qs else path, client, mimetype, self._testing_text
+            ),
+            (method, path, query, client, mimetype, self.testing),
+        )
+        if pending:  # the body (or the app's callable) may say more, once Flask has the request
+            trace.resolve = job_ids.resolve
         server_timing = self.server_timing
 
         def _start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Any:
             trace.status = int(status[:3])
-            headers.append(("X-Request-ID", rid))
+            own_rid = own_timing = -1
+            for i, (name, _) in enumerate(headers):
+                if len(name) in (12, 13):
+                    low = name.lower()
+                    if low == "x-request-id":
+                        own_rid = i
+                    elif low == "server-timing":
+                        own_timing = i
+            if own_rid < 0:  # the app's own X-Request-ID wins: exactly one goes out
+                headers.append(("X-Request-ID", rid))
             if server_timing:
                 if trace.stages:
-                    headers.append(("Server-Timing", server_timing_header(trace)))
+                    timing = server_timing_header(trace)
                 else:  # the common case, inlined: total only
-                    ms = (perf_counter() - trace.t0) * 1000.0
-                    headers.append(("Server-Timing", f"total;dur={ms:.1f}"))
+                    timing = f"total;dur={(perf_counter() - trace.t0) * 1000.0:.1f}"
+                if own_timing < 0:
+                    headers.append(("Server-Timing", timing))
+                else:  # merged into the app's header: one Server-Timing, the app's entries first
+                    name, value = headers[own_timing]
+                    headers[own_timing] = (name, f"{value}, {timing}" if value else timing)
             return start_response(status, headers, exc_info)
 
         token = set_trace(trace)
@@ -115,15 +179,16 @@ class RequestTrail:
             is_slow = bool(slow and ms >= slow)
             level = _WARNING if (status is not None and status >= 500) or is_slow else _INFO
             hung = trace.hung
-            if trace.stages or aborted or hung or is_slow:
+            bad = trace.bad_job_id
+            if trace.stages or aborted or hung or is_slow or bad is not None:
                 totals = trace.stage_totals() if trace.stages else None
                 msg = request_end_msg(
                     trace.method, trace.path, status, ms, totals,
-                    aborted=aborted, hung=hung, slow=is_slow,
+                    aborted=aborted, hung=hung, slow=is_slow, bad_job_id=bad,
                 )  # fmt: skip
                 fields: tuple[Any, ...] = (
                     trace.method, trace.path, status, ms, totals,
-                    aborted or None, hung or None, is_slow or None,
+                    aborted or None, hung or None, is_slow or None, bad,
                 )  # fmt: skip
             else:  # the common case
                 msg = request_end_msg(trace.method, trace.path, status, ms)
@@ -147,11 +212,9 @@ class RequestTrail:
             req = None
         if req is not None:
             fields["headers"] = self.redactor.headers(req.headers.items())
-            if req.is_json and (req.content_length or 0) <= BODY_LOOKUP_MAX:
-                try:
-                    body = req.get_json(silent=True)
-                except RecursionError:  # a deeply nested body: not shown
-                    body = None
+            if req.is_json:
+                # Only a body already in memory: reading one now could wait on a slow client.
+                body = body_json(req, False)
                 if body is not None:
                     fields["body"] = self.redactor.data(body)
         rec.record(

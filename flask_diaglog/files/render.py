@@ -20,13 +20,12 @@ import json
 import math
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..trail import FIELDS, FLOAT_DIGITS, LEVEL_NAMES, Fields
+from ..trail import FIELDS, FLOAT_DIGITS, HOST, LEVEL_NAMES, Fields
 
 if TYPE_CHECKING:
     from ..record import Event
@@ -182,7 +181,7 @@ _enc: Callable[[str], str] = json.encoder.encode_basestring
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 _pid = os.getpid()
 #: The host name, JSON-encoded: which machine wrote a line, when files of several are merged.
-_HOST = json.dumps(socket.gethostname())
+_HOST = json.dumps(HOST)
 _current_thread = threading.current_thread
 _isfinite = math.isfinite
 

@@ -373,14 +373,13 @@ def _call_view(
 
 
 def _job_id(req: Request, trace: Trace | None, guard: JobGuard, key: KeyFunc | None) -> str | None:
-    if key is None:
-        if trace is not None and trace.lease is None:
-            return trace.job_id
-        # No trace, or another guard on this request already replaced trace.job_id: look again.
-        return lookup_job_id(req, guard.getter)
-    job_id = lookup_job_id(req, key)  # validated: an invalid id is a 400 (InvalidJobId)
-    if trace is not None:
-        trace.job_id = job_id  # every later line of this request carries the guarded id
+    # The strict lookup: an invalid id is a 400 (InvalidJobId) here, unlike on unguarded views.
+    job_id = lookup_job_id(req, key if key is not None else guard.getter)
+    if trace is not None and (key is not None or trace.lease is None):
+        # Every later line of this request carries the guarded id.
+        trace.job_id = job_id
+        trace.resolve = None
+        trace.bad_job_id = None
     return job_id
 
 

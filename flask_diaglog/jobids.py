@@ -1,0 +1,330 @@
+"""Where a request's job id comes from: the one lookup, strict for the guard, lenient for lines.
+
+A job id may come from (in this order) the URL view argument ``job_id``, the ``X-Job-ID`` header,
+the ``Idempotency-Key`` header, the JSON body field or the form field ``job_id``, or the query
+parameter ``job_id`` (or from ``DiagLog(job_id=...)``, which replaces all of these).
+
+* :func:`lookup_job_id` is the strict lookup of ``@guard_job``: an invalid id is a 400
+  (:class:`~flask_diaglog.problems.InvalidJobId`).
+* :class:`JobIds` is the lenient resolution of the request trail. An observer must not change a
+  response, so an invalid id is never an error there: it is kept, escaped and cut short, as
+  ``bad_job_id`` on the end line, and the lines carry no job id. It also never takes the body
+  from the view and never delays the start line: headers and the query string are read when the
+  request arrives, the URL once Flask has matched it, and the body only when someone asks for the
+  job id (``current_job_id()``, ``spawn``, the guard) or when the view has read the body itself.
+* :func:`peek_body` reads a body for the lookup and puts the same bytes back, so
+  ``request.stream``, ``get_data()``, ``get_json()``, ``form`` and ``files`` give the view what
+  they give without diaglog.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from flask import request
+
+from .context import is_valid_id
+from .problems import InvalidJobId
+
+if TYPE_CHECKING:
+    from flask.wrappers import Request
+
+    from .context import Trace
+
+__all__ = ["BODY_LOOKUP_MAX", "JobIdGetter", "JobIds", "lookup_job_id", "peek_body"]
+
+JobIdGetter = Callable[["Request"], "str | None"]
+
+#: Bodies larger than this are never read for a ``job_id`` field or shown in error lines.
+BODY_LOOKUP_MAX = 1024 * 1024
+#: How much of an invalid id the ``bad_job_id`` field keeps.
+BAD_ID_MAX = 64
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+class _Peeked(io.BytesIO):
+    """The body put back after :func:`peek_body` read it; ``data`` is what was read."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.data = data
+
+
+def peek_body(req: Request, read: bool) -> bytes | None:
+    """The raw body of ``req`` for the job-id lookup, or ``None``.
+
+    With ``read`` false, only a body that is already in memory (the view called ``get_data()``
+    or ``get_json()``, or an earlier peek) is returned. With ``read`` true, a body of a known
+    length up to :data:`BODY_LOOKUP_MAX` that nobody has started to read is read, and the same
+    bytes are put back as ``request.stream`` and ``wsgi.input``. A chunked body, a body the view
+    has started reading, or one that fails to arrive is left alone (``None``).
+    """
+    cached = getattr(req, "_cached_data", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    d = req.__dict__
+    stream = d.get("stream")
+    if isinstance(stream, _Peeked):
+        return stream.data
+    if not read or stream is not None or "form" in d:
+        return None
+    env = req.environ
+    try:
+        length = int(env.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return None
+    if length <= 0 or length > BODY_LOOKUP_MAX:
+        return None
+    try:
+        data = req.stream.read(length)
+    except Exception:  # a client that disconnects or sends less: the view sees what it would
+        return None
+    d["stream"] = _Peeked(data)
+    env["wsgi.input"] = io.BytesIO(data)
+    return data
+
+
+def _mimetype(env: dict[str, Any]) -> str:
+    ctype = env.get("CONTENT_TYPE")
+    return ctype.partition(";")[0].strip().lower() if ctype else ""
+
+
+def _is_json(mimetype: str) -> bool:
+    """As werkzeug's ``is_json``: ``application/json`` or ``application/*+json``."""
+    return mimetype == "application/json" or (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    )
+
+
+def body_json(req: Request, read: bool) -> Any:
+    """The JSON body of ``req`` (see :func:`peek_body` for ``read``), or ``None``. Never raises:
+    a broken, deeply nested or undecodable body is ``None``."""
+    cached = req._cached_json  # what the view's own get_json() found, if it ran
+    if cached[0] is not Ellipsis:
+        return cached[0]
+    data = peek_body(req, read)
+    if not data:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _body_value(req: Request, read: bool) -> tuple[Any, str]:
+    """A ``job_id`` field of the JSON or form body, and where it came from."""
+    env = req.environ
+    mimetype = _mimetype(env)
+    if mimetype == "application/json" or (
+        mimetype.startswith("application/") and "+json" in mimetype
+    ):
+        body = body_json(req, read)
+        if isinstance(body, dict) and "job_id" in body:
+            return body["job_id"], "the JSON body (job_id)"
+    elif mimetype in _FORM_TYPES:
+        if "form" in req.__dict__:
+            v = req.form.get("job_id")
+        else:
+            data = peek_body(req, read)
+            if data is None:
+                return None, ""
+            try:
+                _, form, _ = req.make_form_data_parser().parse(
+                    io.BytesIO(data), mimetype, len(data), dict(req.mimetype_params)
+                )
+            except Exception:  # a broken multipart body: the view will find out for itself
+                return None, ""
+            v = form.get("job_id")
+        if v is not None:
+            return v, "the form field job_id"
+    return None, ""
+
+
+def _may_have_body_id(env: dict[str, Any]) -> bool:
+    length = env.get("CONTENT_LENGTH")
+    if not length or length == "0":
+        return False
+    mimetype = _mimetype(env)
+    return mimetype in _FORM_TYPES or _is_json(mimetype)
+
+
+def _query_value(qs: str) -> Any:
+    if "job_id" not in qs:
+        return None
+    for k, v in parse_qsl(qs, keep_blank_values=True):
+        if k == "job_id":
+            return v
+    return None
+
+
+def _idempotency_key(value: str) -> str:
+    """The string of an ``Idempotency-Key`` structured-field string (quotes optional)."""
+    v = value.strip()
+    if len(v) >= 2 and v[0] == '"' and v[-1] == '"':
+        return v[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    return v
+
+
+def _invalid(value: Any, source: str) -> InvalidJobId:
+    return InvalidJobId(
+        f"The job id from {source} is not valid: it must be 1 to 128 characters of "
+        f"A-Z a-z 0-9 . _ : - (got {_shown(value)!r}).",
+        source=source,
+    )
+
+
+def _shown(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:BAD_ID_MAX]
+
+
+def _as_id(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def lookup_job_id(req: Request, getter: JobIdGetter | None) -> str | None:
+    """The job id of a request, from the documented sources in order; 400 when invalid.
+
+    The strict lookup of ``@guard_job`` (and of every route with ``DIAGLOG_STRICT_IDS``). It reads
+    a JSON or form body through :func:`peek_body`, so the view still gets the body.
+    """
+    value: Any = None
+    source = ""
+    if getter is not None:
+        value = getter(req)
+        source = "the job id callable"
+    else:
+        va = req.view_args
+        env = req.environ
+        if va and "job_id" in va:
+            value, source = va["job_id"], "the URL (job_id view argument)"
+        elif (v := env.get("HTTP_X_JOB_ID")) is not None:
+            value, source = v, "the X-Job-ID header"
+        elif (v := env.get("HTTP_IDEMPOTENCY_KEY")) is not None:
+            value, source = _idempotency_key(v), "the Idempotency-Key header"
+        else:
+            if _may_have_body_id(env):
+                value, source = _body_value(req, True)
+            if not source:
+                v = _query_value(env.get("QUERY_STRING", ""))
+                if v is not None:
+                    value, source = v, "the query parameter job_id"
+    if value is None:
+        return None
+    value = _as_id(value)
+    if not is_valid_id(value):
+        raise _invalid(value, source)
+    return value  # type: ignore[no-any-return]
+
+
+class JobIds:
+    """The lenient job-id resolution of one app's request trail (see the module docstring).
+
+    :meth:`at_start` runs in the WSGI wrapper, before Flask has the request: it takes an id from
+    the headers, or from the query string when no body could hold one, and leaves
+    :attr:`Trace.resolve <flask_diaglog.context.Trace.resolve>` set when the URL or the body may
+    still say more. The recorder calls ``trace.resolve(trace, False)`` before each line;
+    ``current_job_id()`` calls ``trace.resolve(trace, True)`` (which may read the body).
+    """
+
+    def __init__(self, getter: JobIdGetter | None) -> None:
+        self.getter = getter
+
+    def at_start(self, trace: Trace, env: dict[str, Any]) -> bool:
+        """Take the id the headers (or the query string) give; True when the app's callable or
+        the body may still give one, so ``trace.resolve`` must be set."""
+        if self.getter is not None:
+            return True
+        v = env.get("HTTP_X_JOB_ID")
+        if v is None:
+            v = env.get("HTTP_IDEMPOTENCY_KEY")
+            if v is not None:
+                v = _idempotency_key(v)
+            elif not _may_have_body_id(env):
+                qs = env.get("QUERY_STRING")
+                if qs:
+                    v = _query_value(qs)
+        if v is not None:
+            if is_valid_id(v):
+                trace.job_id = v
+            else:
+                trace.bad_job_id = _shown(v)
+            return False
+        return _may_have_body_id(env)
+
+    def from_url(self, trace: Trace, values: dict[str, Any] | None) -> None:
+        """Flask matched the URL: a ``job_id`` view argument comes first."""
+        if values and "job_id" in values and self.getter is None:
+            trace.resolve = None
+            self._take(trace, values["job_id"], override=True)
+
+    def resolve(self, trace: Trace, read_body: bool) -> None:
+        """Take what can be known now: the URL once Flask matched it, the body when asked."""
+        try:
+            req = request._get_current_object()  # type: ignore[attr-defined]
+        except RuntimeError:  # before Flask made the request (a WSGI middleware's line)
+            return
+        getter = self.getter
+        if getter is not None:
+            trace.resolve = None
+            try:
+                value = getter(req)
+            except Exception:  # the app's callable: its failure is not the observer's to raise
+                return
+            self._take(trace, value, override=True)
+            return
+        va = req.view_args
+        if va and "job_id" in va:
+            trace.resolve = None
+            self._take(trace, va["job_id"], override=True)
+            return
+        env = req.environ
+        if (
+            trace.job_id is not None
+            or trace.bad_job_id is not None
+            or "HTTP_X_JOB_ID" in env
+            or "HTTP_IDEMPOTENCY_KEY" in env
+            or not _may_have_body_id(env)
+        ):
+            trace.resolve = None
+            return
+        value, source = _body_value(req, read_body)
+        if source:
+            trace.resolve = None
+            self._take(trace, value, override=True)
+        elif read_body or peek_body(req, False) is not None or "form" in req.__dict__:
+            # The body was read and holds no id: the query string may.
+            trace.resolve = None
+            self._take(trace, _query_value(env.get("QUERY_STRING", "")), override=False)
+
+    def finish(self, trace: Trace) -> None:
+        """At the end of the view: resolve what can be, and fall back to the query string when
+        the body was never read (it is not read now: the view chose not to)."""
+        self.resolve(trace, False)
+        if trace.resolve is not None:
+            trace.resolve = None
+            try:
+                qs = request.environ.get("QUERY_STRING", "")
+            except RuntimeError:
+                return
+            self._take(trace, _query_value(qs), override=False)
+
+    @staticmethod
+    def _take(trace: Trace, value: Any, *, override: bool) -> None:
+        if value is None:
+            return
+        value = _as_id(value)
+        if is_valid_id(value):
+            trace.job_id = value
+            if override:
+                trace.bad_job_id = None
+        elif override or trace.job_id is None:
+            trace.bad_job_id = _shown(value)
+            if override:
+                trace.job_id = None
