@@ -4,10 +4,14 @@
 * ``POST /api/jobs/<job_id>/generate``: runs validate, preprocess, generate and postprocess in
   background work started with ``diaglog.spawn``; answers 202. Guarded: while that work runs, a
   second generate for the same job gets ``409`` problem+json.
-* ``GET /api/jobs/<job_id>``: the job's status and current stage; ``.../result`` the mesh (OBJ).
-* ``GET /live``: a page that uploads an image and follows its generation live (Socket.IO).
+* ``GET /api/jobs/<job_id>``: the job's status, current stage and progress; ``.../result`` the
+  mesh (OBJ).
+* ``GET /live``: a page that uploads an image and follows its generation live (Socket.IO), with a
+  progress bar fed by ``progress`` events.
 
-Run it with ``make demo`` (in-memory defaults, no Redis needed).
+Every error is problem+json (:mod:`example_app.errors`). Job records live in memory by default, so
+``make demo`` needs no Redis; with ``DIAGLOG_JOB_STORE=redis://...`` they live in that Redis, and
+``gunicorn -w N`` workers share uploads, job state and the 409 guard (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ import secrets
 import uuid
 from typing import Any
 
-from flask import Flask, Response, request, url_for
+from flask import Flask, request, url_for
 from flask_socketio import SocketIO
+from werkzeug.wrappers import Response
 
-from flask_diaglog import DiagLog, guard_job, stage
+from flask_diaglog import DiagLog, guard_job, set_job_id, stage
 from flask_diaglog.problems import problem_response
 
+from . import errors
 from .live_page import allow_live
 from .live_page import bp as live_bp
-from .pipeline import InvalidImage, image_info, run_generation
-from .store import JobStore
+from .pipeline import InvalidImage, decode, image_info, run_generation
+from .store import JobStore, open_store
 
 # Live events: browsers that opened /live may follow jobs; scripts use DIAGLOG_LIVE_TOKEN.
 diaglog = DiagLog(live_auth=allow_live)
@@ -48,7 +54,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     SocketIO(app, async_mode="threading")  # before init_app: DiagLog finds it and streams events
     diaglog.init_app(app)
     app.register_blueprint(live_bp)
-    store = JobStore()
+    errors.register(app)
+    # The job records follow the job guard's store: memory for one process, else the same Redis
+    # (DIAGLOG_JOB_STORE, resolved by init_app from the environment or the config).
+    store = open_store(app.config["DIAGLOG_JOB_STORE"])
     app.extensions["example_jobs"] = store
 
     @app.get("/")
@@ -77,10 +86,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             if not data:
                 return problem_response(400, "Empty image", "The uploaded file is empty.")
             try:
-                info = image_info(data)
+                info = image_info(decode(data))
             except InvalidImage as exc:
-                return problem_response(415, "Unsupported image", str(exc))
+                return problem_response(exc.status, exc.title, str(exc))
         job_id = uuid.uuid4().hex[:16]
+        set_job_id(job_id)  # this request's later lines and its end line carry the new job id
         record = store.create(job_id, data, info)
         app.logger.info("stored upload %s (%s, %d bytes)", job_id, info["format"], len(data))
         return {"job_id": job_id, "status": record["status"], "image": info}, 201
@@ -91,14 +101,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         record = store.get(job_id)
         if record is None:
             return problem_response(404, "Unknown job", f"No uploaded image has job id {job_id}.")
-        options = request.get_json(silent=True) or {}
+        options = errors.json_object()  # 400/415 problem+json for a body that is not one
         resolution = options.get("resolution", 16)
-        if not isinstance(resolution, int) or not 2 <= resolution <= 128:
+        if type(resolution) is not int or not 2 <= resolution <= 128:
             return problem_response(
                 422, "Invalid options", "'resolution' must be a whole number from 2 to 128."
             )
-        store.update(job_id, status="queued", stage=None, error=None)
-        diaglog.spawn(run_generation, store, job_id, {"resolution": resolution})
+        store.update(job_id, status="queued", stage=None, error=None, progress=None)
+        start_generation(store, job_id, {"resolution": resolution})
         return {
             "job_id": job_id,
             "status": "queued",
@@ -120,3 +130,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         return Response(obj, mimetype="model/obj")
 
     return app
+
+
+def start_generation(store: JobStore, job_id: str, options: dict[str, Any]) -> None:
+    """Hand one generation to background work: the one place that decides where it runs.
+
+    Today ``diaglog.spawn`` runs it in a thread of this process (the guard keeps the job's lease
+    until it ends). A task-queue runner (``example_app/tasks.py``) plugs in here behind a config
+    switch; it needs the Redis job records, which every process can read.
+    """
+    diaglog.spawn(run_generation, store, job_id, options)

@@ -3,6 +3,7 @@ stages of one job appear while the job runs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import urllib.request
@@ -14,7 +15,7 @@ import pytest
 from flask import Flask
 from flask_socketio import SocketIO
 from playwright.sync_api import Browser
-from servers import serve_in_thread
+from servers import gunicorn, serve_in_thread
 
 from docs import docs_section
 from example_app.live_page import allow_live, bp
@@ -56,7 +57,7 @@ def test_page_renders_and_serves_the_vendored_client(make_app: Callable[..., Fla
     page = client.get("/live")
     assert page.status_code == 200
     html = page.get_data(as_text=True)
-    assert '/live/static/socket.io.min.js"' in html and 'io("/diaglog")' in html
+    assert '/live/static/socket.io.min.js"' in html and 'io("/diaglog", ' in html
     js = client.get("/live/static/socket.io.min.js")
     assert js.status_code == 200 and b"Socket.IO v4" in js.data
     js.close()
@@ -172,17 +173,24 @@ def tiny_png(width: int = 24, height: int = 24) -> bytes:
     )
 
 
-@pytest.fixture
-def example_served(tmp_path: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def serve_example(tmp_path: Path, **config: Any) -> Iterator[str]:
+    """The example app itself, served on a free port."""
     from example_app import create_app
 
-    app = create_app({"DIAGLOG_LOG_DIR": str(tmp_path / "logs"), "EXAMPLE_GENERATE_SECONDS": 0.5})
+    app = create_app({"DIAGLOG_LOG_DIR": str(tmp_path / "logs"), **config})
     assert "socketio" in app.extensions and "live" in app.blueprints
     try:
         with serve_in_thread(app) as base:
             yield base
     finally:
         _close_bridge(app)
+
+
+@pytest.fixture
+def example_served(tmp_path: Path) -> Iterator[str]:
+    with serve_example(tmp_path, EXAMPLE_GENERATE_SECONDS=0.5) as base:
+        yield base
 
 
 @pytest.mark.slow
@@ -208,6 +216,75 @@ def test_example_app_page_uploads_and_follows_a_generation(
     href = page.get_attribute("#result-link", "href") or ""
     with urllib.request.urlopen(example_served + href, timeout=10) as resp:
         assert resp.read().startswith(b"v ")
+
+
+def progress_value(page: Any) -> float:
+    return float(page.eval_on_selector("#job-progress", "el => el.value"))
+
+
+@pytest.mark.slow
+def test_example_app_page_shows_the_jobs_progress_bar_moving(
+    tmp_path: Path, browser: Browser
+) -> None:
+    """Under the live pane, the progress bar follows the pipeline's progress events: it shows a
+    part done while the job runs, then more, then all of it."""
+    image = tmp_path / "photo.png"
+    image.write_bytes(tiny_png())
+    config = {"EXAMPLE_GENERATE_SECONDS": 4.0, "DIAGLOG_PROGRESS_INTERVAL": 0.2}
+    with serve_example(tmp_path, **config) as base:
+        page = browser.new_page()
+        page.goto(f"{base}/live")
+        page.wait_for_function("document.getElementById('conn').textContent === 'connected'")
+        assert progress_value(page) == 0
+        page.set_input_files("#image", str(image))
+        page.click("#start")
+        bar = "document.getElementById('job-progress').value"
+        page.wait_for_function(f"{bar} > 0 && {bar} < 1", timeout=15_000)
+        first = progress_value(page)
+        page.wait_for_function(f"{bar} > {first} && {bar} < 1", timeout=15_000)
+        assert page.text_content("#status") == "running"  # it moved while the job ran
+        assert "mesh row" in (page.text_content("#work-text") or "")
+        shots = Path(os.environ.get("LIVE_SCREENSHOTS", str(tmp_path)))
+        page.screenshot(path=str(shots / "live-progress.png"))
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('done')", timeout=30_000
+        )
+        assert progress_value(page) == 1
+        assert (page.text_content("#work-text") or "").startswith("100 %")
+
+
+@pytest.mark.slow
+def test_example_app_page_under_two_gunicorn_workers(
+    tmp_path: Path, redis_url: str, browser: Browser
+) -> None:
+    """The deployment of docs/deployment.md: under gunicorn -w 2 -k gthread with Redis, the page
+    uploads, starts and follows a job to its end, whichever workers answer each part."""
+    image = tmp_path / "photo.png"
+    image.write_bytes(tiny_png())
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        "DIAGLOG_JOB_STORE": redis_url,
+        "DIAGLOG_LIVE_QUEUE": redis_url,
+        "DIAGLOG_LOG_DIR": str(tmp_path / "logs"),
+        "DIAGLOG_PROGRESS_INTERVAL": "0.2",
+        "SECRET_KEY": "one-key-for-all-workers",
+    }
+    spec = "example_app:create_app({'EXAMPLE_GENERATE_SECONDS': 2.0})"
+    with gunicorn(
+        spec, workers=2, worker_class="gthread", threads=8, env=env, cwd=root, pythonpath=root,
+        ready_path="/healthz",
+    ) as base:  # fmt: skip
+        page = browser.new_page()
+        page.goto(f"{base}/live")
+        page.wait_for_function("document.getElementById('conn').textContent === 'connected'")
+        page.set_input_files("#image", str(image))
+        page.click("#start")
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('done')", timeout=30_000
+        )
+        names = page.locator("#stages li").all_text_contents()
+        assert [n.split(" ")[0] for n in names] == list(STAGES)
+        assert progress_value(page) == 1
 
 
 @pytest.mark.slow
