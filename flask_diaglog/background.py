@@ -1,14 +1,27 @@
 """Background work: running a callable as a job of a request, with its ``job_start`` and
-``job_end`` lines, its own :class:`~flask_diaglog.context.Trace` and the job guard's lease.
+``job_end`` lines, its own :class:`~flask_diaglog.context.Trace` and the job guard's lease; and
+what happens to running jobs when the process stops.
 
 ``DiagLog.spawn``/``DiagLog.wrap`` and the task-queue integrations run work through
 :func:`run_job`; :func:`job_end` is the one builder of a ``job_end`` record, so a failed job
 carries the same fields as a successful one.
+
+**Shutdown.** Every running job is known to one process-wide :class:`Running` set. When the
+interpreter stops (Ctrl-C, ``sys.exit``, a gunicorn worker's graceful exit, SIGTERM under a
+server that has no handler of its own), it waits up to ``DIAGLOG_SHUTDOWN_GRACE`` seconds for
+them, before Python joins its threads. A job still running then gets a ``job_end`` line marked
+``aborted``, naming the stage it was in, and the process exits (status 1) instead of waiting for
+it for ever.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -20,11 +33,154 @@ if TYPE_CHECKING:
 
     from .record import Recorder
 
-__all__ = ["job_end", "release_unused", "run_job"]
+__all__ = ["Running", "install_sigterm", "job_end", "release_unused", "run_job", "running"]
 
 R = TypeVar("R")
 _INFO = logging.INFO
 _ERROR = logging.ERROR
+_WARNING = logging.WARNING
+
+
+class _Job:
+    __slots__ = ("ended", "lock", "name", "rec", "trace")
+
+    def __init__(self, rec: Recorder, trace: Trace, name: str) -> None:
+        self.rec = rec
+        self.trace = trace
+        self.name = name
+        self.ended = False
+        self.lock = threading.Lock()
+
+
+class Running:
+    """The jobs running in this process, and the wait for them at interpreter shutdown."""
+
+    def __init__(self) -> None:
+        self._jobs: set[_Job] = set()
+        self._cond = threading.Condition()
+        self._hooked = False
+
+    def add(self, rec: Recorder, trace: Trace, name: str) -> _Job:
+        job = _Job(rec, trace, name)
+        with self._cond:
+            self._jobs.add(job)
+            if not self._hooked:
+                self._hooked = True
+                _at_shutdown(self.shutdown)
+        return job
+
+    def end(self, job: _Job) -> bool:
+        """Mark ``job`` ended; False when shutdown already wrote its aborted line."""
+        with job.lock:
+            if job.ended:
+                return False
+            job.ended = True
+        with self._cond:
+            self._jobs.discard(job)
+            self._cond.notify_all()
+        return True
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def shutdown(self) -> None:
+        """Wait for running jobs up to the longest grace of their apps; then write an aborted
+        ``job_end`` for each one left, and leave without waiting for them."""
+        with self._cond:
+            jobs = list(self._jobs)
+        if not jobs:
+            return
+        grace = max(job.rec.shutdown_grace for job in jobs)
+        deadline = time.monotonic() + grace
+        with self._cond:
+            while self._jobs and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+            jobs = list(self._jobs)
+        aborted = 0
+        for job in jobs:
+            with job.lock:
+                if job.ended:
+                    continue
+                job.ended = True
+                aborted += 1
+                _aborted_end(job)
+        if aborted:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(1)  # the jobs' threads would keep the process alive for ever
+
+
+_running: Running | None = None
+_running_lock = threading.Lock()
+
+
+def running() -> Running:
+    """The process-wide set of running jobs (made on first use)."""
+    global _running
+    if _running is None:
+        with _running_lock:
+            if _running is None:
+                _running = Running()
+    return _running
+
+
+def _at_shutdown(fn: Callable[[], None]) -> None:
+    """Run ``fn`` when the interpreter stops, before it joins non-daemon threads."""
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        try:
+            register(fn)
+            return
+        except RuntimeError:  # already shutting down
+            return
+    import atexit
+
+    atexit.register(fn)
+
+
+def install_sigterm() -> bool:
+    """Make SIGTERM stop the process as Ctrl-C does (running the shutdown wait), when nobody
+    else handles it: the main thread, and SIGTERM still at its default. True if installed."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return False
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _aborted_end(job: _Job) -> None:
+    trace = job.trace
+    stage = trace.current_stage
+    where = f"in stage {stage}" if stage else "outside any stage"
+    error = f"Aborted: the process stopped while the job ran ({where})"
+    ms = trace.elapsed_ms()
+    totals = trace.stage_totals() or None
+    job.rec.record(
+        "job_end",
+        trace,
+        _ERROR,
+        job_end_msg(job.name, False, ms, totals, error=error, hung=trace.hung, aborted=True),
+        {
+            "name": job.name,
+            "duration_ms": round(ms, 3),
+            "ok": False,
+            "error": error,
+            "stages": totals,
+            "hung": trace.hung or None,
+            "aborted": True,
+            "stage": stage,
+        },
+    )
 
 
 def release_unused(held: list[Lease | None]) -> None:
@@ -60,12 +216,16 @@ def run_job(
         if rec is None:
             return fn(*args, **kwargs)
         rec.record("job_start", job, _INFO, job_start_msg(name), {"name": name})
+        jobs = running()
+        entry = jobs.add(rec, job, name)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            job_end(rec, job, name, exc)
+            if jobs.end(entry):
+                job_end(rec, job, name, exc)
             raise
-        job_end(rec, job, name, None)
+        if jobs.end(entry):
+            job_end(rec, job, name, None)
         return result
     finally:
         try:

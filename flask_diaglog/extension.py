@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from flask import Flask, current_app, has_app_context
 
 from . import live
-from .background import release_unused, run_job
+from .background import install_sigterm, release_unused, run_job
 from .config import ConfigError, Settings, load_settings
 from .context import Lease, Trace, current_trace, new_request_id, settled_trace
 from .files import FileSet
@@ -197,6 +197,9 @@ class DiagLog:
         )
         registry.recorder = rec
         rec.progress_interval = s.progress_interval
+        rec.shutdown_grace = s.shutdown_grace
+        if s.shutdown_grace > 0 and not s.testing:
+            install_sigterm()  # only when SIGTERM is unhandled (flask run, the example server)
         state.guard = JobGuard(rec, s, make_store(s.job_store), self.job_id_getter)
 
         exclude = list(s.exclude)
@@ -228,9 +231,7 @@ class DiagLog:
             trust_request_id=s.trust_request_id,
             testing=s.testing,
         )
-        state.exception_receiver = register(
-            app, trail, self.job_id_getter, strict=s.strict_ids
-        )
+        state.exception_receiver = register(app, trail, self.job_id_getter, strict=s.strict_ids)
         state.wsgi_app = app.wsgi_app
         app.wsgi_app = trail  # type: ignore[method-assign]
 
@@ -297,7 +298,11 @@ class DiagLog:
                     raise  # no diaglog here: let threading.excepthook print it
                 # else: already in jobs.log and errors.log with its traceback
 
-        t = threading.Thread(target=target, name=f"diaglog-job-{job_id or new_request_id()}")
+        # Never a daemon, whatever the calling thread is: a stopping process waits for the job
+        # (up to DIAGLOG_SHUTDOWN_GRACE, see background.py).
+        t = threading.Thread(
+            target=target, name=f"diaglog-job-{job_id or new_request_id()}", daemon=False
+        )
         t.start()
         return t
 

@@ -209,6 +209,8 @@ class Recorder:
         self.redact: Callable[[str], str] = redact if redact is not None else _same
         #: Least seconds between two ``progress`` lines of a trace (DIAGLOG_PROGRESS_INTERVAL).
         self.progress_interval = 0.0
+        #: Seconds a stopping process waits for this app's running jobs (DIAGLOG_SHUTDOWN_GRACE).
+        self.shutdown_grace = 30.0
         #: Failures per sink or subscriber name.
         self.failures: dict[str, int] = {}
         self._subscribers: tuple[tuple[str, Subscriber], ...] = ()

@@ -1,0 +1,190 @@
+"""Nothing started is lost at shutdown: real servers stopped in the middle of a job.
+
+Each test starts a real server process (``flask run``, gunicorn), starts a background job through
+a request, sends the signal an operator sends (Ctrl-C is SIGINT, a process manager sends SIGTERM)
+while the job runs, and then reads the log files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import free_port
+
+pytestmark = pytest.mark.slow
+
+APP = textwrap.dedent(
+    """
+    import threading
+    import time
+
+    from flask import Flask
+
+    from flask_diaglog import DiagLog, stage
+
+    app = Flask(__name__)
+    diaglog = DiagLog(app)
+
+
+    def generate(seconds):
+        with stage("render"):
+            time.sleep(seconds)
+
+
+    @app.post("/jobs/<job_id>")
+    def start(job_id):
+        t = diaglog.spawn(generate, float(__import__("flask").request.args["seconds"]))
+        return {"daemon": t.daemon, "parent_daemon": threading.current_thread().daemon}, 202
+    """
+)
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    (tmp_path / "shutdown_app.py").write_text(APP)
+    return tmp_path
+
+
+def _env(app_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIAGLOG_", "FLASK_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(app_dir), str(Path(__file__).parent.parent)])
+    env["DIAGLOG_LOG_DIR"] = str(app_dir / "logs")
+    env["DIAGLOG_FORMAT"] = "json"
+    env.update(extra)
+    return env
+
+
+def _wait_until(predicate: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def _post(url: str) -> dict[str, bool]:
+    req = urllib.request.Request(url, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 202
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+def _ready(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=1).close()
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _job_lines(app_dir: Path) -> list[dict[str, object]]:
+    path = app_dir / "logs" / "jobs.log"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+@pytest.fixture
+def flask_run(app_dir: Path) -> Iterator[object]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(**env: str) -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "shutdown_app", "run", "--port", str(port)],
+            cwd=app_dir,
+            env=_env(app_dir, **env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        _wait_until(lambda: _ready(base + "/"))
+        return proc, base
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopping_flask_run_waits_for_the_running_job(
+    flask_run: object, app_dir: Path, sig: signal.Signals
+) -> None:
+    proc, base = flask_run()  # type: ignore[operator]
+    threads = _post(base + "/jobs/j-wait?seconds=1.5")
+    assert threads == {"daemon": False, "parent_daemon": True}  # non-daemon, from a daemon thread
+    _wait_until(lambda: any(r["event"] == "job_start" for r in _job_lines(app_dir)))
+    proc.send_signal(sig)
+    proc.wait(30)
+    (end,) = [r for r in _job_lines(app_dir) if r["event"] == "job_end"]
+    assert end["ok"] is True and end["job_id"] == "j-wait"
+    assert end["stages"] == {"render": pytest.approx(1500, abs=1000)}
+
+
+def test_a_job_past_the_grace_period_ends_with_an_aborted_line(
+    flask_run: object, app_dir: Path
+) -> None:
+    proc, base = flask_run(DIAGLOG_SHUTDOWN_GRACE="0.5")  # type: ignore[operator]
+    _post(base + "/jobs/j-long?seconds=60")
+    _wait_until(lambda: any(r["event"] == "job_start" for r in _job_lines(app_dir)))
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(20) == 1  # it did not wait the 60 s
+    (end,) = [r for r in _job_lines(app_dir) if r["event"] == "job_end"]
+    assert end["aborted"] is True and end["ok"] is False
+    assert end["stage"] == "render" and end["job_id"] == "j-long"
+    assert "in stage render" in str(end["error"])
+    errors = (app_dir / "logs" / "errors.log").read_text()
+    assert "j-long" in errors and "aborted" in errors
+
+
+def test_a_gunicorn_worker_stopping_gracefully_waits_for_the_job(app_dir: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "shutdown_app:app",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--graceful-timeout",
+            "20",
+        ],
+        cwd=app_dir,
+        env=_env(app_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_until(lambda: _ready(base + "/"))
+        _post(base + "/jobs/j-guni?seconds=1.5")
+        _wait_until(lambda: any(r["event"] == "job_start" for r in _job_lines(app_dir)))
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    (end,) = [r for r in _job_lines(app_dir) if r["event"] == "job_end"]
+    assert end["ok"] is True and end["job_id"] == "j-guni"
