@@ -133,11 +133,13 @@ def _body_value(req: Request, read: bool) -> tuple[Any, str]:
             if data is None:
                 return None, ""
             try:
-                _, form, _ = req.make_form_data_parser().parse(
+                _, form, files = req.make_form_data_parser().parse(
                     io.BytesIO(data), mimetype, len(data), dict(req.mimetype_params)
                 )
             except Exception:  # a broken multipart body: the view will find out for itself
                 return None, ""
+            for upload in files.values():
+                upload.close()  # our parse's copies; the view parses its own
             v = form.get("job_id")
         if v is not None:
             return v, "the form field job_id"
