@@ -96,6 +96,7 @@ class Trace:
         "resolve",
         "stages",
         "start",
+        "started",
         "status",
         "streamed",
         "t0",
@@ -123,6 +124,8 @@ class Trace:
         self.path = path
         self.t0 = _perf_counter()
         self.start = _time()
+        #: The start line is written (requests: once Flask has matched the URL).
+        self.started = False
         self.stages: list[tuple[str, float, bool]] = []
         self.open_stages: list[str] = []
         self.status: int | None = None

@@ -1,7 +1,8 @@
 """The Flask hooks of a request: the final status, the job id once known, the error line.
 
-* One URL value preprocessor takes a ``job_id`` view argument as soon as Flask has matched the
-  URL, so every line the view writes carries it.
+* One URL value preprocessor, the first thing Flask calls after matching the URL, takes a
+  ``job_id`` view argument and records the start line (:meth:`RequestTrail.start
+  <flask_diaglog.wsgi.RequestTrail.start>`): before the view, and before anything reads the body.
 * One ``after_request`` function, run after all others, notes the final status and whether the
   body is streamed, and resolves the job id the URL or a body the view read may give (the end
   line carries it).
@@ -9,7 +10,6 @@
 * Only with ``DIAGLOG_STRICT_IDS``: one ``before_request`` function, run before any other, answers
   400 for an invalid job id on every route.
 
-The start line is not here: the WSGI wrapper (:mod:`.wsgi`) writes it before Flask reads the body.
 The job-id lookup is :mod:`.jobids`.
 """
 
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, got_request_exception, request
+from flask.globals import _cv_request
 from flask.wrappers import Response
 from werkzeug.wsgi import ClosingIterator
 
@@ -41,13 +42,18 @@ def register(
     finish_ids = job_ids.finish
     from_url = job_ids.from_url
 
-    def diaglog_url_job_id(endpoint: str | None, values: dict[str, Any] | None) -> None:
-        # A URL value preprocessor: called with the view arguments, without the request proxy
-        # and hook dispatch of a before_request function.
+    start = trail.start
+
+    def diaglog_start(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        # A URL value preprocessor: the first call Flask makes after matching the URL, with the
+        # view arguments, and without the ensure_sync dispatch of a before_request function.
+        trace = current_trace()
+        if trace is None or trace.rec is not rec or trace.started:
+            return
         if values and "job_id" in values:
-            trace = current_trace()
-            if trace is not None and trace.rec is rec:
-                from_url(trace, values)
+            from_url(trace, values)
+        ctx = _cv_request.get(None)
+        start(trace, ctx.request.environ if ctx is not None else {})
 
     def diaglog_after_request(response: Response) -> Response:
         trace = current_trace()
@@ -79,7 +85,7 @@ def register(
             trace.job_id = lookup_job_id(request._get_current_object(), getter)  # type: ignore[attr-defined]
 
         app.before_request_funcs.setdefault(None, []).insert(0, diaglog_strict_ids)
-    app.url_value_preprocessors.setdefault(None, []).insert(0, diaglog_url_job_id)
+    app.url_value_preprocessors.setdefault(None, []).insert(0, diaglog_start)
     app.after_request_funcs.setdefault(None, []).insert(0, diaglog_after_request)
     # Weakly connected (blinker's global registry must not keep the app alive).
     got_request_exception.connect(on_exception, app)

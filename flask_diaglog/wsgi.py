@@ -1,10 +1,11 @@
 """The WSGI wrapper around ``app.wsgi_app``: the trace, the start line, the headers, the end line.
 
-For each request it creates the :class:`~flask_diaglog.context.Trace` (request id, start time),
-records the start line and so registers the request in flight, all before Flask reads a byte of
-the body or matches the URL; adds ``X-Request-ID`` and ``Server-Timing`` to the response headers
-(merged with the app's own, never duplicated); and records the end line when Flask returns or,
-for a streamed body, when the server closes the body. The job id is resolved by
+For each request it creates the :class:`~flask_diaglog.context.Trace` (request id, start time);
+records the start line, which registers the request in flight, as soon as Flask has matched the
+URL (:meth:`RequestTrail.start`, called from a hook in :mod:`.hooks`) and before anything reads
+the body; adds ``X-Request-ID`` and ``Server-Timing`` to the response headers (merged with the
+app's own, never duplicated); and records the end line when Flask returns or, for a streamed
+body, when the server closes the body. The job id is resolved by
 :class:`~flask_diaglog.jobids.JobIds`; the Flask-side hooks are in :mod:`.hooks`.
 
 Wrapping ``wsgi_app`` rather than using Flask hooks keeps most of the per-request work out of
@@ -106,23 +107,7 @@ class RequestTrail:
         method = environ.get("REQUEST_METHOD")
         trace = Trace(self.rec, "request", rid, None, method, path)
         job_ids = self.job_ids
-        pending = job_ids.at_start(trace, environ)
-        # The start line, before Flask reads the body: the request is in flight from here.
-        ctype = environ.get("CONTENT_TYPE")
-        mimetype = ctype.partition(";")[0].strip().lower() or None if ctype else None
-        client = environ.get("REMOTE_ADDR")
-        qs = environ.get("QUERY_STRING")
-        query = self.redactor.query(qs) if qs else None
-        self.rec.record(
-            "request_start",
-            trace,
-            _INFO,
-            request_start_msg(
-                method, f"{path}?{query}" if qs else path, client, mimetype, self._testing_text
-            ),
-            (method, path, query, client, mimetype, self.testing),
-        )
-        if pending:  # the body (or the app's callable) may say more, once Flask has the request
+        if job_ids.at_start(trace, environ):  # the body (or the app's callable) may say more
             trace.resolve = job_ids.resolve
         server_timing = self.server_timing
 
@@ -154,17 +139,43 @@ class RequestTrail:
 
         token = set_trace(trace)
         try:
+            # The start line is written by the hook Flask calls once it has matched the URL
+            # (start()), before the view and before anything reads the body.
             body = self.wsgi_app(environ, _start_response)
         except BaseException as exc:
             # Propagated (TESTING or PROPAGATE_EXCEPTIONS): the end line still gets written.
+            if not trace.started:
+                self.start(trace, environ)
             self.finish(trace, exc)
             raise
         finally:
             reset_trace(token)
+        if not trace.started:  # Flask never got as far as matching the URL
+            self.start(trace, environ)
         if trace.streamed:
             return _StreamedBody(body, trace, self)
         self.finish(trace, None)
         return body
+
+    def start(self, trace: Trace, environ: WSGIEnvironment | dict[str, Any]) -> None:
+        """Record the start line, which also puts the request in flight."""
+        trace.started = True
+        path = trace.path or "/"
+        method = trace.method
+        ctype = environ.get("CONTENT_TYPE")
+        mimetype = ctype.partition(";")[0].strip().lower() or None if ctype else None
+        client = environ.get("REMOTE_ADDR")
+        qs = environ.get("QUERY_STRING")
+        query = self.redactor.query(qs) if qs else None
+        self.rec.record(
+            "request_start",
+            trace,
+            _INFO,
+            request_start_msg(
+                method, f"{path}?{query}" if qs else path, client, mimetype, self._testing_text
+            ),
+            (method, path, query, client, mimetype, self.testing),
+        )
 
     def finish(self, trace: Trace, exc: BaseException | None, aborted: bool = False) -> None:
         """Record the end line (and the error line if not recorded yet); free the job."""
