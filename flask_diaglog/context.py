@@ -94,6 +94,7 @@ class Trace:
         "rec",
         "request_id",
         "resolve",
+        "route",
         "stages",
         "start",
         "started",
@@ -124,6 +125,8 @@ class Trace:
         self.path = path
         self.t0 = _perf_counter()
         self.start = _time()
+        #: The URL rule Flask matched (requests), or ``None``.
+        self.route: str | None = None
         #: The start line is written (requests: once Flask has matched the URL).
         self.started = False
         self.stages: list[tuple[str, float, bool]] = []

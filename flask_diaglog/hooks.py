@@ -53,7 +53,14 @@ def register(
         if values and "job_id" in values:
             from_url(trace, values)
         ctx = _cv_request.get(None)
-        start(trace, ctx.request.environ if ctx is not None else {})
+        if ctx is None:
+            start(trace, {})
+            return
+        req = ctx.request
+        rule = req.url_rule
+        if rule is not None:
+            trace.route = rule.rule
+        start(trace, req.environ)
 
     def diaglog_after_request(response: Response) -> Response:
         trace = current_trace()

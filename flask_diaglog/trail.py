@@ -89,7 +89,7 @@ KIND_LOGGER: dict[str, str] = {
 FIELDS: dict[str, tuple[str, ...]] = {
     "request_start": ("method", "path", "query", "client", "content_type", "testing"),
     "request_end": (
-        "method", "path", "status", "duration_ms", "stages", "aborted", "hung", "slow",
+        "method", "path", "route", "status", "duration_ms", "stages", "aborted", "hung", "slow",
         "bad_job_id",
     ),
     "stage": ("stage", "duration_ms", "ok", "error"),
@@ -257,10 +257,18 @@ def request_end_msg(
     hung: int = 0,
     slow: bool = False,
     bad_job_id: str | None = None,
+    route: str | None = None,
 ) -> str:
-    """``request_end GET /p 200 12.34ms [stages=a:1.00,b:2.00] [aborted] [was_hung(n)] [slow]
-    [bad_job_id="a/b"]`` (``bad_job_id``: an invalid job id the request carried, JSON-quoted)."""
+    """``request_end GET /p 200 12.34ms [route=/items/<id>] [stages=a:1.00,b:2.00] [aborted]
+    [was_hung(n)] [slow] [bad_job_id="a/b"]``.
+
+    ``route`` is the URL rule Flask matched. The word is left out when the rule is the path
+    itself, and is ``route=-`` when no rule matched (a 404), so the common line stays short.
+    ``bad_job_id`` is an invalid job id the request carried, JSON-quoted.
+    """
     msg = f"request_end {method} {path} {status} {ms:.2f}ms"
+    if route != path:
+        msg += f" route={route or '-'}"
     if totals or aborted or hung or slow or bad_job_id is not None:
         msg += _tail(totals, aborted, hung, slow, bad_job_id)
     return msg
@@ -268,8 +276,7 @@ def request_end_msg(
 
 _REQUEST_END = re.compile(
     r"request_end (?P<method>\S+) (?P<path>.*) (?P<status>\d{3}|None) (?P<ms>[\d.]+)ms"
-    + _TAIL
-    + "$"
+    r"(?: route=(?P<route>\S+))?" + _TAIL + "$"
 )
 
 
@@ -281,6 +288,9 @@ def _request_end_fields(m: re.Match[str]) -> dict[str, Any]:
     }
     if m["status"] != "None":
         out["status"] = int(m["status"])
+    route = m["route"]
+    if route is not None and route != "-":  # left out: the rule is the path (or an old line)
+        out["route"] = route
     _tail_fields(m, out)
     return out
 

@@ -195,15 +195,15 @@ class RequestTrail:
                 totals = trace.stage_totals() if trace.stages else None
                 msg = request_end_msg(
                     trace.method, trace.path, status, ms, totals,
-                    aborted=aborted, hung=hung, slow=is_slow, bad_job_id=bad,
+                    aborted=aborted, hung=hung, slow=is_slow, bad_job_id=bad, route=trace.route,
                 )  # fmt: skip
                 fields: tuple[Any, ...] = (
-                    trace.method, trace.path, status, ms, totals,
+                    trace.method, trace.path, trace.route, status, ms, totals,
                     aborted or None, hung or None, is_slow or None, bad,
                 )  # fmt: skip
             else:  # the common case
-                msg = request_end_msg(trace.method, trace.path, status, ms)
-                fields = (trace.method, trace.path, status, ms)
+                msg = request_end_msg(trace.method, trace.path, status, ms, route=trace.route)
+                fields = (trace.method, trace.path, trace.route, status, ms)
             self.rec.record("request_end", trace, level, msg, fields)
         finally:
             lease = trace.lease

@@ -321,3 +321,20 @@ def test_json_round_trips_non_ascii(make_app: Callable[..., Flask], logs: object
     app.test_client().get("/")
     assert "modèle 3D ✓" in logs.text("requests")  # type: ignore[attr-defined]
     assert json.loads(logs.lines("requests")[1])["msg"] == "modèle 3D ✓"  # type: ignore[attr-defined]
+
+
+def test_the_end_line_names_the_matched_route(make_app: Callable[..., Flask], logs: Logs) -> None:
+    """The URL rule is on the end line when it differs from the path; ``route=-`` on a 404."""
+    app = make_app()
+    app.add_url_rule("/items/<int:item>", "item", lambda item: "one")
+    app.add_url_rule("/ok", "ok", lambda: "ok")
+    client = app.test_client()
+    client.get("/items/7")
+    client.get("/ok")
+    client.get("/nowhere")
+    ends = [line.split(" | ")[-1] for line in logs.lines("requests") if "request_end" in line]
+    assert (
+        ends[0].startswith("request_end GET /items/7 200 ") and "route=/items/<int:item>" in ends[0]
+    )
+    assert "route=" not in ends[1]
+    assert ends[2].startswith("request_end GET /nowhere 404 ") and ends[2].endswith("route=-")

@@ -92,7 +92,10 @@ _LEVEL_TAG = {no: f" | {name} | " for no, name in LEVEL_NAMES.items()}
 #: Line breaks and terminal controls for every reader (``str.splitlines``, text-mode ``io``,
 #: ``grep``, ``less``): C0, DEL, C1 (NEL included), U+2028 and U+2029.
 _BREAKERS = (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)
-_ESCAPES: dict[int, str] = {c: f"\\x{c:02x}" for c in _BREAKERS if c < 0x100}
+#: ``str.translate`` table of every character a plain line escapes (line breaks, terminal
+#: controls); readers use it to make text from JSON lines safe for a terminal.
+ESCAPES: dict[int, str] = {c: f"\\x{c:02x}" for c in _BREAKERS if c < 0x100}
+_ESCAPES = ESCAPES
 _ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
 #: In JSON the same characters become ``\\u00XX`` escapes, so the value survives a JSON parser.
 _JSON_ESCAPES: dict[int, str] = {c: f"\\u{c:04x}" for c in _BREAKERS}
