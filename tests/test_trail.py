@@ -11,6 +11,7 @@ import pytest
 from flask import Flask, Response, stream_with_context
 
 from flask_diaglog import current_job_id, current_request_id, stage
+from tests.conftest import Logs
 
 PLAIN = re.compile(
     r"^(?P<date>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \| (?P<level>[A-Z]+) \| "
