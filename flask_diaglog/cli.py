@@ -1,210 +1,473 @@
-"""``flask diaglog``: tail, trace and summarise the log files; show the resolved configuration.
+"""``flask diaglog`` and the standalone ``diaglog``: tail, trace and summarise the log files of
+one or several hosts; show the resolved configuration.
 
-Registered through the ``flask.commands`` entry point, so it appears in every Flask app's CLI.
-The log directory comes from the app's ``DIAGLOG_LOG_DIR``, or from ``--dir`` (no app needed).
+One click group serves both. Through the ``flask.commands`` entry point it is in every Flask app's
+CLI and reads the app's ``DIAGLOG_LOG_DIR``; as the ``diaglog`` console script (:func:`main`) it
+needs no app: ``--log-dir DIR`` (repeat it, one per host), else ``DIAGLOG_LOG_DIR`` or its default.
+Reading, merging and statistics are :mod:`~flask_diaglog.logread`'s; this module selects and
+draws (tables, the stage waterfall, the progress bar).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
+import sys
 import time
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
 
 import click
 from flask.cli import ScriptInfo
 
 from .config import KEYS, ConfigError, shown
 from .config import log_dir as configured_log_dir
-from .logread import parse_line, read_records, summarize
+from .files.render import ESCAPES
+from .logread import (
+    LogRecord,
+    Scan,
+    Span,
+    files_of,
+    label_dirs,
+    merge_records,
+    parse_line,
+    spans_of,
+    summarize,
+    trace_records,
+)
 from .trail import FILES, LEVELS
 
-__all__ = ["diaglog_cli"]
+__all__ = ["diaglog_cli", "main"]
 
-_DIR = click.option(
-    "--dir",
-    "log_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Log directory (default: the app's DIAGLOG_LOG_DIR).",
+F = TypeVar("F", bound=Callable[..., Any])
+Dirs = list[tuple[str, str]]
+
+#: Scans of at least this many bytes show a progress bar when stderr is a terminal.
+PROGRESS_FROM = 4 << 20
+_META = "flask_diaglog.log_dirs"
+
+
+def _when(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``--since``/``--until``: ``15m``, ``2h``, ``1d``, ``30s`` ago, or an ISO 8601 time."""
+    if not value:
+        return None
+    text = value.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+            return time.time() - float(text[:-1]) * units[text[-1]]
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise click.BadParameter(
+            "use 30s, 15m, 2h or 1d (ago), or a time such as 2026-11-22T10:15 or 2026-11-22 10:15"
+        ) from None
+
+
+_LOG_DIR_HELP = (
+    "Log directory (repeat for several hosts; LABEL=DIR names one). "
+    "Default: the app's DIAGLOG_LOG_DIR."
+)
+_OPTIONS = (
+    click.option(
+        "--log-dir", "--dir", "log_dirs", multiple=True, type=click.Path(), help=_LOG_DIR_HELP
+    ),
+    click.option("--since", callback=_when, help="Only lines from then on: 1h, 30m or a time."),
+    click.option("--until", callback=_when, help="Only lines up to then: 1h, 30m or a time."),
+    click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table."),
 )
 
 
-def _log_dir(ctx: click.Context, log_dir: str | None) -> str:
-    if log_dir:
-        return log_dir
-    info = ctx.ensure_object(ScriptInfo)
+def _scan_options(fn: F) -> F:
+    for option in reversed(_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _dirs(ctx: click.Context, given: Sequence[str]) -> Dirs:
+    """The ``(label, path)`` log directories: ``--log-dir`` of the group and the command, else
+    the app's (under ``flask``), else ``DIAGLOG_LOG_DIR`` or its default (standalone)."""
+    given = (*ctx.meta.get(_META, ()), *given)
     try:
-        app = info.load_app()
-    except Exception as exc:
-        raise click.UsageError(
-            f"Could not load the app to find DIAGLOG_LOG_DIR ({exc}). Use --app or --dir."
-        ) from exc
-    try:
-        return configured_log_dir(app.config)
+        if not given:
+            info = ctx.find_object(ScriptInfo)
+            given = (configured_log_dir(_load_app(info).config if info else None),)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    dirs = label_dirs(given)
+    for _, path in dirs:
+        if not os.path.isdir(path):
+            raise click.ClickException(f"log directory {path} does not exist")
+    return dirs
 
 
-def _check_dir(path: str) -> None:
-    if not os.path.isdir(path):
-        raise click.ClickException(f"log directory {path} does not exist")
+def _load_app(info: ScriptInfo) -> Any:
+    try:
+        return info.load_app()
+    except Exception as exc:
+        raise click.UsageError(
+            f"Could not load the app to find DIAGLOG_LOG_DIR ({exc}). Use --app or --log-dir."
+        ) from exc
+
+
+@contextlib.contextmanager
+def _scan(dirs: Dirs, names: Iterable[str], since: float | None) -> Iterator[Scan]:
+    """A :class:`~flask_diaglog.logread.Scan`, drawn as a progress bar on stderr when it is a
+    terminal and the files are big."""
+    total = sum(os.path.getsize(p) for _, _, p in files_of(dirs, names, since))
+    if total < PROGRESS_FROM or not sys.stderr.isatty():
+        yield Scan()
+        return
+    with click.progressbar(length=total, label="reading logs", file=sys.stderr) as bar:
+        yield Scan(progress=bar.update)
+
+
+def _safe(text: str) -> str:
+    """Text fit for a terminal: controls escaped as the plain layout escapes them."""
+    return text if text.isprintable() else text.translate(ESCAPES)
+
+
+def _echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, default=str, ensure_ascii=False))
 
 
 @click.group("diaglog")
-def diaglog_cli() -> None:
-    """Read flask-diaglog's log files."""
+@click.option(
+    "--log-dir", "--dir", "log_dirs", multiple=True, type=click.Path(), help=_LOG_DIR_HELP
+)
+@click.pass_context
+def diaglog_cli(ctx: click.Context, log_dirs: tuple[str, ...]) -> None:
+    """Read flask-diaglog's log files: tail, trace one id, summarise (several hosts merged)."""
+    ctx.meta[_META] = log_dirs
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """The ``diaglog`` console script: the same commands, for a box that has only the logs."""
+    diaglog_cli.main(args=args, prog_name="diaglog")
+
+
+# -- tail --------------------------------------------------------------------------------------
+
+
+def _status_matches(spec: str) -> Callable[[Any], bool]:
+    spec = spec.strip().lower()
+    if len(spec) == 3 and spec[0].isdigit() and spec[1:] == "xx":
+        return lambda s: isinstance(s, int) and s // 100 == int(spec[0])
+    if spec.isdigit():
+        return lambda s: s == int(spec)
+    raise click.BadParameter(f"{spec!r}: use a status such as 503, or a class such as 5xx")
+
+
+def _filter(
+    level: str | None,
+    job: str | None,
+    request: str | None,
+    status: str | None,
+    min_ms: float | None,
+) -> Callable[[LogRecord], bool]:
+    minimum = LEVELS[level] if level else 0
+    status_ok = _status_matches(status) if status else None
+
+    def keep(rec: LogRecord) -> bool:
+        d = rec.data
+        return (
+            (not minimum or LEVELS.get(str(d.get("level")), 0) >= minimum)
+            and (job is None or rec.job_id == job)
+            and (request is None or rec.request_id == request)
+            and (status_ok is None or status_ok(d.get("status")))
+            and (min_ms is None or float(d.get("duration_ms") or 0.0) >= min_ms)
+        )
+
+    return keep
 
 
 @diaglog_cli.command("tail")
-@_DIR
+@_scan_options
 @click.option("-n", "--lines", "count", default=20, show_default=True, help="Lines to show.")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
 @click.option(
     "--file",
     "which",
     type=click.Choice([*FILES, "all"]),
-    default="requests",
-    show_default=True,
+    default=None,
+    help="File to read [default: requests; all with --job or --request].",
 )
 @click.option("--level", type=click.Choice(list(LEVELS)), default=None, help="Minimum level.")
+@click.option("--job", "job_id", default=None, help="Only lines of this job id.")
+@click.option("--request", "request_id", default=None, help="Only lines of this request id.")
+@click.option("--status", default=None, help="Only end lines with this status: 503, 5xx, 4xx.")
+@click.option("--min-ms", type=float, default=None, help="Only lines of at least this duration.")
 @click.pass_context
 def tail_cmd(
-    ctx: click.Context, log_dir: str | None, count: int, follow: bool, which: str, level: str | None
+    ctx: click.Context,
+    log_dirs: tuple[str, ...],
+    since: float | None,
+    until: float | None,
+    as_json: bool,
+    count: int,
+    follow: bool,
+    which: str | None,
+    level: str | None,
+    job_id: str | None,
+    request_id: str | None,
+    status: str | None,
+    min_ms: float | None,
 ) -> None:
-    """Show the last lines of a log file (follows rotation with -f)."""
-    directory = _log_dir(ctx, log_dir)
-    _check_dir(directory)
-    names = FILES if which == "all" else (which,)
-    minimum = LEVELS[level] if level else 0
+    """The last lines, backups included, filtered; -f follows new lines across rotations.
 
-    def keep(line: str) -> bool:
-        if not minimum:
-            return True
-        rec = parse_line(line)
-        return rec is not None and LEVELS.get(str(rec.data.get("level")), 0) >= minimum
+    ``--file all`` reads requests.log and jobs.log (errors.log repeats their ERROR lines)."""
+    dirs = _dirs(ctx, log_dirs)
+    if which is None:
+        which = "all" if job_id or request_id else "requests"
+    names = ("requests", "jobs") if which == "all" else (which,)
+    keep = _filter(level, job_id, request_id, status, min_ms)
+    several = len(dirs) > 1
 
-    recs = sorted(
-        (rec for rec in read_records(directory, names) if keep(rec.raw)), key=lambda r: r.ts
-    )
-    for rec in recs[-count:] if count > 0 else []:
-        click.echo(rec.raw)
-    if not follow:
-        return
-    positions: dict[str, tuple[int, int]] = {}
-    for name in names:
-        path = os.path.join(directory, f"{name}.log")
-        if os.path.exists(path):
-            st = os.stat(path)
-            positions[path] = (st.st_ino, st.st_size)
-    try:
-        while True:
+    def show(rec: LogRecord) -> None:
+        if as_json:
+            _echo_json(rec.to_dict())
+        else:
+            click.echo(f"{rec.host}  {rec.raw}" if several else rec.raw)
+
+    at = _ends(dirs, names) if follow else {}  # before the scan: no line falls in between
+    with _scan(dirs, names, since) as scan:
+        records = merge_records(dirs, names, since=since, until=until, scan=scan)
+        last = deque((r for r in records if keep(r)), maxlen=max(count, 0))
+    for rec in last:
+        show(rec)
+    if follow:
+        with contextlib.suppress(KeyboardInterrupt):
+            _follow(dirs, names, at, lambda rec: show(rec) if keep(rec) else None)
+
+
+def _ends(dirs: Dirs, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """``path: (inode, size)`` of each current file."""
+    at: dict[str, tuple[int, int]] = {}
+    for _, log_dir in dirs:
+        for name in names:
+            path = os.path.join(log_dir, f"{name}.log")
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                at[path] = (st.st_ino, st.st_size)
+    return at
+
+
+def _follow(
+    dirs: Dirs,
+    names: Sequence[str],
+    at: dict[str, tuple[int, int]],
+    out: Callable[[LogRecord], None],
+) -> None:
+    """Print lines appended after ``at`` (see :func:`_ends`); after a rotation, the rest of the
+    rotated file (``.1``), then the new file from its start."""
+    while True:
+        for label, log_dir in dirs:
             for name in names:
-                path = os.path.join(directory, f"{name}.log")
+                path = os.path.join(log_dir, f"{name}.log")
                 try:
                     st = os.stat(path)
-                except FileNotFoundError:
+                except OSError:
                     continue
-                ino, pos = positions.get(path, (st.st_ino, 0))
-                if ino != st.st_ino or st.st_size < pos:
-                    pos = 0  # rotated: start the new file from its beginning
-                if st.st_size > pos:
-                    with open(path, encoding="utf-8", errors="replace") as fh:
-                        fh.seek(pos)
-                        for line in fh:
-                            if line.endswith("\n") and keep(line):
-                                click.echo(line.rstrip("\n"))
-                        pos = fh.tell()
-                positions[path] = (st.st_ino, pos)
-            time.sleep(0.25)
-    except KeyboardInterrupt:
-        return
+                ino, pos = at.get(path, (st.st_ino, 0))
+                if ino != st.st_ino:
+                    with contextlib.suppress(OSError):
+                        if os.stat(f"{path}.1").st_ino == ino:
+                            _read_from(f"{path}.1", pos, name, label, out)
+                    ino, pos = st.st_ino, 0
+                elif st.st_size < pos:
+                    pos = 0  # truncated
+                at[path] = (ino, _read_from(path, pos, name, label, out))
+        time.sleep(0.25)
+
+
+def _read_from(path: str, pos: int, name: str, label: str, out: Callable[[LogRecord], None]) -> int:
+    """Hand the whole lines after ``pos`` to ``out``; the position after the last whole line."""
+    with open(path, "rb") as fh:
+        fh.seek(pos)
+        data = fh.read()
+    end = data.rfind(b"\n") + 1  # a line still being written waits for the next round
+    for line in data[:end].decode("utf-8", "replace").splitlines():
+        rec = parse_line(line, name, label)
+        if rec is not None:
+            out(rec)
+    return pos + end
+
+
+# -- trace -------------------------------------------------------------------------------------
+
+_BAR_WIDTH = 40
+
+
+def _bar(span: Span, t0: float, total: float, last: float) -> str:
+    start = (span.start - t0) / total * _BAR_WIDTH
+    end = ((span.end if span.end is not None else last) - t0) / total * _BAR_WIDTH
+    a = min(round(start), _BAR_WIDTH - 1)
+    b = max(a + 1, min(round(end), _BAR_WIDTH))
+    fill = "#" if span.end is None or span.ok is not False else "!"
+    return " " * a + fill * (b - a) + " " * (_BAR_WIDTH - b)
+
+
+def _waterfall(spans: list[Span], several: bool) -> list[str]:
+    """The requests and jobs of a trace as bars on one time axis, each stage under its owner
+    (``#`` done, ``!`` failed; a bar without an end runs to the last line)."""
+    rows = [s for span in spans for s in [span, *span.stages]]
+    t0 = min(s.start for s in rows)
+    last = max(s.end or s.start for s in rows)
+    total = max(last - t0, 1e-6)
+    out = [f"waterfall: 0 to {total * 1000:.2f} ms, one # is {total * 1000 / _BAR_WIDTH:.2f} ms"]
+    for s in rows:
+        if s.kind == "stage":
+            name = "  " * s.depth + s.name
+        else:
+            name = f"{'job ' if s.kind == 'job' else ''}{s.name}{f' @{s.host}' if several else ''}"
+        ms = f"{s.duration_ms:.2f} ms" if s.duration_ms is not None else "(no end)"
+        out.append(f"  {_safe(name)[:44]:<44} {ms:>12} |{_bar(s, t0, total, last)}|")
+    return out
 
 
 @diaglog_cli.command("trace")
-@_DIR
+@_scan_options
 @click.argument("ident")
-@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines.")
 @click.pass_context
-def trace_cmd(ctx: click.Context, log_dir: str | None, ident: str, as_json: bool) -> None:
-    """Every line of one request id or job id, from all files and backups, in time order."""
-    directory = _log_dir(ctx, log_dir)
-    _check_dir(directory)
-    seen: set[str] = set()
-    found = []
-    for rec in read_records(directory):
-        if ident not in (rec.request_id, rec.job_id):
-            continue
-        if rec.file == "errors" and rec.raw in seen:
-            continue  # errors.log repeats lines that are also in requests.log or jobs.log
-        seen.add(rec.raw)
-        found.append(rec)
+def trace_cmd(
+    ctx: click.Context,
+    log_dirs: tuple[str, ...],
+    since: float | None,
+    until: float | None,
+    as_json: bool,
+    ident: str,
+) -> None:
+    """Every line of one request id or job id, from all files, backups and hosts, in time order,
+    with tracebacks unfolded and a stage waterfall. A job id brings the request that created it."""
+    dirs = _dirs(ctx, log_dirs)
+
+    def read() -> Iterator[LogRecord]:
+        with _scan(dirs, FILES, since) as scan:
+            yield from merge_records(dirs, FILES, since=since, until=until, scan=scan)
+
+    found = trace_records(ident, read)
     if not found:
-        raise click.ClickException(f"no line has request id or job id {ident!r} in {directory}")
-    for rec in sorted(found, key=lambda r: r.ts):
-        if as_json:
-            click.echo(json.dumps({"file": rec.file, **rec.data}, default=str))
-        else:
-            click.echo(f"{rec.file:<8} {rec.raw}")
+        places = ", ".join(path for _, path in dirs)
+        raise click.ClickException(f"no line has request id or job id {ident!r} in {places}")
+    if as_json:
+        for rec in found:
+            _echo_json(rec.to_dict())
+        return
+    hosts = sorted({rec.host for rec in found})
+    several = len(hosts) > 1
+    t0 = found[0].ts
+    first = datetime.fromtimestamp(t0 + 5e-7).isoformat(sep=" ", timespec="milliseconds")
+    click.echo(f"{ident}: {len(found)} lines from {', '.join(hosts)}, starting {first}")
+    width = max(len(h) for h in hosts)
+    for rec in found:
+        host = f"{rec.host:<{width}}  " if several else ""
+        d = rec.data
+        msg = _safe(str(d.get("msg", "")))
+        offset = f"+{(rec.ts - t0) * 1000:.0f}ms"
+        click.echo(f"{offset:>10}  {host}{rec.file:<8} {d.get('level', ''):<8} {msg}")
+        if d.get("exc"):
+            for line in str(d["exc"]).split("\n"):
+                click.echo(f"{'':>10}  | {_safe(line)}")
+    spans = spans_of(found)
+    if spans:
+        click.echo("")
+        for line in _waterfall(spans, several):
+            click.echo(line)
 
 
-_SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+# -- summary -----------------------------------------------------------------------------------
 
 
-def _since(text: str | None) -> float:
-    if not text:
-        return 0.0
-    m = _SINCE.match(text.strip())
-    if m is None:
-        raise click.BadParameter("use a number with s, m, h or d, e.g. 15m or 24h")
-    mult = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
-    return time.time() - float(m[1]) * mult
+def _table(head: Sequence[str], rows: list[list[str]], left: int = 1) -> list[str]:
+    """Rows under a header: the first ``left`` columns left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in [list(head), *rows]) for i in range(len(head))]
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "  ".join(
+            f"{c:<{w}}" if i < left else f"{c:>{w}}"
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return [fmt(head), *[fmt(r) for r in rows]]
+
+
+def _stats_rows(table: dict[str, dict[str, Any]], total: bool) -> list[list[str]]:
+    rows = []
+    for key, s in table.items():
+        row = [_safe(key), str(s["count"]), str(s["errors"]), f"{s['error_rate'] * 100:.1f}"]
+        row += [f"{s[k]:.2f}" for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")]
+        rows.append(row + ([f"{s['total_ms']:.2f}"] if total else []))
+    return rows
+
+
+_PCTS = ["p50 ms", "p95 ms", "p99 ms", "max ms"]
 
 
 @diaglog_cli.command("summary")
-@_DIR
-@click.option("--since", default=None, help="Only records newer than this, e.g. 1h or 30m.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_scan_options
+@click.option("--top", default=10, show_default=True, help="Slowest requests to list.")
 @click.pass_context
-def summary_cmd(ctx: click.Context, log_dir: str | None, since: str | None, as_json: bool) -> None:
-    """Per-route counts, 5xx errors and p50/p95/max durations; the stages that cost most."""
-    directory = _log_dir(ctx, log_dir)
-    _check_dir(directory)
-    result = summarize(read_records(directory, ("requests", "jobs")), since=_since(since))
+def summary_cmd(
+    ctx: click.Context,
+    log_dirs: tuple[str, ...],
+    since: float | None,
+    until: float | None,
+    as_json: bool,
+    top: int,
+) -> None:
+    """Per route, stage and job: count, errors, error rate, p50/p95/p99/max ms; the failed jobs
+    with their errors; the slowest requests. Paths that match no route are one row."""
+    dirs = _dirs(ctx, log_dirs)
+    names = ("requests", "jobs")
+    with _scan(dirs, names, since) as scan:
+        records = merge_records(dirs, names, since=since, until=until, scan=scan)
+        result = summarize(records, slowest=top)
+    result.update(lines=scan.lines, skipped=scan.skipped, hosts=[label for label, _ in dirs])
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        _echo_json(result)
         return
-    routes: dict[str, Any] = result["routes"]
-    if not routes and not result["stages"]:
-        click.echo("no finished requests or stages in the logs")
+    if not result["routes"] and not result["stages"] and not result["jobs"]:
+        click.echo("no finished requests, stages or jobs in the logs")
         return
-    width = max([len(k) for k in routes] + [5])
-    click.echo(
-        f"{'route':<{width}}  {'count':>6} {'5xx':>5} {'p50 ms':>9} {'p95 ms':>9} {'max ms':>9}"
-    )
-    for key, r in routes.items():
-        click.echo(
-            f"{key:<{width}}  {r['count']:>6} {r['errors']:>5} {r['p50_ms']:>9.2f} "
-            f"{r['p95_ms']:>9.2f} {r['max_ms']:>9.2f}"
-        )
+    out: list[str] = []
+    if result["routes"]:
+        head = ["route", "count", "5xx", "err %", *_PCTS]
+        out += _table(head, _stats_rows(result["routes"], False))
     if result["stages"]:
-        swidth = max([len(k) for k in result["stages"]] + [5])
-        click.echo("")
-        click.echo(f"{'stage':<{swidth}}  {'count':>6} {'total ms':>11} {'p95 ms':>9}")
-        for key, s in result["stages"].items():
-            click.echo(
-                f"{key:<{swidth}}  {s['count']:>6} {s['total_ms']:>11.2f} {s['p95_ms']:>9.2f}"
-            )
-    click.echo(f"\nfailed background jobs: {result['failed_jobs']}")
+        head = ["stage", "count", "failed", "fail %", *_PCTS, "total ms"]
+        out += ["", *_table(head, _stats_rows(result["stages"], True))]
+    if result["jobs"]:
+        head = ["job", "count", "failed", "fail %", *_PCTS, "total ms"]
+        out += ["", *_table(head, _stats_rows(result["jobs"], True))]
+    out += ["", f"failed background jobs: {result['failed_jobs']}"]
+    if result["failed"]:
+        rows = [
+            [str(f["job_id"]), str(f["name"]), _safe(str(f["error"])), f["host"], f["ts"]]
+            for f in result["failed"]
+        ]
+        out += ["  " + line for line in _table(["job id", "name", "error", "host", "at"], rows, 5)]
+    if result["slowest"]:
+        rows = [
+            [_safe(f"{r['method']} {r['path']}"), str(r["status"]), f"{r['duration_ms']:.2f}",
+             str(r["request_id"]), str(r["job_id"] or "-"), r["host"], r["ts"]]
+            for r in result["slowest"]
+        ]  # fmt: skip
+        head = ["slowest requests", "status", "ms", "request id", "job id", "host", "at"]
+        out += ["", *_table(head, rows)]
+    if scan.skipped:
+        out += ["", f"{scan.skipped} of {scan.lines} lines were not diaglog lines and were skipped"]
+    click.echo("\n".join(out).lstrip("\n"))
 
 
 @diaglog_cli.command("config")
 @click.pass_context
 def config_cmd(ctx: click.Context) -> None:
     """The resolved DIAGLOG_* configuration of the app (after environment overrides)."""
-    info = ctx.ensure_object(ScriptInfo)
-    app = info.load_app()
+    app = _load_app(ctx.ensure_object(ScriptInfo))
     if "diaglog" not in app.extensions:
         raise click.ClickException("this app does not use DiagLog")
     for key in KEYS:

@@ -1,15 +1,26 @@
-"""Reading diaglog files back: both line formats, rotated and gzipped backups, in order.
+"""Reading diaglog files back: both line formats, rotated and gzipped backups, several log
+directories (one per host) merged by time; and what is built from records: route, stage and job
+statistics (:func:`summarize`), the records of one id (:func:`trace_records`) and its timeline
+(:func:`spans_of`). Shared by the CLI and the dashboard.
 
-Shared by the ``flask diaglog`` CLI and anything else that reads the trail (a dashboard, a test).
+Everything streams: memory grows with the number of routes, stages and job names, never with the
+number of lines. Lines are split by :mod:`~flask_diaglog.files.render` and messages read by
+:mod:`~flask_diaglog.trail`, so reading can never drift from writing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import glob
 import gzip
+import heapq
+import io
+import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,25 +29,27 @@ from .files.render import split_json, split_plain
 from .trail import FILES, kind_of, parse_message
 
 __all__ = [
-    "FILES",
-    "LogRecord",
-    "iter_files",
-    "parse_line",
-    "read_records",
-    "route_of",
-    "summarize",
-    "tail_records",
-]
+    "FILES", "NO_ROUTE", "LogRecord", "Scan", "Span", "Stats", "files_of", "iter_files",
+    "label_dirs", "merge_records", "parse_line", "read_records", "route_of",
+    "spans_of", "summarize", "tail_records", "trace_records",
+]  # fmt: skip
+
+#: The route of a request that matched no route (a 404): all such paths are one row.
+NO_ROUTE = "(no route)"
+#: Distinct routes a summary keeps apart; later new ones are counted under ``(other routes)``.
+MAX_ROUTES = 500
 
 
 @dataclass
 class LogRecord:
-    """One parsed line. ``data`` has the JSON keys (for plain lines, the recoverable ones)."""
+    """One parsed line. ``data`` has the JSON keys (for plain lines, the recoverable ones, with
+    the traceback in ``exc``); ``host`` is the line's ``host`` key, else its directory's label."""
 
     ts: float
     file: str
     raw: str
     data: dict[str, Any] = field(default_factory=dict)
+    host: str = ""
 
     @property
     def event(self) -> str:
@@ -50,32 +63,52 @@ class LogRecord:
     def job_id(self) -> str | None:
         return self.data.get("job_id")
 
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON object: ``ts`` (ISO 8601), ``host``, ``file`` and every key."""
+        ts = datetime.fromtimestamp(self.ts + 5e-7)  # times are whole ms: no float truncation
+        iso = ts.astimezone().isoformat(timespec="milliseconds")
+        return {"ts": iso, "host": self.host, "file": self.file, **self.data}
+
+
+@functools.lru_cache(maxsize=256)
+def _second(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").timestamp()  # once per second of lines
+
 
 def _ts(text: str) -> float:
     try:
         if "T" in text:
             return datetime.fromisoformat(text).timestamp()
-        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        return _second(text[:19]) + int(text[20:23]) / 1000
     except ValueError:
         return 0.0
 
 
-def parse_line(line: str, file: str = "") -> LogRecord | None:
-    """Parse one line of either layout; ``None`` for a line that is neither.
+#: Where the traceback (``exc``) of a plain line starts: a traceback or a hang report's stack.
+_EXC_START = re.compile(
+    r" \| (?=Traceback \(most recent call last\):|  \+ Exception Group Traceback|Stack of thread )"
+)
 
-    The layout is split by :mod:`~flask_diaglog.files.render`, a plain message is read back by
-    the patterns of :mod:`~flask_diaglog.trail`, so reading can never drift from writing.
-    """
+
+def parse_line(line: str, file: str = "", host: str = "") -> LogRecord | None:
+    """One line of either layout as a record; ``None`` for a line that is neither. A plain
+    line's traceback goes to ``exc`` with its line breaks unfolded (its other escapes stay)."""
     line = line.rstrip("\n")
     if not line:
         return None
     if line.startswith("{"):
         obj = split_json(line)
-        return LogRecord(_ts(str(obj.get("ts", ""))), file, line, obj) if obj is not None else None
+        if obj is None:
+            return None
+        return LogRecord(_ts(str(obj.get("ts", ""))), file, line, obj, str(obj.get("host", host)))
     parts = split_plain(line)
     if parts is None:
         return None
     msg = parts["msg"]
+    exc = None
+    m = _EXC_START.search(msg)
+    if m is not None:
+        msg, exc = msg[: m.start()], msg[m.end() :].replace("\\n", "\n")
     data: dict[str, Any] = {"level": parts["level"], "logger": parts["logger"], "msg": msg}
     if parts["req"] != "-":
         data["request_id"] = parts["req"]
@@ -84,7 +117,9 @@ def parse_line(line: str, file: str = "") -> LogRecord | None:
     kind = kind_of(parts["logger"], msg)
     data["event"] = kind
     data.update(parse_message(kind, msg))
-    return LogRecord(_ts(parts["ts"]), file, line, data)
+    if exc is not None:
+        data["exc"] = exc
+    return LogRecord(_ts(parts["ts"]), file, line, data, host)
 
 
 def iter_files(log_dir: str, names: Iterable[str] = FILES) -> Iterator[tuple[str, str]]:
@@ -102,22 +137,100 @@ def iter_files(log_dir: str, names: Iterable[str] = FILES) -> Iterator[tuple[str
             yield name, base
 
 
-def _lines(path: str) -> Iterator[str]:
-    opener = gzip.open if path.endswith(".gz") else open
+def label_dirs(dirs: Sequence[str]) -> list[tuple[str, str]]:
+    """``(label, path)`` for each log directory: ``LABEL=PATH`` names it, else the label is the
+    directory's name (its whole path when two names clash)."""
+    out = []
+    for text in dirs:
+        label, sep, path = text.partition("=")
+        if not sep or not re.fullmatch(r"[\w.@:-]+", label) or os.path.isdir(text):
+            label, path = "", text
+        out.append((label, os.path.normpath(path)))
+    names = [os.path.basename(os.path.abspath(p)) for _, p in out]
+    unique = {n for n in names if names.count(n) == 1}
+    return [(lb or (n if n in unique else p), p) for (lb, p), n in zip(out, names, strict=True)]
+
+
+def files_of(
+    dirs: Sequence[tuple[str, str]], names: Iterable[str] = FILES, since: float | None = None
+) -> list[tuple[str, str, str]]:
+    """``(label, name, path)`` of every file a scan reads; files last written before ``since``
+    (their modification time) hold no newer line and are left out."""
+    names = tuple(names)
+    out = []
+    for label, log_dir in dirs:
+        for name, path in iter_files(log_dir, names):
+            with contextlib.suppress(OSError):
+                if not since or os.path.getmtime(path) >= since:
+                    out.append((label, name, path))
+    return out
+
+
+@dataclass
+class Scan:
+    """Counts of one scan; ``progress(n)`` (optional) is told every ~1 MiB of file bytes read."""
+
+    progress: Callable[[int], None] | None = None
+    lines: int = 0
+    skipped: int = 0
+
+
+_STEP = 1 << 20
+
+
+def _lines(path: str, scan: Scan | None) -> Iterator[str]:
+    """The lines of a file (gzipped or not); bytes read are reported to ``scan.progress``."""
+    report = scan.progress if scan is not None else None
     try:
-        with opener(path, "rt", encoding="utf-8", errors="replace", newline="\n") as fh:
-            yield from fh
+        with open(path, "rb") as raw:
+            fh: io.BufferedIOBase = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+            done = pending = 0
+            for data in fh:
+                pending += len(data)
+                if pending >= _STEP and report is not None:
+                    pos = raw.tell()
+                    report(pos - done)
+                    done, pending = pos, 0
+                yield data.decode("utf-8", "replace")
+            if report is not None:
+                report(raw.tell() - done)
     except (OSError, EOFError):
         return  # a file rotated or compressed while being read
+
+
+def _stream(
+    label: str, name: str, paths: list[str], since: float | None, until: float | None, scan: Any
+) -> Iterator[LogRecord]:
+    for path in paths:
+        for line in _lines(path, scan):
+            rec = parse_line(line, name, label)
+            if scan is not None:
+                scan.lines += 1
+                if rec is None and line.strip():
+                    scan.skipped += 1
+            if rec is None or (since and rec.ts < since) or (until and rec.ts > until):
+                continue
+            yield rec
 
 
 def read_records(log_dir: str, names: Iterable[str] = FILES) -> Iterator[LogRecord]:
     """Every parsable record of the given files, file by file, oldest first within a file."""
     for name, path in iter_files(log_dir, names):
-        for line in _lines(path):
-            rec = parse_line(line, name)
-            if rec is not None:
-                yield rec
+        yield from _stream("", name, [path], None, None, None)
+
+
+def merge_records(
+    dirs: Sequence[tuple[str, str]], names: Iterable[str] = FILES, *,
+    since: float | None = None, until: float | None = None, scan: Scan | None = None,
+) -> Iterator[LogRecord]:  # fmt: skip
+    """The records of several ``(label, directory)`` pairs (see :func:`label_dirs`) and files,
+    merged by time, between ``since`` and ``until`` (epoch seconds). Streams: each file is read
+    once, line by line."""
+    chains: dict[tuple[str, str], list[str]] = {}
+    for label, name, path in files_of(dirs, names, since):
+        chains.setdefault((label, name), []).append(path)
+    streams = [_stream(lb, nm, ps, since, until, scan) for (lb, nm), ps in chains.items()]
+    return heapq.merge(*streams, key=lambda r: r.ts)
 
 
 def tail_records(log_dir: str, name: str, max_bytes: int = 256 * 1024) -> list[LogRecord]:
@@ -133,19 +246,68 @@ def tail_records(log_dir: str, name: str, max_bytes: int = 256 * 1024) -> list[L
         return []
     if start:
         chunk = chunk[chunk.find(b"\n") + 1 :]  # drop the partial first line
-    out = []
-    for line in chunk.decode("utf-8", "replace").split("\n"):
-        rec = parse_line(line, name)
-        if rec is not None:
-            out.append(rec)
-    return out
+    recs = (parse_line(line, name) for line in chunk.decode("utf-8", "replace").split("\n"))
+    return [rec for rec in recs if rec is not None]
 
 
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+# -- statistics -----------------------------------------------------------------------------
+
+#: Values a :class:`Stats` keeps exactly before it folds them into its sketch.
+EXACT = 1024
+_GAMMA = 1.02  # bucket growth: any percentile is within 1% of a value that was seen
+_LOG_GAMMA = math.log(_GAMMA)
+_MIN_MS = 0.001
+
+
+class Stats:
+    """Count, errors, total, max and percentiles of durations (ms) in bounded memory: exact for
+    :data:`EXACT` values, then a log-bucket sketch with 1% relative error."""
+
+    __slots__ = ("_buckets", "_values", "count", "errors", "max", "total")
+
+    def __init__(self) -> None:
+        self.count = self.errors = 0
+        self.total = self.max = 0.0
+        self._values: list[float] | None = []
+        self._buckets: dict[int, int] = {}
+
+    def add(self, ms: float, error: bool = False) -> None:
+        self.count += 1
+        self.errors += error
+        self.total += ms
+        self.max = max(self.max, ms)
+        if self._values is not None:
+            self._values.append(ms)
+            if len(self._values) <= EXACT:
+                return
+            values, self._values = self._values, None
+        else:
+            values = [ms]
+        for v in values:
+            i = math.ceil(math.log(max(v, _MIN_MS)) / _LOG_GAMMA)
+            self._buckets[i] = self._buckets.get(i, 0) + 1
+
+    def quantile(self, q: float) -> float:
+        """The value at quantile ``q`` (0..1), nearest rank; 0.0 when empty."""
+        if not self.count:
+            return 0.0
+        rank = round(q * (self.count - 1))
+        if self._values is not None:
+            return sorted(self._values)[rank]
+        seen = 0
+        for i in sorted(self._buckets):
+            seen += self._buckets[i]
+            if seen > rank:
+                return min(self.max, 2 * _GAMMA**i / (_GAMMA + 1))
+        return self.max
+
+    def to_dict(self) -> dict[str, Any]:
+        """``count``, ``errors``, ``error_rate``, ``total_ms``, ``p50_ms``, ``p95_ms``,
+        ``p99_ms``, ``max_ms`` (ms rounded to 2 places)."""
+        rate = round(self.errors / self.count, 4) if self.count else 0.0
+        out = {"count": self.count, "errors": self.errors, "error_rate": rate}
+        out.update({f"p{q}_ms": round(self.quantile(q / 100), 2) for q in (50, 95, 99)})
+        return {**out, "max_ms": round(self.max, 2), "total_ms": round(self.total, 2)}
 
 
 _ID_SEGMENT = re.compile(
@@ -165,40 +327,169 @@ def route_of(path: str, job_id: str | None = None) -> str:
     return "/".join(parts)
 
 
-def summarize(records: Iterable[LogRecord], since: float = 0.0) -> dict[str, Any]:
-    """Per route (method + path with ids folded, see :func:`route_of`): count, 5xx, p50/p95/max
-    ms; per stage: count, total, p95."""
-    routes: dict[str, list[float]] = {}
-    errors: dict[str, int] = {}
-    stages: dict[str, list[float]] = {}
-    failed_jobs = 0
+def _route_key(d: dict[str, Any], job_id: str | None) -> str:
+    """The line's url rule if it has one, :data:`NO_ROUTE` for a 404, else the folded path."""
+    if d.get("route"):
+        return f"{d.get('method')} {d['route']}"
+    if d.get("status") == 404:
+        return NO_ROUTE
+    return f"{d.get('method')} {route_of(str(d.get('path')), job_id)}"
+
+
+def _stat(table: dict[str, Stats], key: str) -> Stats:
+    s = table.get(key)
+    if s is None:
+        s = table.setdefault(key if len(table) < MAX_ROUTES else "(other)", Stats())
+    return s
+
+
+def summarize(
+    records: Iterable[LogRecord], since: float = 0.0, until: float | None = None, *,
+    slowest: int = 10, failed: int = 50,
+) -> dict[str, Any]:  # fmt: skip
+    """``routes`` (see :func:`route_of`; 404s are one :data:`NO_ROUTE` row; ``errors`` are 5xx),
+    ``stages`` and ``jobs`` (by function; ``errors`` are failures): :meth:`Stats.to_dict` each,
+    by total time. ``failed_jobs``: their count; ``failed``: the last ``failed`` of them (ids,
+    name, error); ``slowest``: the ``slowest`` requests, slowest first."""
+    routes: dict[str, Stats] = {}
+    stages: dict[str, Stats] = {}
+    jobs: dict[str, Stats] = {}
+    failures: deque[dict[str, Any]] = deque(maxlen=failed)
+    slow: list[tuple[float, int, LogRecord]] = []
+    failed_jobs = n = 0
     for rec in records:
-        if rec.ts < since:
+        if rec.ts < since or (until is not None and rec.ts > until):
             continue
-        d = rec.data
-        if rec.event == "request_end" and rec.file == "requests":
-            key = f"{d.get('method')} {route_of(str(d.get('path')), rec.job_id)}"
-            routes.setdefault(key, []).append(float(d.get("duration_ms", 0.0)))
-            if int(d.get("status") or 0) >= 500:
-                errors[key] = errors.get(key, 0) + 1
-        elif rec.event == "stage" and rec.file in ("requests", "jobs"):
-            stages.setdefault(str(d.get("stage")), []).append(float(d.get("duration_ms", 0.0)))
-        elif rec.event == "job_end" and rec.file == "jobs" and d.get("ok") is False:
-            failed_jobs += 1
+        d, event = rec.data, rec.event
+        if event == "request_end" and rec.file == "requests":
+            ms = float(d.get("duration_ms", 0.0))
+            _stat(routes, _route_key(d, rec.job_id)).add(ms, int(d.get("status") or 0) >= 500)
+            n += 1
+            item = (ms, n, rec)
+            if len(slow) < slowest:
+                heapq.heappush(slow, item)
+            elif slowest and ms > slow[0][0]:
+                heapq.heapreplace(slow, item)
+        elif event == "stage" and rec.file in ("requests", "jobs"):
+            ok = d.get("ok") is not False
+            _stat(stages, str(d.get("stage"))).add(float(d.get("duration_ms", 0.0)), not ok)
+        elif event == "job_end" and rec.file == "jobs":
+            ok = d.get("ok") is not False
+            _stat(jobs, str(d.get("name"))).add(float(d.get("duration_ms", 0.0)), not ok)
+            if not ok:
+                failed_jobs += 1
+                failures.append(_pick(rec, "job_id", "name", "error", "request_id"))
+    tables = {"routes": routes, "stages": stages, "jobs": jobs}
     return {
-        "routes": {
-            k: {
-                "count": len(v),
-                "errors": errors.get(k, 0),
-                "p50_ms": round(_pct(v, 0.5), 2),
-                "p95_ms": round(_pct(v, 0.95), 2),
-                "max_ms": round(max(v), 2),
-            }
-            for k, v in sorted(routes.items(), key=lambda kv: -sum(kv[1]))
-        },
-        "stages": {
-            k: {"count": len(v), "total_ms": round(sum(v), 2), "p95_ms": round(_pct(v, 0.95), 2)}
-            for k, v in sorted(stages.items(), key=lambda kv: -sum(kv[1]))
+        **{
+            name: {k: s.to_dict() for k, s in sorted(t.items(), key=lambda kv: -kv[1].total)}
+            for name, t in tables.items()
         },
         "failed_jobs": failed_jobs,
+        "failed": list(failures),
+        "slowest": [
+            _pick(r, "request_id", "job_id", "method", "path", "status", "duration_ms")
+            for _, _, r in sorted(slow, key=lambda t: (-t[0], t[1]))
+        ],
     }
+
+
+def _pick(rec: LogRecord, *keys: str) -> dict[str, Any]:
+    out = rec.to_dict()
+    return {"ts": out["ts"], "host": rec.host, **{k: rec.data.get(k) for k in keys}}
+
+
+# -- one id: its records and its timeline -----------------------------------------------------
+
+
+def trace_records(ident: str, read: Callable[[], Iterable[LogRecord]]) -> list[LogRecord]:
+    """Every record of request id or job id ``ident`` in time order, each once (``errors.log``
+    repeats lines). For a job id, the lines without a job id of the requests that carry it (the
+    one that created or enqueued it) are included. ``read()`` reads every file (see
+    :func:`merge_records`); it is called a second time when there are such requests."""
+    found = [r for r in read() if ident in (r.request_id, r.job_id)]
+    requests = {r.request_id for r in found if r.job_id == ident and r.request_id} - {ident}
+    if requests:  # read again, in the merged order: a request's lines before the job's
+        found = [
+            r
+            for r in read()
+            if ident in (r.request_id, r.job_id) or (r.job_id is None and r.request_id in requests)
+        ]
+    main = {(r.host, r.raw) for r in found if r.file != "errors"}
+    return [r for r in found if r.file != "errors" or (r.host, r.raw) not in main]
+
+
+@dataclass
+class Span:
+    """A bar of a timeline: a request, a job, or a stage of one (``depth`` > 0). Epoch seconds;
+    ``end`` is ``None`` for work without an end line (in flight, or a killed process)."""
+
+    kind: str
+    name: str
+    host: str
+    start: float
+    end: float | None = None
+    ok: bool | None = None
+    depth: int = 0
+    stages: list[Span] = field(default_factory=list)
+
+    @property
+    def duration_ms(self) -> float | None:
+        return None if self.end is None else (self.end - self.start) * 1000.0
+
+
+#: Stages of one request or job beyond which they are shown flat (nesting is quadratic).
+_NEST_MAX = 300
+#: Kinds that imply their request or job when its start line is not in the records.
+_IMPLIED = frozenset({"stage", "request_end", "request_error", "job_end", "progress"})
+_EPS = 0.0015  # line times have millisecond resolution
+
+
+def _inside(inner: Span, outer: Span) -> bool:
+    """Whether ``outer`` is a longer stage whose interval holds ``inner`` (within rounding)."""
+    if (outer.duration_ms or 0.0) <= (inner.duration_ms or 0.0):
+        return False
+    return outer.start - _EPS <= inner.start and (inner.end or 0) <= (outer.end or 0) + _EPS
+
+
+def spans_of(records: Iterable[LogRecord]) -> list[Span]:
+    """The requests and jobs among ``records`` (e.g. from :func:`trace_records`), each with its
+    stages nested by time (a stage inside another's interval is one level deeper), in start
+    order. A stage's start is its line's time less its duration."""
+    spans: list[Span] = []
+    open_: dict[tuple[str, ...], Span] = {}
+    for rec in records:
+        d, ev = rec.data, rec.event
+        if rec.file == "jobs":
+            key: tuple[str, ...] = (rec.host, "job", str(rec.job_id), str(rec.request_id))
+        else:
+            key = (rec.host, "request", str(rec.request_id))
+        span = open_.get(key)
+        if rec.file == "errors":
+            continue  # repeats of lines of the other files
+        if ev in ("request_start", "job_start") or (span is None and ev in _IMPLIED):
+            span = open_[key] = Span(key[1], "", rec.host, rec.ts)
+            spans.append(span)
+        if span is None:
+            continue
+        if ev in ("request_start", "request_end", "request_error") and d.get("method"):
+            status = f" {d['status']}" if d.get("status") is not None else ""
+            span.name = f"{d['method']} {d.get('path')}{status}"
+        elif ev in ("job_start", "job_end"):
+            span.name = str(d.get("name", ""))
+        if ev == "stage":
+            ms = float(d.get("duration_ms", 0.0))
+            ok = d.get("ok") is not False
+            stage = Span("stage", str(d.get("stage")), rec.host, rec.ts - ms / 1000, rec.ts, ok)
+            span.stages.append(stage)
+        elif ev in ("request_end", "job_end"):
+            span.end = rec.ts
+            span.start = rec.ts - float(d.get("duration_ms", 0.0)) / 1000  # the timer's
+            span.ok = d.get("ok") is not False and int(d.get("status") or 0) < 500
+            del open_[key]
+    for span in spans:
+        span.stages.sort(key=lambda s: s.start)
+        if len(span.stages) <= _NEST_MAX:
+            for stage in span.stages:
+                stage.depth = 1 + sum(_inside(stage, other) for other in span.stages)
+    return sorted(spans, key=lambda s: s.start)

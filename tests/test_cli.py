@@ -6,12 +6,14 @@ import gzip
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
 
-from flask_diaglog import stage
+from flask_diaglog import stage, trail
 from flask_diaglog.cli import diaglog_cli
+from flask_diaglog.files.render import RENDERERS
 from flask_diaglog.logread import parse_line, route_of
 
 
@@ -57,9 +59,11 @@ def test_trace_collects_one_request_across_files(make_app: Callable[..., Flask])
     """trace ID prints every line of that request or job id, once, in time order."""
     app = make_app({"TESTING": False})
     _traffic(app)
-    out = app.test_cli_runner().invoke(diaglog_cli, ["trace", "R1"]).output.splitlines()
-    assert [line.split("| ")[-1].split(" ")[0] for line in out] == [
-        "request_start", "working", "stage", "request_end",
+    out = app.test_cli_runner().invoke(diaglog_cli, ["trace", "R1", "--json"]).output
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [(r["event"], r["file"]) for r in records] == [
+        ("request_start", "requests"), ("log", "requests"), ("stage", "requests"),
+        ("request_end", "requests"),
     ]  # fmt: skip
     missing = app.test_cli_runner().invoke(diaglog_cli, ["trace", "nope"])
     assert missing.exit_code == 1 and "no line has request id or job id 'nope'" in missing.output
@@ -78,8 +82,10 @@ def test_tail_reads_rotated_and_gzipped_backups(tmp_path: Path) -> None:
     out = app.test_cli_runner().invoke(diaglog_cli, ["tail", "--dir", str(log_dir), "-n", "10"])
     assert out.exit_code == 0
     assert [x[-5:] for x in out.output.splitlines()] == ["msg 1", "msg 2", "msg 3"]
-    trace = app.test_cli_runner().invoke(diaglog_cli, ["trace", "R", "--dir", str(log_dir)])
-    assert len(trace.output.splitlines()) == 3
+    trace = app.test_cli_runner().invoke(
+        diaglog_cli, ["trace", "R", "--dir", str(log_dir), "--json"]
+    )
+    assert [json.loads(x)["msg"] for x in trace.output.splitlines()] == ["msg 1", "msg 2", "msg 3"]
 
 
 def test_tail_level_filter(make_app: Callable[..., Flask]) -> None:
@@ -139,3 +145,29 @@ def test_flask_command_is_registered(make_app: Callable[..., Flask], tmp_path: P
     runner = app.test_cli_runner()
     result = runner.invoke(group, ["diaglog", "--help"])
     assert result.exit_code == 0 and "trace" in result.output
+
+
+def render(
+    fmt: str,
+    ts: float,
+    kind: str,
+    msg: str,
+    rid: str | None = None,
+    jid: str | None = None,
+    fields: dict[str, Any] | None = None,
+    *,
+    level: int = 20,
+    exc: str | None = None,
+    logger: str | None = None,
+) -> str:
+    """One line as diaglog writes it, through the real renderer and the vocabulary's logger."""
+    logger = logger or trail.KIND_LOGGER[kind]
+    data = RENDERERS[fmt](ts, level, kind, logger, rid, jid, msg, fields, exc, "MainThread")
+    return data.decode()
+
+
+def write_log(directory: Path, name: str, lines: list[str]) -> None:
+    """Append rendered lines to ``directory/name.log`` (the directory is created)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / f"{name}.log", "a", encoding="utf-8") as fh:
+        fh.write("".join(lines))

@@ -1,0 +1,169 @@
+"""``diaglog tail``: filters by level, job, request, status and duration; time windows; several
+hosts; ``-f`` follows new lines across a rotation (a real process reading real files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from test_cli import render, write_log
+
+from flask_diaglog.cli import diaglog_cli
+
+T0 = datetime(2026, 11, 22, 10, 0, 0).timestamp()
+MAIN = "from flask_diaglog.cli import main; main()"
+
+
+def _tail(log_dir: Path, *args: str) -> list[dict[str, object]]:
+    result = (
+        Flask(__name__)
+        .test_cli_runner()
+        .invoke(diaglog_cli, ["tail", "--json", "--log-dir", str(log_dir), *args])
+    )
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.output.splitlines()]
+
+
+def _end(ts: float, rid: str, jid: str | None, status: int, ms: float) -> str:
+    return render(
+        "plain", ts, "request_end", f"request_end GET /p {status} {ms:.2f}ms", rid, jid,
+        level=30 if status >= 500 else 20,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> Path:
+    """Requests R1 (job J1, 200, 5 ms), R2 (500, 900 ms), R3 (job J2, 404, 50 ms); a job line."""
+    write_log(tmp_path, "requests", [
+        _end(T0, "R1", "J1", 200, 5.0),
+        _end(T0 + 60, "R2", None, 500, 900.0),
+        _end(T0 + 120, "R3", "J2", 404, 50.0),
+    ])  # fmt: skip
+    write_log(tmp_path, "jobs", [render("plain", T0 + 30, "job_start", "job_start f", "R1", "J1")])
+    return tmp_path
+
+
+def _ids(records: list[dict[str, object]]) -> list[object]:
+    return [r["request_id"] for r in records]
+
+
+def test_tail_filters_by_status_class(logs: Path) -> None:
+    """--status 5xx keeps the end lines of failed requests; --status 404 one status."""
+    assert _ids(_tail(logs, "--status", "5xx")) == ["R2"]
+    assert _ids(_tail(logs, "--status", "404")) == ["R3"]
+
+
+def test_tail_filters_by_minimum_duration(logs: Path) -> None:
+    """--min-ms keeps lines whose duration is at least that."""
+    assert _ids(_tail(logs, "--min-ms", "50")) == ["R2", "R3"]
+
+
+def test_tail_filters_by_level(logs: Path) -> None:
+    """--level WARNING keeps WARNING and above."""
+    assert _ids(_tail(logs, "--level", "WARNING")) == ["R2"]
+
+
+def test_tail_filters_by_job_across_files(logs: Path) -> None:
+    """--job reads requests.log and jobs.log, merged by time, and keeps that job's lines."""
+    records = _tail(logs, "--job", "J1")
+    assert [(r["file"], r["event"]) for r in records] == [
+        ("requests", "request_end"), ("jobs", "job_start"),
+    ]  # fmt: skip
+
+
+def test_tail_filters_by_request(logs: Path) -> None:
+    """--request keeps one request's lines."""
+    assert _ids(_tail(logs, "--request", "R3")) == ["R3"]
+
+
+def test_tail_since_and_until(logs: Path) -> None:
+    """--since/--until bound the lines by time."""
+    window = ["--since", "2026-11-22T10:00:30", "--until", "2026-11-22T10:01:30"]
+    assert _ids(_tail(logs, *window)) == ["R2"]
+
+
+def test_a_bad_status_filter_is_a_usage_error(logs: Path) -> None:
+    """--status that is neither a status nor a class is refused, naming the forms."""
+    result = (
+        Flask(__name__)
+        .test_cli_runner()
+        .invoke(diaglog_cli, ["tail", "--log-dir", str(logs), "--status", "bad"])
+    )
+    assert result.exit_code == 2 and "5xx" in result.output
+
+
+def test_tail_of_several_hosts_prefixes_the_host(tmp_path: Path) -> None:
+    """With several directories each line is prefixed with its host's label, in time order."""
+    write_log(tmp_path / "a", "requests", [_end(T0 + 1, "Ra", None, 200, 1.0)])
+    write_log(tmp_path / "b", "requests", [_end(T0, "Rb", None, 200, 1.0)])
+    result = (
+        Flask(__name__)
+        .test_cli_runner()
+        .invoke(
+            diaglog_cli,
+            ["tail", "--log-dir", str(tmp_path / "a"), "--log-dir", str(tmp_path / "b")],
+        )
+    )
+    lines = result.output.splitlines()
+    assert [line.split("  ", 1)[0] for line in lines] == ["b", "a"]
+    assert "req=Rb" in lines[0]
+
+
+class _Reader:
+    """Lines of a child's stdout, waiting at most ``timeout`` seconds for each."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc, self.buf = proc, b""
+
+    def line(self, timeout: float = 30.0) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(left, 0))
+            if not ready:
+                raise AssertionError(f"no line from tail -f; so far {self.buf!r}")
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                raise AssertionError(f"tail -f ended; so far {self.buf!r}")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.decode()
+
+
+def _msg(n: int) -> str:
+    return render("plain", time.time(), "log", f"line {n}", "R", logger="app")
+
+
+def test_follow_continues_across_a_rotation(tmp_path: Path) -> None:
+    """tail -f prints new lines, the rest of a file rotated to .1, then the new file's lines."""
+    log = tmp_path / "requests.log"
+    log.write_text(_msg(1))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MAIN, "--log-dir", str(tmp_path), "tail", "-f", "-n", "1"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        out = _Reader(proc)
+        assert out.line().endswith("line 1")
+        with open(log, "a") as fh:
+            fh.write(_msg(2))
+        assert out.line().endswith("line 2")
+        with open(log, "a") as fh:
+            fh.write(_msg(3))
+        os.rename(log, tmp_path / "requests.log.1")
+        log.write_text(_msg(4))
+        assert [out.line()[-6:], out.line()[-6:]] == ["line 3", "line 4"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
