@@ -171,7 +171,9 @@ KEYS: tuple[Key, ...] = (
         "redact",
         ("password", "passwd", "secret", "token", "api_key", "apikey"),
         parse_list,
-        "Key name fragments whose values are masked (case-insensitive substring match).",
+        "Key-name fragments whose values are masked (any case; `-`, `_`, `.` ignored), on top of "
+        "the always-secret authorization, cookie, apikey, credential and signature; see the "
+        "security page.",
     ),
     Key(
         "DIAGLOG_SERVER_TIMING",

@@ -100,6 +100,7 @@ class RequestTrail:
             return self.wsgi_app(environ, start_response)
         if not path.isascii() or path[:1] != "/" or path[:2] == "//":
             path = _path(path)
+        path = self.redactor.path(path)  # /reset/token=X: the path is written, so redacted
         rid = environ.get("HTTP_X_REQUEST_ID") if self.trust_request_id else None
         if rid is None or not is_valid_id(rid):
             tp = environ.get("HTTP_TRACEPARENT") if self.trust_request_id else None
