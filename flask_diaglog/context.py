@@ -81,6 +81,7 @@ class Trace:
         "__weakref__",
         "_totals",
         "bad_job_id",
+        "environ",
         "error",
         "hung",
         "job_id",
@@ -97,7 +98,6 @@ class Trace:
         "route",
         "stages",
         "start",
-        "started",
         "status",
         "streamed",
         "t0",
@@ -127,8 +127,6 @@ class Trace:
         self.start = _time()
         #: The URL rule Flask matched (requests), or ``None``.
         self.route: str | None = None
-        #: The start line is written (requests: once Flask has matched the URL).
-        self.started = False
         self.stages: list[tuple[str, float, bool]] = []
         self.open_stages: list[str] = []
         self.status: int | None = None
@@ -141,6 +139,8 @@ class Trace:
         #: Pending job-id resolution (see :class:`flask_diaglog.jobids.JobIds`): called as
         #: ``resolve(trace, read_body)`` until the job id is known, then ``None``.
         self.resolve: Callable[[Trace, bool], None] | None = None
+        #: The WSGI environ of a request (how another thread finds Flask's request object).
+        self.environ: dict[str, Any] | None = None
         #: An invalid job id the request carried (escaped and cut short by the renderer).
         self.bad_job_id: str | None = None
         #: The latest ``progress()``: ``(fraction, message)``, and when its line was written.

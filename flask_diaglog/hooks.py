@@ -1,8 +1,5 @@
 """The Flask hooks of a request: the final status, the job id once known, the error line.
 
-* One URL value preprocessor, the first thing Flask calls after matching the URL, takes a
-  ``job_id`` view argument and records the start line (:meth:`RequestTrail.start
-  <flask_diaglog.wsgi.RequestTrail.start>`): before the view, and before anything reads the body.
 * One ``after_request`` function, run after all others, notes the final status and whether the
   body is streamed, and resolves the job id the URL or a body the view read may give (the end
   line carries it).
@@ -19,7 +16,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, got_request_exception, request
-from flask.globals import _cv_request
 from flask.wrappers import Response
 from werkzeug.wsgi import ClosingIterator
 
@@ -38,29 +34,7 @@ def register(
     """Install the hooks of ``trail`` on ``app``. Returns the exception receiver, which the caller
     must keep alive (blinker holds it weakly, so a discarded app is not kept by the signal)."""
     rec = trail.rec
-    job_ids = trail.job_ids
-    finish_ids = job_ids.finish
-    from_url = job_ids.from_url
-
-    start = trail.start
-
-    def diaglog_start(endpoint: str | None, values: dict[str, Any] | None) -> None:
-        # A URL value preprocessor: the first call Flask makes after matching the URL, with the
-        # view arguments, and without the ensure_sync dispatch of a before_request function.
-        trace = current_trace()
-        if trace is None or trace.rec is not rec or trace.started:
-            return
-        if values and "job_id" in values:
-            from_url(trace, values)
-        ctx = _cv_request.get(None)
-        if ctx is None:
-            start(trace, {})
-            return
-        req = ctx.request
-        rule = req.url_rule
-        if rule is not None:
-            trace.route = rule.rule
-        start(trace, req.environ)
+    finish_ids = trail.job_ids.finish
 
     def diaglog_after_request(response: Response) -> Response:
         trace = current_trace()
@@ -92,7 +66,6 @@ def register(
             trace.job_id = lookup_job_id(request._get_current_object(), getter)  # type: ignore[attr-defined]
 
         app.before_request_funcs.setdefault(None, []).insert(0, diaglog_strict_ids)
-    app.url_value_preprocessors.setdefault(None, []).insert(0, diaglog_start)
     app.after_request_funcs.setdefault(None, []).insert(0, diaglog_after_request)
     # Weakly connected (blinker's global registry must not keep the app alive).
     got_request_exception.connect(on_exception, app)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from flask import request
+from flask.globals import _cv_request
 
 from .context import is_valid_id
 from .problems import InvalidJobId
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
     from .context import Trace
 
-__all__ = ["BODY_LOOKUP_MAX", "JobIdGetter", "JobIds", "lookup_job_id", "peek_body"]
+__all__ = ["BODY_LOOKUP_MAX", "JobIdGetter", "JobIds", "lookup_job_id", "peek_body", "url_job_id"]
 
 JobIdGetter = Callable[["Request"], "str | None"]
 
@@ -225,53 +226,68 @@ def lookup_job_id(req: Request, getter: JobIdGetter | None) -> str | None:
     return value  # type: ignore[no-any-return]
 
 
+def url_job_id(trace: Trace) -> str | None:
+    """The URL's job id of a request in flight, read from another thread (the watchdog, the
+    in-flight list) before the request's own thread has taken it: Flask's request, found through
+    ``environ["werkzeug.request"]``, has its view arguments once the URL is matched."""
+    if trace.job_id is not None or trace.resolve is None or trace.environ is None:
+        return trace.job_id
+    req = trace.environ.get("werkzeug.request")
+    va = getattr(req, "view_args", None)
+    if va and "job_id" in va:
+        value = _as_id(va["job_id"])
+        if is_valid_id(value):
+            return value  # type: ignore[no-any-return]
+    return None
+
+
 class JobIds:
     """The lenient job-id resolution of one app's request trail (see the module docstring).
 
     :meth:`at_start` runs in the WSGI wrapper, before Flask has the request: it takes an id from
-    the headers, or from the query string when no body could hold one, and leaves
-    :attr:`Trace.resolve <flask_diaglog.context.Trace.resolve>` set when the URL or the body may
-    still say more. The recorder calls ``trace.resolve(trace, False)`` before each line;
-    ``current_job_id()`` calls ``trace.resolve(trace, True)`` (which may read the body).
+    the headers, or from the query string when no body could hold one. :meth:`resolve` takes the
+    URL's job id (and rule) once Flask has matched it, and a body's when asked: the recorder calls
+    ``trace.resolve(trace, False)`` before each line, ``current_job_id()`` calls
+    ``trace.resolve(trace, True)`` (which may read the body), the end of the view
+    :meth:`finish`.
     """
 
     def __init__(self, getter: JobIdGetter | None) -> None:
         self.getter = getter
 
-    def at_start(self, trace: Trace, env: dict[str, Any]) -> bool:
-        """Take the id the headers (or the query string) give; True when the app's callable or
-        the body may still give one, so ``trace.resolve`` must be set."""
+    def at_start(self, trace: Trace, env: dict[str, Any]) -> None:
+        """Take the id the headers give, or the query string of a request without a body that
+        could hold one (the URL and the body come later, through :meth:`resolve`)."""
         if self.getter is not None:
-            return True
+            return
         v = env.get("HTTP_X_JOB_ID")
         if v is None:
             v = env.get("HTTP_IDEMPOTENCY_KEY")
             if v is not None:
                 v = _idempotency_key(v)
-            elif not _may_have_body_id(env):
+            else:
                 qs = env.get("QUERY_STRING")
-                if qs:
+                if qs and "job_id" in qs and not _may_have_body_id(env):
                     v = _query_value(qs)
         if v is not None:
             if is_valid_id(v):
                 trace.job_id = v
             else:
                 trace.bad_job_id = _shown(v)
-            return False
-        return _may_have_body_id(env)
-
-    def from_url(self, trace: Trace, values: dict[str, Any] | None) -> None:
-        """Flask matched the URL: a ``job_id`` view argument comes first."""
-        if values and "job_id" in values and self.getter is None:
-            trace.resolve = None
-            self._take(trace, values["job_id"], override=True)
 
     def resolve(self, trace: Trace, read_body: bool) -> None:
-        """Take what can be known now: the URL once Flask matched it, the body when asked."""
-        try:
-            req = request._get_current_object()  # type: ignore[attr-defined]
-        except RuntimeError:  # before Flask made the request (a WSGI middleware's line)
+        """Take what can be known now: the URL's rule and job id once Flask matched it, the body
+        when asked (``read_body``) or once the view has read it."""
+        ctx = _cv_request.get(None)
+        if ctx is None:  # before Flask made the request (a WSGI middleware's line)
             return
+        req = ctx.request
+        rule = req.url_rule
+        if rule is None:
+            if req.routing_exception is None:
+                return  # not matched yet (a line from the session interface)
+        elif trace.route is None:
+            trace.route = rule.rule
         getter = self.getter
         if getter is not None:
             trace.resolve = None

@@ -433,17 +433,13 @@ def _hang_fields(m: re.Match[str]) -> dict[str, Any]:
     return out
 
 
-def _num(value: float) -> str:
-    return f"{value:g}"
-
-
 def progress_msg(
     fraction: float, step: float | None, total: float | None, message: str | None
 ) -> str:
     """``progress 42.5% [3/7] [- message]``: the fraction with one decimal of a percent."""
     msg = f"progress {fraction * 100:.1f}%"
     if step is not None and total is not None:
-        msg += f" {_num(step)}/{_num(total)}"
+        msg += f" {step:g}/{total:g}"
     if message:
         msg += f" - {message}"
     return msg

@@ -38,6 +38,7 @@ from time import perf_counter
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from .jobids import url_job_id
 from .trail import hang_msg
 
 if TYPE_CHECKING:
@@ -274,6 +275,9 @@ def _report(
     trace.hung += 1  # before the line: an end line written meanwhile already says was_hung
     if rec is None:
         return
+    if trace.job_id is None:
+        # The URL's job id, if the request's thread has not taken it yet (it sets the same).
+        trace.job_id = url_job_id(trace)
     n = trace.hung
     ms = trace.elapsed_ms()
     current = trace.current_stage
@@ -336,7 +340,7 @@ def entries(registry: InFlight, stacks: bool = False) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {
             "kind": t.kind,
             "request_id": t.request_id,
-            "job_id": t.job_id,
+            "job_id": url_job_id(t),
             "name": name,
             "method": t.method,
             "path": t.path,

@@ -127,7 +127,7 @@ def test_failure_report_shows_the_captured_events(pytester: pytest.Pytester) -> 
     result.stdout.fnmatch_lines(
         [
             "*- Captured diaglog events call -*",
-            "* | INFO | flask_diaglog.request | req=r-fail job=jx | request_start GET /work/jx*",
+            "* | INFO | flask_diaglog.request | req=r-fail job=- | request_start GET /work/jx*",
             "* | WARNING | plugin_app | req=r-fail job=jx | disk at 91%*",
         ]
     )
