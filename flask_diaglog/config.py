@@ -187,8 +187,27 @@ KEYS: tuple[Key, ...] = (
         "loggers",
         (),
         parse_list,
-        "Loggers whose records are captured into the files. Empty = the app's logger and the "
-        "top-level package of `app.import_name`; `root` = everything.",
+        "Loggers whose records are captured into the files, with their children. Empty (or "
+        "`root`) = every logger; a list narrows the capture to those loggers.",
+    ),
+    Key(
+        "DIAGLOG_ADJUST_LEVELS",
+        "adjust_levels",
+        True,
+        parse_bool,
+        "Lower the captured loggers (the root logger unless `DIAGLOG_LOGGERS` lists others) to "
+        "just below `DIAGLOG_LEVEL` when their level is higher, so records of loggers nobody "
+        "configured are captured. Records that exist only because of this reach diaglog alone, "
+        "never your handlers. `False`: levels are left as they are.",
+    ),
+    Key(
+        "DIAGLOG_REPLACE_HANDLERS",
+        "replace_handlers",
+        True,
+        parse_bool,
+        "Replace Flask's default stderr handler, werkzeug's request log handler and "
+        "`logging.lastResort` with stand-ins that print the same text, redacted, through a queue "
+        "that never blocks. `False`: keep the originals (they write synchronously).",
     ),
     Key(
         "DIAGLOG_JOB_STORE",
@@ -222,7 +241,7 @@ KEYS: tuple[Key, ...] = (
     Key(
         "DIAGLOG_JOB_REPLAY_MAX_BYTES",
         "job_replay_max_bytes",
-        64 * 1024 * 1024,
+        "64MiB",
         parse_size,
         "Most bytes of stored response bodies kept for replay in memory; the oldest go first.",
     ),
@@ -359,6 +378,8 @@ class Settings:
     redact: tuple[str, ...]
     server_timing: bool
     loggers: tuple[str, ...]
+    adjust_levels: bool
+    replace_handlers: bool
     job_store: str
     job_ttl: float
     job_replay_ttl: float

@@ -216,9 +216,17 @@ class DiagLog:
             state.console = console = ConsoleSink(rec.render, level=s.level)
             rec.subscribe(console, "console")
 
-        state.handler = handler = AppHandler(rec, s.level)
-        names = list(s.loggers) or [app.logger.name, app.import_name.split(".")[0]]
-        state.loggers = attach(handler, names, s.level)
+        state.handler = handler = AppHandler(rec, s.level, console=s.console)
+        names = list(s.loggers)  # empty: every logger
+        state.loggers = attach(
+            handler,
+            names,
+            s.level,
+            app_logger=app.logger,
+            redact=redactor.text,
+            adjust=s.adjust_levels,
+            replace_handlers=s.replace_handlers,
+        )
 
         state.trail = trail = RequestTrail(
             app.wsgi_app,

@@ -28,6 +28,19 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _forget_socketio_test_clients() -> Iterator[None]:
+    """Flask-SocketIO's test client keeps every client in a class-level dict, even disconnected,
+    and each client holds its app: without this, every app a test made with a Socket.IO test
+    client would stay alive (and keep its logging capture) for the rest of the session."""
+    from flask_socketio.test_client import SocketIOTestClient
+
+    before = set(SocketIOTestClient.clients)
+    yield
+    for key in set(SocketIOTestClient.clients) - before:
+        SocketIOTestClient.clients.pop(key, None)
+
+
+@pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
     """Every logger's handlers and level are put back after each test."""
     manager = logging.Logger.manager

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
+import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from flask import Flask
+from servers import free_port
 
 from flask_diaglog import stage
 from flask_diaglog.files.console import ConsoleSink
@@ -22,6 +29,59 @@ from flask_diaglog.files.render import plain_line
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
+#: The flat-layout app (app.py beside helpers.py) that ``flask run`` serves in these tests.
+FLAT = Path(__file__).resolve().parent / "apps" / "flat"
+
+
+@contextlib.contextmanager
+def flask_run(log_dir: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``flask --app app run`` in the flat app's directory, stdout and stderr both pipes that
+    this helper never reads; yields the base URL and the process (the test may read the pipes
+    after :func:`stop`)."""
+    port = free_port()
+    full = dict(os.environ, PYTHONPATH=str(REPO), DIAGLOG_LOG_DIR=str(log_dir), **env)
+    full.pop("TESTING", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "app", "run", "--port", str(port)],
+        cwd=FLAT,
+        env=full,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, "flask run exited"
+            try:
+                urllib.request.urlopen(f"{base}/info?n=ready", timeout=5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "flask run did not serve in time"
+                time.sleep(0.1)
+        yield base, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> tuple[str, str]:
+    """Ctrl-C the server (so it exits normally) and return what it printed."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return out.decode(), err.decode()
+
+
+def get(url: str, request_id: str | None = None) -> int:
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as r:
+        return int(r.status)
+
 
 CHILD = textwrap.dedent(
     """
@@ -159,3 +219,105 @@ def test_console_config_echoes_every_line(
     missing = [k for k in ("request_start", "stage s", "request_end") if k not in out]
     assert missing == []
     assert out.count("req=c1") == 3
+
+
+@pytest.mark.parametrize("console", ["true", "false"], ids=["console", "no-console"])
+def test_unread_stdout_and_stderr_never_stall_a_real_server(tmp_path: Path, console: str) -> None:
+    """``flask run`` with stdout and stderr both pipes nobody reads: 5 000 requests, each logging
+    through app.logger (and a helper module), all complete; the files hold every line."""
+    log_dir = tmp_path / "logs"
+    with flask_run(log_dir, DIAGLOG_CONSOLE=console) as (base, _proc):
+        start = time.monotonic()
+        statuses = [get(f"{base}/hello?n={n}&token=s3cret") for n in range(5000)]
+        elapsed = time.monotonic() - start
+    assert statuses == [200] * 5000
+    assert elapsed < 60  # the generous bound of the issue: a stall would take forever
+    text = (log_dir / "requests.log").read_text()
+    app_lines = re.findall(r"\| WARNING \| app \| req=\S+ job=- \| app line (\d+) ", text)
+    assert sorted(map(int, app_lines)) == list(range(5000))
+    helper_lines = re.findall(
+        r"\| INFO \| helpers \| req=\S+ job=- \| helper info (\d+)$", text, re.M
+    )
+    assert sorted(map(int, helper_lines)) == list(range(5000))
+    assert "s3cret" not in text
+
+
+def test_with_console_each_record_is_printed_once_and_masked(tmp_path: Path) -> None:
+    """DIAGLOG_CONSOLE: every record once, on stdout, redacted; nothing of the app on stderr;
+    werkzeug's access line is replaced by diaglog's request lines."""
+    with flask_run(tmp_path / "logs", DIAGLOG_CONSOLE="true") as (base, proc):
+        assert get(f"{base}/hello?n=once&token=s3cret", "once") == 200
+        out, err = stop(proc)
+    assert out.count("req=once job=- | app line once token=[REDACTED]") == 1
+    assert out.count("req=once job=- | helper info once") == 1
+    assert out.count("req=once job=- | request_start GET /hello?n=once&token=[REDACTED]") == 1
+    assert out.count("req=once job=- | request_end GET /hello 200 ") == 1
+    assert "app line" not in err
+    assert '"GET /hello' not in out + err  # werkzeug's access line
+    assert "s3cret" not in out + err
+
+
+def test_without_console_stderr_prints_what_flask_and_werkzeug_print_masked(
+    tmp_path: Path,
+) -> None:
+    """Console off: Flask's and werkzeug's lines are on stderr as without diaglog, once each,
+    with secrets masked; INFO records nobody printed before stay unprinted."""
+    with flask_run(tmp_path / "logs", DIAGLOG_CONSOLE="false") as (base, proc):
+        assert get(f"{base}/hello?n=once&token=s3cret", "once") == 200
+        out, err = stop(proc)
+    assert err.count("] WARNING in app: app line once token=[REDACTED]\n") == 1
+    assert err.count('"GET /hello?n=once&token=[REDACTED] HTTP/1.1" 200 -\n') == 1
+    assert "helper info" not in out + err
+    assert "flask_diaglog" not in out
+    assert "s3cret" not in out + err
+
+
+def test_console_threads_end_when_the_app_is_discarded(
+    make_app: Callable[..., Flask], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The console's and the stand-ins' writer threads stop once their app is garbage-collected."""
+    gc.collect()
+    before = set(threading.enumerate())
+    app = make_app({"DIAGLOG_CONSOLE": True, "DIAGLOG_LOGGERS": "tests.discard"})
+    app.test_client().get("/")
+    logging.getLogger("tests.discard").warning("to the console")  # to stdout
+    werkzeug = logging.getLogger("werkzeug")
+    werkzeug.propagate = False  # away from pytest's handlers: the werkzeug stand-in prints it
+    try:
+        werkzeug.warning("to stderr")
+    finally:
+        werkzeug.propagate = True
+    started = [t for t in set(threading.enumerate()) - before if t.name.startswith("diaglog-std")]
+    assert sorted(t.name for t in started) == ["diaglog-stderr", "diaglog-stdout"]
+    del app
+    gc.collect()
+    for t in started:
+        t.join(10)
+    assert [t.name for t in started if t.is_alive()] == []
+    out, err = capfd.readouterr()
+    assert "to the console" in out and "to stderr" in err
+
+
+def test_console_leaves_out_records_the_apps_own_handler_prints(
+    make_app: Callable[..., Flask], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A record that a handler of the app's own prints to stderr is not echoed again on stdout;
+    a record nobody else prints is."""
+    app = make_app({"DIAGLOG_CONSOLE": True})
+    own = logging.getLogger("tests.own_console")
+    own.addHandler(logging.StreamHandler(sys.stderr))
+    other = logging.getLogger("tests.no_handler")
+
+    @app.get("/")
+    def index() -> str:
+        own.warning("printed by the app")
+        other.info("printed by the console")
+        return "ok"
+
+    app.test_client().get("/", headers={"X-Request-ID": "dup"})
+    state = app.extensions["diaglog"]
+    assert state.console is not None and state.console.flush(10)
+    out, err = capfd.readouterr()
+    assert err.count("printed by the app") == 1
+    assert "printed by the app" not in out
+    assert out.count("req=dup job=- | printed by the console") == 1
