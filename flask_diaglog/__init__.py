@@ -12,12 +12,16 @@ from .context import current_job_id, current_request_id
 from .extension import DiagLog, inflight, stats
 from .jobs import (
     DuplicateJob,
+    HandOffError,
     IdempotencyKeyMismatch,
     JobIdRequired,
     JobStoreUnavailable,
     MemoryJobStore,
     RedisJobStore,
+    abandon,
+    adopt,
     guard_job,
+    hand_off,
 )
 from .logbridge import DiagLogHandler
 from .problems import InvalidJobId, ProblemError
@@ -31,6 +35,7 @@ __all__ = [
     "DiagLogHandler",
     "DuplicateJob",
     "Event",
+    "HandOffError",
     "IdempotencyKeyMismatch",
     "InvalidJobId",
     "JobIdRequired",
@@ -38,10 +43,13 @@ __all__ = [
     "MemoryJobStore",
     "ProblemError",
     "RedisJobStore",
+    "abandon",
+    "adopt",
     "current_job_id",
     "current_request_id",
     "get_request_timings",
     "guard_job",
+    "hand_off",
     "inflight",
     "is_testing",
     "progress",

@@ -73,12 +73,13 @@ class AppState:
         return self.recorder is not None
 
     def stats(self) -> dict[str, Any]:
-        """Counters: failed file writes, dropped console lines, sink failures."""
+        """Counters: failed file writes, dropped console lines, sink failures, replay evictions."""
         rec = self.recorder
         out: dict[str, Any] = {
             "failed_writes": self.files.failed_writes if self.files else 0,
             "console_dropped": self.console.dropped if self.console else 0,
             "sink_failures": dict(rec.failures) if rec is not None else {},
+            "replay_evictions": self.guard.replay_evictions if self.guard is not None else 0,
         }
         return out
 
@@ -123,7 +124,8 @@ def inflight(app: Flask | None = None, *, stacks: bool = False) -> list[dict[str
 def stats(app: Flask | None = None) -> dict[str, Any]:
     """Counters of ``app`` (default: ``current_app``): ``failed_writes`` (lines the files could
     not take), ``console_dropped`` (lines the console queue dropped) and ``sink_failures``
-    (failures per subscriber or signal receiver).
+    (failures per subscriber or signal receiver) and ``replay_evictions`` (stored responses the
+    memory job store evicted to stay under ``DIAGLOG_JOB_REPLAY_MAX_*``).
 
     .. versionadded:: 0.2
     """

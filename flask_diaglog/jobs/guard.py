@@ -10,16 +10,15 @@ How it fits the extension: the guard puts a :class:`~.leases.JobLease` on the re
 ``spawn`` retain it for the background work and release it when the work ends.
 
 Semantics follow the IETF httpapi Idempotency-Key draft: 409 while the original is in flight, a
-replay of the stored response once it completed (``replay=True``), 422 when the same key comes with
-a different payload, 400 when a required key is missing.
+replay of the stored response once it completed (``replay=True``, records encoded by
+:mod:`.replay`), 422 when the same key comes with a different payload, 400 when a required key is
+missing. A view that hands its job to a task queue keeps it active until the task ends: see
+:mod:`.handoff`.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
-import json
 import logging
 import os
 import threading
@@ -34,6 +33,7 @@ from ..hooks import lookup_job_id
 from ..problems import DuplicateJob, IdempotencyKeyMismatch, JobIdRequired, JobStoreUnavailable
 from ..trail import LOGGER_GUARD, job_rejected_msg
 from .leases import JobLease, Leases, Renewer
+from .replay import REPLAY_MAX_BYTES, Replayed, encode_record, fingerprint
 from .stores import ACQUIRED, DONE, JobStore, JobStoreError
 
 if TYPE_CHECKING:
@@ -46,8 +46,6 @@ __all__ = ["JobGuard", "get_job_guard", "guard_job"]
 F = TypeVar("F", bound=Callable[..., Any])
 KeyFunc = Callable[[Request], "str | None"]
 
-#: Responses larger than this are not stored for replay.
-REPLAY_MAX_BYTES = 1024 * 1024
 #: Where the job id is looked up when no ``key=`` callable is given (for the 400 answer).
 LOOKUP_SOURCES = (
     "the URL view argument job_id, the X-Job-ID header, the Idempotency-Key header, the JSON "
@@ -82,6 +80,9 @@ class JobGuard:
         self.replay_ttl = s.job_replay_ttl
         #: Let guarded requests through when the store is unreachable (``DIAGLOG_JOB_FAIL_OPEN``).
         self.fail_open = s.job_fail_open
+        #: Largest response body stored for replay (1 MiB, or less under a smaller byte cap).
+        self.replay_max_body = min(REPLAY_MAX_BYTES, s.job_replay_max_bytes)
+        store.limit_replay(s.job_replay_max_entries, s.job_replay_max_bytes)
         self.renewer = Renewer(self)
         self._health = threading.Lock()
         self._outage_failures = 0  # 0 = healthy
@@ -153,6 +154,12 @@ class JobGuard:
     def healthy(self) -> bool:
         return self._outage_failures == 0
 
+    @property
+    def replay_evictions(self) -> int:
+        """Replay records the store dropped to stay under ``DIAGLOG_JOB_REPLAY_MAX_ENTRIES`` and
+        ``DIAGLOG_JOB_REPLAY_MAX_BYTES`` before their TTL (memory store; Redis: always 0)."""
+        return self.store.evictions
+
     def stats(self) -> dict[str, Any]:
         return {
             "store": self.store.describe(),
@@ -161,6 +168,7 @@ class JobGuard:
             "renewals": self.renewer.renewals,
             "rejected": self.rejected,
             "replayed": self.replayed,
+            "replay_evictions": self.replay_evictions,
         }
 
     # -- lease lifecycle ------------------------------------------------------------------------
@@ -177,7 +185,10 @@ class JobGuard:
                 return
             lease.ended = True
             try:
-                ok = self.store.release(lease.job_id, lease.value, record, self.replay_ttl)
+                ok = self.store.leave(
+                    lease.job_id, lease.value, lease.party, record, self.replay_ttl,
+                    failed=lease.failed,
+                )  # fmt: skip
             except Exception as exc:
                 self.store_failed(
                     exc,
@@ -305,8 +316,8 @@ def _run_guarded(
     if trace is not None and job_id in _held_ids(trace.lease):
         return fn(*args, **kwargs)  # a stacked guard already holds this very job
 
-    fingerprint = _fingerprint(req) if replay else "-"
-    value = f"{os.urandom(12).hex()} {fingerprint}"
+    fp = fingerprint(req) if replay else "-"
+    value = f"{os.urandom(12).hex()} {fp}"
     lease_ttl = ttl or guard.ttl
     try:
         claim = guard.store.claim(job_id, value, lease_ttl, check_done=replay)
@@ -326,10 +337,10 @@ def _run_guarded(
     guard.store_ok(trace)
 
     if claim.outcome == DONE:
-        return _replay(guard, trace, req, job_id, fingerprint, claim.record or "")
+        return _replay(guard, trace, req, job_id, fp, claim.record or "")
     if claim.outcome != ACQUIRED:
         holder_fp = claim.holder.partition(" ")[2] if claim.holder else ""
-        if replay and holder_fp not in ("", "-") and holder_fp != fingerprint:
+        if replay and holder_fp not in ("", "-") and holder_fp != fp:
             _reject(guard, trace, req, job_id, "payload_mismatch")
             raise IdempotencyKeyMismatch(job_id)
         _reject(guard, trace, req, job_id, "in_progress")
@@ -340,13 +351,13 @@ def _run_guarded(
     if trace is None:
         # No trace (the path is in DIAGLOG_EXCLUDE): the job ends with the view.
         try:
-            return _call_view(fn, args, kwargs, lease, fingerprint)
+            return _call_view(fn, args, kwargs, lease, fp)
         finally:
             lease.release()
     # Released by the extension when the request ends (also on errors). A second guard on the
     # same request (two job ids) holds both.
     trace.lease = lease if trace.lease is None else Leases(trace.lease, lease)
-    return _call_view(fn, args, kwargs, lease, fingerprint)
+    return _call_view(fn, args, kwargs, lease, fp)
 
 
 def _held_ids(lease: Lease | None) -> list[str]:
@@ -362,13 +373,13 @@ def _call_view(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     lease: JobLease,
-    fingerprint: str,
+    fp: str,
 ) -> Any:
     rv = fn(*args, **kwargs)
     if not lease.replay:
         return rv
     response = current_app.make_response(rv)
-    lease.record = _encode_record(response, fingerprint)
+    lease.record = encode_record(response, fp, lease.guard.replay_max_body)
     return response
 
 
@@ -392,56 +403,16 @@ def _where(key: KeyFunc | None, guard: JobGuard) -> str:
     return LOOKUP_SOURCES
 
 
-def _fingerprint(req: Request) -> str:
-    """A digest of what makes two requests "the same payload": method, path, query and body."""
-    h = hashlib.sha256()
-    h.update(f"{req.method} {req.path}?{req.query_string.decode('latin-1')}\n".encode())
-    if req.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        # The body may already be parsed (the job id lookup reads form fields): hash the fields.
-        for name, field in sorted(req.form.items(multi=True)):
-            h.update(f"f {name}={field}\n".encode())
-        for name, upload in sorted(req.files.items(multi=True), key=lambda kv: kv[0]):
-            pos = upload.stream.tell()
-            digest = hashlib.sha256(upload.stream.read()).hexdigest()
-            upload.stream.seek(pos)
-            h.update(f"u {name}={upload.filename}:{digest}\n".encode())
-    else:
-        h.update(req.get_data(cache=True))
-    return h.hexdigest()[:32]
-
-
-def _encode_record(response: Response, fingerprint: str) -> str | None:
-    """The response as stored for replay, or ``None`` when it cannot or should not be stored."""
-    if response.is_streamed or response.status_code >= 500:
-        return None
-    body = response.get_data()
-    if len(body) > REPLAY_MAX_BYTES:
-        return None
-    record: dict[str, Any] = {
-        "status": response.status_code,
-        "content_type": response.content_type,
-        "body": base64.b64encode(body).decode("ascii"),
-        "fingerprint": fingerprint,
-    }
-    location = response.headers.get("Location")
-    if location:
-        record["location"] = location
-    return json.dumps(record, separators=(",", ":"))
-
-
 def _replay(
     guard: JobGuard,
     trace: Trace | None,
     req: Request,
     job_id: str,
-    fingerprint: str,
+    fp: str,
     raw: str,
 ) -> Response:
     try:
-        record = json.loads(raw)
-        stored_fp = record["fingerprint"]
-        body = base64.b64decode(record["body"])
-        status = int(record["status"])
+        record = Replayed(raw)
     except (ValueError, KeyError, TypeError) as exc:
         guard.emit(
             "log",
@@ -452,9 +423,10 @@ def _replay(
             job_id=job_id,
         )
         raise JobStoreUnavailable(job_id) from exc
-    if stored_fp != fingerprint:
+    if record.fingerprint != fp:
         _reject(guard, trace, req, job_id, "payload_mismatch")
         raise IdempotencyKeyMismatch(job_id)
+    status = record.status
     guard.replayed += 1
     guard.emit(
         "log",
@@ -465,11 +437,7 @@ def _replay(
         job_id=job_id,
         replayed_status=status,
     )
-    response = Response(body, status=status, content_type=record.get("content_type"))
-    response.headers["Idempotent-Replayed"] = "true"
-    if record.get("location"):
-        response.headers["Location"] = record["location"]
-    return response
+    return record.response()
 
 
 def _reject(guard: JobGuard, trace: Trace | None, req: Request, job_id: str, reason: str) -> None:

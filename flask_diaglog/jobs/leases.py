@@ -4,15 +4,22 @@ A :class:`JobLease` is retained by every piece of work started from the request 
 store when the last one releases it. While it is held, the guard's :class:`Renewer` thread
 extends its TTL at a third of the TTL, so a long job never expires while it is alive and a dead
 holder frees the job after ``DIAGLOG_JOB_TTL``.
+
+A lease handed off to a task queue (:mod:`.handoff`) is held in the store by two *parties*, the
+request and the worker: each side has its own :class:`JobLease` with its ``party`` name, and the
+job is free when both have left.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
 import time
+import weakref
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 from ..context import Lease
@@ -29,6 +36,9 @@ class JobLease:
     Implements the ``Lease`` protocol of :mod:`.context`: ``retain()`` when background work is
     handed the job, ``release()`` when a holder is done. The last ``release()`` frees the job in
     the store (storing the response for replay when there is one and nothing failed).
+
+    It is also a context manager that releases it on exit (failed when the block raised): the
+    form a worker uses for a lease it adopted (:func:`~.handoff.adopt`).
     """
 
     __slots__ = (
@@ -39,6 +49,7 @@ class JobLease:
         "guard",
         "job_id",
         "lost",
+        "party",
         "record",
         "renew_at",
         "replay",
@@ -65,6 +76,9 @@ class JobLease:
         #: lease after it was freed.
         self.store_lock = threading.Lock()
         self.renew_at = 0.0
+        #: The party this lease is in the store, when it is shared (handed off): ``"request"``
+        #: on the side that handed it off, the token's party on the worker. ``""`` otherwise.
+        self.party = ""
         self._count = 1
         self._lock = threading.Lock()
 
@@ -81,6 +95,19 @@ class JobLease:
             last = self._count == 0
         if last:
             self.guard.finish(self)
+
+    def __enter__(self) -> JobLease:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.failed = True
+        self.release()
 
     def __repr__(self) -> str:
         return f"<JobLease {self.job_id} holders={self._count}>"
@@ -104,10 +131,13 @@ class Leases:
 
 
 class Renewer:
-    """One daemon thread per guard that extends the TTL of held leases at a third of their TTL.
+    """Renews the TTL of held leases at a third of their TTL, in one daemon thread per guard.
 
-    Started lazily on the first lease, and again in a forked child (gunicorn workers), where the
-    parent's thread does not exist.
+    The thread starts with the first lease (again in a forked child, where the parent's thread
+    does not exist). It sleeps until the next renewal is due and, with no lease held, until a
+    lease is added: it never polls. Removing the last lease wakes it so it stops waiting for that
+    lease. The thread holds the renewer (and so the guard and the app) only weakly: when the app
+    is discarded, a finaliser wakes the thread and it ends.
     """
 
     def __init__(self, guard: JobGuard) -> None:
@@ -119,25 +149,34 @@ class Renewer:
         self.pid = -1
         self.closed = False
         self.renewals = 0
-        #: When the thread wakes next on its own; an earlier lease pokes it.
-        self.next_at = 0.0
+        #: When the thread wakes next on its own (``inf`` while it sleeps until a lease comes).
+        self.next_at = math.inf
 
     def add(self, lease: JobLease) -> None:
         lease.renew_at = time.monotonic() + lease.ttl / 3
         with self.lock:
             if self.pid != os.getpid():
-                self.leases.clear()  # the parent's leases are not ours to renew
-                self.thread = None
-                self.pid = os.getpid()
+                self._start()
             self.leases.add(lease)
-            if self.thread is None and not self.closed:
-                self.thread = threading.Thread(
-                    target=self._run, name="diaglog-lease-renewer", daemon=True
-                )
-                self.thread.start()
             poke = lease.renew_at < self.next_at
         if poke:  # only when it sleeps past this lease's renewal: not once per request
             self.wake.set()
+
+    def _start(self) -> None:
+        # First lease in this process (or in a forked child: the parent's leases are not ours to
+        # renew, and its thread and event do not exist here). Called with the lock held.
+        self.leases.clear()
+        self.pid = os.getpid()
+        self.thread = None
+        if self.closed:
+            return
+        self.wake = wake = threading.Event()
+        self.next_at = math.inf
+        self.thread = threading.Thread(
+            target=_run, args=(weakref.ref(self), wake), name="diaglog-lease-renewer", daemon=True
+        )
+        weakref.finalize(self, wake.set)  # the app is gone: wake the thread so that it ends
+        self.thread.start()
 
     def renew_all_soon(self) -> None:
         """Renew every held lease now (after a store outage, which may have lost them)."""
@@ -149,6 +188,9 @@ class Renewer:
     def remove(self, lease: JobLease) -> None:
         with self.lock:
             self.leases.discard(lease)
+            poke = not self.leases and self.next_at != math.inf
+        if poke:  # the last one went: stop waiting for its renewal
+            self.wake.set()
 
     def close(self) -> None:
         self.closed = True
@@ -157,32 +199,35 @@ class Renewer:
         if thread is not None and thread is not threading.current_thread():
             thread.join(5)
 
-    def _run(self) -> None:
-        while not self.closed:
-            self.wake.clear()  # before the snapshot: an add() after this wakes the wait below
-            with self.lock:  # snapshot and next_at together: add() sees one or the other
-                leases = list(self.leases)
-                now = time.monotonic()
-                wait = min(min(lease.renew_at for lease in leases) - now, 60.0) if leases else 60.0
-                self.next_at = now + wait if wait > 0 else 0.0
-            if wait > 0:
-                self.wake.wait(wait)
-                continue
-            for lease in leases:
-                if lease.renew_at <= now:
-                    try:
-                        self._renew(lease)
-                    except Exception as exc:  # keep renewing the others; say why
-                        lease.renew_at = time.monotonic() + lease.ttl / 3
-                        self.guard.emit(
-                            "log",
-                            logging.ERROR,
-                            f"renewing the lease of job {lease.job_id} failed: "
-                            f"{type(exc).__name__}: {exc}",
-                            None,
-                            job_id=lease.job_id,
-                            exc=self.guard.rec.format_exc(exc),
-                        )
+    def tick(self) -> float | None:
+        """Renew what is due; the seconds until the next renewal (``None``: until woken,
+        ``-1``: closed)."""
+        if self.closed:
+            return -1.0
+        self.wake.clear()  # before the snapshot: an add() after this wakes the wait that follows
+        with self.lock:  # snapshot and next_at together: add() sees one or the other
+            leases = list(self.leases)
+            now = time.monotonic()
+            due = min((lease.renew_at for lease in leases), default=math.inf)
+            self.next_at = due if due > now else 0.0
+        if due > now:
+            return None if due == math.inf else due - now
+        for lease in leases:
+            if lease.renew_at <= now:
+                try:
+                    self._renew(lease)
+                except Exception as exc:  # keep renewing the others; say why
+                    lease.renew_at = time.monotonic() + lease.ttl / 3
+                    self.guard.emit(
+                        "log",
+                        logging.ERROR,
+                        f"renewing the lease of job {lease.job_id} failed: "
+                        f"{type(exc).__name__}: {exc}",
+                        None,
+                        job_id=lease.job_id,
+                        exc=self.guard.rec.format_exc(exc),
+                    )
+        return 0.0
 
     def _renew(self, lease: JobLease) -> None:
         guard = self.guard
@@ -211,3 +256,17 @@ class Renewer:
                 None,
                 job_id=lease.job_id,
             )
+
+
+def _run(ref: weakref.ReferenceType[Renewer], wake: threading.Event) -> None:
+    """The renewer thread. Holds its renewer only while renewing, so the app can go away."""
+    while True:
+        renewer = ref()
+        if renewer is None:
+            return  # the app was discarded
+        wait = renewer.tick()
+        del renewer
+        if wait is not None and wait < 0:
+            return  # closed
+        if wait != 0.0:
+            wake.wait(wait)

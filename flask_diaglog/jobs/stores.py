@@ -4,9 +4,16 @@ A *lease* is a key holding a value (a random token plus the request's payload fi
 time to live. Whoever set the value owns the job; renewing and releasing compare the value first,
 so a holder whose lease expired can never extend or free a lease that somebody else now owns.
 
-* :class:`MemoryJobStore`: one process (``flask run``, tests, a single gunicorn worker).
+* :class:`MemoryJobStore`: one process (``flask run``, tests, a single gunicorn worker). Its
+  replay records are capped in entries and bytes (oldest evicted first, evictions counted).
 * :class:`RedisJobStore`: several processes or hosts sharing one Redis. ``SET key value NX PX ttl``
-  to acquire, Lua scripts to compare-and-pexpire (renew) and compare-and-delete (release).
+  to acquire, Lua scripts to compare-and-pexpire (renew) and compare-and-delete (release). Its
+  replay records are bounded by their TTL (``PX``), and Redis's own ``maxmemory``.
+
+A lease can be *shared* by several named parties (a request that handed its job off to a task
+queue, and the worker that adopted it; see :mod:`.handoff`): :meth:`JobStore.share` names them,
+and each :meth:`JobStore.leave` removes one. The lease is freed (and the replay record stored)
+when the last party leaves, and only if no party failed.
 
 Store errors (Redis unreachable, timeouts) are raised as :class:`JobStoreError`; the guard turns
 them into a 503 answer (or lets the request through when ``DIAGLOG_JOB_FAIL_OPEN`` is on).
@@ -16,17 +23,23 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+import uuid
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..config import ConfigError
+from .scripts import CLAIM, LEAVE, RENEW, SHARE
 
 __all__ = [
     "ACQUIRED",
+    "ADOPTED",
     "BUSY",
     "DONE",
+    "LOST",
+    "RETAKEN",
     "Claim",
     "JobStore",
     "JobStoreError",
@@ -39,6 +52,10 @@ __all__ = [
 ACQUIRED = "acquired"
 BUSY = "busy"
 DONE = "done"
+#: :meth:`JobStore.adopt` outcomes.
+ADOPTED = "adopted"
+RETAKEN = "retaken"
+LOST = "lost"
 
 
 class JobStoreError(Exception):
@@ -83,6 +100,51 @@ class JobStore:
         """The current lease value of ``job_id``, or ``None`` when it is free."""
         raise NotImplementedError
 
+    def share(
+        self, job_id: str, value: str, party: str, others: Sequence[str], keep_ttl: float
+    ) -> bool:
+        """Share our lease: ``party`` (the caller, which renews it) and ``others`` (which will
+        :meth:`adopt` it) each hold it until they :meth:`leave`. Once only parties that have
+        not adopted it are left, it lives ``keep_ttl`` seconds more. ``False`` when the lease is
+        no longer ours."""
+        raise NotImplementedError(f"{self.describe()} does not support handing jobs off")
+
+    def adopt(self, job_id: str, value: str, party: str, ttl: float) -> str:
+        """``party`` takes its part of our shared lease and renews it from now on: renew it
+        (``"adopted"``), re-take it if it expired and is free (``"retaken"``; its parties are
+        forgotten), or ``"lost"`` when another holder owns the job now."""
+        raise NotImplementedError(f"{self.describe()} does not support handing jobs off")
+
+    def leave(
+        self,
+        job_id: str,
+        value: str,
+        party: str,
+        record: str | None = None,
+        replay_ttl: float = 0.0,
+        *,
+        failed: bool = False,
+    ) -> bool:
+        """``party`` is done with our lease. While other parties still hold it, keep ``record``
+        for the last one to store; when ``party`` was the last one (or the lease is not
+        shared), free it as :meth:`release` does, storing the record unless some party
+        ``failed``. ``False`` when it was not ours (nothing is changed then)."""
+        if party:
+            raise NotImplementedError(f"{self.describe()} does not support handing jobs off")
+        return self.release(job_id, value, None if failed else record, replay_ttl)
+
+    def limit_replay(self, max_entries: int, max_bytes: int) -> None:
+        """Cap the replay records kept (``DIAGLOG_JOB_REPLAY_MAX_ENTRIES`` and ``_MAX_BYTES``).
+        Stores whose records are bounded otherwise (Redis: by their TTL) ignore it."""
+
+    #: Replay records dropped by the caps, before their TTL (see :meth:`limit_replay`).
+    evictions = 0
+
+    def handoff_name(self) -> str:
+        """Names the data this store shares, for hand-off tokens: two stores with the same name
+        see the same leases. Default: :meth:`describe`."""
+        return self.describe()
+
     def describe(self) -> str:
         """A name for messages (no passwords)."""
         return type(self).__name__
@@ -91,21 +153,66 @@ class JobStore:
         """Release client resources (connections). The store is not used afterwards."""
 
 
+class _Shared:
+    """A shared lease's parties, and the record the last of them stores (memory store)."""
+
+    __slots__ = ("failed", "keep_ttl", "parties", "record", "replay_ttl")
+
+    def __init__(self) -> None:
+        #: Party -> whether it renews the lease (it adopted it).
+        self.parties: dict[str, bool] = {}
+        self.keep_ttl = 0.0
+        self.record: str | None = None
+        self.replay_ttl = 0.0
+        self.failed = False
+
+
 class MemoryJobStore(JobStore):
     """In-process store: dictionaries behind one lock. Thread-safe; not shared across processes.
 
     :param clock: a monotonic clock in seconds (tests pass a fake one).
+    :param max_entries: most replay records kept; the oldest is evicted first.
+    :param max_bytes: most bytes of replay records kept (as stored: the JSON with the
+        base64 body, plus the key); the oldest are evicted first. A record larger than this is
+        not kept.
+
+    Evictions are counted in ``evictions``.
     """
 
     #: Expired entries are swept after this many claims.
     SWEEP_EVERY = 512
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = 10_000,
+        max_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._held: dict[str, tuple[str, float]] = {}
+        #: Replay records, oldest first (insertion order): job id -> (record, expiry).
         self._done: dict[str, tuple[str, float]] = {}
+        self._shared: dict[str, _Shared] = {}
         self._claims = 0
+        self._uid = uuid.uuid4().hex[:16]
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        #: Bytes held by replay records (as counted against ``max_bytes``).
+        self.replay_bytes = 0
+        self.evictions = 0
+
+    @property
+    def replay_entries(self) -> int:
+        """Replay records held now (expired ones included until they are swept)."""
+        return len(self._done)
+
+    def limit_replay(self, max_entries: int, max_bytes: int) -> None:
+        with self._lock:
+            self.max_entries = max_entries
+            self.max_bytes = max_bytes
+            self._evict(self._clock())
 
     def claim(self, job_id: str, value: str, ttl: float, *, check_done: bool = False) -> Claim:
         now = self._clock()
@@ -118,32 +225,82 @@ class MemoryJobStore(JobStore):
                 if done is not None:
                     if done[1] > now:
                         return Claim(DONE, record=done[0])
-                    del self._done[job_id]
+                    self._drop_done(job_id)
             held = self._held.get(job_id)
             if held is not None and held[1] > now:
                 return Claim(BUSY, holder=held[0])
             self._held[job_id] = (value, now + ttl)
+            self._shared.pop(job_id, None)  # a shared lease that expired
             return Claim(ACQUIRED)
 
     def renew(self, job_id: str, value: str, ttl: float) -> bool:
+        return self.adopt(job_id, value, "", ttl) != LOST
+
+    def adopt(self, job_id: str, value: str, party: str, ttl: float) -> str:
         now = self._clock()
         with self._lock:
             held = self._held.get(job_id)
-            if held is not None and held[1] > now and held[0] != value:
-                return False
             self._held[job_id] = (value, now + ttl)
-            return True
+            if held is not None and held[1] > now:
+                if held[0] != value:
+                    self._held[job_id] = held
+                    return LOST
+                shared = self._shared.get(job_id)
+                if party and shared is not None and party in shared.parties:
+                    shared.parties[party] = True
+                return ADOPTED
+            self._shared.pop(job_id, None)  # re-taken: its parties are forgotten
+            return RETAKEN
 
     def release(
         self, job_id: str, value: str, record: str | None = None, replay_ttl: float = 0.0
     ) -> bool:
+        return self.leave(job_id, value, "", record, replay_ttl)
+
+    def share(
+        self, job_id: str, value: str, party: str, others: Sequence[str], keep_ttl: float
+    ) -> bool:
+        with self._lock:
+            if not self._ours(job_id, value, self._clock()):
+                return False
+            shared = self._shared.setdefault(job_id, _Shared())
+            shared.parties[party] = True
+            shared.parties.update(dict.fromkeys(others, False))
+            shared.keep_ttl = max(shared.keep_ttl, keep_ttl)
+            return True
+
+    def leave(
+        self,
+        job_id: str,
+        value: str,
+        party: str,
+        record: str | None = None,
+        replay_ttl: float = 0.0,
+        *,
+        failed: bool = False,
+    ) -> bool:
         now = self._clock()
         with self._lock:
-            held = self._held.get(job_id)
-            if held is None or held[0] != value or held[1] <= now:
+            if not self._ours(job_id, value, now):
                 return False
-            if record is not None and replay_ttl > 0:
+            shared = self._shared.get(job_id) if party else None
+            if shared is not None:
+                shared.parties.pop(party, None)
+                shared.failed = shared.failed or failed
+                if record is not None:
+                    shared.record, shared.replay_ttl = record, replay_ttl
+                if shared.parties:
+                    if not any(shared.parties.values()) and shared.keep_ttl > 0:
+                        self._held[job_id] = (value, now + shared.keep_ttl)
+                    return True
+                del self._shared[job_id]
+                record, replay_ttl = shared.record, shared.replay_ttl
+                failed = shared.failed
+            if record is not None and replay_ttl > 0 and not failed:
+                self._drop_done(job_id)
                 self._done[job_id] = (record, now + replay_ttl)
+                self.replay_bytes += len(record) + len(job_id)
+                self._evict(now)
             del self._held[job_id]
             return True
 
@@ -153,48 +310,37 @@ class MemoryJobStore(JobStore):
             held = self._held.get(job_id)
             return held[0] if held is not None and held[1] > now else None
 
+    def _ours(self, job_id: str, value: str, now: float) -> bool:
+        held = self._held.get(job_id)
+        return held is not None and held[0] == value and held[1] > now
+
+    def _drop_done(self, job_id: str) -> None:
+        done = self._done.pop(job_id, None)
+        if done is not None:
+            self.replay_bytes -= len(done[0]) + len(job_id)
+
+    def _evict(self, now: float) -> None:
+        done = self._done
+        while done and (len(done) > self.max_entries or self.replay_bytes > self.max_bytes):
+            oldest = next(iter(done))
+            if done[oldest][1] > now:  # an expired one is not an eviction
+                self.evictions += 1
+            self._drop_done(oldest)
+
     def _sweep(self, now: float) -> None:
-        for table in (self._held, self._done):
-            for key in [k for k, (_, exp) in table.items() if exp <= now]:
-                del table[key]
+        for key in [k for k, (_, exp) in self._held.items() if exp <= now]:
+            del self._held[key]
+        for key in [k for k, (_, exp) in self._done.items() if exp <= now]:
+            self._drop_done(key)
+        for key in [k for k in self._shared if k not in self._held]:
+            del self._shared[key]
+
+    def handoff_name(self) -> str:
+        # In-process only: a token from this store is adopted by this very store object.
+        return f"memory:{self._uid}"
 
     def describe(self) -> str:
         return "memory"
-
-
-# KEYS[1] = lease key, KEYS[2] = replay record key; ARGV[1] = value, ARGV[2] = ttl ms,
-# ARGV[3] = "1" to look for a replay record first.
-_CLAIM = """
-if ARGV[3] == '1' then
-  local done = redis.call('GET', KEYS[2])
-  if done then return {2, done} end
-end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, ''} end
-local holder = redis.call('GET', KEYS[1])
-return {0, holder or ''}
-"""
-
-# KEYS[1] = lease key; ARGV[1] = value, ARGV[2] = ttl ms. 1 = renewed or re-taken, 0 = not ours.
-_RENEW = """
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if not cur then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS[1] = lease key, KEYS[2] = replay record key; ARGV[1] = value, ARGV[2] = record or '',
-# ARGV[3] = replay ttl ms. 1 = released, 0 = not ours (nothing changed).
-_RELEASE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] ~= '' and tonumber(ARGV[3]) > 0 then
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-end
-redis.call('DEL', KEYS[1])
-return 1
-"""
 
 
 def _ms(seconds: float) -> int:
@@ -216,8 +362,9 @@ class RedisJobStore(JobStore):
     """Redis store shared by every worker process and host that uses the same Redis.
 
     :param url: a ``redis://``, ``rediss://`` or ``unix://`` URL.
-    :param prefix: prepended to every key. Keys are ``<prefix>{<job id>}:lease`` and
-        ``<prefix>{<job id>}:done`` (the braces keep both in one Redis Cluster slot).
+    :param prefix: prepended to every key. Keys are ``<prefix>{<job id>}:lease``,
+        ``<prefix>{<job id>}:done`` (a replay record) and ``<prefix>{<job id>}:parties`` (a
+        handed-off lease's holders); the braces keep them in one Redis Cluster slot.
     :param timeout: socket connect and read timeout in seconds. Short, so that an outage answers
         503 quickly instead of holding the request.
     :param client: an existing ``redis.Redis`` to use instead of one built from ``url``.
@@ -263,14 +410,17 @@ class RedisJobStore(JobStore):
                 raise ConfigError(
                     f"DIAGLOG_JOB_STORE={self.url!r} is not a usable Redis URL: {exc}"
                 ) from exc
+            # A store dropped without close() (its app was discarded) closes its connections.
+            weakref.finalize(self, client.connection_pool.disconnect)
         self.client = client
-        self._claim = client.register_script(_CLAIM)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._claim = client.register_script(CLAIM)
+        self._renew = client.register_script(RENEW)
+        self._share = client.register_script(SHARE)
+        self._leave = client.register_script(LEAVE)
 
     def _keys(self, job_id: str) -> list[str]:
         base = f"{self.prefix}{{{job_id}}}"
-        return [base + ":lease", base + ":done"]
+        return [base + ":lease", base + ":done", base + ":parties"]
 
     def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
@@ -291,14 +441,38 @@ class RedisJobStore(JobStore):
         return Claim(BUSY, holder=data or None)
 
     def renew(self, job_id: str, value: str, ttl: float) -> bool:
-        keys = self._keys(job_id)[:1]
-        return bool(self._run(self._renew, keys=keys, args=[value, _ms(ttl)]))
+        return self.adopt(job_id, value, "", ttl) != LOST
+
+    def adopt(self, job_id: str, value: str, party: str, ttl: float) -> str:
+        lease, _, parties = self._keys(job_id)
+        code = self._run(self._renew, keys=[lease, parties], args=[value, _ms(ttl), party])
+        return (LOST, ADOPTED, RETAKEN)[int(code)]
 
     def release(
         self, job_id: str, value: str, record: str | None = None, replay_ttl: float = 0.0
     ) -> bool:
-        args = [value, record or "", _ms(replay_ttl) if replay_ttl > 0 else 0]
-        return bool(self._run(self._release, keys=self._keys(job_id), args=args))
+        return self.leave(job_id, value, "", record, replay_ttl)
+
+    def share(
+        self, job_id: str, value: str, party: str, others: Sequence[str], keep_ttl: float
+    ) -> bool:
+        lease, _, parties = self._keys(job_id)
+        args = [value, _ms(keep_ttl), party, *others]
+        return bool(self._run(self._share, keys=[lease, parties], args=args))
+
+    def leave(
+        self,
+        job_id: str,
+        value: str,
+        party: str,
+        record: str | None = None,
+        replay_ttl: float = 0.0,
+        *,
+        failed: bool = False,
+    ) -> bool:
+        rttl = _ms(replay_ttl) if replay_ttl > 0 else 0
+        args = [value, record or "", rttl, party, "1" if failed else "0"]
+        return bool(self._run(self._leave, keys=self._keys(job_id), args=args))
 
     def holder(self, job_id: str) -> str | None:
         value = self._run(self.client.get, self._keys(job_id)[0])
