@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 
-.PHONY: demo test lint docs bench clean system-deps
+.PHONY: demo demo-workers test lint docs bench clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 ## Run the example app (a 2D-to-3D generation backend) on http://$(HOST):$(PORT)
 demo: $(STAMP)
 	$(BIN)/python -m example_app --host $(HOST) --port $(PORT)
+
+## The example as in production: Redis, a Celery worker and the web app (logs/web, logs/worker)
+demo-workers: $(STAMP)
+	$(BIN)/python -m example_app.stack --host $(HOST) --port $(PORT)
 
 ## Debian's chromium for the browser tests (installed when run as root; otherwise they skip)
 system-deps:

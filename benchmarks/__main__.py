@@ -1,5 +1,5 @@
-"""``python -m benchmarks [--quick] [request] [lines] [http] [procs] [instructions]`` (default: all
-but ``instructions``, which needs valgrind and takes 10+ minutes).
+"""``python -m benchmarks [--quick] [name ...]``: any of request, lines, http, procs, redact,
+tasks, instructions (default: all but ``instructions``, which needs valgrind and takes 10+ minutes).
 
 ``python -m benchmarks instructions [options] [variant ...]`` runs the callgrind benchmark with its
 own options (``--n1``, ``--n2``, ``--warmup``, ``--jobs``, ``--json``; see ``--help``).
@@ -13,7 +13,7 @@ import platform
 import sys
 import time
 
-BENCHES = ("request", "lines", "http", "procs")
+BENCHES = ("request", "lines", "http", "procs", "redact", "tasks")
 #: Run only when named.
 ON_DEMAND = ("instructions",)
 

@@ -21,7 +21,7 @@ import secrets
 import uuid
 from typing import Any
 
-from flask import Flask, request, url_for
+from flask import Flask, current_app, request, url_for
 from flask_socketio import SocketIO
 from werkzeug.wrappers import Response
 
@@ -59,6 +59,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # (DIAGLOG_JOB_STORE, resolved by init_app from the environment or the config).
     store = open_store(app.config["DIAGLOG_JOB_STORE"])
     app.extensions["example_jobs"] = store
+    if _runner(app) == "celery":  # generation runs on a Celery worker (docs/workers.md)
+        from . import tasks
+
+        tasks.init(app)
 
     @app.get("/")
     def index() -> dict[str, Any]:
@@ -135,8 +139,19 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 def start_generation(store: JobStore, job_id: str, options: dict[str, Any]) -> None:
     """Hand one generation to background work: the one place that decides where it runs.
 
-    Today ``diaglog.spawn`` runs it in a thread of this process (the guard keeps the job's lease
-    until it ends). A task-queue runner (``example_app/tasks.py``) plugs in here behind a config
-    switch; it needs the Redis job records, which every process can read.
+    By default ``diaglog.spawn`` runs it in a thread of this process (the guard keeps the job's
+    lease until it ends). With ``EXAMPLE_RUNNER=celery`` it is sent to a Celery worker
+    (``example_app/tasks.py``), which needs the Redis job records every process can read.
     """
+    if _runner(current_app) == "celery":
+        from .tasks import generate
+
+        generate.delay(job_id, options)  # diaglog carries the ids and the job's lease across
+        return
     diaglog.spawn(run_generation, store, job_id, options)
+
+
+def _runner(app: Flask) -> str:
+    """Where generation runs: ``thread`` (default, ``make demo``) or ``celery``
+    (``EXAMPLE_RUNNER``, app config or environment)."""
+    return str(app.config.get("EXAMPLE_RUNNER") or os.environ.get("EXAMPLE_RUNNER") or "thread")

@@ -64,6 +64,7 @@ __all__ = [
     "QUEUE_SIZE",
     "LiveAuth",
     "LiveBridge",
+    "emitter",
     "get_bridge",
     "rooms_for",
     "setup",
@@ -451,4 +452,31 @@ def setup(
         if settings.live_queue:
             _use_queue(socketio, settings.live_queue)
         rec.subscribe(bridge, "live")
+    return bridge
+
+
+def emitter(settings: Settings, rec: Recorder) -> LiveBridge | None:
+    """Live events of a process without a Socket.IO server (a Celery or RQ worker): a write-only
+    Flask-SocketIO emitter on the message queue ``DIAGLOG_LIVE_QUEUE``, subscribed to ``rec``.
+
+    The web processes' SocketIO, listening on the same queue, delivers the events to the clients
+    subscribed to their job or request. ``None`` when no queue is set or live events are off
+    (``DIAGLOG_LIVE``; off by default in test mode).
+    """
+    url = settings.live_queue
+    on = settings.live if settings.live is not None else not settings.testing
+    if not url or not on:
+        return None
+    try:
+        from flask_socketio import SocketIO
+    except ImportError as exc:
+        raise ConfigError(
+            f"DIAGLOG_LIVE_QUEUE={url!r} is set, but flask-socketio is not installed in this "
+            "worker: pip install 'flask-diaglog[socketio]' (or unset DIAGLOG_LIVE_QUEUE)"
+        ) from exc
+    socketio = SocketIO(message_queue=url, channel="flask-socketio")
+    bridge = LiveBridge(
+        socketio, settings.live_namespace, maxsize=QUEUE_SIZE, on_error=rec.report_internal
+    )
+    rec.subscribe(bridge, "live")
     return bridge

@@ -1,0 +1,287 @@
+"""Celery: ``init_celery(celery_app, app)`` carries the trail, the job guard's lease and the live
+stream into Celery workers.
+
+In every process that imports it (web and worker alike, as Flask's Celery pattern has it):
+
+* every task sent during a request or a job carries its ids, a ``traceparent`` and, from a
+  guarded request, the job's lease in its message headers (``before_task_publish``);
+* the app's base task class runs each task as a diaglog job (:func:`~.common.run_task`):
+  ``job_start``, the task's stages and log records, ``job_end`` in the worker's ``jobs.log``
+  with the sender's ids, holding the lease until the task ends;
+* a retry writes a WARNING line with the next attempt, and the retried run says its attempt;
+* a task revoked, expired or killed by its hard time limit ends with a line written by the
+  worker's main process (``outcome`` ``revoked``, ``expired`` or ``time_limit``), which also
+  frees its lease;
+* at worker startup (``worker_init``) the configuration is checked, and a worker that lacks what
+  it needs exits naming what to set; a live emitter is started when ``DIAGLOG_LIVE_QUEUE`` is
+  set.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections import OrderedDict
+from typing import Any
+
+from celery import Celery, Task, signals
+from celery.exceptions import (
+    Retry,
+    TimeLimitExceeded,
+)
+from flask import Flask
+
+from ..config import ConfigError
+from ..context import current_trace
+from .common import (
+    LEASE,
+    LOGGER_WORKER,
+    REQUEST_ID,
+    Binding,
+    TaskInfo,
+    binding,
+    fail_startup,
+    header_getter,
+    note,
+    outgoing_headers,
+    parent_from,
+    run_task,
+    start_worker,
+)
+from .lease import give_up
+
+__all__ = ["DiagLogTask", "init_celery"]
+
+_WARNING = logging.WARNING
+_ERROR = logging.ERROR
+
+#: The Flask app (through its :class:`Binding`) of each Celery app set up in this process.
+_bindings: weakref.WeakKeyDictionary[Any, Binding] = weakref.WeakKeyDictionary()
+#: Main worker process: tasks with a hard time limit that were received, by task id, so the line
+#: written when the limit kills one carries the ids of its headers. Bounded.
+_limited: OrderedDict[str, Any] = OrderedDict()
+_LIMITED_MAX = 10_000
+
+
+def init_celery(celery_app: Celery, app: Flask) -> None:
+    """Connect ``celery_app`` to the diaglog of ``app`` (call ``DiagLog(app)`` first).
+
+    Call it where the Celery app is created, before its tasks are defined or used, in the code
+    both the web app and the worker import. It makes ``celery_app``'s base task class run every
+    task as a diaglog job; a task with its own ``base=`` class gets it too when that class
+    derives from ``celery_app.Task``.
+
+    .. versionadded:: 0.3
+    """
+    b = binding(app)
+    stale = [
+        name
+        for name, task in (celery_app.tasks.items() if celery_app.finalized else ())
+        if not name.startswith("celery.") and not isinstance(task, DiagLogTask)
+    ]
+    if stale:
+        raise RuntimeError(
+            f"init_celery() came after these tasks were created: {', '.join(sorted(stale))}. "
+            "Call it right after creating the Celery app, before the task modules are imported."
+        )
+    _bindings[celery_app] = b
+    base = celery_app.Task
+    if not issubclass(base, DiagLogTask):
+        celery_app.Task = type("Task", (DiagLogTask, base), {"__module__": base.__module__})
+    _connect()
+
+
+class DiagLogTask(Task):  # type: ignore[misc]
+    """The mixin ``init_celery`` puts in front of a Celery app's base task class: each run is a
+    diaglog job. Called directly (``task(...)``), a task stays a plain function call."""
+
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, task_id: Any = None, **options: Any
+    ) -> Any:
+        """Send the task with the diaglog headers of the current request or job. From a
+        guarded request the job is handed off to it; a job store outage then raises the guard's
+        503 (``JobStoreUnavailable``) before anything is sent."""
+        if self.app in _bindings and not self.app.conf.task_always_eager:
+            headers = dict(options.get("headers") or {})
+            headers.pop(LEASE, None)  # a retry copies its request's headers: never a stale token
+            headers.update(outgoing_headers(current_trace()))
+            options["headers"] = headers
+        return super().apply_async(args, kwargs, task_id, **options)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        inner = self.run if _plain_call(type(self)) else super().__call__
+        b = _bindings.get(self.app)
+        req = self.request
+        if b is None or b.rec is None or req.called_directly:
+            return inner(*args, **kwargs)
+        attempt = (req.retries or 0) + 1
+        limit = self.max_retries
+        info = TaskInfo(
+            self.name,
+            req.id,
+            attempt,
+            limit + 1 if isinstance(limit, int) else None,
+            (req.delivery_info or {}).get("routing_key"),
+            bool(req.is_eager),
+        )
+        rec = b.rec
+
+        def task(*a: Any, **kw: Any) -> Any:
+            try:
+                return inner(*a, **kw)
+            except Retry as exc:
+                of = f" of {info.attempts}" if info.attempts else ""
+                note(
+                    rec,
+                    _WARNING,
+                    f"task {info.name} ({info.task_id}) will be retried {exc.humanize()} as "
+                    f"attempt {attempt + 1}{of}: {exc}",
+                    task_id=info.task_id,
+                    attempt=attempt + 1,
+                )
+                raise
+
+        get = header_getter(getattr(req, "headers", None) or {}, vars(req))
+        return run_task(b, info, get, task, args, kwargs, keep_lease=_handed_to_retry)
+
+
+def _handed_to_retry(exc: BaseException) -> bool:
+    return isinstance(exc, Retry)
+
+
+def _plain_call(cls: type) -> bool:
+    """True when the next ``__call__`` after :class:`DiagLogTask` is Celery's own (which would
+    push a second, empty request context): the task's ``run`` is called instead, as Celery's
+    tracer does."""
+    mro = cls.__mro__
+    for klass in mro[mro.index(DiagLogTask) + 1 :]:
+        if "__call__" in vars(klass):
+            return klass is Task
+    return True
+
+
+# -- signals (connected once per process) --------------------------------------------------------
+
+_connected = False
+
+
+def _connect() -> None:
+    global _connected
+    if _connected:
+        return
+    _connected = True
+    signals.before_task_publish.connect(_on_publish, weak=False, dispatch_uid="diaglog-publish")
+    signals.worker_init.connect(_on_worker_init, weak=False, dispatch_uid="diaglog-worker-init")
+    signals.worker_process_shutdown.connect(
+        _on_process_shutdown, weak=False, dispatch_uid="diaglog-process-shutdown"
+    )
+    signals.task_received.connect(_on_received, weak=False, dispatch_uid="diaglog-received")
+    signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid="diaglog-revoked")
+    signals.task_failure.connect(_on_failure, weak=False, dispatch_uid="diaglog-failure")
+
+
+def _on_publish(sender: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Tasks sent by name (``send_task``) or by Celery itself get the sender's ids too (never a
+    lease: a hand-off may fail, and a signal receiver cannot fail the send)."""
+    if headers is None or REQUEST_ID in headers:
+        return
+    trace = current_trace()
+    headers.update(outgoing_headers(trace, hand_off=False))
+
+
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    b = _bindings.get(getattr(sender, "app", None))
+    if b is None:
+        return
+    try:
+        start_worker(b, "Celery worker")
+    except ConfigError as exc:
+        fail_startup(exc)
+
+
+def _on_process_shutdown(**_: Any) -> None:
+    for b in list(_bindings.values()):
+        b.flush()
+
+
+def _hard_limit(req: Any) -> Any:
+    limits = getattr(req, "time_limits", None) or (None, None)
+    task = req.task
+    return limits[0] or getattr(task, "time_limit", None) or task.app.conf.task_time_limit
+
+
+def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    if request is None or request.task.app not in _bindings or not _hard_limit(request):
+        return
+    _limited[request.id] = request
+    while len(_limited) > _LIMITED_MAX:
+        _limited.popitem(last=False)
+
+
+def _on_revoked(
+    sender: Any = None,
+    request: Any = None,
+    terminated: bool = False,
+    signum: Any = None,
+    expired: bool = False,
+    **_: Any,
+) -> None:
+    b = _bindings.get(getattr(sender, "app", None))
+    if b is None or request is None:
+        return
+    if expired:
+        what, outcome = "expired before it ran", "expired"
+    elif terminated:
+        what, outcome = f"was revoked and terminated (signal {signum})", "revoked"
+    else:
+        what, outcome = "was revoked before it ran", "revoked"
+    ctx = vars(request)
+    get = header_getter(ctx.get("headers") or {}, ctx)
+    _end_outside(b, sender.name, ctx.get("id"), get, what, outcome, _WARNING)
+
+
+def _on_failure(
+    sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
+) -> None:
+    if not isinstance(exception, TimeLimitExceeded) or task_id is None:
+        return
+    req = _limited.pop(task_id, None)
+    b = _bindings.get(getattr(sender, "app", None))
+    if req is None or b is None:
+        return
+    d = req.request_dict
+    get = header_getter(d.get("headers") or {}, d)
+    limit = exception.args[0] if exception.args else _hard_limit(req)
+    what = f"was killed by its hard time limit ({limit}s)"
+    _end_outside(b, sender.name, task_id, get, what, "time_limit", _ERROR)
+
+
+def _end_outside(
+    b: Binding,
+    name: str,
+    task_id: str | None,
+    get: Any,
+    what: str,
+    outcome: str,
+    level: int,
+) -> None:
+    """The last line of a task that ended outside its run (revoked, expired, or killed at its
+    time limit), written by the worker process that saw it end; its lease is freed."""
+    rec = b.rec
+    if rec is None:
+        return
+    if task_id is not None:
+        _limited.pop(task_id, None)
+    parent, _problems = parent_from(get)
+    rec.record(
+        "log",
+        None,
+        level,
+        f"task {name} ({task_id}) {what}",
+        {"task_id": task_id, "name": name, "outcome": outcome},
+        None,
+        LOGGER_WORKER,
+        target="jobs",
+        ids=(parent.request_id, parent.job_id),
+    )
+    give_up(b, get(LEASE))

@@ -1,0 +1,128 @@
+"""The job guard following a task: the guarded request's lease handed off into the task message,
+and held by the worker while the task runs.
+
+This module is the one place the worker integrations touch the job guard's hand-off API
+(:mod:`flask_diaglog.jobs.handoff`):
+
+* :func:`hand_off_current` on the sending side: a task sent from a guarded request gets a
+  hand-off token; a retry sent by a task that holds its job gets that same token again;
+* :func:`hold` on the worker: adopts the token for the task's run and frees the job when the run
+  ends, except when the run ended by handing the job on to its own retry;
+* :func:`give_up` for a task that ended outside a run (revoked, expired, killed at its time
+  limit).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from ..context import current_trace
+from ..jobs import HandOffError, abandon, adopt, hand_off
+
+if TYPE_CHECKING:
+    from ..context import Trace
+    from ..jobs import JobLease
+    from .common import Binding
+
+__all__ = ["Holding", "give_up", "hand_off_current", "hold"]
+
+_WARNING = logging.WARNING
+
+
+class Holding:
+    """The lease a task run holds: its token, and whether the run sent it on (to a retry)."""
+
+    __slots__ = ("lease", "problem", "resent", "token")
+
+    def __init__(self, token: Mapping[str, Any] | None) -> None:
+        self.token = token
+        self.lease: JobLease | None = None
+        #: Why the token could not be adopted (the task then runs unguarded).
+        self.problem: str | None = None
+        self.resent = False
+
+
+_holding: ContextVar[Holding | None] = ContextVar("flask_diaglog_task_lease", default=None)
+
+
+def hand_off_current(trace: Trace) -> Mapping[str, Any] | None:
+    """The token to put in a task sent now from ``trace``, or ``None``.
+
+    From a guarded request: a new hand-off (:func:`~flask_diaglog.jobs.hand_off`; a store outage
+    raises ``JobStoreUnavailable``, the guard's 503). From a task run that holds its job: the same
+    token, so its retry holds the job on.
+    """
+    held = _holding.get()
+    if held is not None and held.lease is not None and held.token is not None:
+        held.resent = True
+        return held.token
+    if trace.kind != "request" or trace.lease is None or trace is not current_trace():
+        return None
+    return hand_off()
+
+
+@contextmanager
+def hold(
+    b: Binding, token: Any, keep: Callable[[BaseException], bool] | None = None
+) -> Iterator[Holding]:
+    """Hold the job lease named by ``token`` while the body runs.
+
+    The job is freed when the body ends (as failed when it raised), except when it raised an
+    exception ``keep(exc)`` accepts after sending the token on (a retry): then the lease is
+    left to that retry, which adopts the same token. A token that cannot be adopted here sets
+    :attr:`Holding.problem` and the task runs unguarded.
+    """
+    held = Holding(token if isinstance(token, Mapping) else None)
+    if token is not None and b.guard is not None:
+        try:
+            held.lease = adopt(token, b.app)
+        except HandOffError as exc:
+            held.problem = f"its job lease cannot be held here ({exc}); it runs unguarded"
+    elif token is not None:
+        held.problem = "it carries a job lease, but diaglog is disabled here; it runs unguarded"
+    ctx = _holding.set(held)
+    lease = held.lease
+    try:
+        yield held
+    except BaseException as exc:
+        if lease is not None:
+            if held.resent and keep is not None and keep(exc):
+                _leave_to_retry(lease)
+            else:
+                lease.release()  # an exception on its way: the job failed, no replay record
+        raise
+    else:
+        if lease is not None:
+            lease.release()
+    finally:
+        _holding.reset(ctx)
+
+
+def _leave_to_retry(lease: JobLease) -> None:
+    """Stop renewing ``lease`` without leaving it: the retry that carries its token adopts it
+    (before ``DIAGLOG_JOB_TTL`` passes, or it finds the job free and takes it again)."""
+    guard = lease.guard
+    guard.renewer.remove(lease)
+    with lease.store_lock:
+        lease.ended = True
+
+
+def give_up(b: Binding, token: Any) -> None:
+    """The task of ``token`` ended without a run that could free its job (revoked, expired,
+    killed at its time limit): its part of the job is given up, as a failure."""
+    if token is None or b.guard is None:
+        return
+    try:
+        abandon(token, b.app)
+    except HandOffError as exc:
+        b.guard.emit(
+            "log",
+            _WARNING,
+            f"the job lease of an ended task could not be given up ({exc}); it frees itself "
+            "at its TTL",
+            None,
+        )

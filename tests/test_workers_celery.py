@@ -1,0 +1,444 @@
+"""Celery: the trail follows tasks into real ``celery worker`` processes (prefork and threads
+pools) over a real Redis broker; bad headers and a misconfigured worker.
+
+The web side is a DiagLog app in this process (or gunicorn); the worker writes its own files in
+its own log directory, as on another host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import workers_celery_app as tasks
+from servers import RedisServer, gunicorn
+from workers_servers import TESTS, celery_cmd, run_worker, wait_for, worker_env
+
+from flask_diaglog import guard_job
+from flask_diaglog.workers.common import parent_from, traceparent_for
+
+pytestmark = pytest.mark.slow
+
+
+def read(log_dir: Path, name: str) -> list[dict[str, Any]]:
+    path = log_dir / f"{name}.log"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def lines_of(log_dir: Path, request_id: str, name: str = "jobs") -> list[dict[str, Any]]:
+    return [r for r in read(log_dir, name) if r.get("request_id") == request_id]
+
+
+def ended(log_dir: Path, request_id: str) -> bool:
+    return any(r["event"] == "job_end" for r in lines_of(log_dir, request_id))
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    """A Redis of this module: the broker (db 1) and the job store (db 0)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def env(redis: RedisServer) -> dict[str, str]:
+    base = f"redis://127.0.0.1:{redis.port}"
+    return {"WORKERS_BROKER": f"{base}/1", "DIAGLOG_JOB_STORE": f"{base}/0"}
+
+
+@pytest.fixture(scope="module")
+def marks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the tasks leave a file per run (the count of runs)."""
+    return tmp_path_factory.mktemp("marks")
+
+
+@pytest.fixture(scope="module", params=["prefork", "threads"])
+def worker(
+    request: pytest.FixtureRequest,
+    env: dict[str, str],
+    marks: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Any]:
+    """A real ``celery worker`` with the prefork pool or the threads pool, reporting hangs after
+    0.7 s and sending live events through the Redis message queue."""
+    log_dir = tmp_path_factory.mktemp(f"celery-{request.param}")
+    live = {
+        "DIAGLOG_HANG_AFTER": "0.7",
+        "DIAGLOG_LIVE_QUEUE": env["DIAGLOG_JOB_STORE"],
+        "WORKERS_MARKS": str(marks),
+    }
+    with run_worker(celery_cmd(request.param), {**env, **live}, log_dir) as w:
+        w.pool = request.param
+        yield w
+
+
+@pytest.fixture
+def web(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The web app of this process, sending to the worker's broker."""
+    monkeypatch.setattr(tasks.celery_app.conf, "broker_url", env["WORKERS_BROKER"])
+    app = tasks.create_app(
+        {"DIAGLOG_LOG_DIR": str(tmp_path / "web"), "DIAGLOG_JOB_STORE": env["DIAGLOG_JOB_STORE"]}
+    )
+    app.log_dir = tmp_path / "web"
+    return app
+
+
+def test_a_task_writes_its_trail_in_the_workers_jobs_log_with_the_senders_ids(
+    worker: Any, web: Any
+) -> None:
+    """job_start, the task's log record and stage, and job_end (duration, ok, stage totals) are
+    in the worker's own jobs.log, with the request id and job id of the request that sent it."""
+    job_id = f"j-{uuid.uuid4().hex[:8]}"
+    resp = web.test_client().post(f"/render/{job_id}")
+    assert resp.status_code == 202
+    rid = resp.headers["X-Request-ID"]
+    wait_for(lambda: ended(worker.log_dir, rid))
+    lines = lines_of(worker.log_dir, rid)
+    assert [r["event"] for r in lines] == ["job_start", "log", "progress", "stage", "job_end"]
+    assert all(r["job_id"] == job_id for r in lines)
+    assert lines[1]["msg"] == "rendering 3"
+    end = lines[-1]
+    assert end["ok"] is True
+    assert end["name"] == "workers_celery_app.render"
+    assert set(end["stages"]) == {"render"}
+    assert end["duration_ms"] >= end["stages"]["render"]
+    assert all(r["pid"] != os.getpid() for r in lines)
+
+
+def test_a_failing_task_goes_to_errors_log_with_its_traceback(worker: Any, web: Any) -> None:
+    """The task's exception ends its job with ok false and the error, and errors.log has the
+    line with the traceback."""
+    resp = web.test_client().post(f"/boom/b-{uuid.uuid4().hex[:8]}")
+    rid = resp.headers["X-Request-ID"]
+    wait_for(lambda: ended(worker.log_dir, rid))
+    (end,) = [r for r in lines_of(worker.log_dir, rid, "errors") if r["event"] == "job_end"]
+    assert end["ok"] is False
+    assert end["error"] == "ValueError: bad input"
+    assert 'raise ValueError("bad input")' in end["exc"]
+
+
+def test_retries_are_visible_with_their_attempt_number(worker: Any, web: Any) -> None:
+    """Each retry decision says which attempt comes next, and each retried run says its
+    attempt; the last attempt ends ok."""
+    rid = send_from_request(web, lambda: tasks.flaky.delay())
+
+    def ends() -> list[bool]:
+        return sorted(r["ok"] for r in lines_of(worker.log_dir, rid) if r["event"] == "job_end")
+
+    wait_for(lambda: ends() == [False, False, True])
+    lines = lines_of(worker.log_dir, rid)
+    notes = [r["msg"] for r in lines if r["logger"] == "flask_diaglog.worker"]
+    # the threads pool may run the next attempt before the previous one wrote its last line
+    assert sorted(n.split(") ", 1)[1].split(":")[0] for n in notes) == [
+        "attempt 2 of 3",
+        "attempt 3 of 3",
+        "will be retried in 0s as attempt 2 of 3",
+        "will be retried in 0s as attempt 3 of 3",
+    ]
+
+
+def send_from_request(web: Any, send: Any) -> str:
+    """Send a task from inside a real request of ``web``; its request id."""
+    rule = f"/send-{uuid.uuid4().hex[:6]}"
+    web.add_url_rule(rule, rule, lambda: (send(), "")[1], methods=["POST"])
+    return str(web.test_client().post(rule).headers["X-Request-ID"])
+
+
+def test_a_task_killed_by_its_hard_time_limit_ends_with_a_line(worker: Any, web: Any) -> None:
+    """Prefork: the main worker process writes the task's last line (ERROR, outcome
+    time_limit) with the sender's ids."""
+    if worker.pool != "prefork":
+        pytest.skip("hard time limits need the prefork pool")
+    resp = web.test_client().post(f"/too_slow/t-{uuid.uuid4().hex[:8]}")
+    rid = resp.headers["X-Request-ID"]
+
+    def killed() -> list[dict[str, Any]]:
+        return [r for r in lines_of(worker.log_dir, rid) if r.get("outcome") == "time_limit"]
+
+    wait_for(killed)
+    (line,) = killed()
+    assert line["level"] == "ERROR"
+    assert "hard time limit (1s)" in line["msg"]
+    assert post(web, f"/too_slow/{line['job_id']}").status_code == 202  # its job is free
+
+
+def test_a_task_revoked_before_it_runs_ends_with_a_line(worker: Any, web: Any) -> None:
+    """A revoked task never runs; the worker writes a line saying so, with the sender's ids."""
+    result: list[Any] = []
+    rid = send_from_request(web, lambda: result.append(tasks.render.apply_async((1,), countdown=3)))
+    result[0].revoke()
+
+    def revoked() -> list[dict[str, Any]]:
+        return [r for r in lines_of(worker.log_dir, rid) if r.get("outcome") == "revoked"]
+
+    wait_for(revoked)
+    assert "revoked before it ran" in revoked()[0]["msg"]
+    assert not [r for r in lines_of(worker.log_dir, rid) if r["event"] == "job_start"]
+
+
+def test_malformed_headers_run_with_fresh_ids_and_a_warning(
+    worker: Any, env: dict[str, str]
+) -> None:
+    """A task sent by a process without diaglog, with a broken request id header, runs normally
+    under a fresh request id; a WARNING line names the header."""
+    job = f"m-{uuid.uuid4().hex[:8]}"
+    code = (
+        "import sys; from celery import Celery; "
+        "c = Celery(broker=sys.argv[1]); "
+        "c.send_task('workers_celery_app.render', args=[5], "
+        "headers={'diaglog_request_id': 'not an id!', 'diaglog_job_id': sys.argv[2]})"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, env["WORKERS_BROKER"], job],
+        env=worker_env({}),
+        check=True,
+        timeout=30,
+    )
+
+    def mine() -> list[dict[str, Any]]:
+        return [r for r in read(worker.log_dir, "jobs") if r.get("job_id") == job]
+
+    wait_for(lambda: any(r["event"] == "job_end" for r in mine()))
+    lines = mine()
+    warning = next(r for r in lines if r["level"] == "WARNING")
+    assert "diaglog_request_id='not an id!' is not a valid id" in warning["msg"]
+    assert lines[-1]["ok"] is True
+    assert len({r["request_id"] for r in lines}) == 1
+    assert lines[0]["request_id"] != "not an id!"
+
+
+def test_a_worker_without_a_shared_job_store_fails_at_startup(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """With the memory job store the worker exits at once, naming DIAGLOG_JOB_STORE."""
+    proc = subprocess.run(
+        celery_cmd("solo"),
+        env=worker_env({**env, "DIAGLOG_JOB_STORE": "memory", "DIAGLOG_LOG_DIR": str(tmp_path)}),
+        cwd=str(Path(__file__).parent),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "DIAGLOG_JOB_STORE='memory'" in proc.stderr
+    assert "Set DIAGLOG_JOB_STORE" in proc.stderr
+
+
+def test_headers_carry_the_ids_and_a_w3c_traceparent(web: Any) -> None:
+    """A task sent during a request carries its request id, job id and a traceparent whose trace
+    id is derived from the request id; read back they give the same parent."""
+    from celery import signals
+
+    seen: list[dict[str, Any]] = []
+
+    def capture(headers: dict[str, Any] | None = None, **_: Any) -> None:
+        seen.append(dict(headers or {}))
+
+    signals.before_task_publish.connect(capture, weak=False)
+    try:
+        rid = send_from_request_with_job(web, "hj1")
+    finally:
+        signals.before_task_publish.disconnect(capture)
+    (headers,) = [h for h in seen if h.get("diaglog_request_id") == rid]
+    assert headers["diaglog_job_id"] == "hj1"
+    trace_id = headers["traceparent"].split("-")[1]
+    assert trace_id == traceparent_for(rid).split("-")[1]
+    parent, problems = parent_from(headers.get)
+    assert (parent.request_id, parent.job_id, problems) == (rid, "hj1", [])
+
+
+def send_from_request_with_job(web: Any, job_id: str) -> str:
+    rule = f"/sendj-{uuid.uuid4().hex[:6]}"
+    web.add_url_rule(rule, rule, lambda: (tasks.render.delay(1), "")[1], methods=["POST"])
+    return str(web.test_client().post(rule, headers={"X-Job-ID": job_id}).headers["X-Request-ID"])
+
+
+# -- the guard follows the work ------------------------------------------------------------------
+
+
+def post(web: Any, path: str) -> Any:
+    return web.test_client().post(path)
+
+
+def test_the_job_stays_active_until_the_task_ends_then_its_response_is_replayed(
+    worker: Any, web: Any
+) -> None:
+    """While the task runs on the worker a second request gets 409; once it ended, the same
+    request gets the stored response back (replay), and no second task runs."""
+    job_id = f"s-{uuid.uuid4().hex[:8]}"
+    first = post(web, f"/slow/{job_id}?seconds=1.5")
+    assert first.status_code == 202
+    rid = first.headers["X-Request-ID"]
+    assert post(web, f"/slow/{job_id}?seconds=1.5").status_code == 409
+    wait_for(lambda: ended(worker.log_dir, rid))
+    wait_for(lambda: post(web, f"/slow/{job_id}?seconds=1.5").status_code != 409)
+    again = post(web, f"/slow/{job_id}?seconds=1.5")
+    assert again.status_code == 202
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == {"job_id": job_id}
+
+
+def test_a_failed_task_frees_its_job(worker: Any, web: Any) -> None:
+    """The task raised: the job is free again for a new request."""
+    job_id = f"f-{uuid.uuid4().hex[:8]}"
+    rid = post(web, f"/boom/{job_id}").headers["X-Request-ID"]
+    wait_for(lambda: ended(worker.log_dir, rid))
+    wait_for(lambda: post(web, f"/boom/{job_id}").status_code == 202)
+
+
+def test_a_revoked_task_frees_its_job(worker: Any, web: Any) -> None:
+    """Revoked before it ran: the worker gives its part of the job up."""
+    sent: list[Any] = []
+    rule = f"/guarded-{uuid.uuid4().hex[:6]}"
+
+    @guard_job
+    def view() -> Any:
+        sent.append(tasks.render.apply_async((1,), countdown=2))
+        return "", 202
+
+    web.add_url_rule(rule, rule, view, methods=["POST"])
+    client = web.test_client()
+    job = {"X-Job-ID": f"r-{uuid.uuid4().hex[:8]}"}
+    assert client.post(rule, headers=job).status_code == 202
+    assert client.post(rule, headers=job).status_code == 409
+    sent[0].revoke()
+    wait_for(lambda: client.post(rule, headers=job).status_code == 202)
+
+
+def test_the_job_of_a_sigkilled_worker_is_free_after_its_ttl(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody renews the lease of a killed worker: the job is free after DIAGLOG_JOB_TTL."""
+    monkeypatch.setattr(tasks.celery_app.conf, "broker_url", env["WORKERS_BROKER"])
+    queue = f"q{uuid.uuid4().hex[:6]}"  # this worker alone takes the task
+    web = tasks.create_app(
+        {
+            "DIAGLOG_LOG_DIR": str(tmp_path / "web"),
+            "DIAGLOG_JOB_STORE": env["DIAGLOG_JOB_STORE"],
+            "DIAGLOG_JOB_TTL": 1.5,
+        }
+    )
+    rule = "/slow-alone"
+
+    @guard_job
+    def view() -> Any:
+        tasks.slow.apply_async((60,), queue=queue)
+        return "", 202
+
+    web.add_url_rule(rule, rule, view, methods=["POST"])
+    client = web.test_client()
+    job = {"X-Job-ID": f"k-{uuid.uuid4().hex[:8]}"}
+    cmd = [*celery_cmd("solo", 1), "--queues", queue]
+    with run_worker(cmd, env, tmp_path / "worker") as w:
+        rid = client.post(rule, headers=job).headers["X-Request-ID"]
+        wait_for(lambda: any(r["event"] == "job_start" for r in lines_of(w.log_dir, rid)))
+        assert client.post(rule, headers=job).status_code == 409  # renewed past its TTL
+        w.kill()
+        wait_for(lambda: client.post(rule, headers=job).status_code == 202)
+
+
+def test_redis_down_at_enqueue_gives_the_guards_503(tmp_path: Path) -> None:
+    """The job store (the same Redis) is unreachable: the guarded view answers 503
+    problem+json and sends nothing."""
+    server = RedisServer()
+    server.start()
+    url = server.url
+    web = tasks.create_app({"DIAGLOG_LOG_DIR": str(tmp_path), "DIAGLOG_JOB_STORE": url})
+    server.close()
+    resp = post(web, "/render/down-1")
+    assert resp.status_code == 503
+    assert resp.mimetype == "application/problem+json"
+
+
+def test_200_concurrent_duplicates_across_gunicorn_workers_run_one_task(
+    worker: Any, env: dict[str, str], marks: Path, tmp_path: Path
+) -> None:
+    """gunicorn -w 4, 200 concurrent requests for one job id, the task on the worker process:
+    exactly one task runs; every other request got 409 or, after it ended, the replay."""
+    if worker.pool != "prefork":
+        pytest.skip("one web-side run is enough")
+    job_id = f"c-{uuid.uuid4().hex[:8]}"
+    web_env = {**env, "DIAGLOG_LOG_DIR": str(tmp_path / "web")}
+    with gunicorn("workers_celery_app:app", workers=4, env=web_env, pythonpath=TESTS) as base:
+
+        def hit(_: int) -> tuple[int, str | None]:
+            req = urllib.request.Request(f"{base}/slow/{job_id}?seconds=2", method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    return resp.status, resp.headers.get("Idempotent-Replayed")
+            except urllib.error.HTTPError as exc:
+                return exc.code, None
+
+        with ThreadPoolExecutor(40) as pool:
+            answers = list(pool.map(hit, range(200)))
+    fresh = [a for a in answers if a == (202, None)]
+    assert len(fresh) == 1
+    assert {status for status, _ in answers} <= {202, 409}
+    wait_for(lambda: any(p.read_text() == job_id for p in marks.glob("slow-*")))
+    time.sleep(0.5)  # a second run, if there were one, would have started by now
+    assert [p.read_text() for p in marks.glob("slow-*")].count(job_id) == 1
+
+
+def test_worker_events_and_hang_reports_reach_live_clients_through_redis(
+    worker: Any, env: dict[str, str], tmp_path: Path
+) -> None:
+    """A Socket.IO client of the web app, subscribed to a job, hears the task's job_start,
+    stage, hang report (with its stage) and job_end from the worker process; the hang report
+    with the stack is in the worker's jobs.log."""
+    if worker.pool != "prefork":
+        pytest.skip("one web-side run is enough")
+    import socketio
+
+    job_id = f"l-{uuid.uuid4().hex[:8]}"
+    web_env = {
+        **env,
+        "DIAGLOG_LOG_DIR": str(tmp_path / "web"),
+        "DIAGLOG_LIVE_QUEUE": env["DIAGLOG_JOB_STORE"],
+        "DIAGLOG_LIVE_TOKEN": "t0ken",
+        "WORKERS_SOCKETIO": "1",
+    }
+    events: list[dict[str, Any]] = []
+    with gunicorn(
+        "workers_celery_app:app", workers=1, worker_class="gthread", threads=4, env=web_env,
+        pythonpath=TESTS,
+    ) as base:  # fmt: skip
+        client = socketio.Client(reconnection=False)
+        client.on("event", events.append, namespace="/diaglog")
+        client.connect(
+            base, namespaces=["/diaglog"], auth={"token": "t0ken"}, transports=["websocket"]
+        )
+        try:
+            assert client.call("subscribe", {"job_id": job_id}, namespace="/diaglog")["ok"]
+            req = urllib.request.Request(f"{base}/slow/{job_id}?seconds=1.2", method="POST")
+            urllib.request.urlopen(req, timeout=30).close()
+            wait_for(lambda: any(e["event"] == "job_end" for e in events))
+        finally:
+            client.disconnect()
+    from_worker = [e for e in events if e["event"] in ("job_start", "stage", "hang", "job_end")]
+    assert [e["event"] for e in from_worker] == ["job_start", "hang", "stage", "job_end"]
+    assert {e["pid"] for e in from_worker} != {
+        e["pid"] for e in events if e["event"] == "request_end"
+    }
+    hang = from_worker[1]
+    assert hang["stage"] == "wait"
+    (line,) = [
+        r
+        for r in read(worker.log_dir, "jobs")
+        if r["event"] == "hang" and r.get("job_id") == job_id
+    ]
+    assert "time.sleep(seconds)" in line["exc"]

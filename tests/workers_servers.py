@@ -1,0 +1,91 @@
+"""Real task-queue workers for the worker tests: ``celery worker`` and ``rq worker`` processes
+started in their own session and stopped (warm shutdown, then SIGKILL) by the fixtures."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from benchmarks._common import stop_process_group
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+class Worker:
+    """A started worker process: its log directory, its pid, and a way to kill it hard."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log_dir: Path, stderr: Path) -> None:
+        self.proc = proc
+        self.log_dir = log_dir
+        self.stderr = stderr
+
+    def kill(self) -> None:
+        """SIGKILL the worker and every process it started (no shutdown code runs)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def errors(self) -> str:
+        return self.stderr.read_text(errors="replace") if self.stderr.exists() else ""
+
+
+def worker_env(env: Mapping[str, str]) -> dict[str, str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("DIAGLOG_")}
+    full.update(env)
+    full["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT), full.get("PYTHONPATH", "")])
+    return full
+
+
+@contextlib.contextmanager
+def run_worker(
+    cmd: list[str], env: Mapping[str, str], log_dir: Path, *, timeout: float = 30.0
+) -> Iterator[Worker]:
+    """Start ``cmd`` (a worker command) and wait until it says it is ready (the test apps write
+    the file ``WORKERS_READY`` then); stop it after."""
+    tmp = Path(tempfile.mkdtemp(prefix="diaglog-worker-"))
+    ready = tmp / "ready"
+    stderr = tmp / "stderr"
+    full = worker_env({**env, "WORKERS_READY": str(ready), "DIAGLOG_LOG_DIR": str(log_dir)})
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen(
+            cmd, env=full, cwd=str(TESTS), stdout=err, stderr=err, start_new_session=True
+        )
+    worker = Worker(proc, log_dir, stderr)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(f"the worker exited with {proc.returncode}:\n{worker.errors()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not get ready:\n{worker.errors()[-4000:]}")
+            time.sleep(0.05)
+        yield worker
+    finally:
+        if proc.poll() is None:
+            stop_process_group(proc)
+
+
+def celery_cmd(pool: str, concurrency: int = 2) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "workers_celery_app:celery_app", "worker",
+        "--pool", pool, "--concurrency", str(concurrency), "--loglevel", "info",
+        "--without-heartbeat", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
+def wait_for(predicate: object, timeout: float = 15.0, interval: float = 0.05) -> None:
+    """Poll ``predicate()`` until it is true (a generous bound, not a timing assertion)."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout}s: {predicate}")
+        time.sleep(interval)
