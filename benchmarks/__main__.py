@@ -1,5 +1,6 @@
 """``python -m benchmarks [--quick] [name ...]``: any of request, lines, http, procs, redact,
-tasks, instructions (default: all but ``instructions``, which needs valgrind and takes 10+ minutes).
+tasks, dashboard, instructions (default: all but ``instructions``, which needs valgrind and
+takes 10+ minutes).
 
 ``python -m benchmarks instructions [options] [variant ...]`` runs the callgrind benchmark with its
 own options (``--n1``, ``--n2``, ``--warmup``, ``--jobs``, ``--json``; see ``--help``).
@@ -13,7 +14,7 @@ import platform
 import sys
 import time
 
-BENCHES = ("request", "lines", "http", "procs", "redact", "tasks")
+BENCHES = ("request", "lines", "http", "procs", "redact", "tasks", "dashboard")
 #: Run only when named.
 ON_DEMAND = ("instructions",)
 

@@ -1,19 +1,25 @@
-"""The dashboard: access rules, its API, and the page itself in a real headless Chromium."""
+"""The dashboard over HTTP (Flask test client): access, headers, the JSON API, bad input, bad data.
+
+Pages in a real browser are in test_dashboard_pages.py; the index in test_dashboard_index.py;
+cross-worker in-flight work in test_dashboard_peers.py.
+"""
 
 from __future__ import annotations
 
-import os
+import shutil
 import threading
-import urllib.request
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
-from playwright.sync_api import Browser
-from servers import serve_in_thread
+from werkzeug.test import TestResponse
 
-from flask_diaglog import stage
+from flask_diaglog import DiagLog, stage
+from flask_diaglog.config import load_settings
+from flask_diaglog.dashboard import create_blueprint
 
 
 def _app(make_app: Callable[..., Flask], release: threading.Event, **config: object) -> Flask:
@@ -27,6 +33,60 @@ def _app(make_app: Callable[..., Flask], release: threading.Event, **config: obj
 
     app.add_url_rule("/fast", "fast", lambda: "ok")
     return app
+
+
+def _busy_app(make_app: Callable[..., Flask], fmt: str = "json", **config: object) -> Flask:
+    """An app with a mix: stages, a warning, a 404, a 500, a job with a failing background run."""
+    app = make_app(
+        {"DIAGLOG_DASHBOARD": True, "DIAGLOG_FORMAT": fmt, "TESTING": False, **config},
+        init=False,
+    )
+    diaglog = DiagLog(app)
+
+    @app.get("/work/<int:n>")
+    def work(n: int) -> str:
+        with stage("load"):
+            time.sleep(0.002)
+            with stage("parse"):
+                time.sleep(0.004)
+        with stage("render"):
+            time.sleep(0.002 * (1 + n % 3))
+        if n % 4 == 0:
+            app.logger.warning("slow disk for item %d", n)
+        return "ok"
+
+    @app.post("/jobs/<job_id>")
+    def start_job(job_id: str) -> tuple[str, int]:
+        def crunch(fail: bool) -> None:
+            with stage("crunch"):
+                time.sleep(0.003)
+            if fail:
+                raise RuntimeError("crunch failed for " + job_id)
+
+        diaglog.spawn(crunch, job_id.endswith("bad")).join()
+        return job_id, 202
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise ValueError("it broke")
+
+    client = app.test_client()
+    for n in range(8):
+        client.get(f"/work/{n}")
+    client.get("/missing")
+    client.get("/boom")
+    client.post("/jobs/J-good")
+    client.post("/jobs/J-bad")
+    return app
+
+
+CRUNCH = "_busy_app.<locals>.start_job.<locals>.crunch"
+
+
+def _api(client: Any, url: str, **kw: Any) -> Any:
+    r = client.get(url, **kw)
+    assert r.status_code == 200, r.data
+    return r.json
 
 
 def test_dashboard_is_off_by_default(make_app: Callable[..., Flask]) -> None:
@@ -62,12 +122,26 @@ def test_api_lists_inflight_and_recent(make_app: Callable[..., Flask], logs: obj
     assert "/_diaglog" not in logs.text("requests")  # type: ignore[attr-defined]
 
 
-def test_remote_clients_are_refused_without_token(make_app: Callable[..., Flask]) -> None:
-    """Only loopback clients may see the dashboard when no token is configured."""
+# -- access ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
+def test_loopback_clients_are_admitted(make_app: Callable[..., Flask], addr: str) -> None:
+    """Without a token, loopback addresses (IPv4, IPv6, IPv4-mapped) see the dashboard."""
     app = _app(make_app, threading.Event())
-    r = app.test_client().get("/_diaglog/", environ_base={"REMOTE_ADDR": "10.1.2.3"})
+    r = app.test_client().get("/_diaglog/", environ_base={"REMOTE_ADDR": addr})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "addr",
+    ["10.1.2.3", "::1:5", "::10.0.0.1", "::1234:5678", "::ffff:10.0.0.1", "1::", "127.0.0.1x", ""],
+)
+def test_other_clients_are_refused_without_token(make_app: Callable[..., Flask], addr: str) -> None:
+    """Only real loopback addresses pass: look-alikes by string prefix are refused."""
+    app = _app(make_app, threading.Event())
+    r = app.test_client().get("/_diaglog/", environ_base={"REMOTE_ADDR": addr})
     assert r.status_code == 403 and r.mimetype == "application/problem+json"
-    assert app.test_client().get("/_diaglog/").status_code == 200
 
 
 def test_token_is_required_when_configured(make_app: Callable[..., Flask]) -> None:
@@ -81,48 +155,262 @@ def test_token_is_required_when_configured(make_app: Callable[..., Flask]) -> No
     assert client.get("/_diaglog/api/state").status_code == 200  # the cookie remembers it
 
 
-def test_bad_limit_is_a_400(make_app: Callable[..., Flask]) -> None:
-    """A non-numeric limit gets a problem+json 400, not a 500."""
+def _cookie_header(r: TestResponse) -> str:
+    return "; ".join(r.headers.getlist("Set-Cookie"))
+
+
+def test_cookie_holds_no_raw_token_and_is_strict(make_app: Callable[..., Flask]) -> None:
+    """The cookie set by ?token= is an HMAC, HttpOnly, SameSite=Strict, on the dashboard path."""
+    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN="s3cret-token")
+    r = app.test_client().get("/_diaglog/?token=s3cret-token")
+    cookie = _cookie_header(r)
+    assert cookie.startswith("diaglog_dashboard=")
+    assert "s3cret-token" not in cookie
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/_diaglog" in cookie
+    assert "Secure" not in cookie
+
+
+def test_cookie_is_secure_under_https(make_app: Callable[..., Flask]) -> None:
+    """Over HTTPS the cookie is marked Secure."""
+    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN="s3cret")
+    r = app.test_client().get("/_diaglog/?token=s3cret", base_url="https://localhost")
+    assert "Secure" in _cookie_header(r)
+
+
+def test_refused_token_is_never_stored(make_app: Callable[..., Flask]) -> None:
+    """A mistyped ?token= gets a 403 and no cookie."""
+    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN="s3cret")
+    r = app.test_client().get("/_diaglog/?token=s3cre")
+    assert r.status_code == 403 and not r.headers.getlist("Set-Cookie")
+
+
+def test_every_presented_credential_is_tried(make_app: Callable[..., Flask]) -> None:
+    """A stale cookie does not hide a right Bearer header, nor a wrong header a right ?token=."""
+    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN="s3cret")
+    client = app.test_client()
+    client.set_cookie("diaglog_dashboard", "stale", path="/_diaglog")
+    bearer = {"Authorization": "Bearer s3cret"}
+    assert client.get("/_diaglog/api/state", headers=bearer).status_code == 200
+    wrong = {"Authorization": "Bearer nope"}
+    assert client.get("/_diaglog/api/state", headers=wrong).status_code == 403
+    assert client.get("/_diaglog/api/state?token=s3cret", headers=wrong).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "url", ["/_diaglog/", "/_diaglog/api/state", "/_diaglog/static/dashboard.js", "/_diaglog/x"]
+)
+def test_security_headers_on_every_answer(make_app: Callable[..., Flask], url: str) -> None:
+    """Pages, API, static files and refusals carry the CSP, frame and sniffing headers."""
     app = _app(make_app, threading.Event())
-    r = app.test_client().get("/_diaglog/api/state?limit=many")
-    assert r.status_code == 400 and r.mimetype == "application/problem+json"
+    for addr in ("127.0.0.1", "10.0.0.1"):
+        r = app.test_client().get(url, environ_base={"REMOTE_ADDR": addr})
+        csp = r.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert "frame-ancestors 'none'" in csp
+        assert r.headers["X-Frame-Options"] == "DENY"
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        r.close()
 
 
-@pytest.fixture
-def served(make_app: Callable[..., Flask]) -> Iterator[tuple[str, threading.Event]]:
-    release = threading.Event()
-    app = _app(make_app, release)
-    with serve_in_thread(app) as base:
-        try:
-            yield base, release
-        finally:
-            release.set()  # let a request still in the view finish before the server stops
+# -- bad input ------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_page_in_chromium_shows_inflight_then_recent(
-    served: tuple[str, threading.Event], tmp_path: Path, browser: Browser
+@pytest.mark.parametrize(
+    ("url", "parameter"),
+    [
+        ("/_diaglog/api/state?limit=many", "limit"),
+        ("/_diaglog/api/requests?status=6xx", "status"),
+        ("/_diaglog/api/requests?method=G%20T", "method"),
+        ("/_diaglog/api/requests?min_ms=fast", "min_ms"),
+        ("/_diaglog/api/requests?min_ms=-1", "min_ms"),
+        ("/_diaglog/api/requests?level=LOUD", "level"),
+        ("/_diaglog/api/requests?job_id=%3Cscript%3E", "job_id"),
+        ("/_diaglog/api/requests?request_id=a%20b", "request_id"),
+        ("/_diaglog/api/requests?since=yesterday", "since"),
+        ("/_diaglog/api/requests?until=2026-13-45", "until"),
+        ("/_diaglog/api/requests?kind=cron", "kind"),
+        ("/_diaglog/api/requests?page=0", "page"),
+        ("/_diaglog/api/requests?page=two", "page"),
+        ("/_diaglog/api/requests?per_page=100000", "per_page"),
+        ("/_diaglog/requests?page=-3", "page"),
+        ("/_diaglog/api/route", "route"),
+        ("/_diaglog/route?route=GET%20/x&since=soon", "since"),
+        ("/_diaglog/api/trace/%3Cimg%3E", "id"),
+        ("/_diaglog/trace/" + "x" * 129, "id"),
+    ],
+)
+def test_invalid_parameter_is_a_400_naming_it(
+    make_app: Callable[..., Flask], url: str, parameter: str
 ) -> None:
-    """In a real browser the page shows the running request and its stage, then it as recent."""
+    """A bad filter, page number or id gets a problem+json 400 whose body names the parameter."""
+    app = _app(make_app, threading.Event())
+    r = app.test_client().get(url)
+    assert r.status_code == 400 and r.mimetype == "application/problem+json"
+    assert r.json["parameter"] == parameter  # type: ignore[index]
+    assert parameter in r.json["detail"]  # type: ignore[index]
 
-    base, release = served
-    page = browser.new_page()
-    page.goto(f"{base}/_diaglog/")
-    slow = threading.Thread(
-        target=lambda: urllib.request.urlopen(f"{base}/slow/JOB-42", timeout=30).read()
-    )
-    slow.start()
-    row = page.locator("#inflight tbody tr", has_text="/slow/JOB-42")
-    row.wait_for(timeout=15_000)
-    assert row.locator("td.stage").text_content() == "generate"
-    assert page.locator("#inflight-count").text_content() == "1"
-    shots = Path(os.environ.get("DASHBOARD_SCREENSHOTS", str(tmp_path)))
-    page.screenshot(path=str(shots / "dashboard-inflight.png"))
-    release.set()
-    slow.join(30)
-    recent = page.locator("#recent tbody tr", has_text="/slow/JOB-42")
-    recent.wait_for(timeout=15_000)
-    assert "200" in (recent.text_content() or "")
-    assert "generate" in (recent.locator("td.stages").text_content() or "")
-    page.locator("#inflight-empty").wait_for(state="visible", timeout=15_000)
-    page.screenshot(path=str(shots / "dashboard-recent.png"))
+
+def test_unknown_id_is_a_404(make_app: Callable[..., Flask]) -> None:
+    """A well-formed id that no line names: 404 problem+json from the API, a 404 page."""
+    app = _app(make_app, threading.Event())
+    client = app.test_client()
+    r = client.get("/_diaglog/api/trace/no-such-id")
+    assert r.status_code == 404 and r.mimetype == "application/problem+json"
+    page = client.get("/_diaglog/trace/no-such-id")
+    assert page.status_code == 404 and b"No line of the log files names no-such-id" in page.data
+
+
+# -- bad data -------------------------------------------------------------------------------
+
+GARBAGE = [
+    b'{"ts":"2026-11-30T10:00:00.000+00:00","level":"INFO","event":"request_e',  # torn
+    b"\xff\xfe\x00binary\x00junk",
+    b"Nov 30 10:00:00 host sshd[1]: foreign syslog line",
+    b"[" * 100_000,
+    b'{"ts":"not a time","event":"request_end"}',
+    b"2026-11-30 10:00:00.000 | INFO | x | req=r job=- ",  # a plain line cut short
+]
+
+
+@pytest.mark.parametrize("fmt", ["json", "plain"])
+def test_garbled_lines_are_skipped_and_counted(
+    make_app: Callable[..., Flask], log_dir: Path, fmt: str
+) -> None:
+    """Torn, binary, foreign and absurd lines never give a 500: they are skipped and counted."""
+    app = _busy_app(make_app, fmt)
+    with open(log_dir / "requests.log", "ab") as fh:
+        for line in GARBAGE:
+            fh.write(line + b"\n")
+    client = app.test_client()
+    for url in ("/_diaglog/", "/_diaglog/requests?q=junk", "/_diaglog/route?route=GET%20/boom"):
+        assert client.get(url).status_code == 200
+    state = _api(client, "/_diaglog/api/state")
+    assert state["index"]["skipped_lines"] == len(GARBAGE)
+    assert b"6 lines skipped" in client.get("/_diaglog/").data
+
+
+def test_missing_log_directory_is_said_on_the_page(
+    make_app: Callable[..., Flask], log_dir: Path
+) -> None:
+    """A log directory that disappeared gives a clear message, not an error."""
+    app = _app(make_app, threading.Event())
+    while log_dir.exists():  # the in-flight publisher may write a file meanwhile
+        shutil.rmtree(log_dir, ignore_errors=True)
+    r = app.test_client().get("/_diaglog/")
+    assert r.status_code == 200
+    assert f"The log directory {log_dir} does not exist.".encode() in r.data
+    assert _api(app.test_client(), "/_diaglog/api/state")["index"]["problem"]
+
+
+def test_unreadable_log_directory_is_said_on_the_page(tmp_path: Path) -> None:
+    """A log directory that cannot be listed (here: a file in its place) is reported."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    app = Flask("unreadable", instance_path=str(tmp_path / "instance"))
+    app.config.update(DIAGLOG_LOG_DIR=str(blocker), DIAGLOG_DASHBOARD=True)
+    app.register_blueprint(create_blueprint(load_settings(app), dict, list))
+    r = app.test_client().get("/_diaglog/")
+    assert r.status_code == 200
+    assert f"The log directory {blocker} cannot be read: it is not a directory".encode() in r.data
+
+
+# -- the API --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["json", "plain"])
+def test_filters_select_rows(make_app: Callable[..., Flask], fmt: str) -> None:
+    """Each filter narrows the list to the rows it names, in both line formats."""
+    app = _busy_app(make_app, fmt)
+    client = app.test_client()
+
+    def rows(query: str) -> list[Any]:
+        return [
+            (i["kind"], i.get("path") or i.get("name"))
+            for i in _api(client, "/_diaglog/api/requests?" + query)["items"]
+        ]
+
+    assert len(rows("")) == 8 + 2 + 2 + 2  # requests + 404/500 + 2 job requests + 2 jobs
+    assert rows("status=5xx") == [("request", "/boom")]
+    assert rows("status=404") == [("request", "/missing")]
+    assert rows("route=(no%20route)") == [("request", "/missing")]  # 404s are one route
+    assert {p for _, p in rows("method=POST")} == {"/jobs/J-good", "/jobs/J-bad"}
+    assert rows("kind=job&job_id=J-bad") == [("job", CRUNCH)]
+    assert rows("route=GET%20/work/%3Cint:n%3E&level=WARNING") == [
+        ("request", "/work/4"),
+        ("request", "/work/0"),
+    ]
+    assert rows("q=crunch%20failed") == [("job", CRUNCH)]
+    assert rows("q=SLOW%20DISK%20FOR%20ITEM%204") == [("request", "/work/4")]
+    assert len(rows("min_ms=1000")) == 0
+    assert len(rows("since=1h")) == 14 and len(rows("until=1h")) == 0
+    rid = _api(client, "/_diaglog/api/requests?status=500")["items"][0]["request_id"]
+    assert rows(f"request_id={rid}") == [("request", "/boom")]
+
+
+def test_pages_of_the_list(make_app: Callable[..., Flask]) -> None:
+    """per_page and page cut the newest-first list into pages, with the total."""
+    app = _busy_app(make_app)
+    client = app.test_client()
+    everything = _api(client, "/_diaglog/api/requests?per_page=500")["items"]
+    first = _api(client, "/_diaglog/api/requests?per_page=5")
+    second = _api(client, "/_diaglog/api/requests?per_page=5&page=2")
+    assert first["total"] == len(everything) == 14
+    assert first["items"] + second["items"] == everything[:10]
+    assert [i["ts"] for i in everything] == sorted((i["ts"] for i in everything), reverse=True)
+
+
+def test_trace_api_has_waterfall_lines_traceback_and_jobs(make_app: Callable[..., Flask]) -> None:
+    """A job id's trace: the request with its lines, and the failed job with its traceback."""
+    app = _busy_app(make_app)
+    d = _api(app.test_client(), "/_diaglog/api/trace/J-bad")
+    kinds = [s["item"]["kind"] for s in d["sections"]]
+    assert kinds == ["request", "job"]
+    request, job = d["sections"]
+    assert [ln["event"] for ln in request["lines"]] == ["request_start", "request_end"]
+    assert job["item"]["ok"] is False and "crunch failed for J-bad" in job["item"]["error"]
+    assert [b["stage"] for b in job["waterfall"]] == ["crunch"]
+    assert any("RuntimeError: crunch failed for J-bad" in t for t in job["tracebacks"])
+
+
+def test_trace_waterfall_nests_stages(make_app: Callable[..., Flask]) -> None:
+    """Stages inside stages get a deeper level; durations are the stage lines' own."""
+    app = _busy_app(make_app)
+    client = app.test_client()
+    rid = _api(client, "/_diaglog/api/requests?q=/work/1")["items"][0]["request_id"]
+    bars = _api(client, f"/_diaglog/api/trace/{rid}")["sections"][0]["waterfall"]
+    assert [(b["stage"], b["depth"]) for b in bars] == [
+        ("load", 0),
+        ("load.parse", 1),
+        ("render", 0),
+    ]
+    assert bars[0]["duration_ms"] >= bars[1]["duration_ms"] >= 4.0
+
+
+def test_overview_and_route_api(make_app: Callable[..., Flask]) -> None:
+    """The overview counts the last hour per minute; the route API has its histogram and mix."""
+    app = _busy_app(make_app)
+    client = app.test_client()
+    ov = _api(client, "/_diaglog/api/overview")
+    assert ov["totals"]["requests"] == 12 and ov["totals"]["errors"] == 1
+    assert sum(ov["requests_per_minute"]) == 12 and len(ov["requests_per_minute"]) == 60
+    assert ov["slowest_routes"][0]["route"] == "GET /work/<int:n>"
+    route = _api(client, "/_diaglog/api/route?route=GET%20/work/%3Cint:n%3E")
+    assert route["count"] == 8 and sum(b["count"] for b in route["histogram"]) == 8
+    assert route["status_mix"] == {"200": 8}
+    assert set(route["stages_avg_ms"]) == {"load", "load.parse", "render"}
+
+
+@pytest.mark.parametrize(
+    "url", ["/_diaglog/", "/_diaglog/requests?status=2xx", "/_diaglog/route?route=GET%20/fast"]
+)
+def test_live_poll_of_an_unchanged_page_is_a_304(make_app: Callable[..., Flask], url: str) -> None:
+    """A poll with the page's ETag gets a bodiless 304 until something new is logged."""
+    app = _app(make_app, threading.Event())
+    client = app.test_client()
+    client.get("/fast")
+    tag = client.get(url).headers["ETag"]
+    again = client.get(url, headers={"If-None-Match": tag})
+    assert again.status_code == 304 and again.data == b""
+    client.get("/fast")
+    fresh = client.get(url, headers={"If-None-Match": tag})
+    assert fresh.status_code == 200 and fresh.headers["ETag"] != tag

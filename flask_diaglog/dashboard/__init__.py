@@ -1,53 +1,78 @@
-"""An opt-in dashboard: in-flight requests and jobs of this process, and recent requests.
+"""The opt-in dashboard: its blueprint, pages and JSON API.
 
-Enabled with ``DIAGLOG_DASHBOARD=True`` at ``DIAGLOG_DASHBOARD_URL`` (default ``/_diaglog``). It
-answers only loopback clients unless ``DIAGLOG_DASHBOARD_TOKEN`` is set, in which case it needs
-that token (``?token=`` once, which sets a cookie, or an ``Authorization: Bearer`` header). Its own
-requests are not logged. "Recent" is read from the tail of ``requests.log``, so under gunicorn it
-shows every worker's requests; "in flight" is the registry of the worker that answers.
+Enabled with ``DIAGLOG_DASHBOARD=True`` at ``DIAGLOG_DASHBOARD_URL`` (default ``/_diaglog``).
+Who may see it is :mod:`.access`'s business. The pages and the API read the shared log files
+through one :class:`~.index.Index` per app (every worker's lines), and in-flight work through
+the ``inflight`` callable: by default a :class:`~flask_diaglog.peers.Peers` that merges the
+state files of every worker. Pages (``/``, ``/requests``, ``/route``, ``/trace/<id>``) and the
+API (``/api/...``) are computed by :mod:`.queries` from the same data; charts are server-side
+SVG (:mod:`.charts`). Bad parameters get a 400 problem+json naming the parameter.
 """
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, abort, jsonify, render_template, request
+from flask import Blueprint, g, jsonify, render_template, request
+from flask.blueprints import BlueprintSetupState
 from werkzeug.wrappers import Response
 
-from ..logread import tail_records
+from ..peers import Peers
 from ..problems import problem_response
+from ..trail import LEVELS
+from . import charts, queries
+from .access import SECURITY_HEADERS, admitted, remember
+from .filters import InvalidParameter, parse_filters, parse_id, parse_time
+from .index import Index
 
 if TYPE_CHECKING:
     from ..config import Settings
 
 __all__ = ["create_blueprint"]
 
-_COOKIE = "diaglog_dashboard"
-_LOOPBACK = ("127.", "::1", "::ffff:127.")
+#: Seconds a page or API call may spend reading new log bytes before it answers.
+READ_BUDGET = 0.15
+#: Milliseconds between two live refreshes of a page (faster while the files are being read).
+LIVE_MS = 2000
+CATCH_UP_MS = 400
+_PROBLEM = "urn:flask-diaglog:problem:"
 
 
-def _allowed(settings: Settings) -> bool:
-    token = settings.dashboard_token
-    if token is None:
-        addr = request.remote_addr or ""
-        return addr.startswith(_LOOPBACK)
-    given = (
-        request.args.get("token")
-        or request.cookies.get(_COOKIE)
-        or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+def _time(ts: float | None) -> str:
+    if not ts:
+        return ""
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _bad(exc: InvalidParameter) -> Response:
+    return problem_response(
+        400,
+        "Invalid parameter",
+        exc.detail,
+        type_=_PROBLEM + "invalid-parameter",
+        parameter=exc.parameter,
     )
-    return bool(given) and hmac.compare_digest(given.encode(), token.encode())
 
 
 def create_blueprint(
     settings: Settings,
     stats: Callable[[], dict[str, Any]],
     inflight: Callable[[], list[dict[str, Any]]],
+    *,
+    peers: Peers | None = None,
 ) -> Blueprint:
-    """The dashboard for one app: its settings, a ``stats()`` and an ``inflight()`` callable."""
+    """The dashboard for one app.
+
+    :param settings: the app's settings (``dashboard_url``, ``dashboard_token``, ``log_dir``).
+    :param stats: returns the app's counters (``DiagLog.stats``).
+    :param inflight: returns this process's in-flight entries.
+    :param peers: merges every worker's in-flight entries; by default one is made from
+        ``inflight`` and started when the blueprint is registered (it stops with the app).
+    """
     bp = Blueprint(
         "diaglog_dashboard",
         __name__,
@@ -55,49 +80,252 @@ def create_blueprint(
         static_folder="static",
         url_prefix=settings.dashboard_url,
     )
+    if peers is None:
+        peers = Peers(settings.log_dir, inflight)
+
+        def start(state: BlueprintSetupState) -> None:
+            peers.start()  # it stops when it is discarded with the app (see peers.py)
+
+        bp.record_once(start)
+    all_inflight = peers.merged
+    index = Index(settings.log_dir)
+    token = settings.dashboard_token
+
+    def status() -> dict[str, Any]:
+        total = index.total or 1
+        return {
+            "complete": index.complete,
+            "indexed": round(1.0 - index.pending / total, 4) if index.total else 1.0,
+            "lines": index.lines,
+            "skipped_lines": index.skipped,
+            "problem": index.problem,
+        }
+
+    def unchanged(*shown: object) -> Response | None:
+        """A 304 for a live poll when the page would be what the browser already has: the
+        index has not changed, nor the minute, nor what else the page shows (``shown``)."""
+        state = (request.full_path, index.version, index.skipped, index.problem, index.pending)
+        key = repr((*state, int(time.time() // 60), shown)).encode()
+        tag = hashlib.sha256(key).hexdigest()[:24]
+        g.diaglog_etag = tag
+        if tag in request.if_none_match:
+            return Response(status=304)
+        return None
+
+    def page(template: str, name: str, **context: Any) -> str:
+        st = status()
+        return render_template(
+            f"diaglog/{template}",
+            page=name,
+            index=st,
+            log_dir=settings.log_dir,
+            live_interval=LIVE_MS if st["complete"] else CATCH_UP_MS,
+            **context,
+        )
+
+    @bp.app_template_filter("diaglog_time")
+    def time_filter(ts: float | None) -> str:
+        return _time(ts)
 
     @bp.before_request
     def guard() -> Response | None:
-        if not _allowed(settings):
+        if not admitted(request, token):
             return problem_response(
                 403,
                 "Dashboard access denied",
                 "The diaglog dashboard answers loopback clients only, or clients that present "
-                "DIAGLOG_DASHBOARD_TOKEN (?token=... or Authorization: Bearer ...).",
+                "DIAGLOG_DASHBOARD_TOKEN (?token=..., Authorization: Bearer ..., or the cookie "
+                "a ?token= sets).",
             )
+        if request.endpoint != "diaglog_dashboard.static":
+            index.refresh(READ_BUDGET)
         return None
 
     @bp.after_request
-    def remember_token(response: Response) -> Response:
-        token = request.args.get("token")
-        if token and settings.dashboard_token:
-            response.set_cookie(_COOKIE, token, httponly=True, samesite="Strict")
-        response.headers["Cache-Control"] = "no-store"
+    def headers(response: Response) -> Response:
+        if response.status_code < 400:
+            remember(request, response, token, settings.dashboard_url)
+        tag = g.get("diaglog_etag")
+        if tag is not None:
+            response.set_etag(tag)
+        response.headers.update(SECURITY_HEADERS)
         return response
 
+    @bp.errorhandler(InvalidParameter)
+    def invalid(exc: InvalidParameter) -> Response:
+        return _bad(exc)
+
+    # -- pages ----------------------------------------------------------------------------------
+
     @bp.get("/")
-    def page() -> str:
-        return render_template("diaglog/dashboard.html", api=f"{bp.url_prefix}/api/state")
+    def overview() -> str | Response:
+        inflight = all_inflight()
+        same = unchanged(inflight)
+        if same is not None:
+            return same
+        ov = queries.overview(index)
+        labels = [_time(t)[11:16] for t in ov["minutes"]]
+        chart = {
+            "rpm": charts.line_chart(
+                "requests per minute", [("requests", ov["requests_per_minute"])], labels
+            ),
+            "errors": charts.line_chart("error rate", [("errors", ov["error_rate"])], labels, "%"),
+            "latency": charts.line_chart(
+                "latency",
+                [("p50", ov["p50_ms"]), ("p95", ov["p95_ms"]), ("p99", ov["p99_ms"])],
+                labels,
+                " ms",
+                width=1280,
+            ),
+        }
+        return page(
+            "overview.html",
+            "overview",
+            ov=ov,
+            charts=chart,
+            inflight=inflight,
+            recent=ov["recent"],
+        )
+
+    @bp.get("/requests")
+    def requests_page() -> str | Response:
+        f = parse_filters(request.args)
+        same = unchanged()
+        if same is not None:
+            return same
+        items, total = queries.select(index, f)
+        return page(
+            "requests.html",
+            "requests",
+            f=f,
+            items=[i.to_dict() for i in items],
+            total=total,
+            pages=max(1, -(-total // f.per_page)),
+            levels=list(LEVELS),
+        )
+
+    @bp.get("/route")
+    def route_page() -> str | Response:
+        same = unchanged()
+        if same is not None:
+            return same
+        rs = _route_stats()
+        ms_unit = " ms"
+        chart = {
+            "histogram": charts.histogram(
+                "latency histogram", [(h["le"], h["count"]) for h in rs["histogram"]]
+            ),
+            "over_time": charts.line_chart(
+                "percentiles over time",
+                [(k[:3], [b[k] for b in rs["over_time"]]) for k in ("p50_ms", "p95_ms", "p99_ms")],
+                [_time(b["ts"])[11:19] for b in rs["over_time"]],
+                ms_unit,
+            ),
+            "status": charts.bars(
+                "status mix", [(k, float(v)) for k, v in rs["status_mix"].items()]
+            ),
+            "stages": charts.bars("average stages", list(rs["stages_avg_ms"].items()), ms_unit),
+        }
+        return page("route.html", "route", rs=rs, charts=chart)
+
+    @bp.get("/trace/<trace_id>")
+    def trace_page(trace_id: str) -> tuple[str, int] | Response:
+        parse_id(trace_id, "id")
+        same = unchanged()
+        if same is not None:
+            return same
+        d = _detail(trace_id)
+        if d is not None:
+            for s in d["sections"]:
+                item = s["item"]
+                s["chart"] = charts.waterfall(float(item.get("duration_ms") or 0.0), s["waterfall"])
+                s["jobs"] = [
+                    {"index": n, "item": other["item"]}
+                    for n, other in enumerate(d["sections"], start=1)
+                    if other["item"]["kind"] == "job"
+                    and item["kind"] == "request"
+                    and other["item"].get("request_id") == item.get("request_id")
+                ]
+        return page("trace.html", "trace", d=d, trace_id=trace_id), 200 if d else 404
+
+    @bp.get("/<path:rest>")
+    def not_found(rest: str) -> Response:
+        return problem_response(404, "Not found", "The dashboard has no page at this URL.")
+
+    # -- JSON API -------------------------------------------------------------------------------
+
+    def _route_stats() -> dict[str, Any]:
+        route = request.args.get("route", "").strip()
+        if not route or len(route) > 512:
+            raise InvalidParameter("route", "'route' must name a route such as 'GET /api/<id>'.")
+        since = request.args.get("since")
+        until = request.args.get("until")
+        return queries.route_stats(
+            index,
+            route,
+            parse_time(since, "since") if since else None,
+            parse_time(until, "until") if until else None,
+        )
+
+    def _detail(trace_id: str) -> dict[str, Any] | None:
+        return queries.detail(index, parse_id(trace_id, "id"))
 
     @bp.get("/api/state")
     def api_state() -> Response:
-        try:
-            limit = min(max(int(request.args.get("limit", "50")), 1), 500)
-        except ValueError:
-            abort(problem_response(400, "Invalid limit", "'limit' must be a whole number."))
-        recent: list[dict[str, Any]] = []
-        for rec in reversed(tail_records(settings.log_dir, "requests")):
-            if rec.event in ("request_end", "request_error", "job_rejected", "hang"):
-                recent.append({**rec.data, "ts": rec.ts})
-                if len(recent) >= limit:
-                    break
+        limit = request.args.get("limit", "50")
+        if not limit.isdigit() or not 1 <= int(limit) <= 500:
+            raise InvalidParameter("limit", "'limit' must be a whole number from 1 to 500.")
+        items, _ = queries.select(index, parse_filters({"per_page": limit}))
         return jsonify(
             {
                 "now": time.time(),
-                "inflight": inflight(),
-                "recent": recent,
+                "inflight": all_inflight(),
+                "recent": [i.to_dict() for i in items],
                 "stats": stats(),
+                "index": status(),
             }
         )
+
+    @bp.get("/api/inflight")
+    def api_inflight() -> Response:
+        return jsonify({"now": time.time(), "inflight": all_inflight()})
+
+    @bp.get("/api/overview")
+    def api_overview() -> Response:
+        return jsonify({**queries.overview(index), "inflight": all_inflight(), "index": status()})
+
+    @bp.get("/api/requests")
+    def api_requests() -> Response:
+        f = parse_filters(request.args)
+        items, total = queries.select(index, f)
+        return jsonify(
+            {
+                "items": [i.to_dict() for i in items],
+                "total": total,
+                "page": f.page,
+                "per_page": f.per_page,
+                "filters": f.params(),
+                "index": status(),
+            }
+        )
+
+    @bp.get("/api/route")
+    def api_route() -> Response:
+        return jsonify({**_route_stats(), "index": status()})
+
+    @bp.get("/api/trace/<trace_id>")
+    def api_trace(trace_id: str) -> Response:
+        d = _detail(trace_id)
+        if d is None:
+            return problem_response(
+                404,
+                "Unknown id",
+                f"No line of the log files names {trace_id!r}"
+                + ("" if index.complete else " yet: the files are still being read")
+                + ".",
+                type_=_PROBLEM + "unknown-id",
+                parameter="id",
+            )
+        return jsonify({**d, "index": status()})
 
     return bp

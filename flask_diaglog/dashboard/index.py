@@ -1,0 +1,441 @@
+"""The dashboard's index of the log files: every request and job of every worker, read
+incrementally.
+
+This module owns reading ``requests.log`` and ``jobs.log`` (with their rotated and gzipped
+backups) for the dashboard. Lines are parsed only through :func:`flask_diaglog.logread.parse_line`
+(the vocabulary of :mod:`flask_diaglog.trail` and the layouts of
+:mod:`flask_diaglog.files.render`); this module only folds the parsed records into one
+:class:`Item` per request or job run.
+
+**Incremental.** Each file is known by its *key*, its first line: a rename by rotation and a
+compression of a backup keep it, so a file is never read twice, whatever its name becomes. Per
+key the index remembers how many bytes it has folded in; a refresh reads only the bytes after
+that, and only whole lines of the current files (a torn tail waits for its newline). A refresh
+works for at most ``budget`` seconds, oldest file first, so a page never waits for a cold read
+of a big log set: it shows what is indexed so far and says how far the index is.
+
+**Bad data.** A line that is not a diaglog line of either layout (torn, garbled, foreign) is
+skipped and counted in :attr:`Index.skipped`. A missing or unreadable log directory is reported
+in :attr:`Index.problem`, never raised.
+
+**Where the lines are.** For the detail page each trace (a request id, or ``job:<id>`` for a job
+without one) keeps *spans*: ``[file key, first byte, end byte]`` of its lines, so reading one
+request back reads only its own stretch of one or two files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from ..logread import NO_ROUTE, LogRecord, iter_files, parse_line, route_of
+from ..trail import LEVELS
+from .item import Item
+
+__all__ = ["Index", "Item"]
+
+#: The files the dashboard reads (``errors.log`` repeats lines of both).
+NAMES = ("requests", "jobs")
+#: Bytes read and parsed per step of a refresh.
+CHUNK = 1 << 20
+#: Items kept at most; beyond that the oldest are dropped.
+MAX_ITEMS = 300_000
+#: A new span starts when a trace's next line is further than this from its last span.
+SPAN_GAP = 256 * 1024
+#: Seconds a file no longer listed is remembered (so a compressed copy is not read again).
+FORGET_AFTER = 600.0
+#: Warning-and-above messages kept per item for the free-text search.
+NOTES = 5
+_WARNING = LEVELS["WARNING"]
+
+
+class _File:
+    """What the index knows of one file (by its key)."""
+
+    __slots__ = ("done", "gz", "key", "name", "offset", "path", "seen", "size")
+
+    def __init__(self, key: bytes, name: str) -> None:
+        self.key = key
+        self.name = name
+        self.path = ""
+        self.gz = False
+        self.offset = 0
+        self.size = 0
+        self.done = False
+        self.seen = 0.0
+
+
+def _intern(value: Any) -> Any:
+    """One copy of a string many items share (methods, routes, stage and job names, hosts)."""
+    return sys.intern(value) if type(value) is str else value
+
+
+def _first_line(path: str, gz: bool) -> bytes:
+    opener: Any = gzip.open if gz else open
+    try:
+        with opener(path, "rb") as fh:
+            head: bytes = fh.read(4096)
+    except (OSError, EOFError):
+        return b""
+    nl = head.find(b"\n")
+    return head[: nl + 1] if nl >= 0 else b""
+
+
+class Index:
+    """An incremental index of one log directory (thread-safe: hold :attr:`lock` to read)."""
+
+    def __init__(self, log_dir: str, *, max_items: int = MAX_ITEMS) -> None:
+        self.log_dir = log_dir
+        self.max_items = max_items
+        #: Held while the index changes; readers hold it too.
+        self.lock = threading.RLock()
+        #: Every item, in the order first seen.
+        self.items: list[Item] = []
+        #: Items per request id (a reused id may name several), and per job id.
+        self.by_request: dict[str, list[Item]] = {}
+        self.by_job: dict[str, list[Item]] = {}
+        #: Where each trace's lines are: ``[file key, start, end]``.
+        self.spans: dict[str, list[list[Any]]] = {}
+        #: Lines skipped as torn, garbled or foreign.
+        self.skipped = 0
+        #: Lines read and folded in.
+        self.lines = 0
+        #: Why the log directory cannot be read, or ``None``.
+        self.problem: str | None = None
+        #: Changes whenever items change (cache key for queries).
+        self.version = 0
+        self._files: dict[bytes, _File] = {}
+        self._open_jobs: dict[tuple[str | None, str | None], list[Item]] = {}
+        self._seq = 0
+        #: Bytes still to read at the last refresh, and the bytes of the set.
+        self.pending = 0
+        self.total = 0
+
+    # -- reading ------------------------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        """Whether every byte present at the last refresh is indexed."""
+        return self.pending == 0
+
+    def _scan(self) -> list[_File]:
+        """The files of the set, oldest first per name, keyed; forgets files that are gone."""
+        try:
+            if not os.path.isdir(self.log_dir):
+                exists = os.path.exists(self.log_dir)
+                raise (NotADirectoryError if exists else FileNotFoundError)()
+            os.listdir(self.log_dir)
+        except FileNotFoundError:
+            self.problem = f"The log directory {self.log_dir} does not exist."
+            return []
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            if isinstance(exc, NotADirectoryError):
+                why = "it is not a directory"
+            self.problem = f"The log directory {self.log_dir} cannot be read: {why}."
+            return []
+        self.problem = None
+        found: list[_File] = []
+        now = time.monotonic()
+        for name, path in iter_files(self.log_dir, NAMES):
+            gz = path.endswith(".gz")
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                continue
+            key = _first_line(path, gz)  # read each time: an inode may be reused
+            if not key:
+                continue  # empty so far, or a compressed copy still being written
+            f = self._files.get(key)
+            if f is None:
+                f = self._files[key] = _File(key, name)
+            elif f.seen == now and gz:
+                continue  # a backup being compressed: read the plain copy while it is there
+            f.path, f.gz, f.size, f.seen = path, gz, size, now
+            if f not in found:
+                found.append(f)
+        # A file missing from one listing may be mid-compression: forget it only much later.
+        for key in [k for k, f in self._files.items() if now - f.seen > FORGET_AFTER]:
+            del self._files[key]
+        return found
+
+    def refresh(self, budget: float = 0.15) -> None:
+        """Fold in what was written since the last refresh, for at most ``budget`` seconds."""
+        with self.lock:
+            deadline = time.perf_counter() + budget
+            files = self._scan()
+            pending = 0
+            for f in files:
+                if time.perf_counter() < deadline:
+                    self._read(f, deadline)
+                if f.gz:
+                    pending += 0 if f.done else f.size
+                else:
+                    pending += max(0, f.size - f.offset)
+            self.total = sum(f.size for f in files)
+            self.pending = pending
+
+    def _read(self, f: _File, deadline: float) -> None:
+        if f.done:
+            return
+        current = os.path.basename(f.path) == f"{f.name}.log"
+        if not f.gz:
+            if f.size < f.offset:  # truncated in place: read it again from the start
+                f.offset = 0
+            if f.offset >= f.size:
+                return
+        opener: Any = gzip.open if f.gz else open
+        try:
+            with opener(f.path, "rb") as fh:
+                if fh.read(len(f.key)) != f.key:
+                    return  # renamed since the listing: another file has this name now
+                fh.seek(f.offset)
+                while time.perf_counter() < deadline:
+                    data = fh.read(CHUNK)
+                    if not data:
+                        f.done = f.gz  # a compressed backup never changes again
+                        return
+                    at_end = len(data) < CHUNK if f.gz else f.offset + len(data) >= f.size
+                    used = self._feed(f, data, f.offset, final=at_end and not current)
+                    if used == 0 and not at_end:
+                        used = self._skip_long_line(fh, len(data))
+                    f.offset += used
+                    if at_end and not f.gz:
+                        return  # a torn tail of the live file waits for its newline
+                    if used < len(data):
+                        fh.seek(f.offset)
+        except (OSError, EOFError):
+            return
+
+    def _skip_long_line(self, fh: Any, read: int) -> int:
+        """Skip a line longer than :data:`CHUNK` (counted as skipped); the bytes it took."""
+        skipped = read
+        while True:
+            data = fh.read(CHUNK)
+            nl = data.find(b"\n")
+            if nl >= 0 or not data:
+                self.skipped += 1
+                return skipped + (nl + 1 if nl >= 0 else len(data))
+            skipped += len(data)
+
+    def _feed(self, f: _File, data: bytes, base: int, *, final: bool) -> int:
+        """Fold the whole lines of ``data`` (read at ``base``) in; the bytes consumed."""
+        end = len(data) if final else data.rfind(b"\n") + 1
+        pos = 0
+        key, name, add = f.key, f.name, self._add
+        for raw in data[:end].split(b"\n"):
+            start = pos
+            pos += len(raw) + 1
+            if not raw:
+                continue
+            rec = parse_line(raw.decode("utf-8", "replace"), name)
+            if rec is None or not rec.ts:
+                self.skipped += 1
+                continue
+            self.lines += 1
+            add(rec, key, base + start, base + min(pos, end))
+        self.version += 1
+        if len(self.items) > self.max_items:
+            self._drop_oldest()
+        return end
+
+    # -- folding records into items -----------------------------------------------------------
+
+    def _new(self, kind: str, rid: str | None, jid: str | None) -> Item:
+        self._seq += 1
+        item = Item(kind, self._seq, rid, jid)
+        self.items.append(item)
+        if rid is not None:
+            self.by_request.setdefault(rid, []).append(item)
+        if jid is not None:
+            self.by_job.setdefault(jid, []).append(item)
+        return item
+
+    def _set_job(self, item: Item, jid: str | None) -> None:
+        if jid is not None and item.job_id is None:
+            item.job_id = jid
+            self.by_job.setdefault(jid, []).append(item)
+
+    def _request(self, rid: str, jid: str | None, opening: bool) -> Item:
+        """The request a ``requests.log`` line belongs to. A start line opens a new one, unless
+        a later line of it was read first (a backup listed late): then it completes that one."""
+        for item in reversed(self.by_request.get(rid, ())):
+            if item.kind == "request":
+                if not opening or not item.opened:
+                    return item
+                break
+        return self._new("request", rid, jid)
+
+    def _job(self, rid: str | None, jid: str | None, name: str | None, ev: str) -> Item:
+        """The run a ``jobs.log`` line belongs to: a ``job_start`` opens one, a ``job_end``
+        closes the oldest open run of that function, other lines go to the oldest open run."""
+        key = (rid, jid)
+        runs = self._open_jobs.get(key)
+        if ev == "job_start":
+            table = self.by_request.get(rid, ()) if rid else self.by_job.get(jid or "", ())
+            for item in table:
+                if item.kind == "job" and not item.opened and item.name in (None, name):
+                    return item  # its end (or a later line) was read first
+        elif runs:
+            for i, item in enumerate(runs):
+                if ev != "job_end":
+                    return item
+                if item.name is None or item.name == name:
+                    del runs[i]
+                    if not runs:
+                        del self._open_jobs[key]
+                    return item
+        item = self._new("job", rid, jid)
+        if ev != "job_end":
+            self._open_jobs.setdefault(key, []).append(item)
+        return item
+
+    def _add(self, rec: LogRecord, fkey: bytes, start: int, end: int) -> None:
+        d = rec.data
+        ev = rec.event
+        rid = rec.request_id
+        jid = rec.job_id
+        trace = rid or (f"job:{jid}" if jid else None)
+        if trace is None:
+            return  # a line outside any request or job: nothing to attach it to
+        spans = self.spans.get(trace)
+        if spans is None:
+            self.spans[trace] = [[fkey, start, end]]
+        else:
+            last = spans[-1]
+            if last[0] == fkey and start - last[2] <= SPAN_GAP:
+                last[2] = end
+            else:
+                spans.append([fkey, start, end])
+        level = LEVELS.get(str(d.get("level")), 0)
+        if rec.file == "requests":
+            if rid is None:
+                return
+            item = self._request(rid, jid, ev == "request_start")
+        else:
+            name = d.get("name") if ev in ("job_start", "job_end") else None
+            item = self._job(rid, jid, name, ev)
+        self._set_job(item, jid)
+        if level > item.level:
+            item.level = level
+        if ev in ("request_start", "job_start"):
+            item.opened = True
+            item.ts = rec.ts
+            item.pid = d.get("pid")
+            item.host = _intern(d.get("host"))
+            if ev == "job_start":
+                item.name = _intern(d.get("name"))
+            else:
+                self._where(item, d)
+        elif ev in ("request_end", "job_end"):
+            item.end = rec.ts
+            ms = d.get("duration_ms")
+            item.duration_ms = float(ms) if isinstance(ms, (int, float)) else None
+            if not item.ts:
+                item.ts = rec.ts - (item.duration_ms or 0.0) / 1000.0
+            if isinstance(d.get("stages"), dict):
+                item.stages = {_intern(k): v for k, v in d["stages"].items()}
+            item.aborted = bool(d.get("aborted"))
+            item.slow = bool(d.get("slow"))
+            item.hung = max(item.hung, int(d.get("hung") or 0))
+            if ev == "request_end":
+                status = d.get("status")
+                item.status = status if isinstance(status, int) else None
+                self._where(item, d)
+            else:
+                item.name = _intern(d.get("name")) or item.name
+                item.ok = d.get("ok") is not False
+                if d.get("error"):
+                    item.error = str(d["error"])
+        elif ev == "request_error":
+            item.error = str(d.get("error") or d.get("msg") or "")
+            self._where(item, d)
+        elif ev == "job_rejected":
+            item.rejected = str(d.get("reason") or "rejected")
+        elif ev == "hang":
+            item.hung = max(item.hung, int(d.get("hung") or 1))
+        elif ev == "progress":
+            item.progress = {"fraction": d.get("fraction"), "message": d.get("message")}
+        if ev == "log" and level >= _WARNING:
+            notes = item.notes
+            if notes is None:
+                notes = item.notes = []
+            if len(notes) < NOTES:
+                notes.append(str(d.get("msg", ""))[:200])
+        if not item.ts:
+            item.ts = rec.ts
+
+    @staticmethod
+    def _where(item: Item, d: dict[str, Any]) -> None:
+        """Method, path and route: the URL rule the end line names, one row for every path that
+        matched no rule (a 404), else the path with its ids folded (older lines)."""
+        if item.path is None and isinstance(d.get("path"), str):
+            item.method = _intern(str(d.get("method")))
+            item.path = d["path"]
+        if isinstance(d.get("route"), str):
+            item.route = _intern(f"{item.method} {d['route']}")
+        elif d.get("status") == 404:
+            item.route = NO_ROUTE
+        elif item.path is not None:  # no rule word: the rule is the path (or an older line)
+            item.route = _intern(f"{item.method} {route_of(item.path, item.job_id)}")
+
+    def _drop_oldest(self) -> None:
+        keep = sorted(self.items, key=lambda i: i.ts)[-(self.max_items * 9 // 10) :]
+        kept = set(map(id, keep))
+        self.items = [i for i in self.items if id(i) in kept]
+        for table in (self.by_request, self.by_job):
+            for k in list(table):
+                live = [i for i in table[k] if id(i) in kept]
+                if live:
+                    table[k] = live
+                else:
+                    del table[k]
+        traces = set(self.by_request) | {f"job:{j}" for j in self.by_job}
+        for k in [k for k in self.spans if k not in traces]:
+            del self.spans[k]
+
+    # -- reading a trace back -----------------------------------------------------------------
+
+    def trace_lines(self, trace_ids: list[str]) -> list[LogRecord]:
+        """Every record of the given traces (request ids, or ``job:<id>``), in file order.
+
+        Lines whose file has gone (rotated out of the set) are not there any more.
+        """
+        with self.lock:
+            wanted: list[tuple[_File, int, int]] = []
+            for t in trace_ids:
+                for fkey, start, end in self.spans.get(t, ()):
+                    f = self._files.get(fkey)
+                    if f is not None:
+                        wanted.append((f, start, end))
+            paths = [(f.path, f.gz, f.name, f.key, start, end) for f, start, end in wanted]
+        seen: set[tuple[str, int]] = set()
+        out: list[LogRecord] = []
+        for path, gz, name, key, start, end in paths:
+            opener: Any = gzip.open if gz else open
+            try:
+                with opener(path, "rb") as fh:
+                    if fh.read(len(key)) != key:
+                        continue  # rotated since: these lines are not at this name any more
+                    fh.seek(start)
+                    data = fh.read(end - start)
+            except (OSError, EOFError):
+                continue
+            pos = start
+            for raw in data.split(b"\n"):
+                at = pos
+                pos += len(raw) + 1
+                if not raw or (path, at) in seen:
+                    continue
+                seen.add((path, at))
+                with contextlib.suppress(RecursionError):
+                    rec = parse_line(raw.decode("utf-8", "replace"), name)
+                    if rec is not None and rec.ts:
+                        out.append(rec)
+        out.sort(key=lambda r: r.ts)
+        return out

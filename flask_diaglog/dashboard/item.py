@@ -1,0 +1,93 @@
+"""One request, or one run of a background job, as the dashboard's index folds it from the
+log files: :class:`Item`, and its JSON form."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..trail import level_name
+
+__all__ = ["Item"]
+
+
+class Item:
+    """One request, or one run of a background job, as the log files tell it."""
+
+    __slots__ = (
+        "aborted",
+        "duration_ms",
+        "end",
+        "error",
+        "host",
+        "hung",
+        "job_id",
+        "kind",
+        "level",
+        "method",
+        "name",
+        "notes",
+        "ok",
+        "opened",
+        "path",
+        "pid",
+        "progress",
+        "rejected",
+        "request_id",
+        "route",
+        "seq",
+        "slow",
+        "stages",
+        "status",
+        "ts",
+    )
+
+    def __init__(self, kind: str, seq: int, request_id: str | None, job_id: str | None) -> None:
+        self.kind = kind
+        self.seq = seq
+        self.request_id = request_id
+        self.job_id = job_id
+        self.name: str | None = None
+        self.method: str | None = None
+        self.path: str | None = None
+        self.route: str | None = None
+        self.status: int | None = None
+        self.duration_ms: float | None = None
+        self.ts: float = 0.0
+        self.end: float | None = None
+        self.error: str | None = None
+        self.level = 0
+        self.ok: bool | None = None
+        self.stages: dict[str, float] | None = None
+        self.hung = 0
+        self.aborted = False
+        self.slow = False
+        self.rejected: str | None = None
+        self.progress: dict[str, Any] | None = None
+        self.pid: int | None = None
+        self.host: str | None = None
+        self.notes: list[str] | None = None
+        #: Whether its start line was read.
+        self.opened = False
+
+    @property
+    def trace_id(self) -> str | None:
+        """The id the detail page of this item is found under."""
+        return self.request_id or self.job_id
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or self.ok is False or (self.status or 0) >= 500
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (keys without a value left out)."""
+        out: dict[str, Any] = {}
+        for k in self.__slots__:
+            if k in ("seq", "notes", "opened"):
+                continue
+            v = getattr(self, k)
+            if v is None or (not v and k in ("aborted", "slow", "hung", "level")):
+                continue
+            out[k] = level_name(v) if k == "level" else v
+        out["kind"] = self.kind
+        out["trace_id"] = self.trace_id
+        return out

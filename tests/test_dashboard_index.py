@@ -1,0 +1,162 @@
+"""The dashboard's index of the log files: incremental, rotation-proof, never read twice."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from flask_diaglog import stage
+from flask_diaglog.dashboard.index import Index
+
+#: Time enough for a refresh to finish on a loaded machine (the default is 0.15 s).
+BUDGET = 30.0
+
+
+def _app(make_app: Callable[..., Flask], fmt: str, **config: object) -> Flask:
+    app = make_app({"DIAGLOG_FORMAT": fmt, **config})
+
+    @app.get("/n/<int:n>")
+    def n(n: int) -> str:
+        with stage("work"):
+            pass
+        return "ok"
+
+    return app
+
+
+def _settle(log_dir: Path) -> None:
+    """Wait until the writer's compressor thread has gzipped every backup."""
+    for _ in range(1000):
+        if not [p for p in log_dir.glob("requests.log.*") if p.suffix != ".gz"]:
+            return
+        time.sleep(0.01)
+
+
+def _paths(index: Index) -> list[str]:
+    return sorted(i.path or "" for i in index.items if i.kind == "request")
+
+
+@pytest.mark.parametrize("fmt", ["json", "plain"])
+def test_refresh_reads_only_new_lines(
+    make_app: Callable[..., Flask], log_dir: Path, fmt: str
+) -> None:
+    """A second refresh folds in only what was written since the first."""
+    app = _app(make_app, fmt)
+    client = app.test_client()
+    for i in range(5):
+        client.get(f"/n/{i}")
+    index = Index(str(log_dir))
+    index.refresh(BUDGET)
+    assert index.lines == 5 * 3 and len(index.items) == 5
+    index.refresh(BUDGET)
+    assert index.lines == 15
+    client.get("/n/99")
+    index.refresh(BUDGET)
+    assert index.lines == 18 and _paths(index)[-1] == "/n/99"
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("fmt", ["json", "plain"])
+def test_rotation_loses_and_repeats_nothing(
+    make_app: Callable[..., Flask], log_dir: Path, fmt: str, compress: bool
+) -> None:
+    """Refreshing between rotations (renames, gzip) indexes every request exactly once."""
+    app = _app(
+        make_app,
+        fmt,
+        DIAGLOG_MAX_BYTES=2000,
+        DIAGLOG_BACKUP_COUNT=50,
+        DIAGLOG_COMPRESS=compress,
+    )
+    client = app.test_client()
+    index = Index(str(log_dir))
+    for i in range(60):
+        client.get(f"/n/{i}")
+        if i % 7 == 0:
+            index.refresh(BUDGET)  # mid-rotation, mid-compression
+    if compress:
+        _settle(log_dir)  # a file renamed during a refresh is read by the next one
+    index.refresh(BUDGET)
+    assert len(list(log_dir.glob("requests.log.*"))) > 5
+    assert _paths(index) == sorted(f"/n/{i}" for i in range(60))
+    assert all(i.status == 200 and i.duration_ms is not None for i in index.items)
+    assert index.skipped == 0 and index.complete
+
+
+def test_cold_read_of_rotated_set_is_complete(
+    make_app: Callable[..., Flask], log_dir: Path
+) -> None:
+    """A first refresh of a set that already rotated reads backups (gzipped too) and current."""
+    app = _app(
+        make_app, "json", DIAGLOG_MAX_BYTES=3000, DIAGLOG_BACKUP_COUNT=50, DIAGLOG_COMPRESS=True
+    )
+    client = app.test_client()
+    for i in range(40):
+        client.get(f"/n/{i}")
+    _settle(log_dir)
+    assert list(log_dir.glob("requests.log.*.gz"))
+    index = Index(str(log_dir))
+    index.refresh(BUDGET)
+    assert _paths(index) == sorted(f"/n/{i}" for i in range(40))
+
+
+def test_torn_tail_waits_for_its_newline(make_app: Callable[..., Flask], log_dir: Path) -> None:
+    """Half a line at the end of the live file is not read (nor counted) until it is whole."""
+    app = _app(make_app, "json")
+    app.test_client().get("/n/1")
+    path = log_dir / "requests.log"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-1]) + lines[-1][:25])
+    index = Index(str(log_dir))
+    index.refresh(BUDGET)
+    assert index.skipped == 0 and index.items[0].status is None
+    with open(path, "ab") as fh:
+        fh.write(lines[-1][25:])
+    index.refresh(BUDGET)
+    assert index.skipped == 0 and index.items[0].status == 200
+
+
+def test_a_small_budget_reads_in_steps(make_app: Callable[..., Flask], log_dir: Path) -> None:
+    """With no time to spare a refresh stops early and says so; later refreshes finish."""
+    app = _app(make_app, "json")
+    client = app.test_client()
+    for i in range(20):
+        client.get(f"/n/{i}")
+    index = Index(str(log_dir))
+    index.refresh(budget=0.0)
+    assert not index.complete and index.items == []
+    for _ in range(5):
+        index.refresh()
+    assert index.complete and len(index.items) == 20
+
+
+def test_trace_lines_are_read_back_from_their_spans(
+    make_app: Callable[..., Flask], log_dir: Path
+) -> None:
+    """A request's lines are read back from where the index saw them, across a rotation."""
+    app = _app(make_app, "plain", DIAGLOG_MAX_BYTES=1500, DIAGLOG_BACKUP_COUNT=50)
+    client = app.test_client()
+    rids = [client.get(f"/n/{i}").headers["X-Request-ID"] for i in range(30)]
+    index = Index(str(log_dir))
+    index.refresh(BUDGET)
+    for rid in (rids[0], rids[15], rids[-1]):
+        lines = index.trace_lines([rid])
+        assert [r.event for r in lines] == ["request_start", "stage", "request_end"]
+        assert {r.request_id for r in lines} == {rid}
+
+
+def test_benchmark_log_set_is_read_whole(tmp_path: Path) -> None:
+    """The benchmark's generated set (10 rotated files) is diaglog's own lines: none skipped."""
+    from benchmarks.dashboard import make_log_set
+
+    n = make_log_set(tmp_path, 300_000)
+    assert len(list(tmp_path.glob("requests.log*"))) == 10
+    index = Index(str(tmp_path))
+    index.refresh(BUDGET)
+    assert index.complete and index.skipped == 0
+    assert sum(1 for i in index.items if i.kind == "request" and i.status) == n
+    assert sum(1 for i in index.items if i.kind == "job") == n // 4
