@@ -55,6 +55,21 @@ class _Peeked(io.BytesIO):
         self.data = data
 
 
+class _Failed(io.RawIOBase):
+    """The body put back after :func:`peek_body` failed to read it: reading it again raises what
+    the first read raised (a client that disconnected mid-body), as it would without diaglog."""
+
+    def __init__(self, exc: Exception) -> None:
+        super().__init__()
+        self.exc = exc
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise self.exc
+
+
 def peek_body(req: Request, read: bool) -> bytes | None:
     """The raw body of ``req`` for the job-id lookup, or ``None``.
 
@@ -81,8 +96,9 @@ def peek_body(req: Request, read: bool) -> bytes | None:
     if length <= 0 or length > BODY_LOOKUP_MAX:
         return None
     try:
-        data = req.stream.read(length)
-    except Exception:  # a client that disconnects or sends less: the view sees what it would
+        data = req.stream.read()  # to the declared length; raises if the client disconnects
+    except Exception as exc:  # a client that disconnects: the view's read fails the same way
+        d["stream"] = env["wsgi.input"] = _Failed(exc)
         return None
     d["stream"] = _Peeked(data)
     env["wsgi.input"] = io.BytesIO(data)

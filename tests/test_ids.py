@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 import threading
 from collections.abc import Callable
 
@@ -187,3 +189,33 @@ def test_ids_are_none_in_a_plain_thread(make_app: Callable[..., Flask]) -> None:
 
     app.test_client().get("/")
     assert seen == [None]
+
+
+def test_generated_request_ids_are_unpredictable(make_app: Callable[..., Flask]) -> None:
+    """Generated ids are 72 random bits: consecutive ids share no common prefix or counter, so a
+    client cannot send the id the next request will get."""
+    client = _app_echoing_ids(make_app).test_client()
+    ids = [client.get("/plain").headers["X-Request-ID"] for _ in range(50)]
+    assert all(re.fullmatch(r"[0-9a-f]{18}", i) for i in ids)
+    prefixes = {i[:6] for i in ids}
+    assert len(prefixes) > 40  # a per-process prefix plus a counter would give 1
+    assert len({int(b, 16) - int(a, 16) for a, b in itertools.pairwise(ids)}) > 40
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Request-ID": "chosen-by-client"},
+        {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+    ],
+)
+def test_incoming_ids_can_be_refused(
+    make_app: Callable[..., Flask], logs: Logs, headers: dict[str, str]
+) -> None:
+    """DIAGLOG_TRUST_REQUEST_ID=False: a client's X-Request-ID or traceparent is never the id."""
+    app = _app_echoing_ids(make_app, {"DIAGLOG_TRUST_REQUEST_ID": False})
+    r = app.test_client().get("/plain", headers=headers)
+    rid = r.headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{18}", rid) and r.json["request_id"] == rid  # type: ignore[index]
+    assert "chosen-by-client" not in logs.text("requests")
+    assert "4bf92f3577b34da6a3ce929d0e0e4736" not in logs.text("requests")

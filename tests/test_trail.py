@@ -344,3 +344,23 @@ def test_the_end_line_names_the_matched_route(make_app: Callable[..., Flask], lo
     )
     assert "route=" not in ends[1]
     assert ends[2].startswith("request_end GET /nowhere 404 ") and ends[2].endswith("route=-")
+
+
+@pytest.mark.parametrize(
+    ("path", "logged"),
+    [
+        ("/_diaglog", False),
+        ("/_diaglog/api/state", False),
+        ("/_diaglog-export", True),
+        ("/_diaglogx/a", True),
+        ("/health", False),
+        ("/healthz", True),
+    ],
+)
+def test_exclusions_match_whole_path_segments(
+    make_app: Callable[..., Flask], logs: Logs, path: str, logged: bool
+) -> None:
+    app = make_app({"DIAGLOG_EXCLUDE": "/health", "DIAGLOG_DASHBOARD": True})
+    app.add_url_rule(path, "view", lambda: "ok") if not path.startswith("/_diaglog/") else None
+    app.test_client().get(path)
+    assert (f"request_start GET {path} " in logs.text("requests")) is logged

@@ -344,3 +344,31 @@ def test_a_slow_upload_is_in_flight_before_its_body_arrives(
     assert reply.startswith("HTTP/1.1 200") and _digest(body) in reply
     # The view read the body, so the end line carries the job id the body gave.
     assert "job=slow-1 | request_end POST /upload 200" in logs.text("requests")
+
+
+def _raw_status(base: str, request_bytes: bytes) -> str:
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(request_bytes)
+        conn.shutdown(socket.SHUT_WR)  # the rest of the declared body never comes
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).split(b"\r\n", 1)[0].decode()
+
+
+@pytest.mark.parametrize("path", ["/ignore-body", "/ask-then/json", "/read/json"])
+def test_a_declared_length_that_never_comes_is_answered_as_without_diaglog(
+    tmp_path: Path, path: str
+) -> None:
+    raw = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 100\r\n\r\n"
+    ).encode() + b'{"job_id":'
+    answers = []
+    for log_dir in (None, tmp_path / "logs"):
+        with serve_in_thread(build(log_dir)) as base:
+            answers.append(_raw_status(base, raw))
+    assert answers[0] == answers[1]
+    assert not answers[1].startswith("HTTP/1.1 5")
+    assert f"request_end POST {path} " in (tmp_path / "logs" / "requests.log").read_text()
