@@ -526,3 +526,26 @@ def test_section_reader_stops_at_the_next_heading_of_its_level() -> None:
         docs.docs_section("live.md", "## No such heading")
     with pytest.raises(LookupError):
         docs.page_path("nope.md")
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    """``tests/test_x.py::test_name`` (and ``::test_other`` after it) in the docs name real tests:
+    the threat model's proofs cannot go stale."""
+    import ast
+
+    missing = []
+    for page in docs.pages():
+        text = docs.page_path(page).read_text()
+        for m in re.finditer(r"tests/(test_\w+\.py)((?:::\w+)?)((?:`?,? `::\w+)*)", text):
+            path = docs.ROOT / "tests" / m[1]
+            if not path.exists():
+                missing.append(f"{page}: tests/{m[1]}")
+                continue
+            names = re.findall(r"::(\w+)", m[2] + m[3])
+            defined = {
+                n.name
+                for n in ast.walk(ast.parse(path.read_text()))
+                if isinstance(n, ast.FunctionDef)
+            }
+            missing += [f"{page}: tests/{m[1]}::{n}" for n in names if n not in defined]
+    assert not missing
