@@ -17,7 +17,7 @@ the job ends). On the worker, with the same ``DIAGLOG_JOB_STORE`` (a Redis URL):
 
 ``adopt`` returns the :class:`~.leases.JobLease`: a context manager that frees the job on exit
 (success or exception; a failed task stores no replay record), and a ``Lease`` that
-:func:`flask_diaglog.background.run_job` releases when the job it runs ends. A task that never
+``flask_diaglog.background.run_job`` releases when the job it runs ends. A task that never
 starts (revoked, or its message lost) is given up with :func:`abandon`; if nobody adopts or
 abandons it, the job is free once the hand-off TTL has passed after the request ended. A worker
 that is killed (SIGKILL, a hard time limit) frees it after the lease TTL, since nobody renews it.
@@ -113,7 +113,7 @@ def adopt(token: Mapping[str, Any], app: Any = None) -> JobLease:
         ``DIAGLOG_JOB_STORE`` must be the Redis the web app uses.
 
     Returns the lease, held once: ``with adopt(token): ...`` releases it on exit, or pass it to
-    :func:`flask_diaglog.background.run_job`. If the job was taken over by a new request
+    ``flask_diaglog.background.run_job``. If the job was taken over by a new request
     meanwhile (the task waited longer than the hand-off TTL), the lease is marked ``lost``, a
     WARNING line says so, and the task runs unguarded. A store outage does not stop the task:
     the renewer re-takes the lease when the store is back.
