@@ -20,11 +20,17 @@ pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No DIAGLOG_* or TESTING variable from the outer environment leaks into a test."""
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No DIAGLOG_* or TESTING variable from the outer environment leaks into a test, and nothing a
+    test sets leaks out (Flask's CLI sets FLASK_RUN_FROM_CLI, which turns app.run() off in every
+    subprocess started afterwards)."""
+    before = dict(os.environ)
     for key in list(os.environ):
         if key.startswith("DIAGLOG_") or key == "TESTING":
             monkeypatch.delenv(key)
+    yield
+    for key in set(os.environ) - set(before):
+        os.environ.pop(key, None)  # monkeypatch then puts back what it removed
 
 
 @pytest.fixture(autouse=True)

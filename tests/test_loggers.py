@@ -123,26 +123,41 @@ def test_the_console_prints_what_it_prints_without_diaglog(tmp_path: Path, args:
     assert "main info 1" in (tmp_path / "on" / "requests.log").read_text()
 
 
-def test_records_only_diaglog_sees_never_reach_the_apps_handlers(
-    make_app: Callable[..., Flask], logs: Logs
-) -> None:
+def test_records_only_diaglog_sees_never_reach_the_apps_handlers(tmp_path: Path) -> None:
     """An INFO record that exists only because diaglog lowered the root level goes to the trail,
-    not to a handler the app put on its own (unleveled) logger."""
-    printed = io.StringIO()
-    own = logging.getLogger("tests.own")
-    own.addHandler(logging.StreamHandler(printed))
-    app = make_app()
+    not to a handler the app put on its own (unleveled) logger. In a fresh interpreter: the root
+    level is process state, and other tests' apps may still hold it here."""
+    script = textwrap.dedent(
+        f"""
+        import io, logging
+        from flask import Flask
+        from flask_diaglog import DiagLog
 
-    @app.get("/")
-    def index() -> str:
-        own.info("quiet detail")
-        own.warning("loud warning")
-        return "ok"
+        printed = io.StringIO()
+        own = logging.getLogger("tests.own")
+        own.addHandler(logging.StreamHandler(printed))
+        app = Flask("own")
+        app.config["DIAGLOG_LOG_DIR"] = {str(tmp_path / "logs")!r}
+        DiagLog(app)
 
-    app.test_client().get("/", headers={"X-Request-ID": "lv1"})
-    assert printed.getvalue() == "loud warning\n"
-    assert "| INFO | tests.own | req=lv1 job=- | quiet detail" in logs.text("requests")
-    assert "| WARNING | tests.own | req=lv1 job=- | loud warning" in logs.text("requests")
+        @app.get("/")
+        def index():
+            own.info("quiet detail")
+            own.warning("loud warning")
+            return "ok"
+
+        app.test_client().get("/", headers={{"X-Request-ID": "lv1"}})
+        print(printed.getvalue(), end="")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "loud warning\n"
+    text = (tmp_path / "logs" / "requests.log").read_text()
+    assert "| INFO | tests.own | req=lv1 job=- | quiet detail" in text
+    assert "| WARNING | tests.own | req=lv1 job=- | loud warning" in text
 
 
 def test_a_level_the_app_sets_later_is_the_apps(make_app: Callable[..., Flask]) -> None:
