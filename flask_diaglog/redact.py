@@ -96,6 +96,13 @@ def _bracket_end(text: str, pos: int) -> int:
     return len(text)
 
 
+#: The password of a ``scheme://user:password@host`` URL in free text (a DSN in a log line). The
+#: scheme must start a word, so a long run of letters is tried once, not from every letter.
+_URL_USERINFO = re.compile(
+    r"((?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://)([^\s/?#@:]*):[^\s/?#@]+@"
+)
+
+
 class Redactor:
     """Masks secrets by key name and in free text; one instance per app, built from
     ``DIAGLOG_REDACT``.
@@ -190,6 +197,8 @@ class Redactor:
         text, cut = self._cap(text)
         if "=" in text or ":" in text or "%" in text or "," in text:
             text = self._scan(text, _KEY, False)
+        if "://" in text:  # scheme://user:password@host: the password shows as ***
+            text = _URL_USERINFO.sub(r"\g<1>\g<2>:***@", text)
         low = text.lower()  # a substring test per scheme is far cheaper than a regex pass
         if any(w in low for w in _BARE_WORDS):
             text = _BARE.sub(_bare, text)

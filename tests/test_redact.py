@@ -12,6 +12,7 @@ from flask import Flask, request
 from werkzeug.datastructures import Headers
 
 from flask_diaglog.redact import MASK, SCAN_LIMIT, Redactor
+from tests.conftest import Logs
 
 SECRETS = ["s3cr3t-pw", "tok-123456", "key-abcdef", "Bearer-xyz", "sess-cookie", "sid-777"]
 #: DIAGLOG_REDACT's default fragments (config.py).
@@ -323,3 +324,32 @@ def test_huge_hostile_input_on_a_failing_request_is_fast(
     assert err["headers"]["X-Big-0"] == "b" * 8000
     assert err["headers"]["Authorization"] == MASK
     assert "characters cut]" in err["error"]
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("redis://:pw123@cache:6379/0", "redis://:***@cache:6379/0"),
+        (
+            "connect postgresql://app:s3cr%40t@db/prod failed",
+            "connect postgresql://app:***@db/prod failed",
+        ),
+        ("see https://example.org/a:b@c", "see https://example.org/a:b@c"),  # no userinfo
+        ("amqp://guest@broker//", "amqp://guest@broker//"),  # a user, no password
+    ],
+)
+def test_url_passwords_in_free_text_show_as_stars(text: str, shown: str) -> None:
+    assert Redactor([]).text(text) == shown
+
+
+def test_a_logged_dsn_never_reaches_the_file(make_app: Callable[..., Flask], logs: Logs) -> None:
+    app = make_app()
+
+    @app.get("/")
+    def index() -> str:
+        app.logger.warning("cannot reach redis://:hunter2@cache:6379/0")
+        return "ok"
+
+    app.test_client().get("/")
+    assert "hunter2" not in logs.text("requests")
+    assert "redis://:***@cache:6379/0" in logs.text("requests")
