@@ -188,3 +188,39 @@ def test_a_gunicorn_worker_stopping_gracefully_waits_for_the_job(app_dir: Path) 
             proc.wait()
     (end,) = [r for r in _job_lines(app_dir) if r["event"] == "job_end"]
     assert end["ok"] is True and end["job_id"] == "j-guni"
+
+
+def test_ctrl_c_on_the_example_apps_server_waits_for_the_generation(tmp_path: Path) -> None:
+    """``make demo`` (``python -m example_app``): Ctrl-C during a generation lets it finish."""
+    from tests.test_example_app import png
+    from tests.test_example_stack import _multipart, _request
+
+    port = free_port()
+    env = _env(tmp_path)
+    env["PYTHONPATH"] = str(Path(__file__).parent.parent)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "example_app", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_until(lambda: _ready(base + "/healthz"))
+        body, ctype = _multipart("image", "in.png", png(8, 6))
+        job_id = _request(base + "/api/images", body, {"Content-Type": ctype})["job_id"]
+        _request(
+            base + f"/api/jobs/{job_id}/generate",
+            b'{"resolution": 4}',
+            {"Content-Type": "application/json"},
+        )
+        _wait_until(lambda: any(r["event"] == "job_start" for r in _job_lines(tmp_path)))
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    (end,) = [r for r in _job_lines(tmp_path) if r["event"] == "job_end"]
+    assert end["ok"] is True and end["job_id"] == job_id
