@@ -49,7 +49,11 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(F|R|T|P|NoneType|Signal|NamedSignal|HTTPException|BadRequest|Conflict)"),
     # Type variables, and internal classes that appear in public signatures and base classes.
     (r"py:class", r"(flask_diaglog\.[\w.]+\.)?[A-Z]"),
-    (r"py:class", r"(flask_diaglog\.[\w.]+\.)?(Trace|Recorder|JobStore|Claim|Lease|Fields|JobLease|JobIdGetter)"),
+    (
+        r"py:class",
+        r"(flask_diaglog\.[\w.]+\.)?"
+        r"(Trace|Recorder|JobStore|Claim|Lease|Fields|JobLease|JobIdGetter)",
+    ),
 ]
 
 html_theme = "furo"
