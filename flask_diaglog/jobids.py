@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from flask import request
 from flask.globals import _cv_request
 
 from .context import is_valid_id
@@ -295,9 +294,14 @@ class JobIds:
         """Take what can be known now: the URL's rule and job id once Flask matched it, the body
         when asked (``read_body``) or once the view has read it."""
         ctx = _cv_request.get(None)
-        if ctx is None:  # before Flask made the request (a WSGI middleware's line)
-            return
-        req = ctx.request
+        req: Request | None
+        if ctx is not None:
+            req = ctx.request
+        else:  # after the request (the end line) or from another thread (a hang report)
+            env = trace.environ
+            req = env.get("werkzeug.request") if env is not None else None
+            if req is None:  # before Flask made the request (a WSGI middleware's line)
+                return
         rule = req.url_rule
         if rule is None:
             if req.routing_exception is None:
@@ -343,11 +347,9 @@ class JobIds:
         self.resolve(trace, False)
         if trace.resolve is not None:
             trace.resolve = None
-            try:
-                qs = request.environ.get("QUERY_STRING", "")
-            except RuntimeError:
-                return
-            self._take(trace, _query_value(qs), override=False)
+            env = trace.environ
+            if env is not None:
+                self._take(trace, _query_value(env.get("QUERY_STRING", "")), override=False)
 
     @staticmethod
     def _take(trace: Trace, value: Any, *, override: bool) -> None:

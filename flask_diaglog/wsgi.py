@@ -21,6 +21,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from flask import request
+from werkzeug.wsgi import ClosingIterator
 
 from .context import Trace, is_valid_id, new_request_id, reset_trace, set_trace, traceparent_id
 from .jobids import BODY_LOOKUP_MAX, JobIds, body_json
@@ -37,6 +38,8 @@ __all__ = ["BODY_LOOKUP_MAX", "RequestTrail", "excluded"]
 
 _INFO = logging.INFO
 _WARNING = logging.WARNING
+#: Body types Flask returns for a buffered response (and plain WSGI apps for a list body).
+_BUFFERED = (ClosingIterator, list, tuple)
 _ERROR = logging.ERROR
 
 
@@ -107,6 +110,7 @@ class RequestTrail:
             tp = environ.get("HTTP_TRACEPARENT") if self.trust_request_id else None
             rid = (traceparent_id(tp) if tp else None) or new_request_id()
         method = environ.get("REQUEST_METHOD")
+        head = method == "HEAD"
         trace = Trace(self.rec, "request", rid, None, method, path)
         trace.environ = environ
         job_ids = self.job_ids
@@ -116,19 +120,31 @@ class RequestTrail:
         self.start(trace, environ)
         trace.resolve = job_ids.resolve  # the URL, once matched, or the body may say more
         server_timing = self.server_timing
+        finish_ids = job_ids.finish
 
         def _start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Any:
-            trace.status = int(status[:3])
+            trace.status = code = int(status[:3])
+            if trace.resolve is not None:
+                # Flask calls this inside the request context, after the view: the URL's job id
+                # and rule, or a body the view read, are known now.
+                finish_ids(trace)
             own_rid = own_timing = -1
+            sized = False
             for i, (name, _) in enumerate(headers):
-                if len(name) in (12, 13):
+                n = len(name)
+                if 12 <= n <= 14:
                     low = name.lower()
                     if low == "x-request-id":
                         own_rid = i
                     elif low == "server-timing":
                         own_timing = i
+                    elif low == "content-length":
+                        sized = True
+            # A body of unknown length is streamed (a generator, stream_with_context): its end line
+            # waits for the server to close it. Flask gives every buffered body a Content-Length.
+            trace.streamed = not sized and code >= 200 and code not in (204, 304) and not head
             if own_rid < 0:  # the app's own X-Request-ID wins: exactly one goes out
                 headers.append(("X-Request-ID", rid))
             if server_timing:
@@ -152,7 +168,8 @@ class RequestTrail:
             raise
         finally:
             reset_trace(token)
-        if trace.streamed:
+        if trace.streamed or trace.status is None or type(body) not in _BUFFERED:
+            # Streamed, not started yet, or passed through as it is (send_file's file wrapper).
             return _StreamedBody(body, trace, self)
         self.finish(trace, None)
         return body
@@ -179,6 +196,8 @@ class RequestTrail:
     def finish(self, trace: Trace, exc: BaseException | None, aborted: bool = False) -> None:
         """Record the end line (and the error line if not recorded yet); free the job."""
         try:
+            if trace.resolve is not None:  # the URL's job id and rule, or a body the view read
+                self.job_ids.finish(trace)
             if exc is not None and trace.error is not exc:
                 self.error(trace, exc)
             status = trace.status
