@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .context import Lease, Trace, reset_trace, set_trace
@@ -42,12 +42,15 @@ _WARNING = logging.WARNING
 
 
 class _Job:
-    __slots__ = ("ended", "lock", "name", "rec", "trace")
+    __slots__ = ("ended", "fields", "lock", "name", "rec", "trace")
 
-    def __init__(self, rec: Recorder, trace: Trace, name: str) -> None:
+    def __init__(
+        self, rec: Recorder, trace: Trace, name: str, fields: Mapping[str, Any] | None = None
+    ) -> None:
         self.rec = rec
         self.trace = trace
         self.name = name
+        self.fields = fields
         self.ended = False
         self.lock = threading.Lock()
 
@@ -60,8 +63,10 @@ class Running:
         self._cond = threading.Condition()
         self._hooked = False
 
-    def add(self, rec: Recorder, trace: Trace, name: str) -> _Job:
-        job = _Job(rec, trace, name)
+    def add(
+        self, rec: Recorder, trace: Trace, name: str, fields: Mapping[str, Any] | None = None
+    ) -> _Job:
+        job = _Job(rec, trace, name, fields)
         with self._cond:
             self._jobs.add(job)
             if not self._hooked:
@@ -171,6 +176,7 @@ def _aborted_end(job: _Job) -> None:
         _ERROR,
         job_end_msg(job.name, False, ms, totals, error=error, hung=trace.hung, aborted=True),
         {
+            **(job.fields or {}),
             "name": job.name,
             "duration_ms": round(ms, 3),
             "ok": False,
@@ -198,7 +204,15 @@ def run_job(
     fn: Callable[..., R],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    fields: Mapping[str, Any] | None = None,
 ) -> R:
+    """Run ``fn(*args, **kwargs)`` as a job of ``parent``: its own trace, its ``job_start`` and
+    ``job_end`` lines, the app context of ``app``; ``lease`` is released when it ends.
+
+    :param fields: more fields of its ``job_start`` and ``job_end`` lines (a task queue's
+        ``task_id``, ``attempt``, ``attempts``, ``queue``); an ``attempt`` above 1 is also in the
+        ``job_start`` message (``job_start name attempt=2``).
+    """
     job = Trace(
         rec,
         "job",
@@ -215,17 +229,24 @@ def run_job(
     try:
         if rec is None:
             return fn(*args, **kwargs)
-        rec.record("job_start", job, _INFO, job_start_msg(name), {"name": name})
+        attempt = fields.get("attempt") if fields else None
+        rec.record(
+            "job_start",
+            job,
+            _INFO,
+            job_start_msg(name, attempt if isinstance(attempt, int) else None),
+            {**(fields or {}), "name": name},
+        )
         jobs = running()
-        entry = jobs.add(rec, job, name)
+        entry = jobs.add(rec, job, name, fields)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             if jobs.end(entry):
-                job_end(rec, job, name, exc)
+                job_end(rec, job, name, exc, fields)
             raise
         if jobs.end(entry):
-            job_end(rec, job, name, None)
+            job_end(rec, job, name, None, fields)
         return result
     finally:
         try:
@@ -237,8 +258,15 @@ def run_job(
             reset_trace(token)
 
 
-def job_end(rec: Recorder, job: Trace, name: str, exc: BaseException | None) -> None:
-    """The ``job_end`` line: the same fields whether the job succeeded or failed."""
+def job_end(
+    rec: Recorder,
+    job: Trace,
+    name: str,
+    exc: BaseException | None,
+    fields: Mapping[str, Any] | None = None,
+) -> None:
+    """The ``job_end`` line: the same fields whether the job succeeded or failed (``fields``:
+    those the job was started with, see :func:`run_job`)."""
     ms = job.elapsed_ms()
     totals = job.stage_totals() or None
     ok = exc is None
@@ -249,6 +277,7 @@ def job_end(rec: Recorder, job: Trace, name: str, exc: BaseException | None) -> 
         _INFO if ok else _ERROR,
         job_end_msg(name, ok, ms, totals, error=error, hung=job.hung),
         {
+            **(fields or {}),
             "name": name,
             "duration_ms": round(ms, 3),
             "ok": ok,

@@ -326,16 +326,16 @@ def _stage_fields(m: re.Match[str]) -> dict[str, Any]:
     return out
 
 
-def job_start_msg(name: str) -> str:
-    """``job_start module.function``."""
-    return f"job_start {name}"
+def job_start_msg(name: str, attempt: int | None = None) -> str:
+    """``job_start module.function [attempt=N]``: ``attempt`` of a retried task, from 2."""
+    return f"job_start {name}" + (f" attempt={attempt}" if attempt and attempt > 1 else "")
 
 
-_JOB_START = re.compile(r"job_start (?P<name>\S+)$")
+_JOB_START = re.compile(r"job_start (?P<name>\S+)(?: attempt=(?P<attempt>\d+))?$")
 
 
 def _job_start_fields(m: re.Match[str]) -> dict[str, Any]:
-    return {"name": m["name"]}
+    return {"name": m["name"], **({"attempt": int(m["attempt"])} if m["attempt"] else {})}
 
 
 def job_end_msg(

@@ -113,7 +113,24 @@ def test_every_kind_has_a_case() -> None:
 @pytest.mark.parametrize("kind", trail.KINDS)
 def test_kind_round_trips(kind: str, fmt: str) -> None:
     """A line of each kind parses back to its kind, ids, level, message and fields."""
-    level, msg, fields = CASES[kind]
+    round_trip(kind, fmt, *CASES[kind])
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_a_retried_job_start_round_trips_its_attempt(fmt: str) -> None:
+    """The job_start of a task's second run says ``attempt=2`` and reads back with it."""
+    msg = trail.job_start_msg("tasks.generate", attempt=2)
+    assert msg == "job_start tasks.generate attempt=2"
+    round_trip("job_start", fmt, 20, msg, {"name": "tasks.generate", "attempt": 2})
+
+
+def test_a_first_attempt_leaves_the_job_start_message_as_it_was() -> None:
+    """Attempt 1 (or none) adds no word: the common line stays short."""
+    assert trail.job_start_msg("f", attempt=1) == trail.job_start_msg("f") == "job_start f"
+    assert trail.parse_message("job_start", "job_start f") == {"name": "f"}
+
+
+def round_trip(kind: str, fmt: str, level: int, msg: str, fields: dict[str, Any]) -> None:
     logger = trail.KIND_LOGGER[kind] if kind != "log" else "myapp.helpers"
     ts = time.time()
     data = RENDERERS[fmt](ts, level, kind, logger, "req-1", "job-9", msg, fields, None, "T")

@@ -133,8 +133,9 @@ def test_a_failing_task_goes_to_errors_log_with_its_traceback(worker: Any, web: 
 
 
 def test_retries_are_visible_with_their_attempt_number(worker: Any, web: Any) -> None:
-    """Each retry decision says which attempt comes next, and each retried run says its
-    attempt; the last attempt ends ok."""
+    """Each retry decision says which attempt comes next, and each run's job_start and job_end
+    carry its attempt of 3 (the message says attempt=N from the second); the last attempt ends
+    ok."""
     rid = send_from_request(web, lambda: tasks.flaky.delay())
 
     def ends() -> list[bool]:
@@ -145,11 +146,15 @@ def test_retries_are_visible_with_their_attempt_number(worker: Any, web: Any) ->
     notes = [r["msg"] for r in lines if r["logger"] == "flask_diaglog.worker"]
     # the threads pool may run the next attempt before the previous one wrote its last line
     assert sorted(n.split(") ", 1)[1].split(":")[0] for n in notes) == [
-        "attempt 2 of 3",
-        "attempt 3 of 3",
         "will be retried in 0s as attempt 2 of 3",
         "will be retried in 0s as attempt 3 of 3",
     ]
+    starts = sorted((r for r in lines if r["event"] == "job_start"), key=lambda r: r["attempt"])
+    assert [(r["attempt"], r["attempts"]) for r in starts] == [(1, 3), (2, 3), (3, 3)]
+    assert starts[2]["msg"] == "job_start workers_celery_app.flaky attempt=3"
+    ok_by_attempt = {r["attempt"]: r["ok"] for r in lines if r["event"] == "job_end"}
+    assert ok_by_attempt == {1: False, 2: False, 3: True}
+    assert len({r["task_id"] for r in starts}) == 1
 
 
 def send_from_request(web: Any, send: Any) -> str:

@@ -1,11 +1,14 @@
-"""RQ: the trail and the job guard follow jobs into a real ``rq worker`` (forking a work horse
-per job) over a real Redis."""
+"""RQ: the trail, the job guard and the live stream follow jobs into a real ``rq worker``
+(forking a work horse per job) over a real Redis: retries with their attempt, time limits,
+stopped and cancelled jobs, live events and hang reports."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,18 +16,24 @@ from typing import Any
 
 import pytest
 import workers_rq_app
+from flask import request
 from redis import Redis
-from servers import RedisServer
+from rq import Retry
+from rq.command import send_stop_job_command
+from servers import RedisServer, gunicorn
 from workers_servers import TESTS, run_worker, wait_for, worker_env
 
 from flask_diaglog import guard_job
-from flask_diaglog.workers.rq import Queue
+from flask_diaglog.workers.rq import Queue, init_rq
 
 pytestmark = pytest.mark.slow
 
 
 def rq_cmd(worker_class: str = "workers_rq_app.ReadyWorker") -> list[str]:
-    return [sys.executable, "-m", "rq.cli", "worker", "-c", "workers_rq_app", "-w", worker_class]
+    return [
+        sys.executable, "-m", "rq.cli", "worker", "-c", "workers_rq_app", "-w", worker_class,
+        "--with-scheduler",
+    ]  # fmt: skip
 
 
 def jobs_of(log_dir: Path, request_id: str) -> list[dict[str, Any]]:
@@ -49,15 +58,41 @@ def env(redis: RedisServer) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def worker(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with run_worker(rq_cmd(), env, tmp_path_factory.mktemp("rq")) as w:
+    """A real ``rq worker`` (with its scheduler, for retry intervals), reporting hangs after
+    0.7 s and sending live events through the Redis message queue."""
+    live = {"DIAGLOG_HANG_AFTER": "0.7", "DIAGLOG_LIVE_QUEUE": env["DIAGLOG_JOB_STORE"]}
+    with run_worker(rq_cmd(), {**env, **live}, tmp_path_factory.mktemp("rq")) as w:
         yield w
 
 
 @pytest.fixture
 def web(env: dict[str, str], make_app: Any) -> Any:
-    """A guarded web app of this process that enqueues on the worker's queue."""
+    """A guarded web app of this process that enqueues on the worker's queue (the RQ app of
+    this process while the test runs)."""
     app = make_app({"DIAGLOG_FORMAT": "json", "DIAGLOG_JOB_STORE": env["DIAGLOG_JOB_STORE"]})
-    queue = Queue(connection=Redis.from_url(env["WORKERS_RQ_URL"]))
+    conn = Redis.from_url(env["WORKERS_RQ_URL"])
+    queue = Queue(connection=conn)
+    app.rq = conn
+    app.sent = sent = []
+
+    @app.post("/flaky/<job_id>")
+    @guard_job
+    def start_flaky(job_id: str) -> Any:
+        interval = int(request.args.get("interval", "0"))
+        seconds = float(request.args.get("seconds", "0"))
+        sent.append(
+            queue.enqueue(workers_rq_app.flaky, seconds, retry=Retry(max=2, interval=interval))
+        )
+        return {"job_id": job_id}, 202
+
+    @app.post("/slow/<job_id>")
+    @guard_job
+    def start_slow(job_id: str) -> Any:
+        on = Queue(request.args.get("queue", "default"), connection=conn)
+        timeout = request.args.get("timeout")
+        seconds = float(request.args.get("seconds", "30"))
+        sent.append(on.enqueue(workers_rq_app.slow, seconds, job_timeout=timeout and int(timeout)))
+        return {"job_id": job_id}, 202
 
     @app.post("/render/<job_id>")
     @guard_job
@@ -71,8 +106,12 @@ def web(env: dict[str, str], make_app: Any) -> Any:
         queue.enqueue(workers_rq_app.boom)
         return {"job_id": job_id}, 202
 
-    yield app
-    app.extensions["diaglog"].guard.close()
+    init_rq(app)
+    try:
+        yield app
+    finally:
+        init_rq(workers_rq_app.app)
+        app.extensions["diaglog"].guard.close()
 
 
 def test_a_job_writes_its_trail_in_the_workers_jobs_log_with_the_senders_ids(
@@ -117,3 +156,143 @@ def test_an_rq_worker_without_a_shared_job_store_fails_at_startup(
     )
     assert proc.returncode != 0
     assert "Set DIAGLOG_JOB_STORE" in proc.stderr
+
+
+def job_lines(log_dir: Path, rid: str, event: str) -> list[dict[str, Any]]:
+    return [r for r in jobs_of(log_dir, rid) if r["event"] == event]
+
+
+def test_retries_are_visible_with_their_attempt_number(worker: Any, web: Any) -> None:
+    """Retry(max=2): three runs, each job_start and job_end with its attempt of 3 (the message
+    says attempt=N from the second), and a WARNING naming the next attempt before each retry."""
+    rid = web.test_client().post(f"/flaky/a-{uuid.uuid4().hex[:8]}").headers["X-Request-ID"]
+    wait_for(lambda: len(job_lines(worker.log_dir, rid, "job_end")) == 3)
+    starts = job_lines(worker.log_dir, rid, "job_start")
+    assert [(r["attempt"], r["attempts"], r["queue"]) for r in starts] == [
+        (1, 3, "default"),
+        (2, 3, "default"),
+        (3, 3, "default"),
+    ]
+    assert starts[1]["msg"] == "job_start workers_rq_app.flaky attempt=2"
+    ends = job_lines(worker.log_dir, rid, "job_end")
+    assert [(r["attempt"], r["ok"]) for r in ends] == [(1, False), (2, False), (3, True)]
+    assert {r["task_id"] for r in starts + ends} == {web.sent[0].id}
+    notes = [r["msg"] for r in job_lines(worker.log_dir, rid, "log") if r["level"] == "WARNING"]
+    assert [n.split(") ", 1)[1] for n in notes] == [
+        "will be retried in 0s as attempt 2 of 3: ValueError: not yet",
+        "will be retried in 0s as attempt 3 of 3: ValueError: not yet",
+    ]
+
+
+def test_a_failed_attempt_that_rq_retries_keeps_the_job(worker: Any, web: Any) -> None:
+    """Between a failed attempt and its retry (3 s later) the job stays active: a duplicate
+    gets 409. The last attempt's end frees it."""
+    job_id = f"k-{uuid.uuid4().hex[:8]}"
+    client = web.test_client()
+    rid = client.post(f"/flaky/{job_id}?interval=3").headers["X-Request-ID"]
+    wait_for(lambda: job_lines(worker.log_dir, rid, "job_end"))
+    time.sleep(0.5)  # the failed attempt's work horse has ended (and, before, freed the job)
+    assert len(job_lines(worker.log_dir, rid, "job_start")) == 1  # still between attempts
+    assert client.post(f"/flaky/{job_id}").status_code == 409
+    wait_for(lambda: len(job_lines(worker.log_dir, rid, "job_end")) == 3, timeout=30)
+    wait_for(lambda: client.post(f"/flaky/{job_id}").status_code == 202)
+
+
+def test_a_job_stopped_by_its_job_timeout_ends_with_a_line_and_frees_the_job(
+    worker: Any, web: Any
+) -> None:
+    """job_timeout=1 on a 30 s job: its job_end says JobTimeoutException (in errors.log too),
+    and the job is free again."""
+    job_id = f"t-{uuid.uuid4().hex[:8]}"
+    client = web.test_client()
+    rid = client.post(f"/slow/{job_id}?timeout=1").headers["X-Request-ID"]
+    wait_for(lambda: job_lines(worker.log_dir, rid, "job_end"))
+    (end,) = job_lines(worker.log_dir, rid, "job_end")
+    assert end["ok"] is False
+    assert end["error"].startswith("JobTimeoutException: ")
+    errors = (worker.log_dir / "errors.log").read_text()
+    assert f'"request_id":"{rid}"' in errors.replace(" ", "")
+    wait_for(lambda: client.post(f"/slow/{job_id}?seconds=0").status_code == 202)
+
+
+def test_a_stopped_job_ends_with_a_line_and_frees_the_job(worker: Any, web: Any) -> None:
+    """send_stop_job_command kills the work horse: the worker writes the job's last line
+    (outcome stopped) with the sender's ids, and frees the job."""
+    job_id = f"s-{uuid.uuid4().hex[:8]}"
+    client = web.test_client()
+    rid = client.post(f"/slow/{job_id}").headers["X-Request-ID"]
+    wait_for(lambda: job_lines(worker.log_dir, rid, "job_start"))
+    send_stop_job_command(web.rq, web.sent[-1].id)
+
+    def stopped() -> list[dict[str, Any]]:
+        return [r for r in jobs_of(worker.log_dir, rid) if r.get("outcome") == "stopped"]
+
+    wait_for(stopped)
+    (line,) = stopped()
+    assert line["job_id"] == job_id and line["task_id"] == web.sent[-1].id
+    assert "was stopped" in line["msg"]
+    assert not job_lines(worker.log_dir, rid, "job_end")
+    wait_for(lambda: client.post(f"/slow/{job_id}?seconds=0").status_code == 202)
+
+
+def test_a_job_cancelled_before_it_ran_ends_with_a_line_and_frees_the_job(web: Any) -> None:
+    """Job.cancel() on a queued job writes its last line (outcome cancelled) in the cancelling
+    process's jobs.log, with the sender's ids, and gives the job up at once."""
+    job_id = f"c-{uuid.uuid4().hex[:8]}"
+    client = web.test_client()
+    path = f"/slow/{job_id}?queue=nobody-{uuid.uuid4().hex[:6]}"
+    rid = client.post(path).headers["X-Request-ID"]
+    assert client.post(path).status_code == 409
+    Queue(web.sent[0].origin, connection=web.rq).fetch_job(web.sent[0].id).cancel()
+    (line,) = [
+        r
+        for r in jobs_of(Path(web.config["DIAGLOG_LOG_DIR"]), rid)
+        if r.get("outcome") == "cancelled"
+    ]
+    assert line["job_id"] == job_id and "cancelled before it ran" in line["msg"]
+    assert client.post(path).status_code == 202
+
+
+def test_worker_events_and_hang_reports_reach_live_clients_through_redis(
+    worker: Any, env: dict[str, str], tmp_path: Path
+) -> None:
+    """A Socket.IO client of the web app (gunicorn), subscribed to a job, hears the RQ job's
+    job_start, hang report (with its stage), stage and job_end from the work horse; the hang
+    report with the stack is in the worker's jobs.log."""
+    import socketio
+
+    job_id = f"l-{uuid.uuid4().hex[:8]}"
+    web_env = {
+        **env,
+        "DIAGLOG_LOG_DIR": str(tmp_path / "web"),
+        "DIAGLOG_LIVE_QUEUE": env["DIAGLOG_JOB_STORE"],
+        "DIAGLOG_LIVE_TOKEN": "t0ken",
+        "WORKERS_SOCKETIO": "1",
+    }
+    events: list[dict[str, Any]] = []
+    with gunicorn(
+        "workers_rq_app:app", workers=1, worker_class="gthread", threads=4, env=web_env,
+        pythonpath=TESTS,
+    ) as base:  # fmt: skip
+        client = socketio.Client(reconnection=False)
+        client.on("event", events.append, namespace="/diaglog")
+        client.connect(
+            base, namespaces=["/diaglog"], auth={"token": "t0ken"}, transports=["websocket"]
+        )
+        try:
+            assert client.call("subscribe", {"job_id": job_id}, namespace="/diaglog")["ok"]
+            req = urllib.request.Request(f"{base}/slow/{job_id}?seconds=1.2", method="POST")
+            urllib.request.urlopen(req, timeout=30).close()
+            wait_for(lambda: any(e["event"] == "job_end" for e in events))
+        finally:
+            client.disconnect()
+    from_worker = [e for e in events if e["event"] in ("job_start", "stage", "hang", "job_end")]
+    assert [e["event"] for e in from_worker] == ["job_start", "hang", "stage", "job_end"]
+    assert {e["pid"] for e in from_worker}.isdisjoint(
+        {e["pid"] for e in events if e["event"] == "request_end"}
+    )
+    assert from_worker[1]["stage"] == "wait"
+    (line,) = [
+        r for r in jobs_of(worker.log_dir, from_worker[0]["request_id"]) if r["event"] == "hang"
+    ]
+    assert "time.sleep(seconds)" in line["exc"]

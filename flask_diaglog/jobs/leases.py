@@ -96,6 +96,14 @@ class JobLease:
         if last:
             self.guard.finish(self)
 
+    def detach(self) -> None:
+        """Stop renewing this lease without freeing the job in the store: its holder hands the
+        job on (a task's retry adopts the same hand-off token). Unless somebody adopts it, the
+        job is free once ``DIAGLOG_JOB_TTL`` has passed since the last renewal."""
+        self.guard.renewer.remove(self)
+        with self.store_lock:
+            self.ended = True
+
     def __enter__(self) -> JobLease:
         return self
 

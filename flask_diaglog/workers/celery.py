@@ -8,7 +8,8 @@ In every process that imports it (web and worker alike, as Flask's Celery patter
 * the app's base task class runs each task as a diaglog job (:func:`~.common.run_task`):
   ``job_start``, the task's stages and log records, ``job_end`` in the worker's ``jobs.log``
   with the sender's ids, holding the lease until the task ends;
-* a retry writes a WARNING line with the next attempt, and the retried run says its attempt;
+* a retry writes a WARNING line with the next attempt; each run's ``job_start`` and ``job_end``
+  carry ``task_id``, ``attempt``, ``attempts`` and ``queue`` (``job_start name attempt=2``);
 * a task revoked, expired or killed by its hard time limit ends with a line written by the
   worker's main process (``outcome`` ``revoked``, ``expired`` or ``time_limit``), which also
   frees its lease;
@@ -35,20 +36,19 @@ from ..config import ConfigError
 from ..context import current_trace
 from .common import (
     LEASE,
-    LOGGER_WORKER,
     REQUEST_ID,
     Binding,
     TaskInfo,
     binding,
+    end_outside,
     fail_startup,
     header_getter,
     note,
     outgoing_headers,
-    parent_from,
     run_task,
     start_worker,
 )
-from .lease import give_up
+from .lease import Holding
 
 __all__ = ["DiagLogTask", "init_celery"]
 
@@ -130,12 +130,11 @@ class DiagLogTask(Task):  # type: ignore[misc]
             try:
                 return inner(*a, **kw)
             except Retry as exc:
-                of = f" of {info.attempts}" if info.attempts else ""
                 note(
                     rec,
                     _WARNING,
                     f"task {info.name} ({info.task_id}) will be retried {exc.humanize()} as "
-                    f"attempt {attempt + 1}{of}: {exc}",
+                    f"{info.next_attempt()}: {exc}",
                     task_id=info.task_id,
                     attempt=attempt + 1,
                 )
@@ -145,8 +144,9 @@ class DiagLogTask(Task):  # type: ignore[misc]
         return run_task(b, info, get, task, args, kwargs, keep_lease=_handed_to_retry)
 
 
-def _handed_to_retry(exc: BaseException) -> bool:
-    return isinstance(exc, Retry)
+def _handed_to_retry(exc: BaseException, held: Holding) -> bool:
+    """A retry that was sent with the run's lease token: the retry holds the job on."""
+    return held.resent and isinstance(exc, Retry)
 
 
 def _plain_call(cls: type) -> bool:
@@ -265,23 +265,7 @@ def _end_outside(
     outcome: str,
     level: int,
 ) -> None:
-    """The last line of a task that ended outside its run (revoked, expired, or killed at its
-    time limit), written by the worker process that saw it end; its lease is freed."""
-    rec = b.rec
-    if rec is None:
-        return
+    """The last line of a task that ended outside its run; its lease is freed."""
     if task_id is not None:
         _limited.pop(task_id, None)
-    parent, _problems = parent_from(get)
-    rec.record(
-        "log",
-        None,
-        level,
-        f"task {name} ({task_id}) {what}",
-        {"task_id": task_id, "name": name, "outcome": outcome},
-        None,
-        LOGGER_WORKER,
-        target="jobs",
-        ids=(parent.request_id, parent.job_id),
-    )
-    give_up(b, get(LEASE))
+    end_outside(b, name, task_id, get, what, outcome, level)

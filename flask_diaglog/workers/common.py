@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from ..background import run_job
 from ..config import ConfigError
 from ..context import Trace, current_trace, is_valid_id, new_request_id, traceparent_id
-from .lease import hand_off_current, hold
+from .lease import Holding, give_up, hand_off_current, hold
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -45,6 +45,7 @@ __all__ = [
     "Binding",
     "TaskInfo",
     "binding",
+    "end_outside",
     "outgoing_headers",
     "parent_from",
     "run_task",
@@ -65,7 +66,6 @@ HEADERS = (REQUEST_ID, JOB_ID, ORIGIN, TRACEPARENT, LEASE)
 LOGGER_WORKER = "flask_diaglog.worker"
 
 _WARNING = logging.WARNING
-_INFO = logging.INFO
 _ORIGIN = re.compile(r"(?P<method>[A-Z]{1,16}) (?P<path>/[^\r\n]{0,2047})")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 
@@ -125,6 +125,21 @@ class TaskInfo:
     queue: str | None = None
     #: Run in the sending process (Celery ``task_always_eager``, RQ ``is_async=False``).
     eager: bool = False
+
+    def fields(self) -> dict[str, Any]:
+        """The fields of the run's ``job_start`` and ``job_end`` lines (set ones only)."""
+        out = {
+            "task_id": self.task_id,
+            "attempt": self.attempt,
+            "attempts": self.attempts,
+            "queue": self.queue,
+        }
+        return {k: v for k, v in out.items() if v is not None}
+
+    def next_attempt(self) -> str:
+        """``attempt 3 of 4`` (``of`` when the number of attempts is known): the next run's."""
+        of = f" of {self.attempts}" if self.attempts else ""
+        return f"attempt {self.attempt + 1}{of}"
 
 
 # -- sending -----------------------------------------------------------------------------------
@@ -229,15 +244,16 @@ def run_task(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     *,
-    keep_lease: Callable[[BaseException], bool] | None = None,
+    keep_lease: Callable[[BaseException, Holding], bool] | None = None,
 ) -> R:
-    """Run one task as a diaglog job: its ``job_start`` and ``job_end`` lines, its stages and log
-    records in the worker's ``jobs.log``, with the ids of the request that sent it, while holding
-    the job guard's lease it carries.
+    """Run one task as a diaglog job: its ``job_start`` and ``job_end`` lines (with the fields of
+    :meth:`TaskInfo.fields`: task id, attempt, attempts, queue), its stages and log records in
+    the worker's ``jobs.log``, with the ids of the request that sent it, while holding the job
+    guard's lease it carries.
 
     :param get: reads one header of the task message (``None`` when absent).
-    :param keep_lease: ``keep_lease(exc)`` is true when the run ended with an exception that hands
-        the job on (a Celery retry that was sent with the lease): the lease is then not freed.
+    :param keep_lease: ``keep_lease(exc, holding)`` is true when the run ended with an exception
+        that hands the job on to a retry with the same lease: the lease is then not freed.
     """
     rec = b.rec
     if rec is None:
@@ -264,18 +280,42 @@ def run_task(
                     f"task {info.name} ({info.task_id}): {problem}",
                     task_id=info.task_id,
                 )
-            if info.attempt > 1:
-                of = f" of {info.attempts}" if info.attempts else ""
-                note(
-                    rec,
-                    _INFO,
-                    f"task {info.name} ({info.task_id}) attempt {info.attempt}{of}",
-                    task_id=info.task_id,
-                    attempt=info.attempt,
-                )
             return fn(*a, **kw)
 
-        return run_job(rec, b.app, parent, None, info.name, body, args, kwargs)
+        return run_job(rec, b.app, parent, None, info.name, body, args, kwargs, info.fields())
+
+
+def end_outside(
+    b: Binding,
+    name: str,
+    task_id: str | None,
+    get: Callable[[str], Any],
+    what: str,
+    outcome: str,
+    level: int,
+    *,
+    free: bool = True,
+) -> None:
+    """The last line of a task that ended outside its run (revoked, expired, cancelled, stopped,
+    killed at its time limit), written by the process that saw it end, in ``jobs.log`` with the
+    sender's ids and ``outcome``; with ``free`` its lease is given up."""
+    rec = b.rec
+    if rec is None:
+        return
+    parent, _problems = parent_from(get)
+    rec.record(
+        "log",
+        None,
+        level,
+        f"task {name} ({task_id}) {what}",
+        {"task_id": task_id, "name": name, "outcome": outcome},
+        None,
+        LOGGER_WORKER,
+        target="jobs",
+        ids=(parent.request_id, parent.job_id),
+    )
+    if free:
+        give_up(b, get(LEASE))
 
 
 # -- worker startup ----------------------------------------------------------------------------

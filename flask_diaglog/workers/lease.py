@@ -7,9 +7,10 @@ This module is the one place the worker integrations touch the job guard's hand-
 * :func:`hand_off_current` on the sending side: a task sent from a guarded request gets a
   hand-off token; a retry sent by a task that holds its job gets that same token again;
 * :func:`hold` on the worker: adopts the token for the task's run and frees the job when the run
-  ends, except when the run ended by handing the job on to its own retry;
-* :func:`give_up` for a task that ended outside a run (revoked, expired, killed at its time
-  limit).
+  ends, except when the run ended by handing the job on to its own retry (a Celery retry that
+  sent the token on, an RQ job with retries left): the retry adopts the same token;
+* :func:`give_up` for a task that ended outside a run (revoked, expired, cancelled, stopped,
+  killed at its time limit).
 """
 
 from __future__ import annotations
@@ -67,14 +68,15 @@ def hand_off_current(trace: Trace) -> Mapping[str, Any] | None:
 
 @contextmanager
 def hold(
-    b: Binding, token: Any, keep: Callable[[BaseException], bool] | None = None
+    b: Binding, token: Any, keep: Callable[[BaseException, Holding], bool] | None = None
 ) -> Iterator[Holding]:
     """Hold the job lease named by ``token`` while the body runs.
 
     The job is freed when the body ends (as failed when it raised), except when it raised an
-    exception ``keep(exc)`` accepts after sending the token on (a retry): then the lease is
-    left to that retry, which adopts the same token. A token that cannot be adopted here sets
-    :attr:`Holding.problem` and the task runs unguarded.
+    exception ``keep(exc, holding)`` accepts (the queue will run the task again with the same
+    token): then the lease is detached (no longer renewed, not freed) and left to that retry,
+    which adopts it. A token that cannot be adopted here sets :attr:`Holding.problem` and the
+    task runs unguarded.
     """
     held = Holding(token if isinstance(token, Mapping) else None)
     if token is not None and b.guard is not None:
@@ -90,8 +92,8 @@ def hold(
         yield held
     except BaseException as exc:
         if lease is not None:
-            if held.resent and keep is not None and keep(exc):
-                _leave_to_retry(lease)
+            if keep is not None and keep(exc, held):
+                lease.detach()  # the retry adopts it (before DIAGLOG_JOB_TTL passes)
             else:
                 lease.release()  # an exception on its way: the job failed, no replay record
         raise
@@ -102,18 +104,10 @@ def hold(
         _holding.reset(ctx)
 
 
-def _leave_to_retry(lease: JobLease) -> None:
-    """Stop renewing ``lease`` without leaving it: the retry that carries its token adopts it
-    (before ``DIAGLOG_JOB_TTL`` passes, or it finds the job free and takes it again)."""
-    guard = lease.guard
-    guard.renewer.remove(lease)
-    with lease.store_lock:
-        lease.ended = True
-
-
 def give_up(b: Binding, token: Any) -> None:
     """The task of ``token`` ended without a run that could free its job (revoked, expired,
-    killed at its time limit): its part of the job is given up, as a failure."""
+    cancelled, stopped, killed at its time limit): its part of the job is given up, as a
+    failure."""
     if token is None or b.guard is None:
         return
     try:

@@ -2,12 +2,20 @@
 carry the trail and the job guard's lease into ``rq worker`` processes.
 
 * :class:`Queue` puts the diaglog headers (:mod:`.common`) in ``job.meta`` of every job enqueued
-  during a request or a job; from a guarded request the job's lease is handed off to it.
+  during a request or a job; from a guarded request the job's lease is handed off to it. A job
+  enqueued with ``retry=Retry(max=...)`` also gets ``diaglog_attempts`` (``max + 1``), so each
+  run knows its attempt number.
 * :class:`Job` runs the job's function as a diaglog job (:func:`~.common.run_task`), holding the
-  lease, in the work horse.
+  lease, in the work horse: ``job_start`` and ``job_end`` carry ``task_id``, ``attempt``,
+  ``attempts`` and ``queue``. A failed run that RQ will retry writes a WARNING line naming the
+  next attempt and leaves the lease to it; the last attempt's end frees it. A run stopped by its
+  ``job_timeout`` ends with its ``job_end`` (``JobTimeoutException``). :meth:`Job.cancel` writes
+  a line (``outcome`` ``cancelled``) and frees the lease of a job that had not started.
 * :class:`Worker` uses :class:`Job` by default, checks the configuration when it starts
-  (exiting with a message naming what to set), and sends what its live emitter holds before a
-  work horse exits.
+  (exiting with a message naming what to set), sends what its live emitter holds before a work
+  horse exits, and writes the last line of a job whose work horse ended without finishing it
+  (``outcome`` ``stopped`` for ``send_stop_job_command``, ``killed`` otherwise), freeing its
+  lease unless RQ retries it.
 
 The worker imports the module that calls ``init_rq(app)`` through ``rq worker -c <module>``::
 
@@ -16,19 +24,37 @@ The worker imports the module that calls ``init_rq(app)`` through ``rq worker -c
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Flask
 from rq import Queue as _Queue
 from rq import Worker as _Worker
 from rq.job import Job as _Job
+from rq.job import JobStatus
 
 from ..config import ConfigError
 from ..context import current_trace
-from .common import Binding, TaskInfo, binding, fail_startup, outgoing_headers, run_task
+from .common import (
+    Binding,
+    TaskInfo,
+    binding,
+    end_outside,
+    fail_startup,
+    note,
+    outgoing_headers,
+    run_task,
+)
 from .common import start_worker as _start
+from .lease import Holding
 
-__all__ = ["Job", "Queue", "Worker", "init_rq"]
+__all__ = ["ATTEMPTS", "Job", "Queue", "Worker", "init_rq"]
+
+#: The ``job.meta`` key of the number of runs RQ makes of a job (``Retry(max=n)``: ``n + 1``).
+ATTEMPTS = "diaglog_attempts"
+
+_WARNING = logging.WARNING
+_ERROR = logging.ERROR
 
 #: The Flask app of this process's RQ jobs (one per process, as RQ has no app object).
 _binding: list[Binding] = []
@@ -49,36 +75,87 @@ def _current() -> Binding | None:
     return _binding[0] if _binding else None
 
 
+class Job(_Job):
+    """An RQ job that runs its function as a diaglog job."""
+
+    def task_info(self, *, eager: bool = False) -> TaskInfo:
+        """What this run is: its function, id, queue, and its attempt out of how many (from
+        ``diaglog_attempts`` in its meta and RQ's ``retries_left``)."""
+        attempts = (self.meta or {}).get(ATTEMPTS)
+        if not (isinstance(attempts, int) and attempts > 0):
+            attempts = None
+        left = self.retries_left
+        attempt = 1
+        if attempts is not None and left is not None and 0 <= left < attempts:
+            attempt = attempts - left
+        return TaskInfo(self.func_name or "?", self.id, attempt, attempts, self.origin, eager)
+
+    def _execute(self) -> Any:
+        b = _current()
+        if b is None or b.rec is None:
+            return super()._execute()
+        rec = b.rec
+        eager = current_trace() is not None
+        info = self.task_info(eager=eager)
+        execute = super()._execute
+
+        def retried(exc: BaseException, held: Holding | None = None) -> bool:
+            return not eager and self.should_retry  # RQ runs it again, with the same meta
+
+        def run() -> Any:
+            try:
+                return execute()
+            except BaseException as exc:
+                if retried(exc):
+                    note(
+                        rec,
+                        _WARNING,
+                        f"task {info.name} ({info.task_id}) will be retried in "
+                        f"{self.get_retry_interval()}s as {info.next_attempt()}: "
+                        f"{rec.error_text(exc)}",
+                        task_id=info.task_id,
+                        attempt=info.attempt + 1,
+                    )
+                raise
+
+        meta = self.meta or {}
+        return run_task(b, info, meta.get, run, (), {}, keep_lease=retried)
+
+    def cancel(self, *args: Any, **kwargs: Any) -> Any:
+        """Cancel the job (RQ's ``Job.cancel``) and end its trail with a line in this process's
+        ``jobs.log`` (``outcome`` ``cancelled``). A job that had not started gives its lease
+        up; a running one keeps it until its run ends."""
+        b = _current()
+        started = b is not None and self.get_status(refresh=True) == JobStatus.STARTED
+        result = super().cancel(*args, **kwargs)
+        if b is not None:
+            what = "was cancelled while it ran" if started else "was cancelled before it ran"
+            meta = self.meta or {}
+            end_outside(
+                b, self.func_name or "?", self.id, meta.get, what, "cancelled", _WARNING,
+                free=not started,
+            )  # fmt: skip
+        return result
+
+
 class Queue(_Queue):
-    """An RQ queue whose jobs carry the diaglog headers in ``job.meta``."""
+    """An RQ queue of :class:`Job`, whose jobs carry the diaglog headers in ``job.meta``."""
+
+    job_class = Job
 
     def create_job(self, *args: Any, **kwargs: Any) -> Any:
         job = super().create_job(*args, **kwargs)
         if _current() is not None and self.is_async:
             job.meta.update(outgoing_headers(current_trace()))
+            if job.retries_left is not None:
+                job.meta[ATTEMPTS] = job.retries_left + 1
         return job
-
-
-class Job(_Job):
-    """An RQ job that runs its function as a diaglog job."""
-
-    def _execute(self) -> Any:
-        b = _current()
-        if b is None:
-            return super()._execute()
-        info = TaskInfo(
-            self.func_name or "?",
-            self.id,
-            queue=self.origin,
-            eager=current_trace() is not None,
-        )
-        meta = self.meta or {}
-        return run_task(b, info, meta.get, super()._execute, (), {})
 
 
 class Worker(_Worker):
     """An RQ worker that runs :class:`Job` by default, checks the configuration at startup,
-    and sends the live events of each job before its work horse exits."""
+    sends the live events of each job before its work horse exits, and ends the trail of a job
+    whose work horse died."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("job_class") in (None, _Job):
@@ -108,3 +185,24 @@ class Worker(_Worker):
             b = _current()
             if b is not None:
                 b.flush()  # a work horse exits with os._exit: nothing runs after this
+
+    def handle_job_failure(self, job: Any, queue: Any, *args: Any, **kwargs: Any) -> None:
+        b = _current()
+        if b is not None and not self.is_horse:
+            self._ended_outside(b, job, str(kwargs.get("exc_string") or ""))
+        super().handle_job_failure(job, queue, *args, **kwargs)
+
+    def _ended_outside(self, b: Binding, job: Any, why: str) -> None:
+        """The work horse ended without finishing the job (stopped on request, killed, lost):
+        the main process writes its last line, and frees its lease unless RQ retries it."""
+        stopped = getattr(self, "_stopped_job_id", None) == job.id
+        retry = bool(job.should_retry) and not stopped
+        info = job.task_info() if isinstance(job, Job) else TaskInfo(job.func_name, job.id)
+        if stopped:
+            what, outcome, level = "was stopped: its work horse was killed", "stopped", _WARNING
+        else:
+            what, outcome, level = f"ended outside its run: {why.strip()}", "killed", _ERROR
+        if retry:
+            what += f"; RQ retries it as {info.next_attempt()}"
+        meta = job.meta or {}
+        end_outside(b, info.name, job.id, meta.get, what, outcome, level, free=not retry)
