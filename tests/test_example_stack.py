@@ -101,6 +101,18 @@ def test_a_job_runs_on_the_celery_worker_and_stops_cleanly(tmp_path: Path) -> No
         assert len(ends) == 1 and ends[0]["ok"] is True
         web = (tmp_path / "web" / "requests.log").read_text()
         assert f'"job_id":"{job_id}"' in web
+        # One trail across hosts: the job's trace merges the web app's and the worker's files.
+        diaglog = str(Path(sys.executable).parent / "diaglog")  # the console script
+        cmd = [diaglog, "trace", job_id, "--json", "--log-dir", f"web={tmp_path / 'web'}"]
+        cmd += ["--log-dir", f"worker={tmp_path / 'worker'}"]
+        trace = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=60, check=True, env=env
+        ).stdout
+        records = [json.loads(line) for line in trace.splitlines()]
+        kinds = [(r["event"], r.get("file")) for r in records]
+        assert ("request_end", "requests") in kinds  # the request that enqueued it (web)
+        assert ("job_start", "jobs") in kinds and ("job_end", "jobs") in kinds  # the worker
+        assert all(r["host"] for r in records)
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
