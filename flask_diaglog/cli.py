@@ -231,7 +231,7 @@ def tail_cmd(
         if as_json:
             _echo_json(rec.to_dict())
         else:
-            click.echo(f"{rec.host}  {rec.raw}" if several else rec.raw)
+            click.echo(f"{rec.host}  {rec.text()}" if several else rec.text())
 
     at = _ends(dirs, names) if follow else {}  # before the scan: no line falls in between
     with _scan(dirs, names, since) as scan:

@@ -206,13 +206,21 @@ class DiagLog:
 
         exclude = list(s.exclude)
         socketio = self.socketio or app.extensions.get("socketio")
-        state.live = live.setup(socketio, s, rec, self.live_auth)
+        admit_viewers = None
+        if s.dashboard:
+            from .dashboard import socket_admission
+
+            admit_viewers = socket_admission(s.dashboard_token)  # the dashboard's own rule
+        state.live = live.setup(socketio, s, rec, self.live_auth, admit_extra=admit_viewers)
         if state.live is not None:
             exclude.append(live.socketio_path(socketio))
         if s.dashboard:
             from .dashboard import create_blueprint
 
-            app.register_blueprint(create_blueprint(s, state.stats, lambda: entries(registry)))
+            bp = create_blueprint(
+                s, state.stats, lambda: entries(registry), live=live.page_options(state.live)
+            )
+            app.register_blueprint(bp)
             exclude.append(s.dashboard_url)
         if s.console:
             state.console = console = ConsoleSink(rec.render, level=s.level)

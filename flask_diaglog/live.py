@@ -30,8 +30,9 @@ Rooms a client can join with the ``subscribe`` message (``unsubscribe`` leaves t
 
 Clients must authenticate: the token goes in the Socket.IO connect ``auth`` payload
 (``{"token": "..."}``; a ``token=`` query parameter is also accepted) and is compared with
-``DIAGLOG_LIVE_TOKEN``, or an auth callback (``DiagLog(live_auth=...)``) decides. Without either,
-every client is refused.
+``DIAGLOG_LIVE_TOKEN``, or an auth callback (``DiagLog(live_auth=...)``) decides; a feature may
+add its own check (``setup(admit_extra=...)``: the dashboard admits its own viewers). Without any
+of them, every client is refused.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ __all__ = [
     "LiveBridge",
     "emitter",
     "get_bridge",
+    "page_options",
     "rooms_for",
     "setup",
     "socketio_path",
@@ -176,6 +178,7 @@ class LiveBridge:
         *,
         token: str | None = None,
         auth: LiveAuth | None = None,
+        admit_extra: LiveAuth | None = None,
         maxsize: int = QUEUE_SIZE,
         on_error: Callable[[str, BaseException | None], None] | None = None,
     ) -> None:
@@ -183,6 +186,10 @@ class LiveBridge:
         self.namespace = namespace
         self.token = token
         self.auth = auth
+        #: Another ``(auth) -> bool`` check that admits clients (e.g. the dashboard's viewers).
+        self.admit_extra = admit_extra
+        #: True when events flow to the namespace (``DIAGLOG_LIVE``), not just its handlers.
+        self.streaming = False
         self.maxsize = maxsize
         #: ``on_error(message, exc)``: called once per kind of trouble, the first drop (on a
         #: request thread) and the first failed emit (on the emitting task).
@@ -327,7 +334,7 @@ class LiveBridge:
 
     def authorized(self, auth: Any) -> bool:
         """True when the connect payload (or the ``token`` query parameter) carries the token, or
-        the auth callback allows the client."""
+        the auth callback or ``admit_extra`` allows the client."""
         from flask import request
 
         expected = self.token
@@ -339,10 +346,7 @@ class LiveBridge:
                 given.encode("utf-8"), expected.encode("utf-8")
             ):
                 return True
-        callback = self.auth
-        if callback is not None:
-            return bool(callback(auth))
-        return False
+        return any(bool(check(auth)) for check in (self.auth, self.admit_extra) if check)
 
     def register(self) -> None:
         """Install the ``connect``, ``subscribe`` and ``unsubscribe`` handlers on the namespace."""
@@ -418,9 +422,11 @@ def setup(
     settings: Settings,
     rec: Recorder,
     auth: Callable[[Any], bool] | None = None,
+    *,
+    admit_extra: Callable[[Any], bool] | None = None,
 ) -> LiveBridge | None:
     """Create the live bridge for ``socketio`` (``None``: there is none) and subscribe it to
-    ``rec``.
+    ``rec``. ``auth`` and ``admit_extra`` may each admit clients (:meth:`LiveBridge.authorized`).
 
     The namespace handlers are registered whenever there is a SocketIO. Events flow only when
     ``DIAGLOG_LIVE`` is on: by default that is "not in test mode"; ``DIAGLOG_LIVE=True`` forces it
@@ -439,11 +445,12 @@ def setup(
         settings.live_namespace,
         token=settings.live_token,
         auth=auth,
+        admit_extra=admit_extra,
         maxsize=QUEUE_SIZE,
         on_error=rec.report_internal,
     )
     bridge.register()
-    if bridge.token is None and bridge.auth is None:
+    if bridge.token is None and bridge.auth is None and admit_extra is None:
         logger.warning(
             "flask-diaglog: live clients are refused until DIAGLOG_LIVE_TOKEN or "
             "DiagLog(live_auth=...) allows them"
@@ -452,7 +459,16 @@ def setup(
         if settings.live_queue:
             _use_queue(socketio, settings.live_queue)
         rec.subscribe(bridge, "live")
+        bridge.streaming = True
     return bridge
+
+
+def page_options(bridge: LiveBridge | None) -> dict[str, str] | None:
+    """What a same-origin page needs to follow the stream: ``path`` (see :func:`socketio_path`)
+    and ``namespace``; ``None`` when no events flow."""
+    if bridge is None or not bridge.streaming:
+        return None
+    return {"path": socketio_path(bridge.socketio), "namespace": bridge.namespace}
 
 
 def emitter(settings: Settings, rec: Recorder) -> LiveBridge | None:

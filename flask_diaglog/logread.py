@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .files.render import split_json, split_plain
-from .trail import FILES, kind_of, parse_message
+from .files.render import plain_line, split_json, split_plain
+from .trail import FILES, LEVELS, kind_of, parse_message
 
 __all__ = [
     "FILES", "NO_ROUTE", "LogRecord", "Scan", "Span", "Stats", "files_of", "iter_files",
@@ -38,6 +38,11 @@ __all__ = [
 NO_ROUTE = "(no route)"
 #: Distinct routes a summary keeps apart; later new ones are counted under ``(other routes)``.
 MAX_ROUTES = 500
+_STEP = 1 << 20  # a scan reports its progress every MiB read
+#: Where the traceback (``exc``) of a plain line starts: a traceback or a hang report's stack.
+_EXC_START = re.compile(
+    r" \| (?=Traceback \(most recent call last\):|  \+ Exception Group Traceback|Stack of thread )"
+)
 
 
 @dataclass
@@ -63,6 +68,17 @@ class LogRecord:
     def job_id(self) -> str | None:
         return self.data.get("job_id")
 
+    def text(self) -> str:
+        """The record in the plain layout: a JSON line goes through the plain renderer."""
+        if not self.raw.startswith("{"):
+            return self.raw
+        d, level = self.data, str(self.data.get("level", "")).removeprefix("Level ")
+        no = LEVELS.get(level) or (int(level) if level.isdigit() else 0)
+        rid, jid, exc = d.get("request_id"), d.get("job_id"), d.get("exc") or None
+        msg, logger = str(d.get("msg", "")), str(d.get("logger", ""))
+        line = plain_line(self.ts + 5e-7, no, self.event, logger, rid, jid, msg, exc=exc)
+        return line.decode("utf-8", "replace").rstrip("\n")
+
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON object: ``ts`` (ISO 8601), ``host``, ``file`` and every key."""
         ts = datetime.fromtimestamp(self.ts + 5e-7)  # times are whole ms: no float truncation
@@ -82,12 +98,6 @@ def _ts(text: str) -> float:
         return _second(text[:19]) + int(text[20:23]) / 1000
     except ValueError:
         return 0.0
-
-
-#: Where the traceback (``exc``) of a plain line starts: a traceback or a hang report's stack.
-_EXC_START = re.compile(
-    r" \| (?=Traceback \(most recent call last\):|  \+ Exception Group Traceback|Stack of thread )"
-)
 
 
 def parse_line(line: str, file: str = "", host: str = "") -> LogRecord | None:
@@ -175,9 +185,6 @@ class Scan:
     skipped: int = 0
 
 
-_STEP = 1 << 20
-
-
 def _lines(path: str, scan: Scan | None) -> Iterator[str]:
     """The lines of a file (gzipped or not); bytes read are reported to ``scan.progress``."""
     report = scan.progress if scan is not None else None
@@ -238,8 +245,7 @@ def tail_records(log_dir: str, name: str, max_bytes: int = 256 * 1024) -> list[L
     path = os.path.join(log_dir, f"{name}.log")
     try:
         with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            start = max(0, size - max_bytes)
+            start = max(0, fh.seek(0, os.SEEK_END) - max_bytes)
             fh.seek(start)
             chunk = fh.read()
     except OSError:
@@ -337,10 +343,8 @@ def _route_key(d: dict[str, Any], job_id: str | None) -> str:
 
 
 def _stat(table: dict[str, Stats], key: str) -> Stats:
-    s = table.get(key)
-    if s is None:
-        s = table.setdefault(key if len(table) < MAX_ROUTES else "(other)", Stats())
-    return s
+    new = key if len(table) < MAX_ROUTES or key in table else "(other)"
+    return table.setdefault(new, Stats()) if new not in table else table[new]
 
 
 def summarize(

@@ -117,6 +117,29 @@ def test_tail_of_several_hosts_prefixes_the_host(tmp_path: Path) -> None:
     assert "req=Rb" in lines[0]
 
 
+def test_table_mode_shows_json_lines_as_the_plain_rows(tmp_path: Path) -> None:
+    """In table mode a JSON-format file prints the rows a plain-format file of the same records
+    prints (a traceback folded the same way), never raw JSON."""
+    boom = 'Traceback (most recent call last):\n  File "app.py", line 1\nValueError: no'
+    for fmt in ("plain", "json"):
+        write_log(tmp_path / fmt, "requests", [
+            render(fmt, T0, "request_end", "request_end GET /p 200 5.00ms", "R1", "J1",
+                   {"method": "GET", "path": "/p", "status": 200, "duration_ms": 5.0}),
+            render(fmt, T0 + 1.5, "log", "failed", "R2", level=40, exc=boom, logger="app"),
+            render(fmt, T0 + 2, "log", "odd level", "R3", level=25, logger="app"),
+        ])  # fmt: skip
+    out = {
+        fmt: Flask(__name__)
+        .test_cli_runner()
+        .invoke(diaglog_cli, ["tail", "--log-dir", str(tmp_path / fmt)])
+        .output.splitlines()
+        for fmt in ("plain", "json")
+    }
+    assert len(out["plain"]) == 3 and not any(line.startswith("{") for line in out["json"])
+    assert out["json"] == out["plain"]
+    assert "| Level 25 | app | req=R3 job=- | odd level" in out["json"][2]
+
+
 class _Reader:
     """Lines of a child's stdout, waiting at most ``timeout`` seconds for each."""
 

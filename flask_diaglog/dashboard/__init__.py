@@ -7,13 +7,17 @@ the ``inflight`` callable: by default a :class:`~flask_diaglog.peers.Peers` that
 state files of every worker. Pages (``/``, ``/requests``, ``/route``, ``/trace/<id>``) and the
 API (``/api/...``) are computed by :mod:`.queries` from the same data; charts are server-side
 SVG (:mod:`.charts`). Bad parameters get a 400 problem+json naming the parameter.
+
+Pages stay live by fetching themselves again and swapping their ``data-live`` parts: on each
+event of the app's Socket.IO stream when it has one (``live``), with a slow poll as a safety net,
+else (and whenever the socket is down) by a poll every :data:`LIVE_MS`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,20 +29,22 @@ from ..peers import Peers
 from ..problems import problem_response
 from ..trail import LEVELS
 from . import charts, queries
-from .access import SECURITY_HEADERS, admitted, remember
+from .access import admitted, remember, security_headers, socket_admission
 from .filters import InvalidParameter, parse_filters, parse_id, parse_time
 from .index import Index
 
 if TYPE_CHECKING:
     from ..config import Settings
 
-__all__ = ["create_blueprint"]
+__all__ = ["create_blueprint", "socket_admission"]
 
 #: Seconds a page or API call may spend reading new log bytes before it answers.
 READ_BUDGET = 0.15
 #: Milliseconds between two live refreshes of a page (faster while the files are being read).
 LIVE_MS = 2000
 CATCH_UP_MS = 400
+#: Milliseconds between two safety-net refreshes while the live socket is connected.
+SOCKET_POLL_MS = 30000
 _PROBLEM = "urn:flask-diaglog:problem:"
 
 
@@ -64,6 +70,7 @@ def create_blueprint(
     inflight: Callable[[], list[dict[str, Any]]],
     *,
     peers: Peers | None = None,
+    live: Mapping[str, str] | None = None,
 ) -> Blueprint:
     """The dashboard for one app.
 
@@ -72,6 +79,9 @@ def create_blueprint(
     :param inflight: returns this process's in-flight entries.
     :param peers: merges every worker's in-flight entries; by default one is made from
         ``inflight`` and started when the blueprint is registered (it stops with the app).
+    :param live: the app's Socket.IO stream, ``{"path": ..., "namespace": ...}`` (see
+        :func:`flask_diaglog.live.page_options`): pages refresh on its events. Its connect check
+        must admit the dashboard's viewers: :func:`socket_admission`.
     """
     bp = Blueprint(
         "diaglog_dashboard",
@@ -90,6 +100,7 @@ def create_blueprint(
     all_inflight = peers.merged
     index = Index(settings.log_dir)
     token = settings.dashboard_token
+    socket_path = live["path"] if live else None
 
     def status() -> dict[str, Any]:
         total = index.total or 1
@@ -112,7 +123,8 @@ def create_blueprint(
             return Response(status=304)
         return None
 
-    def page(template: str, name: str, **context: Any) -> str:
+    def page(template: str, name: str, follow: str = "all", **context: Any) -> str:
+        """Render a page; ``follow`` is the id whose events refresh it (``all``: every event)."""
         st = status()
         return render_template(
             f"diaglog/{template}",
@@ -120,6 +132,9 @@ def create_blueprint(
             index=st,
             log_dir=settings.log_dir,
             live_interval=LIVE_MS if st["complete"] else CATCH_UP_MS,
+            socket_interval=SOCKET_POLL_MS if st["complete"] else CATCH_UP_MS,
+            live_socket=live and {**live, "path": request.script_root + live["path"]},
+            follow=follow,
             **context,
         )
 
@@ -144,11 +159,11 @@ def create_blueprint(
     @bp.after_request
     def headers(response: Response) -> Response:
         if response.status_code < 400:
-            remember(request, response, token, settings.dashboard_url)
+            remember(request, response, token, settings.dashboard_url, socket_path)
         tag = g.get("diaglog_etag")
         if tag is not None:
             response.set_etag(tag)
-        response.headers.update(SECURITY_HEADERS)
+        response.headers.update(security_headers(request.host if live else None))
         return response
 
     @bp.errorhandler(InvalidParameter)
@@ -246,7 +261,8 @@ def create_blueprint(
                     and item["kind"] == "request"
                     and other["item"].get("request_id") == item.get("request_id")
                 ]
-        return page("trace.html", "trace", d=d, trace_id=trace_id), 200 if d else 404
+        page_html = page("trace.html", "trace", trace_id, d=d, trace_id=trace_id)
+        return page_html, 200 if d else 404
 
     @bp.get("/<path:rest>")
     def not_found(rest: str) -> Response:

@@ -8,6 +8,10 @@
 * The cookie never holds the token: it holds an HMAC of it (:func:`cookie_value`), and it is set
   only when a ``?token=`` was accepted. It is HttpOnly, SameSite=Strict, limited to the
   dashboard's path, and Secure when the request came over HTTPS.
+* The live socket (when the app streams events over Socket.IO) is admitted by the same rule
+  (:func:`socket_admission`): the page never holds a live token. A second copy of the cookie,
+  limited to Socket.IO's path, travels with the same-origin handshake; it is set with the first
+  and on every page a cookie holder loads.
 """
 
 from __future__ import annotations
@@ -15,11 +19,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
+from collections.abc import Callable
+from typing import Any
 
-from flask import Request
+from flask import Request, request
 from werkzeug.wrappers import Response
 
-__all__ = ["COOKIE", "SECURITY_HEADERS", "admitted", "cookie_value", "is_loopback", "remember"]
+__all__ = [
+    "COOKIE",
+    "SECURITY_HEADERS",
+    "admitted",
+    "cookie_value",
+    "is_loopback",
+    "remember",
+    "security_headers",
+    "socket_admission",
+]
 
 COOKIE = "diaglog_dashboard"
 
@@ -34,6 +50,23 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+
+
+#: A host (and port) that may be named in the CSP as is.
+_HOST = re.compile(r"[A-Za-z0-9.-]+(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?")
+
+
+def security_headers(host: str | None = None) -> dict[str, str]:
+    """:data:`SECURITY_HEADERS`; with ``host`` (the request's own, for a page with a live socket)
+    ``connect-src`` also names ``ws://`` and ``wss://`` of that host. CSP 3's ``'self'`` covers
+    them already; older browsers need them named. Any other host stays forbidden."""
+    headers = dict(SECURITY_HEADERS)
+    if host is not None and _HOST.fullmatch(host):
+        csp = headers["Content-Security-Policy"]
+        headers["Content-Security-Policy"] = csp.replace(
+            "connect-src 'self'", f"connect-src 'self' ws://{host} wss://{host}"
+        )
+    return headers
 
 
 def is_loopback(addr: str | None) -> bool:
@@ -73,19 +106,41 @@ def admitted(request: Request, token: str | None) -> bool:
     return given is not None and given != "" and _matches(given, token)
 
 
-def remember(request: Request, response: Response, token: str | None, path: str) -> None:
-    """Set the cookie when the request's ``?token=`` is the right one (never a refused one)."""
-    given = request.args.get("token")
-    if token is None or not given or not _matches(given, token):
+def socket_admission(token: str | None) -> Callable[[Any], bool]:
+    """``admit(auth) -> bool`` for the live socket's connect handler: :func:`admitted` applied to
+    the Socket.IO handshake request (its cookie, or loopback without a token)."""
+
+    def admit(auth: Any) -> bool:
+        return admitted(request, token)
+
+    return admit
+
+
+def remember(
+    request: Request,
+    response: Response,
+    token: str | None,
+    path: str,
+    socket_path: str | None = None,
+) -> None:
+    """Set the cookie when the request's ``?token=`` is the right one (never a refused one). With
+    ``socket_path``, an HTML page for a holder of the right cookie or ``?token=`` also sets the
+    copy the live socket's handshake carries (never a Bearer-only client's)."""
+    if token is None:
         return
     value = cookie_value(token)
-    if request.cookies.get(COOKIE) == value:
-        return
-    response.set_cookie(
-        COOKIE,
-        value,
-        path=request.script_root + path,
-        httponly=True,
-        samesite="Strict",
-        secure=request.is_secure,
-    )
+    given = request.args.get("token")
+    by_query = bool(given) and _matches(given or "", token)
+    by_cookie = _matches(request.cookies.get(COOKIE) or "", value)
+    paths = [path] if by_query and not by_cookie else []
+    if socket_path and response.mimetype == "text/html" and (by_query or by_cookie):
+        paths.append(socket_path.rstrip("/") or "/")
+    for where in paths:
+        response.set_cookie(
+            COOKIE,
+            value,
+            path=request.script_root + where,
+            httponly=True,
+            samesite="Strict",
+            secure=request.is_secure,
+        )

@@ -1,12 +1,46 @@
-// Live updates without a reload: every few seconds the page fetches its own URL again and
-// swaps in the elements marked data-live (matched by id). The server renders and escapes all
-// values; the fetched document is parsed inert (DOMParser runs no script).
+// Live updates without a reload: the page fetches its own URL again and swaps in the elements
+// marked data-live (matched by id). The server renders and escapes all values; the fetched
+// document is parsed inert (DOMParser runs no script).
+//
+// When the app streams diaglog's events over Socket.IO, the body names the socket's path and
+// namespace (data-live-socket, data-live-namespace): the page subscribes to the events it shows
+// (data-live-follow: "all", or one request or job id) and refreshes on them, a burst of events
+// costing one fetch; a slow poll (data-live-socket-interval) stays as a safety net. The socket is
+// admitted like the page itself (the dashboard's cookie travels with the same-origin handshake,
+// or loopback without a token): the page holds no live token. Until the socket is connected, and
+// whenever it is down or refused, the page polls every data-live-interval ms.
+// body[data-live-mode] says which is in use: "socket" or "poll".
 (function () {
   "use strict";
-  var interval = parseInt(document.body.getAttribute("data-live-interval") || "2000", 10);
+  var DEBOUNCE_MS = 250;
+  var body = document.body;
   var status = document.getElementById("status");
   var parser = new DOMParser();
+  var pollPace = number(body.getAttribute("data-live-interval"), 2000);
+  var socketPace = number(body.getAttribute("data-live-socket-interval"), 30000);
+  var mode = "poll";
   var etag = null;
+  var timer = null;     // the next poll
+  var pending = null;   // a refresh asked for by events, waiting for the burst to end
+  var busy = false;     // a fetch is in flight
+  var again = false;    // and something asked for another one meanwhile
+
+  function number(text, fallback) {
+    var n = parseInt(text || "", 10);
+    return isNaN(n) ? fallback : n;
+  }
+
+  function say(what, problem) {
+    status.textContent = problem ? what : "live" + (mode === "socket" ? " (socket)" : "") + ", " +
+      what + " " + new Date().toLocaleTimeString();
+    status.className = problem ? "problem" : "muted";
+  }
+
+  function schedule() {
+    clearTimeout(timer);
+    var ms = mode === "socket" ? socketPace : pollPace;
+    timer = ms > 0 ? setTimeout(refresh, ms) : null;
+  }
 
   function swap(html) {
     var fresh = parser.parseFromString(html, "text/html");
@@ -14,14 +48,18 @@
       var next = fresh.getElementById(el.id);
       if (next) el.replaceWith(document.importNode(next, true));
     });
-    var pace = fresh.body && fresh.body.getAttribute("data-live-interval");
-    if (pace) interval = parseInt(pace, 10);
-    status.textContent = "live, updated " + new Date().toLocaleTimeString();
-    status.className = "muted";
+    if (fresh.body) {
+      pollPace = number(fresh.body.getAttribute("data-live-interval"), pollPace);
+      socketPace = number(fresh.body.getAttribute("data-live-socket-interval"), socketPace);
+    }
+    say("updated");
   }
 
-  function poll() {
-    if (document.hidden) { setTimeout(poll, interval); return; }
+  function refresh() {
+    clearTimeout(timer);
+    if (busy) { again = true; return; }
+    if (document.hidden) { schedule(); return; }  // caught up when the tab is shown again
+    busy = true;
     var headers = {};
     if (etag) headers["If-None-Match"] = etag;
     fetch(window.location.href, { credentials: "same-origin", cache: "no-store", headers: headers })
@@ -33,10 +71,53 @@
       })
       .then(function (html) {
         if (html !== null) swap(html);
-        else status.textContent = "live, checked " + new Date().toLocaleTimeString();
+        else say("checked");
       })
-      .catch(function (e) { status.textContent = "not updating: " + e.message; status.className = "problem"; })
-      .finally(function () { setTimeout(poll, interval); });
+      .catch(function (e) { say("not updating: " + e.message, true); })
+      .finally(function () {
+        busy = false;
+        if (again) { again = false; refresh(); } else schedule();
+      });
   }
-  if (interval > 0) setTimeout(poll, interval);
+
+  function onEvent() {
+    if (pending === null) {
+      pending = setTimeout(function () { pending = null; refresh(); }, DEBOUNCE_MS);
+    }
+  }
+
+  function setMode(next) {
+    if (mode === next) return;
+    mode = next;
+    body.setAttribute("data-live-mode", next);
+    schedule();
+  }
+
+  function connect() {
+    var path = body.getAttribute("data-live-socket");
+    if (!path || typeof window.io !== "function") return;
+    var follow = body.getAttribute("data-live-follow") || "all";
+    var rooms = follow === "all" ? { all: true } : { job_id: follow, request_id: follow };
+    var socket = window.io(body.getAttribute("data-live-namespace") || "/diaglog", {
+      path: path,
+      reconnectionDelayMax: 10000,
+    });
+    socket.on("connect", function () {
+      socket.emit("subscribe", rooms, function (ack) {
+        if (!ack || !ack.ok) return;  // stays on the poll
+        setMode("socket");
+        refresh();  // what happened while the socket was down
+      });
+    });
+    socket.on("event", onEvent);
+    // Down (it reconnects by itself), refused, or closed by the server: poll meanwhile.
+    socket.on("disconnect", function () { setMode("poll"); });
+    socket.on("connect_error", function () { setMode("poll"); });
+  }
+
+  document.addEventListener("visibilitychange", function () {
+    if (!document.hidden) refresh();
+  });
+  schedule();
+  connect();
 })();
