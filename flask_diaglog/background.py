@@ -164,29 +164,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _aborted_end(job: _Job) -> None:
-    trace = job.trace
-    stage = trace.current_stage
-    where = f"in stage {stage}" if stage else "outside any stage"
-    error = f"Aborted: the process stopped while the job ran ({where})"
-    ms = trace.elapsed_ms()
-    totals = trace.stage_totals() or None
-    job.rec.record(
-        "job_end",
-        trace,
-        _ERROR,
-        job_end_msg(job.name, False, ms, totals, error=error, hung=trace.hung, aborted=True),
-        {
-            **(job.fields or {}),
-            "name": job.name,
-            "duration_ms": round(ms, 3),
-            "ok": False,
-            "error": error,
-            "stages": totals,
-            "hung": trace.hung or None,
-            "aborted": True,
-            "stage": stage,
-        },
-    )
+    job_end(job.rec, job.trace, job.name, None, job.fields, aborted=True)
 
 
 def release_unused(held: list[Lease | None]) -> None:
@@ -264,18 +242,26 @@ def job_end(
     name: str,
     exc: BaseException | None,
     fields: Mapping[str, Any] | None = None,
+    *,
+    aborted: bool = False,
 ) -> None:
     """The ``job_end`` line: the same fields whether the job succeeded or failed (``fields``:
-    those the job was started with, see :func:`run_job`)."""
+    those the job was started with, see :func:`run_job`). ``aborted``: the process is stopping
+    while the job runs; the line says so and names the stage it was in."""
     ms = job.elapsed_ms()
     totals = job.stage_totals() or None
-    ok = exc is None
+    ok = exc is None and not aborted
     error = rec.error_text(exc) if exc is not None else None
+    stage = None
+    if aborted:
+        stage = job.current_stage
+        where = f"in stage {stage}" if stage else "outside any stage"
+        error = f"Aborted: the process stopped while the job ran ({where})"
     rec.record(
         "job_end",
         job,
         _INFO if ok else _ERROR,
-        job_end_msg(name, ok, ms, totals, error=error, hung=job.hung),
+        job_end_msg(name, ok, ms, totals, error=error, hung=job.hung, aborted=aborted),
         {
             **(fields or {}),
             "name": name,
@@ -284,6 +270,8 @@ def job_end(
             "error": error,
             "stages": totals,
             "hung": job.hung or None,
+            "aborted": aborted or None,
+            "stage": stage,
         },
         exc=rec.format_exc(exc) if exc is not None else None,
     )
