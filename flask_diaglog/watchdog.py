@@ -275,9 +275,6 @@ def _report(
     trace.hung += 1  # before the line: an end line written meanwhile already says was_hung
     if rec is None:
         return
-    if trace.job_id is None:
-        # The URL's job id, if the request's thread has not taken it yet (it sets the same).
-        trace.job_id = url_job_id(trace)
     n = trace.hung
     ms = trace.elapsed_ms()
     current = trace.current_stage

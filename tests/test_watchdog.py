@@ -79,6 +79,23 @@ def test_hung_request_names_stage_and_has_stack(make_app: Callable[..., Flask], 
     assert inflight(app) == []
 
 
+def test_hang_of_a_request_that_wrote_no_line_names_the_urls_job_id(
+    make_app: Callable[..., Flask], logs: Logs
+) -> None:
+    """The URL's job id is taken from the first line after the match; a request stuck before
+    writing any gets it from the hang report, made in the watchdog's own thread."""
+    app = make_app(JSON_HANG)
+
+    @app.get("/jobs/<job_id>/render")
+    def render(job_id: str) -> str:
+        render_frames()
+        return "done"
+
+    app.test_client().get("/jobs/url-9/render")
+    (first, *_) = logs.events("requests", "hang")
+    assert first["job_id"] == "url-9"
+
+
 def test_reports_repeat_at_doubling_intervals(make_app: Callable[..., Flask], logs: Logs) -> None:
     """Reports repeat (1, 2, 3 ...) no earlier than hang_after * 2**(n-1); the end line notes it."""
     app = make_app(JSON_HANG)
