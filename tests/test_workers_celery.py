@@ -23,7 +23,14 @@ from typing import Any
 import pytest
 import workers_celery_app as tasks
 from servers import RedisServer, gunicorn
-from workers_servers import TESTS, celery_cmd, run_worker, wait_for, worker_env
+from workers_servers import (
+    TESTS,
+    celery_cmd,
+    live_events_of_a_slow_task,
+    run_worker,
+    wait_for,
+    worker_env,
+)
 
 from flask_diaglog import guard_job
 from flask_diaglog.workers.common import parent_from, traceparent_for
@@ -407,33 +414,8 @@ def test_worker_events_and_hang_reports_reach_live_clients_through_redis(
     with the stack is in the worker's jobs.log."""
     if worker.pool != "prefork":
         pytest.skip("one web-side run is enough")
-    import socketio
-
     job_id = f"l-{uuid.uuid4().hex[:8]}"
-    web_env = {
-        **env,
-        "DIAGLOG_LOG_DIR": str(tmp_path / "web"),
-        "DIAGLOG_LIVE_QUEUE": env["DIAGLOG_JOB_STORE"],
-        "DIAGLOG_LIVE_TOKEN": "t0ken",
-        "WORKERS_SOCKETIO": "1",
-    }
-    events: list[dict[str, Any]] = []
-    with gunicorn(
-        "workers_celery_app:app", workers=1, worker_class="gthread", threads=4, env=web_env,
-        pythonpath=TESTS,
-    ) as base:  # fmt: skip
-        client = socketio.Client(reconnection=False)
-        client.on("event", events.append, namespace="/diaglog")
-        client.connect(
-            base, namespaces=["/diaglog"], auth={"token": "t0ken"}, transports=["websocket"]
-        )
-        try:
-            assert client.call("subscribe", {"job_id": job_id}, namespace="/diaglog")["ok"]
-            req = urllib.request.Request(f"{base}/slow/{job_id}?seconds=1.2", method="POST")
-            urllib.request.urlopen(req, timeout=30).close()
-            wait_for(lambda: any(e["event"] == "job_end" for e in events))
-        finally:
-            client.disconnect()
+    events = live_events_of_a_slow_task("workers_celery_app:app", env, tmp_path / "web", job_id)
     from_worker = [e for e in events if e["event"] in ("job_start", "stage", "hang", "job_end")]
     assert [e["event"] for e in from_worker] == ["job_start", "hang", "stage", "job_end"]
     assert {e["pid"] for e in from_worker} != {

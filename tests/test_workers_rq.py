@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +19,8 @@ from flask import request
 from redis import Redis
 from rq import Retry
 from rq.command import send_stop_job_command
-from servers import RedisServer, gunicorn
-from workers_servers import TESTS, run_worker, wait_for, worker_env
+from servers import RedisServer
+from workers_servers import TESTS, live_events_of_a_slow_task, run_worker, wait_for, worker_env
 
 from flask_diaglog import guard_job
 from flask_diaglog.workers.rq import Queue, init_rq
@@ -259,33 +258,8 @@ def test_worker_events_and_hang_reports_reach_live_clients_through_redis(
     """A Socket.IO client of the web app (gunicorn), subscribed to a job, hears the RQ job's
     job_start, hang report (with its stage), stage and job_end from the work horse; the hang
     report with the stack is in the worker's jobs.log."""
-    import socketio
-
     job_id = f"l-{uuid.uuid4().hex[:8]}"
-    web_env = {
-        **env,
-        "DIAGLOG_LOG_DIR": str(tmp_path / "web"),
-        "DIAGLOG_LIVE_QUEUE": env["DIAGLOG_JOB_STORE"],
-        "DIAGLOG_LIVE_TOKEN": "t0ken",
-        "WORKERS_SOCKETIO": "1",
-    }
-    events: list[dict[str, Any]] = []
-    with gunicorn(
-        "workers_rq_app:app", workers=1, worker_class="gthread", threads=4, env=web_env,
-        pythonpath=TESTS,
-    ) as base:  # fmt: skip
-        client = socketio.Client(reconnection=False)
-        client.on("event", events.append, namespace="/diaglog")
-        client.connect(
-            base, namespaces=["/diaglog"], auth={"token": "t0ken"}, transports=["websocket"]
-        )
-        try:
-            assert client.call("subscribe", {"job_id": job_id}, namespace="/diaglog")["ok"]
-            req = urllib.request.Request(f"{base}/slow/{job_id}?seconds=1.2", method="POST")
-            urllib.request.urlopen(req, timeout=30).close()
-            wait_for(lambda: any(e["event"] == "job_end" for e in events))
-        finally:
-            client.disconnect()
+    events = live_events_of_a_slow_task("workers_rq_app:app", env, tmp_path / "web", job_id)
     from_worker = [e for e in events if e["event"] in ("job_start", "stage", "hang", "job_end")]
     assert [e["event"] for e in from_worker] == ["job_start", "hang", "stage", "job_end"]
     assert {e["pid"] for e in from_worker}.isdisjoint(

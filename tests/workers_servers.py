@@ -10,8 +10,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from benchmarks._common import stop_process_group
 
@@ -89,3 +91,37 @@ def wait_for(predicate: object, timeout: float = 15.0, interval: float = 0.05) -
         if time.monotonic() > deadline:
             raise AssertionError(f"not true after {timeout}s: {predicate}")
         time.sleep(interval)
+
+
+def live_events_of_a_slow_task(
+    app_spec: str, env: Mapping[str, str], web_log_dir: Path, job_id: str
+) -> list[dict[str, Any]]:
+    """What a Socket.IO client of the web app (gunicorn, live events through the Redis queue),
+    subscribed to ``job_id``, hears while ``POST /slow/<job_id>`` runs a task on the worker."""
+    import socketio
+    from servers import gunicorn
+
+    web_env = {
+        **env,
+        "DIAGLOG_LOG_DIR": str(web_log_dir),
+        "DIAGLOG_LIVE_QUEUE": env["DIAGLOG_JOB_STORE"],
+        "DIAGLOG_LIVE_TOKEN": "t0ken",
+        "WORKERS_SOCKETIO": "1",
+    }
+    events: list[dict[str, Any]] = []
+    with gunicorn(
+        app_spec, workers=1, worker_class="gthread", threads=4, env=web_env, pythonpath=TESTS
+    ) as base:
+        client = socketio.Client(reconnection=False)
+        client.on("event", events.append, namespace="/diaglog")
+        client.connect(
+            base, namespaces=["/diaglog"], auth={"token": "t0ken"}, transports=["websocket"]
+        )
+        try:
+            assert client.call("subscribe", {"job_id": job_id}, namespace="/diaglog")["ok"]
+            req = urllib.request.Request(f"{base}/slow/{job_id}?seconds=1.2", method="POST")
+            urllib.request.urlopen(req, timeout=30).close()
+            wait_for(lambda: any(e["event"] == "job_end" for e in events))
+        finally:
+            client.disconnect()
+    return events
