@@ -24,7 +24,7 @@ from flask import request
 from werkzeug.wsgi import ClosingIterator
 
 from .context import Trace, is_valid_id, new_request_id, reset_trace, set_trace, traceparent_id
-from .jobids import BODY_LOOKUP_MAX, JobIds, body_json
+from .jobids import JobIds, body_json
 from .redact import Redactor
 from .timing import server_timing_header
 from .trail import request_end_msg, request_error_msg, request_start_msg
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from .record import Recorder
 
-__all__ = ["BODY_LOOKUP_MAX", "RequestTrail", "excluded"]
+__all__ = ["RequestTrail", "excluded"]
 
 _INFO = logging.INFO
 _WARNING = logging.WARNING
