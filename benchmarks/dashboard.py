@@ -65,7 +65,7 @@ def _request_lines(i: int, ts: float, rng: random.Random) -> list[bytes]:
     out.append(
         json_line(ts + total / 1000, 40 if status >= 500 else 20, "request_end",
                   "flask_diaglog.request", rid, job,
-                  request_end_msg("GET", path, status, total, fields[5], route=route),
+                  request_end_msg("GET", path, status, total, route, fields[5]),
                   fields, None, "w")
     )  # fmt: skip
     return out

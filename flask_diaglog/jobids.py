@@ -290,9 +290,13 @@ class JobIds:
             else:
                 trace.bad_job_id = _shown(v)
 
-    def resolve(self, trace: Trace, read_body: bool) -> None:
+    def resolve(self, trace: Trace, read_body: bool, at_end: bool = False) -> None:
         """Take what can be known now: the URL's rule and job id once Flask matched it, the body
-        when asked (``read_body``) or once the view has read it."""
+        when asked (``read_body``) or once the view has read it.
+
+        ``at_end`` (the end of the view, see :meth:`finish`): fall back to the query string when
+        the body was never read (it is not read now: the view chose not to).
+        """
         ctx = _cv_request.get(None)
         req: Request | None
         if ctx is not None:
@@ -323,29 +327,34 @@ class JobIds:
             self._take(trace, va["job_id"], override=True)
             return
         env = req.environ
+        length = env.get("CONTENT_LENGTH")  # no body (the common case): nothing more to learn
         if (
-            trace.job_id is not None
+            not length
+            or length == "0"
+            or trace.job_id is not None
             or trace.bad_job_id is not None
             or "HTTP_X_JOB_ID" in env
             or "HTTP_IDEMPOTENCY_KEY" in env
             or not _may_have_body_id(env)
         ):
-            trace.resolve = None
+            trace.resolve = None  # the query string was read when the request arrived
             return
         value, source = _body_value(req, read_body)
         if source:
             trace.resolve = None
             self._take(trace, value, override=True)
-        elif read_body or peek_body(req, False) is not None or "form" in req.__dict__:
-            # The body was read and holds no id: the query string may.
+        elif at_end or read_body or peek_body(req, False) is not None or "form" in req.__dict__:
+            # The body was read and holds no id, or the view chose not to read it: the query
+            # string may hold one.
             trace.resolve = None
             self._take(trace, _query_value(env.get("QUERY_STRING", "")), override=False)
 
     def finish(self, trace: Trace) -> None:
         """At the end of the view: resolve what can be, and fall back to the query string when
         the body was never read (it is not read now: the view chose not to)."""
-        self.resolve(trace, False)
         if trace.resolve is not None:
+            self.resolve(trace, False, True)
+        if trace.resolve is not None:  # a line of a WSGI app Flask did not serve
             trace.resolve = None
             env = trace.environ
             if env is not None:

@@ -105,22 +105,47 @@ class RequestTrail:
         if not path.isascii() or path[:1] != "/" or path[:2] == "//":
             path = _path(path)
         path = self.redactor.path(path)  # /reset/token=X: the path is written, so redacted
-        rid = environ.get("HTTP_X_REQUEST_ID") if self.trust_request_id else None
-        if rid is None or not is_valid_id(rid):
-            tp = environ.get("HTTP_TRACEPARENT") if self.trust_request_id else None
-            rid = (traceparent_id(tp) if tp else None) or new_request_id()
+        if self.trust_request_id:
+            rid = environ.get("HTTP_X_REQUEST_ID")
+            if rid is None or not is_valid_id(rid):
+                tp = environ.get("HTTP_TRACEPARENT")
+                rid = (traceparent_id(tp) if tp else None) or new_request_id()
+        else:
+            rid = new_request_id()
         method = environ.get("REQUEST_METHOD")
         head = method == "HEAD"
         trace = Trace(self.rec, "request", rid, None, method, path)
         trace.environ = environ
         job_ids = self.job_ids
-        job_ids.at_start(trace, environ)
+        qs = environ.get("QUERY_STRING")
+        if (
+            "HTTP_X_JOB_ID" in environ
+            or "HTTP_IDEMPOTENCY_KEY" in environ
+            or (qs and "job_id" in qs)
+        ):
+            job_ids.at_start(trace, environ)
         # The start line, before Flask matches the URL or anything reads the body: the request
-        # is in flight from here.
-        self.start(trace, environ)
-        trace.resolve = job_ids.resolve  # the URL, once matched, or the body may say more
-        server_timing = self.server_timing
+        # is in flight from here. (Inlined here rather than a method: one call less per request.)
+        ctype = environ.get("CONTENT_TYPE")
+        mimetype = ctype.partition(";")[0].strip().lower() or None if ctype else None
+        client = environ.get("REMOTE_ADDR")
+        query = self.redactor.query(qs) if qs else None
+        self.rec.record(
+            "request_start",
+            trace,
+            _INFO,
+            request_start_msg(
+                method, f"{path}?{query}" if qs else path, client, mimetype, self._testing_text
+            ),
+            (method, path, query, client, mimetype, self.testing),
+            None,
+            None,
+            trace.start,  # the start line's time is the trace's
+        )
+        # The URL, once matched, or the body may say more.
+        trace.resolve = resolve_ids = job_ids.resolve
         finish_ids = job_ids.finish
+        server_timing = self.server_timing
 
         def _start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -129,34 +154,39 @@ class RequestTrail:
             if trace.resolve is not None:
                 # Flask calls this inside the request context, after the view: the URL's job id
                 # and rule, or a body the view read, are known now.
-                finish_ids(trace)
-            own_rid = own_timing = -1
-            sized = False
-            for i, (name, _) in enumerate(headers):
-                n = len(name)
-                if 12 <= n <= 14:
+                resolve_ids(trace, False, True)
+                if trace.resolve is not None:
+                    finish_ids(trace)
+            sized = own_rid = own_timing = False
+            for name, _ in headers:
+                # Flask's own spelling first: two string compares instead of a lower() call per
+                # header (measured: 2.8 k instructions less per request).
+                if name == "Content-Length":
+                    sized = True
+                elif name != "Content-Type" and 12 <= len(name) <= 14:
                     low = name.lower()
-                    if low == "x-request-id":
-                        own_rid = i
-                    elif low == "server-timing":
-                        own_timing = i
-                    elif low == "content-length":
+                    if low == "content-length":
                         sized = True
+                    elif low == "x-request-id":
+                        own_rid = True
+                    elif low == "server-timing":
+                        own_timing = True
             # A body of unknown length is streamed (a generator, stream_with_context): its end line
             # waits for the server to close it. Flask gives every buffered body a Content-Length.
             trace.streamed = not sized and code >= 200 and code not in (204, 304) and not head
-            if own_rid < 0:  # the app's own X-Request-ID wins: exactly one goes out
+            if not own_rid:  # the app's own X-Request-ID wins: exactly one goes out
                 headers.append(("X-Request-ID", rid))
             if server_timing:
                 if trace.stages:
                     timing = server_timing_header(trace)
                 else:  # the common case, inlined: total only
                     timing = f"total;dur={(perf_counter() - trace.t0) * 1000.0:.1f}"
-                if own_timing < 0:
+                if not own_timing:
                     headers.append(("Server-Timing", timing))
                 else:  # merged into the app's header: one Server-Timing, the app's entries first
-                    name, value = headers[own_timing]
-                    headers[own_timing] = (name, f"{value}, {timing}" if value else timing)
+                    i = next(i for i, h in enumerate(headers) if h[0].lower() == "server-timing")
+                    name, value = headers[i]
+                    headers[i] = (name, f"{value}, {timing}" if value else timing)
             return start_response(status, headers, exc_info)
 
         token = set_trace(trace)
@@ -174,54 +204,36 @@ class RequestTrail:
         self.finish(trace, None)
         return body
 
-    def start(self, trace: Trace, environ: WSGIEnvironment) -> None:
-        """Record the start line, which also puts the request in flight."""
-        path = trace.path or "/"
-        method = trace.method
-        ctype = environ.get("CONTENT_TYPE")
-        mimetype = ctype.partition(";")[0].strip().lower() or None if ctype else None
-        client = environ.get("REMOTE_ADDR")
-        qs = environ.get("QUERY_STRING")
-        query = self.redactor.query(qs) if qs else None
-        self.rec.record(
-            "request_start",
-            trace,
-            _INFO,
-            request_start_msg(
-                method, f"{path}?{query}" if qs else path, client, mimetype, self._testing_text
-            ),
-            (method, path, query, client, mimetype, self.testing),
-        )
-
     def finish(self, trace: Trace, exc: BaseException | None, aborted: bool = False) -> None:
         """Record the end line (and the error line if not recorded yet); free the job."""
+        ms = (perf_counter() - trace.t0) * 1000.0
         try:
             if trace.resolve is not None:  # the URL's job id and rule, or a body the view read
                 self.job_ids.finish(trace)
-            if exc is not None and trace.error is not exc:
-                self.error(trace, exc)
             status = trace.status
-            if exc is not None or status is None:
-                status = 500 if exc is not None or trace.error is not None else status
-            ms = (perf_counter() - trace.t0) * 1000.0
+            if exc is not None:
+                if trace.error is not exc:
+                    self.error(trace, exc)
+                status = 500
+            elif status is None and trace.error is not None:
+                status = 500
             slow = self.slow_ms
             is_slow = bool(slow and ms >= slow)
-            level = _WARNING if (status is not None and status >= 500) or is_slow else _INFO
-            hung = trace.hung
-            bad = trace.bad_job_id
-            if trace.stages or aborted or hung or is_slow or bad is not None:
+            method, path, route = trace.method, trace.path, trace.route
+            if trace.stages or aborted or trace.hung or is_slow or trace.bad_job_id is not None:
                 totals = trace.stage_totals() if trace.stages else None
+                hung, bad = trace.hung, trace.bad_job_id
                 msg = request_end_msg(
-                    trace.method, trace.path, status, ms, totals,
-                    aborted=aborted, hung=hung, slow=is_slow, bad_job_id=bad, route=trace.route,
-                )  # fmt: skip
+                    method, path, status, ms, route, totals, aborted, hung, is_slow, bad
+                )
                 fields: tuple[Any, ...] = (
-                    trace.method, trace.path, trace.route, status, ms, totals,
+                    method, path, route, status, ms, totals,
                     aborted or None, hung or None, is_slow or None, bad,
                 )  # fmt: skip
             else:  # the common case
-                msg = request_end_msg(trace.method, trace.path, status, ms, route=trace.route)
-                fields = (trace.method, trace.path, trace.route, status, ms)
+                msg = request_end_msg(method, path, status, ms, route)
+                fields = (method, path, route, status, ms)
+            level = _WARNING if (status is not None and status >= 500) or is_slow else _INFO
             self.rec.record("request_end", trace, level, msg, fields)
         finally:
             lease = trace.lease

@@ -43,7 +43,7 @@ CASES: dict[str, tuple[int, str, dict[str, Any]]] = {
     "request_end": (
         30,
         trail.request_end_msg(
-            "GET", "/a path/x", 503, 75.25, TOTALS, aborted=True, hung=2, slow=True
+            "GET", "/a path/x", 503, 75.25, None, TOTALS, aborted=True, hung=2, slow=True
         ),
         {
             "method": "GET",
