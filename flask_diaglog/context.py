@@ -135,7 +135,7 @@ class Trace:
         self.lease: Lease | None = None
         self.hung = 0  # how many hang reports were made
         self.thread = _get_ident()
-        self._totals: tuple[int, dict[str, float]] | None = None
+        self._totals: dict[str, float] | None = None
         #: Pending job-id resolution (see :class:`flask_diaglog.jobids.JobIds`): called as
         #: ``resolve(trace, read_body)`` until the job id is known, then ``None``.
         self.resolve: Callable[[Trace, bool], None] | None = None
@@ -157,22 +157,23 @@ class Trace:
         top = self.open_stages[-1:]
         return top[0] if top else None
 
+    def add_stage(self, name: str, ms: float, ok: bool) -> None:
+        """Note a finished stage: in :attr:`stages` and in the totals :meth:`stage_totals` gives."""
+        self.stages.append((name, ms, ok))
+        totals = self._totals
+        # A new dict each time, swapped in whole: a reader in another thread (the watchdog, the
+        # in-flight list) sees the old totals or the new ones, never a dict changing under it.
+        new = dict(totals) if totals is not None else {}
+        new[name] = round(new.get(name, 0.0) + ms, 3)
+        self._totals = new
+
     def stage_totals(self) -> dict[str, float]:
         """Stage name to total milliseconds (a stage run several times is summed).
 
-        Kept until the next stage finishes: the ``Server-Timing`` header and the end line share
-        one computation. Treat the result as read-only.
+        Shared by the ``Server-Timing`` header and the end line; treat it as read-only.
         """
-        stages = self.stages
-        n = len(stages)
-        memo = self._totals  # one tuple: a reader in another thread sees old or new, not a mix
-        if memo is not None and memo[0] == n:
-            return memo[1]
-        out: dict[str, float] = {}
-        for name, ms, _ok in stages[:n]:
-            out[name] = round(out.get(name, 0.0) + ms, 3)
-        self._totals = (n, out)
-        return out
+        totals = self._totals
+        return totals if totals is not None else {}
 
     def __repr__(self) -> str:
         return f"<Trace {self.kind} req={self.request_id} job={self.job_id}>"

@@ -74,7 +74,7 @@ class stage:
             stack.pop()
         ok = et is None
         name = self._full
-        trace.stages.append((name, ms, ok))
+        trace.add_stage(name, ms, ok)
         rec = trace.rec
         if rec is None:
             return
@@ -166,10 +166,14 @@ def _token(name: str) -> str:
 
 def server_timing_header(trace: Trace) -> str:
     """``validate;dur=1.2, generate;dur=40.3, total;dur=42.0`` (names made into valid tokens)."""
-    total = f"total;dur={trace.elapsed_ms():.1f}"
+    total = f"total;dur={(perf_counter() - trace.t0) * 1000.0:.1f}"
     if not trace.stages:
         return total
-    parts = [f"{_token(name)};dur={ms:.1f}" for name, ms in trace.stage_totals().items()]
+    cache = _token_cache
+    parts = [
+        f"{cache.get(name) or _token(name)};dur={ms:.1f}"
+        for name, ms in trace.stage_totals().items()
+    ]
     parts.append(total)
     return ", ".join(parts)
 
