@@ -113,7 +113,6 @@ class RequestTrail:
         else:
             rid = new_request_id()
         method = environ.get("REQUEST_METHOD")
-        head = method == "HEAD"
         trace = Trace(self.rec, "request", rid, None, method, path)
         trace.environ = environ
         job_ids = self.job_ids
@@ -142,10 +141,10 @@ class RequestTrail:
             None,
             trace.start,  # the start line's time is the trace's
         )
-        # The URL, once matched, or the body may say more.
-        trace.resolve = resolve_ids = job_ids.resolve
-        finish_ids = job_ids.finish
-        server_timing = self.server_timing
+        trace.resolve = job_ids.resolve  # the URL, once matched, or the body may say more
+
+        # The closure captures only trace, self and start_response: each captured name is a
+        # cell made per request.
 
         def _start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -154,9 +153,10 @@ class RequestTrail:
             if trace.resolve is not None:
                 # Flask calls this inside the request context, after the view: the URL's job id
                 # and rule, or a body the view read, are known now.
-                resolve_ids(trace, False, True)
+                ids = self.job_ids
+                ids.resolve(trace, False, True)
                 if trace.resolve is not None:
-                    finish_ids(trace)
+                    ids.finish(trace)
             sized = own_rid = own_timing = False
             for name, _ in headers:
                 # Flask's own spelling first: two string compares instead of a lower() call per
@@ -173,10 +173,12 @@ class RequestTrail:
                         own_timing = True
             # A body of unknown length is streamed (a generator, stream_with_context): its end line
             # waits for the server to close it. Flask gives every buffered body a Content-Length.
-            trace.streamed = not sized and code >= 200 and code not in (204, 304) and not head
+            trace.streamed = (
+                not sized and code >= 200 and code not in (204, 304) and trace.method != "HEAD"
+            )
             if not own_rid:  # the app's own X-Request-ID wins: exactly one goes out
-                headers.append(("X-Request-ID", rid))
-            if server_timing:
+                headers.append(("X-Request-ID", trace.request_id))  # type: ignore[arg-type]
+            if self.server_timing:
                 if trace.stages:
                     timing = server_timing_header(trace)
                 else:  # the common case, inlined: total only
