@@ -113,6 +113,7 @@ class Trace:
         job_id: str | None = None,
         method: str | None = None,
         path: str | None = None,
+        environ: dict[str, Any] | None = None,
     ) -> None:
         #: The recorder of the app this work belongs to (``None``: diaglog is not active).
         self.rec = rec
@@ -140,7 +141,7 @@ class Trace:
         #: ``resolve(trace, read_body)`` until the job id is known, then ``None``.
         self.resolve: Callable[[Trace, bool], None] | None = None
         #: The WSGI environ of a request (how another thread finds Flask's request object).
-        self.environ: dict[str, Any] | None = None
+        self.environ = environ
         #: An invalid job id the request carried (escaped and cut short by the renderer).
         self.bad_job_id: str | None = None
         #: The latest ``progress()``: ``(fraction, message)``, and when its line was written.

@@ -104,7 +104,8 @@ class RequestTrail:
             return self.wsgi_app(environ, start_response)
         if not path.isascii() or path[:1] != "/" or path[:2] == "//":
             path = _path(path)
-        path = self.redactor.path(path)  # /reset/token=X: the path is written, so redacted
+        if "=" in path or "%" in path:  # Redactor.path's own first test, without the call
+            path = self.redactor.path(path)  # /reset/token=X: the path is written, so redacted
         if self.trust_request_id:
             rid = environ.get("HTTP_X_REQUEST_ID")
             if rid is None or not is_valid_id(rid):
@@ -113,8 +114,7 @@ class RequestTrail:
         else:
             rid = new_request_id()
         method = environ.get("REQUEST_METHOD")
-        trace = Trace(self.rec, "request", rid, None, method, path)
-        trace.environ = environ
+        trace = Trace(self.rec, "request", rid, None, method, path, environ)
         job_ids = self.job_ids
         qs = environ.get("QUERY_STRING")
         if (

@@ -170,3 +170,18 @@ def test_a_given_thread_name_is_written_as_given(thread: str) -> None:
     for _ in range(2):
         obj = split_json(json_line(TS, 20, "stage", "l", None, None, "m", thread=thread).decode())
         assert obj is not None and obj["thread"] == thread
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    ms=st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.floats(min_value=0, max_value=1e6),
+        st.integers(0, 10**9).map(lambda n: n / 1000 + 0.0005),  # exact halves of the last digit
+    )
+)
+def test_a_json_duration_is_the_float_rounded_to_three_decimals(ms: float) -> None:
+    line = json_line(TS, 20, "request_end", "flask_diaglog.request", "r1", None, "m",
+                     ("GET", "/", "/", 200, ms)).decode()  # fmt: skip
+    assert f'"duration_ms":{round(ms, 3)!r},' in line
+    assert split_json(line)["duration_ms"] == round(ms, 3)  # type: ignore[index]
