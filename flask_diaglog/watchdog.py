@@ -139,6 +139,11 @@ class _Watchdog:
 
     def poke(self) -> None:
         """Start the thread if needed and make it rescan now."""
+        if self._poked and self._thread is not None:
+            # A rescan is already due, and it starts after this trace was added (the thread
+            # clears the flag, under the lock, before it scans): no need to take the lock. Under
+            # a burst of requests during a scan, only the first one pays for the wake-up.
+            return
         with self._cond:
             if self._stopping:
                 return
