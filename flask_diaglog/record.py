@@ -66,9 +66,15 @@ class Event:
     gives the JSON-lines form with ``ts`` as epoch seconds. Built only when somebody listens.
     """
 
+    # ``fields`` and ``thread`` are named on first read (a receiver that reads neither, like most,
+    # does not pay for them): ``_raw`` is the producer's tuple of field values (immutable, so
+    # reading later sees what was recorded; a mapping is copied at once) and ``_thread`` the
+    # recording thread, or its name when given.
     __slots__ = (
+        "_fields",
+        "_raw",
+        "_thread",
         "exc",
-        "fields",
         "job_id",
         "kind",
         "level",
@@ -77,7 +83,6 @@ class Event:
         "pid",
         "request_id",
         "target",
-        "thread",
         "trace",
         "ts",
     )
@@ -105,14 +110,39 @@ class Event:
         self.msg = msg
         self.request_id = request_id
         self.job_id = job_id
-        #: The kind's fields by name (``None`` values left out).
-        self.fields: dict[str, Any] = fields_dict(kind, fields)
+        if fields is None or type(fields) is tuple:
+            self._raw = fields
+            self._fields: dict[str, Any] | None = None
+        else:
+            self._fields = dict(fields)
         #: The file the line went to: ``"requests"`` or ``"jobs"``.
         self.target = target
         self.exc = exc
         self.trace = trace
         self.pid = os.getpid()
-        self.thread = thread if thread is not None else _current_thread().name
+        self._thread: str | threading.Thread = thread if thread is not None else _current_thread()
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The kind's fields by name (``None`` values left out)."""
+        fields = self._fields
+        if fields is None:
+            fields = self._fields = fields_dict(self.kind, self._raw)
+        return fields
+
+    @fields.setter
+    def fields(self, value: dict[str, Any]) -> None:
+        self._fields = value
+
+    @property
+    def thread(self) -> str:
+        """The name of the thread that recorded the event (or the name it was given)."""
+        thread = self._thread
+        return thread if isinstance(thread, str) else thread.name
+
+    @thread.setter
+    def thread(self, value: str) -> None:
+        self._thread = value
 
     @property
     def level_name(self) -> str:

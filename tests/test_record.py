@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 
@@ -89,3 +90,81 @@ def test_raising_subscriber_is_skipped_and_others_still_called(
     assert rec.failures == {"bad": 3}
     assert [(e.msg, e.fields) for e in heard] == [(f"line {n}", {"odd": {n}}) for n in range(3)]
     assert capsys.readouterr().err.count("subscriber bug") == 1
+
+
+def _parts(ev: Event) -> dict[str, object]:
+    names = ("kind", "ts", "level", "level_name", "logger", "msg", "request_id", "job_id")
+    more = ("fields", "target", "exc", "trace", "pid", "thread")
+    return {n: getattr(ev, n) for n in (*names, *more)} | {"repr": repr(ev), "d": ev.to_dict()}
+
+
+def test_the_recorders_event_is_the_event_the_constructor_builds() -> None:
+    """Every documented attribute, to_dict() and repr of a recorded event are those of
+    Event(...) given the same parts: fields named from the producer's tuple, None left out."""
+    rec = Recorder(files=None, render=plain_line)
+    heard: list[Event] = []
+    rec.subscribe(heard.append)
+    trace = Trace(rec, "request", "r1", None, "GET", "/")
+    values = ("GET", "/x", None, 200, 1.23456, None)
+    rec.record("request_end", trace, INFO, "request_end GET /x 200", values, "tb", ts=12.5)
+    rec.record("log", None, logging.WARNING, "odd", {"a": 1, "b": None}, ids=("r2", "j2"))
+    rec.record("job_start", None, INFO, "job_start", None, target="jobs", thread="worker-1")
+    built = [
+        Event(
+            "request_end", INFO, "flask_diaglog.request", "request_end GET /x 200", "r1", None,
+            values, exc="tb", trace=trace, ts=12.5,
+        ),
+        Event(
+            "log", logging.WARNING, "flask_diaglog", "odd", "r2", "j2", {"a": 1, "b": None},
+            ts=heard[1].ts,
+        ),
+        Event(
+            "job_start", INFO, "flask_diaglog.job", "job_start", target="jobs", ts=heard[2].ts,
+            thread="worker-1",
+        ),
+    ]  # fmt: skip
+    assert [_parts(e) for e in heard] == [_parts(e) for e in built]
+    assert heard[0].fields == {"method": "GET", "path": "/x", "status": 200, "duration_ms": 1.23456}
+    assert heard[0].to_dict()["duration_ms"] == 1.235
+    assert heard[1].fields == {"a": 1, "b": None}  # a mapping is kept as given
+    assert heard[2].fields == {} and heard[2].thread == "worker-1"
+
+
+def test_an_events_fields_and_thread_are_those_of_the_moment_it_was_recorded() -> None:
+    """Fields given as a dict are copied when recorded (the producer may change its dict
+    later); the thread is the recording thread's, read after that thread has ended."""
+    rec = Recorder(files=None, render=plain_line)
+    heard: list[Event] = []
+    rec.subscribe(heard.append)
+    mine = {"name": "report", "n": 1}
+
+    def work() -> None:
+        rec.record("log", None, INFO, "from a worker", mine)
+
+    worker = threading.Thread(target=work, name="the-worker")
+    worker.start()
+    worker.join()
+    mine["n"] = 2
+    (ev,) = heard
+    assert ev.fields == {"name": "report", "n": 1}
+    assert ev.thread == "the-worker" and ev.to_dict()["thread"] == "the-worker"
+    assert Event("log", INFO, "x", "m").thread == threading.current_thread().name
+
+
+def test_an_events_fields_are_one_dict_every_reader_shares() -> None:
+    """The fields dict is built once: what one subscriber adds, the next one sees; assigning
+    fields and thread works as on any attribute."""
+    rec = Recorder(files=None, render=plain_line)
+    seen: list[dict[str, object]] = []
+
+    def annotate(ev: Event) -> None:
+        ev.fields["note"] = "added"
+
+    rec.subscribe(annotate, "annotate")
+    rec.subscribe(lambda ev: seen.append(ev.fields), "read")
+    rec.record("stage", None, INFO, "stage parse ok", ("parse", 1.0, True))
+    assert seen == [{"stage": "parse", "duration_ms": 1.0, "ok": True, "note": "added"}]
+    ev = Event("stage", INFO, "x", "m", fields=("parse",))
+    ev.fields = {"replaced": True}
+    ev.thread = "renamed"
+    assert ev.fields == {"replaced": True} and ev.to_dict()["thread"] == "renamed"
