@@ -14,7 +14,12 @@ signal has a receiver, so an unconnected signal costs nothing.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
+import weakref
+from collections.abc import Callable
+from types import MethodType
 from typing import Any
 
 from blinker import Namespace, Signal
@@ -89,6 +94,125 @@ _RENAMED = {
 def signal_for(kind: str) -> Signal:
     """The signal sent for events of ``kind``."""
     return SIGNALS[kind]
+
+
+# -- dispatch ---------------------------------------------------------------------------------
+#
+# The recorder calls each receiver itself (a failure is isolated per receiver), and blinker's
+# ``receivers_for`` generator with its ``make_id`` cost about 7 k instructions per event. So the
+# receivers a signal calls for a sender are resolved once, through ``receivers_for`` (blinker's
+# rules: connected to ANY or to that sender), and kept until a receiver connects or disconnects
+# (blinker's public ``receiver_connected`` and ``receiver_disconnected`` signals) or the sender
+# goes. Receivers are kept by weak reference, so a weakly connected receiver still dies (and is
+# skipped) as it would in blinker. Not seen: blinker's private ``_clear_state()``.
+
+#: A receiver as kept here: call it for the receiver, or ``None`` when it is not to be called.
+_ReceiverRef = Callable[[], "Callable[..., Any] | None"]
+
+#: ``(signal, id(sender))`` to the receivers to call. Read without the lock; never rebound.
+_resolved: dict[tuple[Signal, int], list[_ReceiverRef]] = {}
+#: The senders with resolved receivers, by id: their death forgets what was resolved for them.
+_senders: dict[int, weakref.ref[Any]] = {}
+#: Signals whose connects and disconnects are watched.
+_watched: set[Signal] = set()
+#: Bumped by every change: a resolution that saw one under way is used once, not kept.
+_generation = 0
+# Reentrant: a sender's death (a weakref callback) can run in a collection inside the lock.
+_lock = threading.RLock()
+
+
+def _receivers(signal: Signal, sender: Any) -> list[_ReceiverRef]:
+    """The receivers ``signal.send(sender)`` would call now, as references to call."""
+    refs = _resolved.get((signal, id(sender)))
+    return refs if refs is not None else _resolve(signal, sender)
+
+
+class _Recheck:
+    """A receiver of a send under way when the signal's receivers changed: it is called only if
+    blinker still calls it for the sender (blinker skips a receiver disconnected since its send
+    began, for instance by an earlier receiver)."""
+
+    __slots__ = ("ref", "sender", "signal")
+
+    def __init__(self, signal: Signal, sender: Any, ref: _ReceiverRef) -> None:
+        self.signal = signal
+        self.sender = sender
+        self.ref = ref
+
+    def __call__(self) -> Callable[..., Any] | None:
+        receiver = self.ref()
+        if receiver is None or receiver not in list(self.signal.receivers_for(self.sender)):
+            return None
+        return receiver
+
+
+def _resolve(signal: Signal, sender: Any) -> list[_ReceiverRef]:
+    with _lock:
+        if signal not in _watched:
+            signal.receiver_connected.connect(_forget, weak=False)
+            signal.receiver_disconnected.connect(_forget, weak=False)
+            _watched.add(signal)
+        generation = _generation
+    refs = [_ref(r) for r in signal.receivers_for(sender)]
+    key = id(sender)
+    with _lock:
+        if generation == _generation:
+            if key not in _senders:
+                with contextlib.suppress(TypeError):  # a sender not weakly referable: not kept
+                    _senders[key] = weakref.ref(sender, _sender_gone)
+            if key in _senders:
+                _resolved[signal, key] = refs
+                return refs
+    # Not kept, so not rechecked by _forget: checked one by one as they are called.
+    return [_Recheck(signal, sender, ref) for ref in refs]
+
+
+def _ref(receiver: Callable[..., Any]) -> _ReceiverRef:
+    if isinstance(receiver, MethodType):
+        return _MethodRef(receiver)
+    try:
+        return weakref.ref(receiver)
+    except TypeError:  # blinker holds it strongly (weak=False), and so may this until it changes
+        return lambda: receiver
+
+
+class _MethodRef:
+    """A bound method by weak reference, gone with its object or its function, as blinker keeps
+    one. Not weakref.WeakMethod: its internal callback, always set, can run at interpreter exit
+    after the WeakMethod itself is gone and print an ignored AttributeError (seen in the tests
+    when one was still kept here at exit)."""
+
+    __slots__ = ("func", "obj")
+
+    def __init__(self, method: MethodType) -> None:
+        self.obj = weakref.ref(method.__self__)
+        self.func = weakref.ref(method.__func__)
+
+    def __call__(self) -> Callable[..., Any] | None:
+        obj, func = self.obj(), self.func()
+        return None if obj is None or func is None else MethodType(func, obj)
+
+
+def _forget(*_: Any, **__: Any) -> None:
+    """A receiver connected or disconnected: resolve again, and recheck the sends under way (the
+    kept lists are changed in place, their length kept, while they may be being iterated)."""
+    global _generation
+    with _lock:
+        _generation += 1
+        for (signal, key), refs in _resolved.items():
+            sender = _senders[key]()
+            if sender is not None:  # else no send for it is under way
+                refs[:] = [_Recheck(signal, sender, ref) for ref in refs]
+        _resolved.clear()
+
+
+def _sender_gone(ref: weakref.ref[Any]) -> None:
+    # Before its id can be reused: forget what was resolved for it.
+    with _lock:
+        for key in [key for key, value in _senders.items() if value is ref]:
+            del _senders[key]
+            for resolved in [k for k in _resolved if k[1] == key]:
+                del _resolved[resolved]
 
 
 def __getattr__(name: str) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +15,8 @@ from flask import Flask
 
 from flask_diaglog import DiagLog, Event, guard_job, progress, stage, stats
 from flask_diaglog import signals as sig
+from flask_diaglog.files.render import plain_line
+from flask_diaglog.record import Recorder as RecorderCls
 from flask_diaglog.trail import KINDS
 
 JSON = {"DIAGLOG_FORMAT": "json"}
@@ -256,3 +260,175 @@ def test_old_signal_name_warns_and_gives_the_renamed_signal() -> None:
     with pytest.warns(DeprecationWarning, match="diaglog_request_finished"):
         from flask_diaglog.signals import request_finished
     assert request_finished is sig.diaglog_request_finished
+
+
+# -- which receivers are called: blinker's rules, with the receivers resolved once per change --
+
+
+class Sender:
+    """A sender like the app: weakly referable, hashed by identity."""
+
+
+def _recorder_for(sender: Any) -> RecorderCls:
+    return RecorderCls(files=None, render=plain_line, sender=sender)
+
+
+def _called(rec: RecorderCls, signal: Any, sender: Any, heard: list[str]) -> list[str]:
+    """Send one event through the recorder; the names heard, checked against blinker's own
+    choice (receivers_for) made just before."""
+    expected = sorted(getattr(r, "__name__", "?") for r in signal.receivers_for(sender))
+    heard.clear()
+    rec.record("request_end", None, logging.INFO, "request_end GET / 200", ("GET", "/"))
+    assert sorted(heard) == expected
+    return sorted(heard)
+
+
+def test_receivers_are_chosen_as_blinker_chooses_them_after_every_change() -> None:
+    """Connected to the app or to ANY, connected after the first send, disconnected, connected
+    for another sender, weakly connected and gone: each send calls what blinker would."""
+    signal = sig.diaglog_request_finished
+    app, other = Sender(), Sender()
+    rec = _recorder_for(app)
+    heard: list[str] = []
+
+    def named(name: str) -> Callable[..., None]:
+        def receiver(sender: Any, event: Event, **_: Any) -> None:
+            assert sender is app and event.kind == "request_end"
+            heard.append(name)
+
+        receiver.__name__ = name
+        return receiver
+
+    a, b, c = named("a"), named("b"), named("c")
+    with signal.connected_to(a, app):
+        assert _called(rec, signal, app, heard) == ["a"]
+        assert _called(rec, signal, app, heard) == ["a"]  # the resolved receivers, kept
+        with signal.connected_to(b):  # ANY, connected after a send
+            assert _called(rec, signal, app, heard) == ["a", "b"]
+            with signal.connected_to(c, other):  # another sender's
+                assert _called(rec, signal, app, heard) == ["a", "b"]
+        assert _called(rec, signal, app, heard) == ["a"]  # b disconnected
+        weak = named("weak")
+        signal.connect(weak, app)  # weakly: goes with the function
+        assert _called(rec, signal, app, heard) == ["a", "weak"]
+        del weak
+        gc.collect()
+        assert _called(rec, signal, app, heard) == ["a"]
+    assert _called(rec, signal, app, heard) == []
+    assert heard == []
+
+
+def test_a_weakly_connected_method_goes_with_its_object() -> None:
+    """A bound method connected weakly is called while its object lives, not after."""
+    signal = sig.diaglog_request_finished
+    app = Sender()
+    rec = _recorder_for(app)
+    heard: list[str] = []
+
+    class Listener:
+        def on_end(self, sender: Any, event: Event, **_: Any) -> None:
+            heard.append("on_end")
+
+    listener = Listener()
+    signal.connect(listener.on_end, app)
+    assert _called(rec, signal, app, heard) == ["on_end"]
+    del listener
+    gc.collect()
+    assert _called(rec, signal, app, heard) == []
+
+
+def test_two_apps_hear_their_own_receivers_and_any() -> None:
+    """Each app's events go to its own receivers and to those connected to ANY, never to the
+    other app's."""
+    signal = sig.diaglog_request_finished
+    one, two = Sender(), Sender()
+    rec_one, rec_two = _recorder_for(one), _recorder_for(two)
+    heard: list[tuple[str, Any]] = []
+
+    def for_one(sender: Any, event: Event, **_: Any) -> None:
+        heard.append(("one", sender))
+
+    def for_two(sender: Any, event: Event, **_: Any) -> None:
+        heard.append(("two", sender))
+
+    def for_any(sender: Any, event: Event, **_: Any) -> None:
+        heard.append(("any", sender))
+
+    with (
+        signal.connected_to(for_one, one),
+        signal.connected_to(for_two, two),
+        signal.connected_to(for_any),
+    ):
+        for _ in range(2):
+            for rec in (rec_one, rec_two, rec_one):
+                rec.record("request_end", None, logging.INFO, "end", ("GET", "/"))
+    assert sorted(heard, key=lambda h: (h[0], id(h[1]))) == sorted(
+        [("one", one)] * 4 + [("two", two)] * 2 + [("any", one)] * 4 + [("any", two)] * 2,
+        key=lambda h: (h[0], id(h[1])),
+    )
+
+
+def test_a_receiver_disconnected_during_a_send_is_not_called_for_it() -> None:
+    """As in blinker, a receiver disconnected by an earlier receiver of the same send is skipped
+    (here each disconnects the other: whichever runs first, only it is called); one connected
+    during a send is called from the next send on."""
+    signal = sig.diaglog_request_finished
+    app = Sender()
+    rec = _recorder_for(app)
+    heard: list[str] = []
+
+    def first(sender: Any, event: Event, **_: Any) -> None:
+        heard.append("first")
+        signal.disconnect(second, app)
+        signal.connect(late, app, weak=False)
+
+    def second(sender: Any, event: Event, **_: Any) -> None:
+        heard.append("second")
+        signal.disconnect(first, app)
+        signal.connect(late, app, weak=False)
+
+    def late(sender: Any, event: Event, **_: Any) -> None:
+        heard.append("late")
+
+    for _ in range(2):  # the first send resolves the receivers, the second uses them kept
+        signal.connect(first, app, weak=False)
+        signal.connect(second, app, weak=False)
+        try:
+            heard.clear()
+            rec.record("request_end", None, logging.INFO, "end", ("GET", "/"))
+            assert heard in (["first"], ["second"])
+            survivor = heard[0]
+            heard.clear()
+            rec.record("request_end", None, logging.INFO, "end", ("GET", "/"))
+            assert sorted(heard) == sorted([survivor, "late"])
+        finally:
+            for r in (first, second, late):
+                signal.disconnect(r, app)
+
+
+def test_a_new_sender_at_a_gone_senders_address_does_not_get_its_receivers() -> None:
+    """Receivers resolved for a sender that went are not called for a new sender that happens
+    to get its id."""
+    signal = sig.diaglog_request_finished
+    heard: list[str] = []
+
+    def receiver(sender: Any, event: Event, **_: Any) -> None:
+        heard.append("called")
+
+    gone = Sender()
+    signal.connect(receiver, gone, weak=False)
+    try:
+        rec = _recorder_for(gone)
+        rec.record("request_end", None, logging.INFO, "end", ("GET", "/"))
+        assert heard == ["called"]
+        old_id = id(gone)
+        del gone, rec
+        gc.collect()
+        candidates = [Sender() for _ in range(1000)]
+        reused = [s for s in candidates if id(s) == old_id]
+        assert reused, "no new sender at the old address: the test proves nothing"
+        heard.clear()
+        _recorder_for(reused[0]).record("request_end", None, logging.INFO, "end", ("GET", "/"))
+        assert heard == []
+    finally:
+        signal.disconnect(receiver)
