@@ -54,6 +54,8 @@ __all__ = ["Event", "Recorder", "Subscriber"]
 
 _time = time.time
 _current_thread = threading.current_thread
+_getpid = os.getpid
+_new_event = object.__new__
 _ERROR = logging.ERROR
 _NEVER = 1 << 30  # a level no record has: no files, nothing written
 
@@ -69,7 +71,8 @@ class Event:
     # ``fields`` and ``thread`` are named on first read (a receiver that reads neither, like most,
     # does not pay for them): ``_raw`` is the producer's tuple of field values (immutable, so
     # reading later sees what was recorded; a mapping is copied at once) and ``_thread`` the
-    # recording thread, or its name when given.
+    # recording thread, or its name when given. Recorder.record fills the slots itself, not
+    # through __init__ (cheaper): a new attribute goes in both.
     __slots__ = (
         "_fields",
         "_raw",
@@ -348,20 +351,27 @@ class Recorder:
                 return  # recorded from inside a subscriber: written, not fanned out again
             flag.active = True
             try:
-                ev = Event(
-                    kind,
-                    level,
-                    logger,
-                    msg,
-                    rid,
-                    jid,
-                    fields,
-                    target=target,
-                    exc=exc,
-                    trace=trace,
-                    ts=ts,
-                    thread=thread,
-                )
+                # Filled slot by slot, not through Event(...): no keyword matching and no
+                # defaults to work out (type.__call__ and __init__ with a keyword dict): -4.5 k
+                # instructions per event (callgrind).
+                ev = _new_event(Event)
+                ev.kind = kind
+                ev.ts = ts
+                ev.level = level
+                ev.logger = logger
+                ev.msg = msg
+                ev.request_id = rid
+                ev.job_id = jid
+                if type(fields) is tuple or fields is None:
+                    ev._raw = fields
+                    ev._fields = None
+                else:
+                    ev._fields = dict(fields)
+                ev.target = target
+                ev.exc = exc
+                ev.trace = trace
+                ev.pid = _getpid()
+                ev._thread = thread if thread is not None else _current_thread()
                 if sig is not None and sig.receivers:
                     self._send(sig, ev)
                 for label, sub in subs:
