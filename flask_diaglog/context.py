@@ -10,7 +10,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -77,21 +77,20 @@ class Trace:
     stages that are running (the innermost is the "current stage" the watchdog reports).
     """
 
+    # The attributes every request sets are slots. Those that most never set (a guarded job's
+    # lease, an error, a hang count, an invalid job id, progress) are class defaults, stored in
+    # the instance's __dict__ only when set: not writing them costs less per request than the
+    # slower read of a class default (measured under callgrind).
     __slots__ = (
+        "__dict__",
         "__weakref__",
         "_totals",
-        "bad_job_id",
         "environ",
-        "error",
-        "hung",
         "job_id",
         "kind",
-        "lease",
         "method",
         "open_stages",
         "path",
-        "progress",
-        "progress_at",
         "rec",
         "request_id",
         "resolve",
@@ -104,6 +103,18 @@ class Trace:
         "target",
         "thread",
     )
+
+    #: The exception that ended it, once recorded.
+    error: BaseException | None = None
+    #: The lease of its guarded job, while held.
+    lease: Lease | None = None
+    #: How many hang reports were made.
+    hung: int = 0
+    #: An invalid job id the request carried (escaped and cut short by the renderer).
+    bad_job_id: str | None = None
+    #: The latest ``progress()``: ``(fraction, message)``, and when its line was written.
+    progress: tuple[float, str | None] | None = None
+    progress_at: float | None = None
 
     def __init__(
         self,
@@ -128,13 +139,12 @@ class Trace:
         self.start = _time()
         #: The URL rule Flask matched (requests), or ``None``.
         self.route: str | None = None
-        self.stages: list[tuple[str, float, bool]] = []
-        self.open_stages: list[str] = []
+        #: Finished stages (a list from the first one on; an empty tuple costs no allocation).
+        self.stages: Sequence[tuple[str, float, bool]] = ()
+        #: Open stages, innermost last (likewise).
+        self.open_stages: Sequence[str] = ()
         self.status: int | None = None
         self.streamed = False
-        self.error: BaseException | None = None
-        self.lease: Lease | None = None
-        self.hung = 0  # how many hang reports were made
         self.thread = _get_ident()
         self._totals: dict[str, float] | None = None
         #: Pending job-id resolution (see :class:`flask_diaglog.jobids.JobIds`): called as
@@ -142,11 +152,6 @@ class Trace:
         self.resolve: Callable[[Trace, bool], None] | None = None
         #: The WSGI environ of a request (how another thread finds Flask's request object).
         self.environ = environ
-        #: An invalid job id the request carried (escaped and cut short by the renderer).
-        self.bad_job_id: str | None = None
-        #: The latest ``progress()``: ``(fraction, message)``, and when its line was written.
-        self.progress: tuple[float, str | None] | None = None
-        self.progress_at: float | None = None
 
     def elapsed_ms(self) -> float:
         return (_perf_counter() - self.t0) * 1000.0
@@ -160,7 +165,11 @@ class Trace:
 
     def add_stage(self, name: str, ms: float, ok: bool) -> None:
         """Note a finished stage: in :attr:`stages` and in the totals :meth:`stage_totals` gives."""
-        self.stages.append((name, ms, ok))
+        stages = self.stages
+        if stages:
+            stages.append((name, ms, ok))  # type: ignore[attr-defined]
+        else:
+            self.stages = [(name, ms, ok)]
         totals = self._totals
         # A new dict each time, swapped in whole: a reader in another thread (the watchdog, the
         # in-flight list) sees the old totals or the new ones, never a dict changing under it.

@@ -372,7 +372,7 @@ class Recorder:
                 ev.trace = trace
                 ev.pid = _getpid()
                 ev._thread = thread if thread is not None else _current_thread()
-                if sig is not None and sig.receivers:
+                if sig is not None and sig.receivers and not sig.is_muted:  # blinker's muted()
                     self._send(sig, ev)
                 for label, sub in subs:
                     try:

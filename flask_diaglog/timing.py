@@ -53,8 +53,12 @@ class stage:
         self._trace = trace
         if trace is not None:
             stack = trace.open_stages
-            self._full = f"{stack[-1]}.{self.name}" if stack else self.name
-            stack.append(self._full)
+            if stack:
+                self._full = full = f"{stack[-1]}.{self.name}"
+                stack.append(full)  # type: ignore[attr-defined]
+            else:  # the first stage of this trace, or none open: a new list
+                self._full = full = self.name
+                trace.open_stages = [full]
         self._t0 = perf_counter()
         return self
 
@@ -71,7 +75,7 @@ class stage:
         self._trace = None
         stack = trace.open_stages
         if stack and stack[-1] == self._full:
-            stack.pop()
+            stack.pop()  # type: ignore[attr-defined]
         ok = et is None
         name = self._full
         trace.add_stage(name, ms, ok)

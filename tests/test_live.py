@@ -32,6 +32,7 @@ class LiveApp:
         self.make_app = make_app
         self.clients: list[SocketIOTestClient] = []
         self.bridges: list[LiveBridge] = []
+        self.servers: list[SocketIO] = []
 
     def __call__(
         self, config: dict[str, Any] | None = None, *, pass_socketio: bool = False, **kw: Any
@@ -39,6 +40,7 @@ class LiveApp:
         app = self.make_app(config, init=False)
         app.config["SECRET_KEY"] = "test"
         socketio = SocketIO(app, async_mode="threading", **kw.pop("socketio_kw", {}))
+        self.servers.append(socketio)
         DiagLog(app, socketio=socketio if pass_socketio else None, **kw)
         bridge = get_bridge(app)
         if bridge is not None:
@@ -85,6 +87,13 @@ class LiveApp:
                     sc.disconnect(ns)
         for bridge in self.bridges:
             bridge.close()
+        # Engine.IO's ping and service threads outlive the test otherwise, and log into whatever
+        # app a later test has made (with DIAGLOG_LOGGERS=root, into its files).
+        for socketio in self.servers:
+            eio = socketio.server.eio
+            for sock in list(eio.sockets.values()):
+                sock.close(wait=False, abort=True)
+            eio.shutdown()
 
 
 @pytest.fixture

@@ -432,3 +432,20 @@ def test_a_new_sender_at_a_gone_senders_address_does_not_get_its_receivers() -> 
         assert heard == []
     finally:
         signal.disconnect(receiver)
+
+
+def test_a_muted_signal_calls_no_receiver(make_app: Callable[..., Flask]) -> None:
+    """blinker's ``Signal.muted()`` holds for diaglog's sends as for blinker's own."""
+    app = make_app()
+    got: list[str] = []
+
+    def receiver(sender: Flask, event: Event, **kw: Any) -> None:
+        got.append(event.kind)
+
+    end = sig.signal_for("request_end")
+    end.connect(receiver, app)
+    with end.muted():
+        app.test_client().get("/")
+    assert got == []
+    app.test_client().get("/")
+    assert got == ["request_end"]
