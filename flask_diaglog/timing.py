@@ -42,9 +42,7 @@ class stage:
         if not isinstance(name, str) or not name:
             raise TypeError("stage() needs a non-empty name")
         self.name = name
-        self._trace: Trace | None = None
-        self._full = name
-        self._t0 = 0.0
+        self._trace: Trace | None = None  # _full and _t0 are set by __enter__
 
     def __enter__(self) -> stage:
         trace = current_trace()
