@@ -185,3 +185,34 @@ def test_a_json_duration_is_the_float_rounded_to_three_decimals(ms: float) -> No
                      ("GET", "/", "/", 200, ms)).decode()  # fmt: skip
     assert f'"duration_ms":{round(ms, 3)!r},' in line
     assert split_json(line)["duration_ms"] == round(ms, 3)  # type: ignore[index]
+
+
+#: Values of the per-request fields as requests give them (strings, ints, finite floats, None),
+#: and the near misses that must leave the one-f-string path for the loop.
+request_values = {
+    "str": st.one_of(text, st.sampled_from(["GET", "/", "/items/<int:id>", "127.0.0.1"])),
+    "str_or_none": st.one_of(st.none(), text, st.integers()),
+    "int": st.one_of(st.integers(100, 599), st.none(), st.booleans()),
+    "float": st.one_of(
+        st.floats(0, 1e6),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from([1e12, -1e12, 0.5, 2.0]),
+    ),
+    "bool": st.one_of(st.booleans(), st.none(), st.integers(0, 1)),
+}
+SHAPES = {
+    "request_start": ("str", "str", "str_or_none", "str", "str_or_none", "bool"),
+    "request_end": ("str", "str", "str_or_none", "int", "float"),
+    "stage": ("str", "float", "bool"),
+}
+
+
+@settings(max_examples=600, suppress_health_check=list(HealthCheck), deadline=None)
+@given(kind=st.sampled_from(sorted(SHAPES)), data=st.data())
+def test_the_request_lines_fast_path_writes_what_the_loop_writes(
+    kind: str, data: st.DataObject
+) -> None:
+    fields = tuple(data.draw(request_values[shape]) for shape in SHAPES[kind])
+    as_dict = dict(zip(FIELDS[kind], fields, strict=False))
+    line = json_line(TS, 20, kind, "flask_diaglog.request", "r1", None, "m", fields)
+    assert line == json_line(TS, 20, kind, "flask_diaglog.request", "r1", None, "m", as_dict)
