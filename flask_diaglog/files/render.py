@@ -347,13 +347,10 @@ def json_line(
                 and type(ms) is float
                 and -_FIXED_MAX < ms < _FIXED_MAX
             ):
-                text = f"{ms:{_FLOAT_SPEC}}".rstrip("0")  # _float(ms), inline
-                if text[-1] == ".":
-                    text += "0"
                 route_part = "" if route is None else f',"route":{_enc(route)}'
                 line = (
                     f'{line},"method":{_enc(method)},"path":{_enc(path)}{route_part}'
-                    f',"status":{status},"duration_ms":{text}'
+                    f',"status":{status},"duration_ms":{_float(ms)}'
                 )
                 fields = None
         elif kind == "request_start" and n == 6:
@@ -374,12 +371,9 @@ def json_line(
         elif kind == "stage" and n == 3:
             name, ms, ok = fields
             if type(name) is str and type(ms) is float and -_FIXED_MAX < ms < _FIXED_MAX:
-                text = f"{ms:{_FLOAT_SPEC}}".rstrip("0")
-                if text[-1] == ".":
-                    text += "0"
                 ok_text = "true" if ok is True else "false" if ok is False else None
                 if ok_text is not None:
-                    line = f'{line},"stage":{_enc(name)},"duration_ms":{text},"ok":{ok_text}'
+                    line = f'{line},"stage":{_enc(name)},"duration_ms":{_float(ms)},"ok":{ok_text}'
                     fields = None
     if fields:
         if type(fields) is tuple:
@@ -393,11 +387,8 @@ def json_line(
                     line = f"{line}{key}{_enc(v)}"
                 elif t is int:
                     line = f"{line}{key}{v}"
-                elif t is float and -_FIXED_MAX < v < _FIXED_MAX:  # _float(v), inline
-                    text = f"{v:{_FLOAT_SPEC}}".rstrip("0")
-                    line = f"{line}{key}{text}0" if text[-1] == "." else f"{line}{key}{text}"
                 elif t is float and _isfinite(v):  # durations: microseconds are enough
-                    line = f"{line}{key}{round(v, FLOAT_DIGITS)}"
+                    line = f"{line}{key}{_float(v)}"
                 elif t is bool:
                     line = f"{line}{key}{'true' if v else 'false'}"
                 else:
