@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,23 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from flask_diaglog import DiagLog
+from flask_diaglog import DiagLog, MemoryJobStore, RedisJobStore
+from flask_diaglog.jobs import JobStore
 
 pytest_plugins = ["pytester"]
+
+#: Upper bound of every wait in the tests; never reached unless something is broken.
+WAIT = 30.0
+
+
+def wait_until(cond: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Poll ``cond`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
 
 # tests/ is on sys.path (rootdir conftest, prepend import mode): `from servers import ...` works.
 
@@ -177,3 +192,14 @@ def jobs_app(make_app: Callable[..., Flask]) -> Iterator[Callable[..., tuple[Fla
         guard = app.extensions["diaglog"].guard
         if guard is not None:
             guard.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[JobStore]:
+    """A MemoryJobStore, or a RedisJobStore on the session's real Redis."""
+    if request.param == "memory":
+        yield MemoryJobStore()
+        return
+    s = RedisJobStore(request.getfixturevalue("redis_url"))
+    yield s
+    s.close()

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from conftest import WAIT, wait_until
 from flask import Flask, Response, request
 from werkzeug.exceptions import Conflict
 
@@ -24,7 +25,6 @@ from flask_diaglog.jobs import JobGuard, get_job_guard
 from flask_diaglog.signals import job_rejected
 
 PROBLEM = "application/problem+json"
-WAIT = 30.0  # upper bound for every wait; never reached unless something is broken
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -33,14 +33,6 @@ def store_url(request: pytest.FixtureRequest) -> str:
     if request.param == "memory":
         return "memory"
     return str(request.getfixturevalue("redis_url"))
-
-
-def wait_until(cond: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def held_job_app(

@@ -11,28 +11,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Logs
+from conftest import WAIT, Logs, wait_until
 from flask import Flask
 
-from flask_diaglog import DiagLog, MemoryJobStore, RedisJobStore, guard_job
+from flask_diaglog import DiagLog, guard_job
 from flask_diaglog.jobs import HandOffError, JobStore, abandon, adopt, get_job_guard, hand_off
 
-WAIT = 30.0
 REPO = Path(__file__).resolve().parent.parent
 Factory = Callable[..., tuple[Flask, DiagLog]]
-
-
-def wait_until(cond: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class Web:
@@ -417,16 +408,6 @@ def test_malformed_token_raises_hand_off_error(worker_app: Flask, token: Any) ->
     """A token that is not what hand_off() returned is refused with HandOffError (a ValueError)."""
     with pytest.raises(HandOffError):
         adopt(token, worker_app)
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> Iterator[JobStore]:
-    if request.param == "memory":
-        yield MemoryJobStore()
-        return
-    s = RedisJobStore(request.getfixturevalue("redis_url"))
-    yield s
-    s.close()
 
 
 def test_store_shared_lease_is_freed_by_its_last_party(store: JobStore) -> None:

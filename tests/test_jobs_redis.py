@@ -18,34 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import WAIT, wait_until
 from flask import Flask
 from servers import RedisServer, gunicorn, redis_binary
 
-from flask_diaglog import ConfigError, DiagLog, MemoryJobStore, RedisJobStore, guard_job
+from flask_diaglog import ConfigError, DiagLog, RedisJobStore, guard_job
 from flask_diaglog.jobs import JobStore, JobStoreError, get_job_guard
 
 PROBLEM = "application/problem+json"
-WAIT = 30.0
 REPO = Path(__file__).resolve().parent.parent
-
-
-def wait_until(cond: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> Iterator[JobStore]:
-    """A MemoryJobStore, or a RedisJobStore on the session's real Redis."""
-    if request.param == "memory":
-        yield MemoryJobStore()
-        return
-    s = RedisJobStore(request.getfixturevalue("redis_url"))
-    yield s
-    s.close()
 
 
 # -- 4. stores -----------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import os
 import threading
-import time
 import tracemalloc
 import weakref
 from collections.abc import Callable
@@ -14,23 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import WAIT, wait_until
 from flask import Flask
 
 from flask_diaglog import DiagLog, MemoryJobStore, guard_job
 from flask_diaglog.jobs import get_job_guard
 
-WAIT = 30.0
 APPS = 200
 #: Descriptors a library may cache once per process (none seen so far; a tiny constant).
 FD_SLACK = 2
-
-
-def wait_until(cond: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def open_fds() -> int:

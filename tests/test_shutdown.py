@@ -13,12 +13,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 
 from tests.servers import free_port
 
@@ -65,15 +65,6 @@ def _env(app_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _wait_until(predicate: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
 def _post(url: str) -> dict[str, bool]:
     req = urllib.request.Request(url, method="POST")
     with urllib.request.urlopen(req, timeout=10) as r:
@@ -113,7 +104,7 @@ def flask_run(app_dir: Path) -> Iterator[object]:
         )
         procs.append(proc)
         base = f"http://127.0.0.1:{port}"
-        _wait_until(lambda: _ready(base + "/"))
+        wait_until(lambda: _ready(base + "/"), "the server to answer", 20.0)
         return proc, base
 
     yield start
@@ -130,7 +121,11 @@ def test_a_stopping_flask_run_waits_for_the_running_job(
     proc, base = flask_run()  # type: ignore[operator]
     threads = _post(base + "/jobs/j-wait?seconds=1.5")
     assert threads == {"daemon": False, "parent_daemon": True}  # non-daemon, from a daemon thread
-    _wait_until(lambda: any(r["event"] == "job_start" for r in _job_lines(app_dir)))
+    wait_until(
+        lambda: any(r["event"] == "job_start" for r in _job_lines(app_dir)),
+        "the job to start",
+        20.0,
+    )
     proc.send_signal(sig)
     proc.wait(30)
     (end,) = [r for r in _job_lines(app_dir) if r["event"] == "job_end"]
@@ -143,7 +138,11 @@ def test_a_job_past_the_grace_period_ends_with_an_aborted_line(
 ) -> None:
     proc, base = flask_run(DIAGLOG_SHUTDOWN_GRACE="0.5")  # type: ignore[operator]
     _post(base + "/jobs/j-long?seconds=60")
-    _wait_until(lambda: any(r["event"] == "job_start" for r in _job_lines(app_dir)))
+    wait_until(
+        lambda: any(r["event"] == "job_start" for r in _job_lines(app_dir)),
+        "the job to start",
+        20.0,
+    )
     proc.send_signal(signal.SIGINT)
     assert proc.wait(20) == 1  # it did not wait the 60 s
     (end,) = [r for r in _job_lines(app_dir) if r["event"] == "job_end"]
@@ -177,9 +176,13 @@ def test_a_gunicorn_worker_stopping_gracefully_waits_for_the_job(app_dir: Path) 
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_until(lambda: _ready(base + "/"))
+        wait_until(lambda: _ready(base + "/"), "the server to answer", 20.0)
         _post(base + "/jobs/j-guni?seconds=1.5")
-        _wait_until(lambda: any(r["event"] == "job_start" for r in _job_lines(app_dir)))
+        wait_until(
+            lambda: any(r["event"] == "job_start" for r in _job_lines(app_dir)),
+            "the job to start",
+            20.0,
+        )
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     finally:
@@ -207,7 +210,7 @@ def test_ctrl_c_on_the_example_apps_server_waits_for_the_generation(tmp_path: Pa
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_until(lambda: _ready(base + "/healthz"))
+        wait_until(lambda: _ready(base + "/healthz"), "the server to answer", 20.0)
         body, ctype = _multipart("image", "in.png", png(8, 6))
         job_id = _request(base + "/api/images", body, {"Content-Type": ctype})["job_id"]
         _request(
@@ -215,7 +218,11 @@ def test_ctrl_c_on_the_example_apps_server_waits_for_the_generation(tmp_path: Pa
             b'{"resolution": 4}',
             {"Content-Type": "application/json"},
         )
-        _wait_until(lambda: any(r["event"] == "job_start" for r in _job_lines(tmp_path)))
+        wait_until(
+            lambda: any(r["event"] == "job_start" for r in _job_lines(tmp_path)),
+            "the job to start",
+            20.0,
+        )
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
     finally:
