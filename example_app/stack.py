@@ -49,6 +49,25 @@ def redis_server() -> str:
     return found
 
 
+def redis_command(exe: str, port: int, directory: str) -> list[str]:
+    """``redis-server`` on ``127.0.0.1:port``, in the foreground, with no persistence."""
+    return [
+        exe,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        directory,
+        "--daemonize",
+        "no",
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,20 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     redis_dir = tempfile.mkdtemp(prefix="example-redis-")
     redis_port = free_port()
     redis = subprocess.Popen(
-        [
-            redis_server(),
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            redis_dir,
-        ],
-        stdout=subprocess.DEVNULL,
+        redis_command(redis_server(), redis_port, redis_dir), stdout=subprocess.DEVNULL
     )
     try:
         wait_for_port(redis_port, redis)

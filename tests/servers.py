@@ -24,7 +24,7 @@ from typing import Any
 from werkzeug.serving import make_server
 
 from benchmarks._common import stop_process_group
-from example_app.stack import free_port, redis_binary
+from example_app.stack import free_port, redis_binary, redis_command
 
 __all__ = ["RedisServer", "free_port", "gunicorn", "redis_binary", "serve_in_thread"]
 
@@ -47,21 +47,7 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> None:
         self.proc = subprocess.Popen(
-            [
-                self.exe,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-                "--daemonize",
-                "no",
-            ],
+            redis_command(self.exe, self.port, self.dir),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
