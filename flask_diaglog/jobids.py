@@ -26,13 +26,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from flask.globals import _cv_request
+from flask.wrappers import Request
 
 from .context import is_valid_id
 from .problems import InvalidJobId
 
 if TYPE_CHECKING:
-    from flask.wrappers import Request
-
     from .context import Trace
 
 __all__ = ["BODY_LOOKUP_MAX", "JobIdGetter", "JobIds", "lookup_job_id", "peek_body", "url_job_id"]
@@ -263,8 +262,8 @@ class JobIds:
     the headers, or from the query string when no body could hold one. :meth:`resolve` takes the
     URL's job id (and rule) once Flask has matched it, and a body's when asked: the recorder calls
     ``trace.resolve(trace, False)`` before each line, ``current_job_id()`` calls
-    ``trace.resolve(trace, True)`` (which may read the body), the end of the view
-    :meth:`finish`.
+    ``trace.resolve(trace, True)`` (which may read the body), and the end of the view and the end
+    line ``resolve(trace, False, True)``, which settles it.
     """
 
     def __init__(self, getter: JobIdGetter | None) -> None:
@@ -294,8 +293,9 @@ class JobIds:
         """Take what can be known now: the URL's rule and job id once Flask matched it, the body
         when asked (``read_body``) or once the view has read it.
 
-        ``at_end`` (the end of the view, see :meth:`finish`): fall back to the query string when
-        the body was never read (it is not read now: the view chose not to).
+        ``at_end`` (the end of the view, or the end line): settle it. What is still unknown is
+        taken from the query string, also when the body was never read (it is not read now: the
+        view chose not to) or when Flask did not serve the request (another WSGI app did).
         """
         ctx = _cv_request.get(None)
         req: Request | None
@@ -304,12 +304,18 @@ class JobIds:
         else:  # after the request (the end line) or from another thread (a hang report)
             env = trace.environ
             req = env.get("werkzeug.request") if env is not None else None
-            if req is None:  # before Flask made the request (a WSGI middleware's line)
+            if not isinstance(req, Request):
+                # Before Flask made the request (a WSGI middleware's line), or never: another WSGI
+                # app answered (it may have left a plain Werkzeug request in the environ).
+                if at_end:
+                    self._from_query(trace, env or {})
                 return
         rule = req.url_rule
         if rule is None:
-            if req.routing_exception is None:
-                return  # not matched yet (a line from the session interface)
+            if req.routing_exception is None:  # not matched yet (a line from the session
+                if at_end:  # interface), or never (another WSGI app answered)
+                    self._from_query(trace, req.environ)
+                return
         elif trace.route is None:
             trace.route = rule.rule
         getter = self.getter
@@ -346,19 +352,12 @@ class JobIds:
         elif at_end or read_body or peek_body(req, False) is not None or "form" in req.__dict__:
             # The body was read and holds no id, or the view chose not to read it: the query
             # string may hold one.
-            trace.resolve = None
-            self._take(trace, _query_value(env.get("QUERY_STRING", "")), override=False)
+            self._from_query(trace, env)
 
-    def finish(self, trace: Trace) -> None:
-        """At the end of the view: resolve what can be, and fall back to the query string when
-        the body was never read (it is not read now: the view chose not to)."""
-        if trace.resolve is not None:
-            self.resolve(trace, False, True)
-        if trace.resolve is not None:  # a line of a WSGI app Flask did not serve
-            trace.resolve = None
-            env = trace.environ
-            if env is not None:
-                self._take(trace, _query_value(env.get("QUERY_STRING", "")), override=False)
+    def _from_query(self, trace: Trace, env: dict[str, Any]) -> None:
+        """Settle the job id: the query string's, unless one is known already."""
+        trace.resolve = None
+        self._take(trace, _query_value(env.get("QUERY_STRING", "")), override=False)
 
     @staticmethod
     def _take(trace: Trace, value: Any, *, override: bool) -> None:

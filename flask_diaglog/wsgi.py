@@ -153,10 +153,7 @@ class RequestTrail:
             if trace.resolve is not None:
                 # Flask calls this inside the request context, after the view: the URL's job id
                 # and rule, or a body the view read, are known now.
-                ids = self.job_ids
-                ids.resolve(trace, False, True)
-                if trace.resolve is not None:
-                    ids.finish(trace)
+                self.job_ids.resolve(trace, False, True)
             sized = own_rid = own_timing = False
             for name, _ in headers:
                 # Flask's own spelling first: two string compares instead of a lower() call per
@@ -211,7 +208,7 @@ class RequestTrail:
         ms = (perf_counter() - trace.t0) * 1000.0
         try:
             if trace.resolve is not None:  # the URL's job id and rule, or a body the view read
-                self.job_ids.finish(trace)
+                self.job_ids.resolve(trace, False, True)
             status = trace.status
             if exc is not None:
                 if trace.error is not exc:

@@ -219,3 +219,42 @@ def test_incoming_ids_can_be_refused(
     assert re.fullmatch(r"[0-9a-f]{18}", rid) and r.json["request_id"] == rid  # type: ignore[index]
     assert "chosen-by-client" not in logs.text("requests")
     assert "4bf92f3577b34da6a3ce929d0e0e4736" not in logs.text("requests")
+
+
+def test_an_unread_body_leaves_the_job_id_to_the_query_string(
+    make_app: Callable[..., Flask], logs: Logs
+) -> None:
+    """A JSON body the view never reads is not read for the lines either: the end line takes the
+    query string's job id."""
+    app = make_app({"DIAGLOG_FORMAT": "json"})
+
+    @app.post("/ignore")
+    def ignore() -> str:
+        return "ok"
+
+    r = app.test_client().post("/ignore?job_id=q1", json={"job_id": "body1"})
+    assert r.status_code == 200
+    end = logs.events("requests", "request_end")[-1]
+    assert end["job_id"] == "q1"
+
+
+def test_a_request_another_wsgi_app_answers_takes_the_query_job_id(
+    make_app: Callable[..., Flask], logs: Logs
+) -> None:
+    """Mounted beside Flask (DispatcherMiddleware), a request Flask never serves still gets the
+    query string's job id on its end line, and a body-less one on its start line as well."""
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+    from werkzeug.wrappers import Response
+
+    app = make_app({"DIAGLOG_FORMAT": "json"}, init=False)
+    app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, {"/other": Response("other")}
+    )
+    from flask_diaglog import DiagLog
+
+    DiagLog(app)
+    client = app.test_client()
+    r = client.post("/other/x?job_id=q2", json={"job_id": "body2"})
+    assert r.get_data() == b"other"
+    end = logs.events("requests", "request_end")[-1]
+    assert (end["path"], end["job_id"]) == ("/other/x", "q2")
