@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from blinker import Signal
 
-from .signals import SIGNALS, _receivers, _resolved
+from .signals import SIGNALS, _receivers
 from .trail import (
     CLOSES,
     ERRORS_FROM,
@@ -386,10 +386,7 @@ class Recorder:
         sender = self.sender
         # The receivers blinker's receivers_for would give, resolved once per connect or
         # disconnect (see flask_diaglog.signals): -7 k instructions per event.
-        refs = _resolved.get((sig, id(sender)))
-        if refs is None:
-            refs = _receivers(sig, sender)
-        for ref in refs:
+        for ref in _receivers(sig, sender):
             receiver = ref()
             if receiver is not None:  # else a weak receiver that died, or one disconnected
                 try:
