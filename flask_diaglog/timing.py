@@ -171,11 +171,7 @@ def server_timing_header(trace: Trace) -> str:
     total = f"total;dur={(perf_counter() - trace.t0) * 1000.0:.1f}"
     if not trace.stages:
         return total
-    cache = _token_cache
-    parts = [
-        f"{cache.get(name) or _token(name)};dur={ms:.1f}"
-        for name, ms in trace.stage_totals().items()
-    ]
+    parts = [f"{_token(name)};dur={ms:.1f}" for name, ms in trace.stage_totals().items()]
     parts.append(total)
     return ", ".join(parts)
 
