@@ -158,22 +158,26 @@ _token_cache: dict[str, str] = {}
 
 
 def _token(name: str) -> str:
-    tok = _token_cache.get(name)
-    if tok is None:
-        tok = _TOKEN_BAD.sub("_", name) or "_"
-        if len(_token_cache) < 4096:
-            _token_cache[name] = tok
+    tok = _TOKEN_BAD.sub("_", name) or "_"
+    if len(_token_cache) < 4096:
+        _token_cache[name] = tok
     return tok
 
 
 def server_timing_header(trace: Trace) -> str:
     """``validate;dur=1.2, generate;dur=40.3, total;dur=42.0`` (names made into valid tokens)."""
     total = f"total;dur={(perf_counter() - trace.t0) * 1000.0:.1f}"
-    if not trace.stages:
+    totals = trace.totals
+    if not totals:
         return total
-    parts = [f"{_token(name)};dur={ms:.1f}" for name, ms in trace.stage_totals().items()]
-    parts.append(total)
-    return ", ".join(parts)
+    # One loop and no helper call for a known name: this runs once per request with stages.
+    head = ""
+    for name, ms in totals.items():
+        tok = _token_cache.get(name)
+        if tok is None:
+            tok = _token(name)
+        head += f"{tok};dur={ms:.1f}, "
+    return head + total
 
 
 def get_request_timings() -> dict[str, float]:

@@ -30,7 +30,6 @@ __all__ = [
     "LEVELS",
     "LEVEL_NAMES",
     "file_for",
-    "format_stages",
     "hang_msg",
     "job_end_msg",
     "job_rejected_msg",
@@ -162,11 +161,6 @@ def file_name(target: str) -> str:
 # -- messages: each builder with the pattern that reads it back ---------------------------------
 
 
-def format_stages(totals: Mapping[str, float]) -> str:
-    """``validate:1.20,render:40.31``: stage totals as they appear in end lines."""
-    return ",".join([f"{k}:{v:.2f}" for k, v in totals.items()])
-
-
 def _parse_stages(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for part in text.split(","):
@@ -183,10 +177,17 @@ def _tail(
     slow: bool,
     bad_job_id: str | None = None,
 ) -> str:
-    """The optional words of an end line, in a fixed order."""
+    """The optional words of an end line, in a fixed order.
+
+    ``stages=validate:1.20,render:40.31`` gives the stage totals (a loop, not a join over a
+    comprehension: two calls less per line, measured under callgrind).
+    """
     tail = ""
     if totals:
-        tail = " stages=" + format_stages(totals)
+        sep = " stages="
+        for k, v in totals.items():
+            tail += f"{sep}{k}:{v:.2f}"
+            sep = ","
     if aborted:
         tail += " aborted"
     if hung:

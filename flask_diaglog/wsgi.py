@@ -220,7 +220,7 @@ class RequestTrail:
             is_slow = bool(slow and ms >= slow)
             method, path, route = trace.method, trace.path, trace.route
             if trace.stages or aborted or trace.hung or is_slow or trace.bad_job_id is not None:
-                totals = trace.stage_totals() if trace.stages else None
+                totals = trace.totals
                 hung, bad = trace.hung, trace.bad_job_id
                 msg = request_end_msg(
                     method, path, status, ms, route, totals, aborted, hung, is_slow, bad
