@@ -12,10 +12,13 @@ against bare Flask, which does none of the work. It has:
 * the end line, written when Flask returns;
 * one ``os.write`` to an ``O_APPEND`` file per line, so each line is out before the call returns.
 
+With ``stages=True`` the view runs one timed stage, the least a stage needs: its line, its
+``Server-Timing`` entry and the ``stages=`` word of the end line (the "floor + one stage" row).
+
 It leaves out everything else: id validation and the 400, the body, form and query job id
 sources, redaction, rotation and the multi-process generation check, write-failure handling,
-the in-flight registry and hang watchdog, signals and events, streamed bodies, errors, stages,
-background work, the JSON format and configuration.
+the in-flight registry and hang watchdog, signals and events, streamed bodies, errors, nested,
+repeated and failing stages, background work, the JSON format and configuration.
 """
 
 from __future__ import annotations
@@ -33,22 +36,34 @@ _MS = tuple(f".{i:03d}" for i in range(1000))
 
 
 class _Trace:
-    __slots__ = ("head", "job_id", "method", "path", "request_id", "status", "streamed", "t0")
+    __slots__ = (
+        "head", "job_id", "method", "path", "request_id", "stages", "status", "streamed", "t0",
+    )  # fmt: skip
 
 
-def floor_app(log_path: str, name: str = "floor") -> Flask:
+def floor_app(log_path: str, name: str = "floor", stages: bool = False) -> Flask:
     app = Flask(name)
+    stage = install(app, log_path)
 
-    @app.get("/")
-    def index() -> dict[str, bool]:
-        return {"ok": True}
+    if stages:
 
-    install(app, log_path)
+        @app.get("/")
+        def staged() -> dict[str, bool]:
+            with stage("work"):
+                pass
+            return {"ok": True}
+
+    else:
+
+        @app.get("/")
+        def index() -> dict[str, bool]:
+            return {"ok": True}
+
     return app
 
 
-def install(app: Flask, log_path: str) -> None:
-    """Add the floor's request lines to ``app``, writing to ``log_path``."""
+def install(app: Flask, log_path: str) -> Callable[[str], Any]:
+    """Add the floor's request lines to ``app``, writing to ``log_path``; returns its ``stage``."""
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
     current: ContextVar[_Trace | None] = ContextVar("floor_trace", default=None)
     counter = itertools.count(1)
@@ -97,10 +112,17 @@ def install(app: Flask, log_path: str) -> None:
         t0 = t.t0 = perf()
         t.method, t.path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
         t.job_id, t.status, t.head = None, None, " | INFO | flask_diaglog.request | req=- job=- | "
+        t.stages = None
 
         def sr(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             headers.append(("X-Request-ID", rid))
-            headers.append(("Server-Timing", f"total;dur={(perf() - t0) * 1000:.1f}"))
+            timing = f"total;dur={(perf() - t0) * 1000:.1f}"
+            if t.stages:
+                head = ""
+                for stage_name, stage_ms in t.stages:
+                    head += f"{stage_name};dur={stage_ms:.1f}, "
+                timing = head + timing
+            headers.append(("Server-Timing", timing))
             return start_response(status, headers, exc_info)
 
         token = current.set(t)
@@ -109,9 +131,33 @@ def install(app: Flask, log_path: str) -> None:
         finally:
             current.reset(token)
         ms = (perf() - t0) * 1000
-        write(
-            fd, f"{stamp()}{t.head}request_end {t.method} {t.path} {t.status} {ms:.2f}ms\n".encode()
-        )
+        line = f"{stamp()}{t.head}request_end {t.method} {t.path} {t.status} {ms:.2f}ms"
+        if t.stages:
+            sep = " stages="
+            for stage_name, stage_ms in t.stages:
+                line += f"{sep}{stage_name}:{stage_ms:.2f}"
+                sep = ","
+        write(fd, f"{line}\n".encode())
         return body
 
     app.wsgi_app = wsgi  # type: ignore[method-assign]
+
+    class stage:
+        __slots__ = ("name", "t0")
+
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __enter__(self) -> None:
+            self.t0 = perf()
+
+        def __exit__(self, *exc_info: object) -> None:
+            ms = (perf() - self.t0) * 1000
+            t = current.get()
+            if t is not None:
+                if t.stages is None:
+                    t.stages = []
+                t.stages.append((self.name, ms))
+                write(fd, f"{stamp()}{t.head}stage {self.name} {ms:.2f}ms ok\n".encode())
+
+    return stage

@@ -57,6 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, tuple[str, Callable[[Path], Flask]]] = {
     "bare": ("bare Flask", req.bare),
     "floor": ("floor: the same 2 lines and 2 headers, no features", req.floor),
+    "floor_stage": ("floor + one stage: its line, header entry and end-line word", req.floor_stage),
     "diaglog": ("DiagLog(app), default config (plain lines)", req.diaglog),
     "stage": ("DiagLog(app) + one timed stage", req.diaglog_stage),
     "json": ("DiagLog(app), DIAGLOG_FORMAT=json", req.diaglog_json),
@@ -232,6 +233,8 @@ def results(totals: dict[str, tuple[int, int]], n1: int, n2: int) -> dict[str, A
         derived["json_plain_overhead_ratio"] = (per["json"] - bare) / (per["diaglog"] - bare)
     if "stage" in per and "diaglog" in per:
         derived["per_stage"] = per["stage"] - per["diaglog"]
+    if "floor_stage" in per and "floor" in per:
+        derived["floor_per_stage"] = per["floor_stage"] - per["floor"]
     if "signal" in per and "diaglog" in per:
         derived["per_signal_event"] = per["signal"] - per["diaglog"]
     return {"variants": variants, "derived": derived}
@@ -267,6 +270,9 @@ def markdown(res: dict[str, Any], n1: int, n2: int, warmup: int) -> str:
         lines.append(f"json/plain overhead ratio: {d['json_plain_overhead_ratio']:.2f}x")
     if "per_stage" in d:
         lines.append(f"per stage (stage - diaglog): {k(d['per_stage'], '+')} k instructions")
+    if "floor_per_stage" in d:
+        floor_stage = k(d["floor_per_stage"], "+")
+        lines.append(f"the floor's stage (floor_stage - floor): {floor_stage} k instructions")
     if "per_signal_event" in d:
         lines.append(
             f"per signal event (signal - diaglog, one request_end per request): "

@@ -86,6 +86,12 @@ def floor(tmp: Path) -> Flask:
     return floor_app(str(tmp / "floor.log"))
 
 
+def floor_stage(tmp: Path) -> Flask:
+    from .floor import floor_app
+
+    return floor_app(str(tmp / "floor.log"), "floor_stage", stages=True)
+
+
 def handwritten(tmp: Path) -> Flask:
     """What people write by hand: two hooks, two lines through RotatingFileHandler, an id."""
     app = _app("handwritten")

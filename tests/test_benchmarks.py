@@ -1,7 +1,8 @@
 """The benchmark variants still build and serve (the benchmarks themselves run on demand only).
 
 The floor row is only a fair reference if it really does the work it stands for: a request id in
-both headers and two lines per request, the start line written before the view runs.
+both headers and two lines per request, the start line written before the view runs; its stage
+row a stage line, a ``Server-Timing`` entry and the end line's ``stages=`` word.
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ def test_floor_writes_two_lines_and_both_headers(tmp_path: Path) -> None:
         and f"req={rid} job=j-1 | request_end GET /jobs/j-1 200 " in (lines[1])
     )
     assert client.get("/").headers["X-Request-ID"] != rid
+
+
+def test_the_floors_stage_writes_its_line_header_entry_and_end_word(tmp_path: Path) -> None:
+    log = tmp_path / "floor.log"
+    app = floor_app(str(log), "floor_stage", stages=True)
+    r = app.test_client().get("/")
+    assert r.status_code == 200
+    assert re.fullmatch(r"work;dur=\d+\.\d, total;dur=\d+\.\d", r.headers["Server-Timing"])
+    lines = log.read_text().splitlines()
+    assert len(lines) == 3
+    assert re.search(r"\| stage work \d+\.\d\dms ok$", lines[1])
+    assert re.search(r"request_end GET / 200 \d+\.\d\dms stages=work:\d+\.\d\d$", lines[2])
 
 
 @pytest.mark.parametrize("key", list(request_bench.VARIANTS))
@@ -167,7 +180,7 @@ def test_read_total_picks_ir_from_the_totals(tmp_path: Path) -> None:
 def test_instruction_results_difference_and_derived_figures() -> None:
     n1, n2 = 100, 600
     per_request = {"bare": 800_000, "floor": 830_000, "diaglog": 860_000}
-    per_request |= {"stage": 875_000, "json": 890_000, "signal": 880_000}
+    per_request |= {"stage": 875_000, "json": 890_000, "signal": 880_000, "floor_stage": 841_000}
     # start-up differs by variant and must cancel
     totals = {
         name: (10**9 + i * 10**7 + n1 * pr, 10**9 + i * 10**7 + n2 * pr)
@@ -182,9 +195,11 @@ def test_instruction_results_difference_and_derived_figures() -> None:
     assert res["derived"] == {
         "json_plain_overhead_ratio": pytest.approx(1.5),
         "per_stage": 15_000,
+        "floor_per_stage": 11_000,
         "per_signal_event": 20_000,
     }
     text = instructions.markdown(res, n1, n2, 50)
     assert "| diaglog " in text and "| 860.0 " in text and "| +60.0 " in text and "2.00x" in text
     assert "json/plain overhead ratio: 1.50x" in text
     assert "per stage (stage - diaglog): +15.0 k" in text
+    assert "the floor's stage (floor_stage - floor): +11.0 k" in text
