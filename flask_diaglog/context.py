@@ -10,7 +10,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -73,8 +73,8 @@ class Lease(Protocol):
 class Trace:
     """The state of one request or one background job, and the recorder its lines go to.
 
-    ``stages`` holds finished stages as ``(name, duration_ms, ok)``; ``open_stages`` is the stack of
-    stages that are running (the innermost is the "current stage" the watchdog reports).
+    ``totals`` holds the finished stages' total milliseconds by name, ``current_stage`` the
+    innermost stage running (the one the watchdog reports). :mod:`flask_diaglog.timing` keeps both.
     """
 
     # The attributes every request sets are slots. Those that most never set (a guarded job's
@@ -84,17 +84,16 @@ class Trace:
     __slots__ = (
         "__dict__",
         "__weakref__",
+        "current_stage",
         "environ",
         "job_id",
         "kind",
         "method",
-        "open_stages",
         "path",
         "rec",
         "request_id",
         "resolve",
         "route",
-        "stages",
         "start",
         "status",
         "streamed",
@@ -139,16 +138,15 @@ class Trace:
         self.start = _time()
         #: The URL rule Flask matched (requests), or ``None``.
         self.route: str | None = None
-        #: Finished stages (a list from the first one on; an empty tuple costs no allocation).
-        self.stages: Sequence[tuple[str, float, bool]] = ()
-        #: Open stages, innermost last (likewise).
-        self.open_stages: Sequence[str] = ()
-        self.status: int | None = None
-        self.streamed = False
-        self.thread = _get_ident()
+        #: The innermost stage running (its full, dotted name), or ``None``. A plain attribute:
+        #: another thread (the watchdog) reads one whole string.
+        self.current_stage: str | None = None
         #: Stage name to total milliseconds, or ``None`` before the first stage ends. Replaced
         #: whole on each change, never changed in place: read it, do not write it.
         self.totals: dict[str, float] | None = None
+        self.status: int | None = None
+        self.streamed = False
+        self.thread = _get_ident()
         #: Pending job-id resolution (see :class:`flask_diaglog.jobids.JobIds`): called as
         #: ``resolve(trace, read_body)`` until the job id is known, then ``None``.
         self.resolve: Callable[[Trace, bool], None] | None = None
@@ -158,32 +156,10 @@ class Trace:
     def elapsed_ms(self) -> float:
         return (_perf_counter() - self.t0) * 1000.0
 
-    @property
-    def current_stage(self) -> str | None:
-        """The innermost open stage. Safe to read from another thread (the watchdog): the
-        one-element slice is taken atomically, so a stage closing meanwhile cannot break it."""
-        top = self.open_stages[-1:]
-        return top[0] if top else None
-
-    def add_stage(self, name: str, ms: float, ok: bool) -> None:
-        """Note a finished stage: in :attr:`stages` and in the totals :meth:`stage_totals` gives."""
-        totals = self.totals
-        # To the microsecond, half up: a third of round(x, 3)'s cost (1.5 k instructions a stage).
-        if totals is None:  # the first stage: set together with the first totals
-            self.stages = [(name, ms, ok)]
-            self.totals = {name: int(ms * 1000.0 + 0.5) / 1000.0}
-            return
-        self.stages.append((name, ms, ok))  # type: ignore[attr-defined]
-        # A new dict each time, swapped in whole: a reader in another thread (the watchdog, the
-        # in-flight list) sees the old totals or the new ones, never a dict changing under it.
-        new = totals.copy()
-        new[name] = int((new.get(name, 0.0) + ms) * 1000.0 + 0.5) / 1000.0
-        self.totals = new
-
     def stage_totals(self) -> dict[str, float]:
         """Stage name to total milliseconds (a stage run several times is summed).
 
-        Shared by the ``Server-Timing`` header and the end line; treat it as read-only.
+        The same dict as :attr:`totals` (empty before the first stage): treat it as read-only.
         """
         totals = self.totals
         return totals if totals is not None else {}

@@ -176,7 +176,7 @@ class RequestTrail:
             if not own_rid:  # the app's own X-Request-ID wins: exactly one goes out
                 headers.append(("X-Request-ID", trace.request_id))  # type: ignore[arg-type]
             if self.server_timing:
-                if trace.stages:
+                if trace.totals:
                     timing = server_timing_header(trace)
                 else:  # the common case, inlined: total only
                     timing = f"total;dur={(perf_counter() - trace.t0) * 1000.0:.1f}"
@@ -219,7 +219,7 @@ class RequestTrail:
             slow = self.slow_ms
             is_slow = bool(slow and ms >= slow)
             method, path, route = trace.method, trace.path, trace.route
-            if trace.stages or aborted or trace.hung or is_slow or trace.bad_job_id is not None:
+            if trace.totals or aborted or trace.hung or is_slow or trace.bad_job_id is not None:
                 totals = trace.totals
                 hung, bad = trace.hung, trace.bad_job_id
                 msg = request_end_msg(
