@@ -145,6 +145,7 @@ class LogFile:
     __slots__ = (
         "__weakref__",
         "_broken",
+        "_budget",
         "_check_every",
         "_closed",
         "_compressor",
@@ -158,7 +159,6 @@ class LogFile:
         "_side_fd",
         "_side_ino",
         "_side_retry",
-        "_since",
         "_torn_end",
         "_torn_ino",
         "_wake",
@@ -201,7 +201,9 @@ class LogFile:
         self._fd = -1
         self._ino = -1
         self._gen = -1
-        self._since = 0
+        #: Bytes left before the next size check; 0 while broken, so that the first write that
+        #: succeeds again takes the slow path and reports the recovery.
+        self._budget = self._check_every
         self._broken = False
         self._side_fd = -1
         self._side_ino = -1
@@ -361,7 +363,7 @@ class LogFile:
         self._ino = ino
         # Without a mapping the generation is always 0: -1 sends every write through _follow.
         self._gen = gen if hdr is not _NO_HDR else -1
-        self._since = 0
+        self._budget = 0 if self._broken else self._check_every
         if self._rest or hdr[1]:
             self._repair(fd, rotating)
 
@@ -472,19 +474,18 @@ class LogFile:
                     self._failed(torn, lost=False)  # not lost yet: the rest waits in _rest
                     return
                 n = len(data)
-            since = self._since + n
-            if since < self._check_every and not self._broken:
-                self._since = since
+            budget = self._budget - n
+            if budget > 0:  # one test for "no size check due, not broken" (see _budget)
+                self._budget = budget
                 return
             if self._broken:
                 self._broken = False
                 self._report(None)
-            self._since = 0
-            if since >= self._check_every:
-                try:
-                    self._check()
-                except OSError as exc:  # the record is written; the next write reopens
-                    self._failed(exc, lost=False)
+            self._budget = self._check_every
+            try:
+                self._check()
+            except OSError as exc:  # the record is written; the next write reopens
+                self._failed(exc, lost=False)
         finally:
             lock.release()
 
@@ -521,6 +522,7 @@ class LogFile:
         self._close_fd()  # reopen on the next write (the file may be gone, or the fd broken)
         if not self._broken:
             self._broken = True
+            self._budget = 0
             self._report(exc)
 
     def _report(self, exc: OSError | None) -> None:
