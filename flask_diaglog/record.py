@@ -248,12 +248,15 @@ class Recorder:
         self.failures: dict[str, int] = {}
         self._subscribers: tuple[tuple[str, Subscriber], ...] = ()
         signals: Mapping[str, Signal] = SIGNALS if sender is not None else {}
+        # The signal of a kind that has none (or of an app-less recorder): never connected, so
+        # the hot path tests ``sig.receivers`` alone, without ``sig is not None`` first.
+        unheard = Signal()
         #: Per kind, decided once: its logger, its signal, and whether it opens (True) or closes
         #: (False) an entry of the in-flight registry (None: neither).
-        self._plan: dict[str, tuple[str, Signal | None, bool | None]] = {
+        self._plan: dict[str, tuple[str, Signal, bool | None]] = {
             kind: (
                 logger,
-                signals.get(kind),
+                signals.get(kind, unheard),
                 True if kind in OPENS else False if kind in CLOSES else None,
             )
             for kind, logger in KIND_LOGGER.items()
@@ -345,7 +348,7 @@ class Recorder:
                 except Exception as e:
                     self.failed("inflight", e)
         subs = self._subscribers
-        if subs or (sig is not None and sig.receivers):
+        if subs or sig.receivers:
             flag = self._flag
             if flag.active:
                 return  # recorded from inside a subscriber: written, not fanned out again
@@ -372,7 +375,7 @@ class Recorder:
                 ev.trace = trace
                 ev.pid = _getpid()
                 ev._thread = thread if thread is not None else _current_thread()
-                if sig is not None and sig.receivers and not sig.is_muted:  # blinker's muted()
+                if sig.receivers and not sig.is_muted:  # blinker's muted()
                     self._send(sig, ev)
                 for label, sub in subs:
                     try:
