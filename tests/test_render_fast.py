@@ -187,11 +187,27 @@ def test_a_json_duration_is_the_float_rounded_to_three_decimals(ms: float) -> No
     assert split_json(line)["duration_ms"] == round(ms, 3)  # type: ignore[index]
 
 
+class _Str(str):
+    """A str subclass (the fast paths encode it as the loop does: its text, not its ``str()``)."""
+
+    def __str__(self) -> str:
+        return "not the text"
+
+    def __format__(self, spec: str) -> str:
+        return "not the text"
+
+
 #: Values of the per-request fields as requests give them (strings, ints, finite floats, None),
-#: and the near misses that must leave the one-f-string path for the loop.
+#: and the near misses that must leave the one-f-string path for the loop (a value that is not
+#: a str reaches the fast path's try and leaves it at encode_basestring's TypeError).
 request_values = {
-    "str": st.one_of(text, st.sampled_from(["GET", "/", "/items/<int:id>", "127.0.0.1"])),
-    "str_or_none": st.one_of(st.none(), text, st.integers()),
+    "str": st.one_of(
+        text,
+        st.sampled_from(["GET", "/", "/items/<int:id>", "127.0.0.1"]),
+        text.map(_Str),
+        st.sampled_from([None, 1, 2.5, True, b"GET", ["GET"]]),
+    ),
+    "str_or_none": st.one_of(st.none(), text, st.integers(), text.map(_Str)),
     "int": st.one_of(st.integers(100, 599), st.none(), st.booleans()),
     "float": st.one_of(
         st.floats(0, 1e6),

@@ -339,49 +339,47 @@ def json_line(
         n = len(fields)
         if kind == "request_end" and n == 5:
             method, path, route, status, ms = fields
-            if (
-                type(method) is str
-                and type(path) is str
-                and (route is None or type(route) is str)
-                and type(status) is int
-                and type(ms) is float
-                and -_FIXED_MAX < ms < _FIXED_MAX
-            ):
-                route_part = "" if route is None else f',"route":{_enc(route)}'
+            if type(status) is int and type(ms) is float and -_FIXED_MAX < ms < _FIXED_MAX:
                 # _float inline: the range is checked above (-0.6 k instructions a line)
                 ms_text = f"{ms:{_FLOAT_SPEC}}".rstrip("0")
                 if ms_text[-1] == ".":
                     ms_text += "0"
-                line = (
-                    f'{line},"method":{_enc(method)},"path":{_enc(path)}{route_part}'
-                    f',"status":{status},"duration_ms":{ms_text}'
-                )
-                fields = None
+                try:
+                    route_part = "" if route is None else f',"route":{_enc(route)}'
+                    line = (
+                        f'{line},"method":{_enc(method)},"path":{_enc(path)}{route_part}'
+                        f',"status":{status},"duration_ms":{ms_text}'
+                    )
+                    fields = None
+                except TypeError:
+                    # encode_basestring takes a str or a subclass, encoded as the loop's _dumps
+                    # does, and raises TypeError for anything else, which the loop writes: the
+                    # try costs nothing in 3.11, a type check about 0.15 k instructions a value.
+                    pass
         elif kind == "request_start" and n == 6:
             method, path, query, client, ctype, testing = fields
-            if (
-                type(method) is str
-                and type(path) is str
-                and query is None
-                and type(client) is str
-                and ctype is None
-                and type(testing) is bool
-            ):
-                line = (
-                    f'{line},"method":{_enc(method)},"path":{_enc(path)},"client":{_enc(client)}'
-                    f',"testing":{"true" if testing else "false"}'
-                )
-                fields = None
+            if query is None and ctype is None and type(testing) is bool:
+                try:
+                    line = (
+                        f'{line},"method":{_enc(method)},"path":{_enc(path)},"client":{_enc(client)}'
+                        f',"testing":{"true" if testing else "false"}'
+                    )
+                    fields = None
+                except TypeError:
+                    pass
         elif kind == "stage" and n == 3:
             name, ms, ok = fields
-            if type(name) is str and type(ms) is float and -_FIXED_MAX < ms < _FIXED_MAX:
+            if type(ms) is float and -_FIXED_MAX < ms < _FIXED_MAX:
                 ok_text = "true" if ok is True else "false" if ok is False else None
                 if ok_text is not None:
                     ms_text = f"{ms:{_FLOAT_SPEC}}".rstrip("0")
                     if ms_text[-1] == ".":
                         ms_text += "0"
-                    line = f'{line},"stage":{_enc(name)},"duration_ms":{ms_text},"ok":{ok_text}'
-                    fields = None
+                    try:
+                        line = f'{line},"stage":{_enc(name)},"duration_ms":{ms_text},"ok":{ok_text}'
+                        fields = None
+                    except TypeError:
+                        pass
     if fields:
         if type(fields) is tuple:
             # zip() without strict=False: the keyword costs 1.5 k instructions.
