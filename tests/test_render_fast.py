@@ -230,5 +230,7 @@ def test_the_request_lines_fast_path_writes_what_the_loop_writes(
 ) -> None:
     fields = tuple(data.draw(request_values[shape]) for shape in SHAPES[kind])
     as_dict = dict(zip(FIELDS[kind], fields, strict=False))
-    line = json_line(TS, 20, kind, "flask_diaglog.request", "r1", None, "m", fields)
-    assert line == json_line(TS, 20, kind, "flask_diaglog.request", "r1", None, "m", as_dict)
+    exc, thread = data.draw(st.tuples(st.one_of(st.none(), text), st.one_of(st.none(), text)))
+    parts = (TS, 20, kind, "flask_diaglog.request", "r1", None, "m")
+    line = json_line(*parts, fields, exc, thread)
+    assert line == json_line(*parts, as_dict, exc, thread)
