@@ -234,3 +234,25 @@ def test_the_request_lines_fast_path_writes_what_the_loop_writes(
     parts = (TS, 20, kind, "flask_diaglog.request", "r1", None, "m")
     line = json_line(*parts, fields, exc, thread)
     assert line == json_line(*parts, as_dict, exc, thread)
+
+
+def test_given_names_and_threads_interleaved_each_line_its_own() -> None:
+    def thread_of(name: str | None) -> str:
+        line = json_line(TS, 20, "stage", "l", "r", None, "m", ("s", 1.0, True), None, name)
+        obj = split_json(line.decode("utf-8", "backslashreplace"))
+        assert obj is not None
+        return str(obj["thread"])
+
+    me = threading.current_thread()
+    seen: list[tuple[str, str]] = []
+
+    def work() -> None:
+        other = threading.current_thread()
+        for name in (None, other.name, None, "given", None, "", None, me.name, None):
+            seen.append((thread_of(name), other.name if name is None else name))
+            seen.append((thread_of(None), other.name))
+
+    _in_thread(work)
+    for name in (None, "worker\n1", None, "", None):
+        seen.append((thread_of(name), me.name if name is None else name))
+    assert all(written == expected for written, expected in seen), seen
