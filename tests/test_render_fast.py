@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import _thread
+import math
 import re
 import threading
 from typing import Any
@@ -20,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flask_diaglog.files.render import json_line, plain_line, split_json, split_plain
+from flask_diaglog.files.render import format_ts, json_line, plain_line, split_json, split_plain
 from flask_diaglog.trail import FIELDS
 
 #: What no line may carry raw: C0 (but the final line feed), DEL, C1, U+2028, U+2029.
@@ -256,3 +257,28 @@ def test_given_names_and_threads_interleaved_each_line_its_own() -> None:
     for name in (None, "worker\n1", None, "", None):
         seen.append((thread_of(name), me.name if name is None else name))
     assert all(written == expected for written, expected in seen), seen
+
+
+SECOND = float(int(TS))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(-2e9, 4e9),
+            st.floats(-2.0, 2.0),
+            st.integers(-2, 2).map(lambda n: SECOND + n),
+            st.sampled_from(
+                [TS, 0.0, -0.0, 1.0, -1.0, 0.9999, -0.9999, math.nextafter(SECOND + 1, 0)]
+            ),
+            st.integers(-(10**9), 4 * 10**9),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_a_json_timestamp_is_format_ts_whatever_came_before(stamps: list[float]) -> None:
+    for ts in stamps * 2:
+        line = json_line(ts, 20, "request_end", "l", None, None, "m", ("GET", "/", None, 200, 1.0))
+        assert line.startswith(f'{{"ts":"{format_ts(ts)}",'.encode()), (ts, line)
