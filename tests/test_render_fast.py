@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import _thread
+import math
 import re
 import threading
 from typing import Any
@@ -20,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flask_diaglog.files.render import json_line, plain_line, split_json, split_plain
+from flask_diaglog.files.render import format_ts, json_line, plain_line, split_json, split_plain
 from flask_diaglog.trail import FIELDS
 
 #: What no line may carry raw: C0 (but the final line feed), DEL, C1, U+2028, U+2029.
@@ -187,11 +188,27 @@ def test_a_json_duration_is_the_float_rounded_to_three_decimals(ms: float) -> No
     assert split_json(line)["duration_ms"] == round(ms, 3)  # type: ignore[index]
 
 
+class _Str(str):
+    """A str subclass (the fast paths encode it as the loop does: its text, not its ``str()``)."""
+
+    def __str__(self) -> str:
+        return "not the text"
+
+    def __format__(self, spec: str) -> str:
+        return "not the text"
+
+
 #: Values of the per-request fields as requests give them (strings, ints, finite floats, None),
-#: and the near misses that must leave the one-f-string path for the loop.
+#: and the near misses that must leave the one-f-string path for the loop (a value that is not
+#: a str reaches the fast path's try and leaves it at encode_basestring's TypeError).
 request_values = {
-    "str": st.one_of(text, st.sampled_from(["GET", "/", "/items/<int:id>", "127.0.0.1"])),
-    "str_or_none": st.one_of(st.none(), text, st.integers()),
+    "str": st.one_of(
+        text,
+        st.sampled_from(["GET", "/", "/items/<int:id>", "127.0.0.1"]),
+        text.map(_Str),
+        st.sampled_from([None, 1, 2.5, True, b"GET", ["GET"]]),
+    ),
+    "str_or_none": st.one_of(st.none(), text, st.integers(), text.map(_Str)),
     "int": st.one_of(st.integers(100, 599), st.none(), st.booleans()),
     "float": st.one_of(
         st.floats(0, 1e6),
@@ -214,5 +231,54 @@ def test_the_request_lines_fast_path_writes_what_the_loop_writes(
 ) -> None:
     fields = tuple(data.draw(request_values[shape]) for shape in SHAPES[kind])
     as_dict = dict(zip(FIELDS[kind], fields, strict=False))
-    line = json_line(TS, 20, kind, "flask_diaglog.request", "r1", None, "m", fields)
-    assert line == json_line(TS, 20, kind, "flask_diaglog.request", "r1", None, "m", as_dict)
+    exc, thread = data.draw(st.tuples(st.one_of(st.none(), text), st.one_of(st.none(), text)))
+    parts = (TS, 20, kind, "flask_diaglog.request", "r1", None, "m")
+    line = json_line(*parts, fields, exc, thread)
+    assert line == json_line(*parts, as_dict, exc, thread)
+
+
+def test_given_names_and_threads_interleaved_each_line_its_own() -> None:
+    def thread_of(name: str | None) -> str:
+        line = json_line(TS, 20, "stage", "l", "r", None, "m", ("s", 1.0, True), None, name)
+        obj = split_json(line.decode("utf-8", "backslashreplace"))
+        assert obj is not None
+        return str(obj["thread"])
+
+    me = threading.current_thread()
+    seen: list[tuple[str, str]] = []
+
+    def work() -> None:
+        other = threading.current_thread()
+        for name in (None, other.name, None, "given", None, "", None, me.name, None):
+            seen.append((thread_of(name), other.name if name is None else name))
+            seen.append((thread_of(None), other.name))
+
+    _in_thread(work)
+    for name in (None, "worker\n1", None, "", None):
+        seen.append((thread_of(name), me.name if name is None else name))
+    assert all(written == expected for written, expected in seen), seen
+
+
+SECOND = float(int(TS))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(-2e9, 4e9),
+            st.floats(-2.0, 2.0),
+            st.integers(-2, 2).map(lambda n: SECOND + n),
+            st.sampled_from(
+                [TS, 0.0, -0.0, 1.0, -1.0, 0.9999, -0.9999, math.nextafter(SECOND + 1, 0)]
+            ),
+            st.integers(-(10**9), 4 * 10**9),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_a_json_timestamp_is_format_ts_whatever_came_before(stamps: list[float]) -> None:
+    for ts in stamps * 2:
+        line = json_line(ts, 20, "request_end", "l", None, None, "m", ("GET", "/", None, 200, 1.0))
+        assert line.startswith(f'{{"ts":"{format_ts(ts)}",'.encode()), (ts, line)

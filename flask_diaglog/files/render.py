@@ -59,50 +59,62 @@ Renderer = Callable[
 ]
 
 
-#: The parts of a timestamp that change once per second, read by index:
-#: ``(sec, "2026-11-22 10:15:02", "2026-11-22T10:15:02", "+01:00")``, then what the next second
-#: of the same minute is built from: ``(minute, UTC offset in seconds, "2026-11-22 10:15:",
-#: "2026-11-22T10:15:")``. A plain tuple: a named tuple's attribute costs about 100 instructions
-#: more a read, twice a line.
-_Second = tuple[int, str, str, str, int, int, str, str]
+#: The parts of a timestamp that change once per second, read by index (a named tuple's
+#: attribute is a descriptor LOAD_ATTR does not specialize: 0.5 k instructions more a line):
+#:
+#: * ``[0]``, ``[1]``: the second's bounds as floats, ``sec <= ts < sec + 1``: a timestamp within
+#:   them needs no int() call to find its second (1.3 k instructions less a line);
+#: * ``[2]`` ``'{"ts":"2026-11-22T10:15:02'`` (the start of a JSON line), ``[3]`` ``"+01:00"``,
+#:   ``[4]`` ``"2026-11-22 10:15:02"``, ``[5]`` ``"2026-11-22T10:15:02"``;
+#: * ``[6:]``: what the next second of the same local minute is built from: the minute, the UTC
+#:   offset in seconds, ``"2026-11-22 10:15:"`` and ``"2026-11-22T10:15:"``.
+_Second = tuple[float, float, str, str, str, str, "int | None", int, str, str]
 #: ``+01:00`` by UTC offset in seconds (a handful of values in a process's life).
 _offsets: dict[int, str] = {}
 #: ``"00"`` to ``"59"``.
 _SS = tuple(f"{i:02d}" for i in range(60))
+_floor = math.floor
 
 
-def _second(sec: int) -> _Second:
-    """The timestamp parts of ``sec``, made the current ones."""
+def _second(ts: float) -> _Second:
+    """The timestamp parts of the second ``ts`` is in, made the current ones."""
     global _now
+    sec = _floor(ts)  # not int(): a timestamp before 1970 is in the second below it
     now = _now
-    off = now[5]
+    off = now[7]
     minute = (sec + off) // 60
-    if minute == now[4]:
-        # Another second of the same local minute: only the seconds change (0.5 k instructions
+    if minute == now[6]:
+        # Another second of the same local minute: only the seconds change (1 k instructions
         # instead of 13 k for localtime and strftime). Under callgrind, which runs the program
         # about 50 times slower, a new second comes every few dozen requests.
         ss = _SS[(sec + off) % 60]
-        s: _Second = (sec, f"{now[6]}{ss}", f"{now[7]}{ss}", now[3], minute, off, now[6], now[7])
+        plain, iso, offset = f"{now[8]}{ss}", f"{now[9]}{ss}", now[3]
     else:  # a new minute (or the clock moved): the UTC offset may have changed too
         lt = time.localtime(sec)
         plain = time.strftime("%Y-%m-%d %H:%M:%S", lt)
         iso = f"{plain[:10]}T{plain[11:]}"
         off = lt.tm_gmtoff or 0
-        offset = _offsets.get(off)
-        if offset is None:
+        minute = (sec + off) // 60
+        cached = _offsets.get(off)
+        if cached is None:
             sign = "+" if off >= 0 else "-"
             a = abs(off)
-            offset = f"{sign}{a // 3600:02d}:{(a % 3600) // 60:02d}"
+            cached = f"{sign}{a // 3600:02d}:{(a % 3600) // 60:02d}"
             if len(_offsets) < 64:
-                _offsets[off] = offset
-        s = (sec, plain, iso, offset, (sec + off) // 60, off, plain[:17], iso[:17])
+                _offsets[off] = cached
+        offset = cached
+    lo = float(sec)
+    hi = lo + 1.0  # equal to lo only beyond 2**53: never within the bounds, never cached
+    s: _Second = (lo, hi, f'{{"ts":"{iso}', offset, plain, iso, minute, off, plain[:17], iso[:17])
     _now = s  # one reference swap: other threads see the old or the new tuple, never a mix
     return s
 
 
-_now: _Second = (-1, "", "", "", -1, 0, "", "")
-#: ".000" to ".999": the millisecond part without a format call per line.
-_MS = tuple(f".{i:03d}" for i in range(1000))
+#: At first no second: nothing is within the bounds.
+_now: _Second = (0.0, 0.0, "", "", "", "", None, 0, "", "")
+#: ".000" to ".999": the millisecond part without a format call per line; and ".999" once more
+#: for a timestamp so close below a whole second that ``(ts - second) * 1000`` rounds to 1000.
+_MS = (*(f".{i:03d}" for i in range(1000)), ".999")
 _LEVEL_TAG = {no: f" | {name} | " for no, name in LEVEL_NAMES.items()}
 
 #: Line breaks and terminal controls for every reader (``str.splitlines``, text-mode ``io``,
@@ -119,11 +131,10 @@ _JSON_ESCAPES: dict[int, str] = {c: f"\\u{c:04x}" for c in _BREAKERS}
 
 def format_ts(ts: float) -> str:
     """ISO 8601 local time with milliseconds and offset, e.g. ``2026-11-22T10:15:02.123+00:00``."""
-    sec = int(ts)
     now = _now
-    if now[0] != sec:
-        now = _second(sec)
-    return f"{now[2]}{_MS[int((ts - sec) * 1000)]}{now[3]}"
+    if not now[0] <= ts < now[1]:
+        now = _second(ts)
+    return f"{now[5]}{_MS[_floor((ts - now[0]) * 1000)]}{now[3]}"
 
 
 # -- plain --------------------------------------------------------------------------------------
@@ -176,10 +187,9 @@ def plain_line(
     ``kind``, ``fields`` and ``thread`` are not part of the plain layout (the message says what
     the kind's fields are, see :mod:`flask_diaglog.trail`). A traceback follows ``" | "``.
     """
-    sec = int(ts)
     now = _now
-    if now[0] != sec:
-        now = _second(sec)
+    if not now[0] <= ts < now[1]:
+        now = _second(ts)
     try:
         head = _heads[logger][level]
     except KeyError:
@@ -193,7 +203,7 @@ def plain_line(
     # The timestamp parts, the head and the ids are printable by construction: only msg is
     # checked. Escaping parts one by one gives the same text as escaping the whole line, since
     # str.translate maps each character on its own.
-    line = f"{now[1]}{_MS[int((ts - sec) * 1000)]}{head}{ids}{msg}\n"
+    line = f"{now[4]}{_MS[_floor((ts - now[0]) * 1000)]}{head}{ids}{msg}\n"
     try:  # inline, not a helper: saves a call per line
         return line.encode()
     except UnicodeEncodeError:  # lone surrogates
@@ -231,6 +241,7 @@ _isfinite = math.isfinite
 #: halves included), at 40 % of the cost: round() and the shortest-repr search cost 4.2 k
 #: instructions a float.
 _FIXED_MAX = 1e12
+_FIXED_MIN = -_FIXED_MAX  # the fast paths' bound: not negated at each line
 _FLOAT_SPEC = f".{FLOAT_DIGITS}f"
 
 
@@ -262,8 +273,10 @@ _JSON_KEYS = {kind: tuple(f",{_enc(k)}:" for k in keys) for kind, keys in FIELDS
 _json_heads: dict[str, dict[str, dict[int, str]]] = {}
 #: The last ``(request id, job id, ',"request_id":..,"job_id":..')``, as :data:`_ids`.
 _json_ids: tuple[str | None, str | None, str] = (None, None, "")
-#: The last ``(thread name, ',"pid":..,"host":..,"thread":..')``; emptied at a fork.
-_tail: tuple[str | None, str] = (None, "")
+#: The last ``(key, thread name, ',"pid":..,"host":..,"thread":..')``; emptied at a fork. The key
+#: is the thread whose ``_name`` that name was (a class of :data:`_PLAIN_THREADS`), or else the
+#: name itself (given, or asked of the thread); at first a key nothing else is.
+_tail: tuple[object, str | None, str] = (object(), None, "")
 #: Thread classes whose ``name`` is :class:`threading.Thread`'s: for them ``_name`` is the name.
 _PLAIN_THREADS = frozenset(
     c
@@ -275,7 +288,7 @@ _PLAIN_THREADS = frozenset(
 def _refresh_pid() -> None:
     global _pid, _tail
     _pid = os.getpid()
-    _tail = (None, "")
+    _tail = (object(), None, "")
 
 
 if hasattr(os, "register_at_fork"):
@@ -308,13 +321,23 @@ def _json_ids_of(rid: str | None, jid: str | None) -> str:
     return ids
 
 
-def _json_tail(thread: str) -> str:
+def _json_tail(key: object, thread: str) -> str:
     global _tail
     tail = f',"pid":{_pid},"host":{_HOST},"thread":{_enc(thread)}'
     if not tail.isprintable():
         tail = tail.translate(_JSON_ESCAPES)
-    _tail = (thread, tail)
+    _tail = (key, thread, tail)
     return tail
+
+
+def _json_thread_tail(th: threading.Thread | None) -> str:
+    """The tail of a line written by ``th``, this thread's entry in ``threading._active``."""
+    if type(th) in _PLAIN_THREADS:
+        return _json_tail(th, th._name)  # type: ignore[union-attr]
+    # A subclass with its own name, or a thread threading did not start (not yet in _active).
+    name = _current_thread().name
+    last = _tail
+    return last[2] if last[0] is name else _json_tail(name, name)
 
 
 def json_line(
@@ -336,80 +359,97 @@ def json_line(
     Built as text from the parts (the constant keys need no encoder), so a JSON line costs about
     what a plain one does.
     """
-    sec = int(ts)
     now = _now
-    if now[0] != sec:
-        now = _second(sec)
+    if not now[0] <= ts < now[1]:
+        now = _second(ts)
+    ts_ms = _MS[_floor((ts - now[0]) * 1000)]
     try:
         head = _json_heads[kind][logger][level]
     except KeyError:
         head = _json_head(level, kind, logger)
     m = _json_ids
     ids = m[2] if m[0] is rid and m[1] is jid else _json_ids_of(rid, jid)
-    line = f'{{"ts":"{now[2]}{_MS[int((ts - sec) * 1000)]}{now[3]}{head}{_enc(msg)}{ids}'
-    if fields and type(fields) is tuple:
+    last = _tail
+    if thread is None:
+        # What threading.current_thread().name returns, without its two Python calls
+        # (-0.45 k instructions a line). Looked up on the module at each call, as
+        # current_thread() does, so a later monkey patch (gevent) is followed. The cache is
+        # keyed on the thread and its _name as of this line (a renamed thread misses), so the
+        # thread's class is checked only on a miss (-0.2 k instructions a line).
+        th = threading._active.get(threading.get_ident())  # type: ignore[attr-defined]
+        tail = last[2] if last[0] is th and last[1] is th._name else _json_thread_tail(th)  # type: ignore[attr-defined]
+    else:
+        tail = last[2] if last[0] is thread else _json_tail(thread, thread)
+    if exc:
+        tail = f'{tail},"exc":{_enc(exc)}'
+    text = _enc(msg)
+    # Each line is built by one f-string, not head, fields and tail one after the other: every
+    # f-string copies the whole line again (-0.8 k instructions a line).
+    line: str | None = None
+    if type(fields) is tuple:
         # The lines of every request, with the values of every request (strings, no query or
         # content type, a finite float), as one f-string: the loop below costs about 1.5 k
         # instructions a field (16 k per request, callgrind). Anything else takes the loop, which
         # writes the same text (tests/test_render_fast.py).
-        n = len(fields)
-        if kind == "request_end" and n == 5:
-            method, path, route, status, ms = fields
-            if (
-                type(method) is str
-                and type(path) is str
-                and (route is None or type(route) is str)
-                and type(status) is int
-                and type(ms) is float
-                and -_FIXED_MAX < ms < _FIXED_MAX
-            ):
-                route_part = "" if route is None else f',"route":{_enc(route)}'
-                line = (
-                    f'{line},"method":{_enc(method)},"path":{_enc(path)}{route_part}'
-                    f',"status":{status},"duration_ms":{_float(ms)}'
-                )
-                fields = None
-        elif kind == "request_start" and n == 6:
-            method, path, query, client, ctype, testing = fields
-            if (
-                type(method) is str
-                and type(path) is str
-                and query is None
-                and type(client) is str
-                and ctype is None
-                and type(testing) is bool
-            ):
-                line = (
-                    f'{line},"method":{_enc(method)},"path":{_enc(path)},"client":{_enc(client)}'
-                    f',"testing":{"true" if testing else "false"}'
-                )
-                fields = None
-        elif kind == "stage" and n == 3:
-            name, ms, ok = fields
-            if type(name) is str and type(ms) is float and -_FIXED_MAX < ms < _FIXED_MAX:
-                ok_text = "true" if ok is True else "false" if ok is False else None
-                if ok_text is not None:
-                    line = f'{line},"stage":{_enc(name)},"duration_ms":{_float(ms)},"ok":{ok_text}'
-                    fields = None
-    if fields:
-        if type(fields) is tuple:
-            # zip() without strict=False: the keyword costs 1.5 k instructions.
-            for key, v in zip(_JSON_KEYS[kind], fields):  # noqa: B905
-                if v is not None:
-                    line = f"{line}{key}{_value(v)}"
-        else:
-            for k, v in fields.items():  # type: ignore[union-attr]
-                if v is not None:
-                    line += f",{_enc(k)}:{_value(v)}"
-    if thread is None:
-        # What threading.current_thread().name returns, without its two Python calls
-        # (-0.45 k instructions a line). Looked up on the module at each call, as
-        # current_thread() does, so a later monkey patch (gevent) is followed.
-        th = threading._active.get(threading.get_ident())  # type: ignore[attr-defined]
-        thread = th._name if type(th) in _PLAIN_THREADS else _current_thread().name
-    last = _tail
-    tail = last[1] if last[0] is thread else _json_tail(thread)
-    line = f'{line}{tail},"exc":{_enc(exc)}}}\n' if exc else f"{line}{tail}}}\n"
+        # One try a kind: a tuple of another length leaves at its unpacking's ValueError, with
+        # no len() and compare before (-0.3 k instructions a line); a value that is not a str,
+        # at encode_basestring's TypeError (it takes a str or a subclass, encoded as the loop's
+        # _dumps does): the try costs nothing in 3.11, a type check about 0.15 k a value.
+        if kind == "request_end":
+            try:
+                method, path, route, status, ms = fields
+                if type(status) is int and type(ms) is float and _FIXED_MIN < ms < _FIXED_MAX:
+                    # _float inline: the range is checked above (-0.6 k instructions a line)
+                    ms_text = f"{ms:{_FLOAT_SPEC}}".rstrip("0")
+                    if ms_text[-1] == ".":
+                        ms_text += "0"
+                    route_part = "" if route is None else f',"route":{_enc(route)}'
+                    line = (
+                        f"{now[2]}{ts_ms}{now[3]}{head}{text}{ids}"
+                        f',"method":{_enc(method)},"path":{_enc(path)}{route_part}'
+                        f',"status":{status},"duration_ms":{ms_text}{tail}}}\n'
+                    )
+            except (ValueError, TypeError):
+                pass
+        elif kind == "request_start":
+            try:
+                method, path, query, client, ctype, testing = fields
+                if query is None and ctype is None and type(testing) is bool:
+                    line = (
+                        f"{now[2]}{ts_ms}{now[3]}{head}{text}{ids}"
+                        f',"method":{_enc(method)},"path":{_enc(path)},"client":{_enc(client)}'
+                        f',"testing":{"true" if testing else "false"}{tail}}}\n'
+                    )
+            except (ValueError, TypeError):
+                pass
+        elif kind == "stage":
+            try:
+                name, ms, ok = fields
+                if type(ms) is float and _FIXED_MIN < ms < _FIXED_MAX:
+                    ok_text = "true" if ok is True else "false" if ok is False else None
+                    if ok_text is not None:
+                        ms_text = f"{ms:{_FLOAT_SPEC}}".rstrip("0")
+                        if ms_text[-1] == ".":
+                            ms_text += "0"
+                        line = (
+                            f'{now[2]}{ts_ms}{now[3]}{head}{text}{ids},"stage":{_enc(name)}'
+                            f',"duration_ms":{ms_text},"ok":{ok_text}{tail}}}\n'
+                        )
+            except (ValueError, TypeError):
+                pass
+    if line is None:
+        line = f"{now[2]}{ts_ms}{now[3]}{head}{text}{ids}"
+        if fields:
+            if type(fields) is tuple:
+                # zip() without strict=False: the keyword costs 1.5 k instructions.
+                for key, v in zip(_JSON_KEYS[kind], fields):  # noqa: B905
+                    if v is not None:
+                        line = f"{line}{key}{_value(v)}"
+            else:
+                for k, v in fields.items():  # type: ignore[union-attr]
+                    if v is not None:
+                        line += f",{_enc(k)}:{_value(v)}"
+        line = f"{line}{tail}}}\n"
     # Only the JSON-encoded values can hold a line break or a terminal control (the other parts
     # are escaped when cached), and encode_basestring escapes C0: an ASCII line can only hold
     # DEL, found by a fast search instead of isprintable over the whole line (-8 k instructions
