@@ -15,8 +15,13 @@ Method, per variant (the same trivial JSON view ``GET /`` as in (a), built by th
 * it runs twice, for ``N = N1`` and ``N = N2``, so that
   ``instructions per request = (Ir(N2) - Ir(N1)) / (N2 - N1)``: interpreter start-up, imports,
   app set-up and the warm-up are the same in both runs and cancel;
-* ``PYTHONHASHSEED=0`` and a fixed log directory per run (wiped first) keep the runs repeatable;
-  what still varies (timestamps crossing a second, random request ids, the watchdog thread's
+* a fixed ``PYTHONHASHSEED`` and log directory per run (wiped first) keep each run repeatable;
+* each variant is measured under several hash seeds (``--seeds``, default 1, 2 and 3) and the
+  mean is reported, with the spread: where objects land in memory decides which attribute names
+  collide in CPython's type attribute cache, and a change anywhere in the program (a new
+  constant, a longer path) moves the same code's count by up to 3 k instructions per request.
+  Another seed is another layout; the mean of three is within about 1 k of the mean of many;
+* what still varies (timestamps crossing a second, random request ids, the watchdog thread's
   wake-ups) is far below a per-request difference worth reporting;
 * at most ``--jobs`` (default 2) valgrind processes at once; the two runs of one variant go
   together, so they see the same code.
@@ -25,7 +30,8 @@ The callgrind files are kept next to the logs (``--log-root``, default
 ``$TMPDIR/diaglog-instructions``): ``callgrind_annotate`` on the two files of a variant shows
 where its instructions go.
 
-``python -m benchmarks instructions [--n1 100] [--n2 600] [--warmup 50] [--json] [variant ...]``
+``python -m benchmarks instructions [--n1 100] [--n2 600] [--warmup 50] [--seeds 1,2,3] [--json]
+[variant ...]``
 """
 
 from __future__ import annotations
@@ -143,13 +149,13 @@ def read_total(path: Path, event: str = "Ir") -> int:
     return sum(int(values[i]) if i < len(values) else 0 for values in parts)
 
 
-def callgrind(variant: str, n: int, warmup: int, run_dir: Path) -> int:
-    """One run under callgrind; returns its total ``Ir``."""
+def callgrind(variant: str, n: int, warmup: int, run_dir: Path, seed: int = 1) -> int:
+    """One run under callgrind with ``PYTHONHASHSEED=seed``; returns its total ``Ir``."""
     log_dir = run_dir / "logs"
     out = run_dir / "callgrind.out"
     shutil.rmtree(run_dir, ignore_errors=True)
     log_dir.mkdir(parents=True)
-    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [
         "valgrind",
         "--tool=callgrind",
@@ -182,49 +188,68 @@ def measure(
     n1: int,
     n2: int,
     warmup: int,
+    seeds: Sequence[int] = (1, 2, 3),
     jobs: int = 2,
     root: Path | None = None,
     progress: Callable[[str], None] | None = None,
-) -> dict[str, tuple[int, int]]:
-    """``{variant: (Ir at N1, Ir at N2)}``."""
+) -> dict[str, list[tuple[int, int]]]:
+    """``{variant: [(Ir at N1, Ir at N2) for each seed]}``."""
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     if not 0 <= n1 < n2:
         raise SystemExit("need 0 <= --n1 < --n2")
+    if not seeds:
+        raise SystemExit("need at least one seed")
     root = root or Path(tempfile.gettempdir()) / "diaglog-instructions"
-    tasks = [(name, n, tag) for name in names for n, tag in ((n1, "a"), (n2, "b"))]
+    tasks = [
+        (name, seed, n, tag)
+        for name in names
+        for seed in seeds
+        for n, tag in ((n1, "a"), (n2, "b"))
+    ]
 
-    def one(task: tuple[str, int, str]) -> int:
-        name, n, tag = task
-        total = callgrind(name, n, warmup, root / name / tag)
+    def one(task: tuple[str, int, int, str]) -> int:
+        name, seed, n, tag = task
+        total = callgrind(name, n, warmup, root / name / f"seed{seed}" / tag, seed)
         if progress:
-            progress(f"{name} N={n}: {total:,} Ir")
+            progress(f"{name} seed {seed} N={n}: {total:,} Ir")
         return total
 
     with _locked(root), ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         totals = list(pool.map(one, tasks))
-    return {name: (totals[2 * i], totals[2 * i + 1]) for i, name in enumerate(names)}
+    k = len(seeds)
+    return {
+        name: [(totals[2 * (i * k + j)], totals[2 * (i * k + j) + 1]) for j in range(k)]
+        for i, name in enumerate(names)
+    }
 
 
 # -- the report --------------------------------------------------------------------------------
 
 
-def results(totals: dict[str, tuple[int, int]], n1: int, n2: int) -> dict[str, Any]:
-    """Per-request instructions, overheads and the derived figures, as plain data."""
-    per = {name: (b - a) / (n2 - n1) for name, (a, b) in totals.items()}
+def results(totals: dict[str, list[tuple[int, int]]], n1: int, n2: int) -> dict[str, Any]:
+    """Per-request instructions (the mean over the seeds), overheads and the derived figures, as
+    plain data. ``spread`` is half the range of a variant's per-seed figures."""
+    per_seed = {
+        name: [(b - a) / (n2 - n1) for a, b in runs] for name, runs in totals.items() if runs
+    }
+    per = {name: sum(v) / len(v) for name, v in per_seed.items()}
     bare = per.get("bare")
     floor_over = per["floor"] - bare if bare is not None and "floor" in per else None
     variants: dict[str, dict[str, Any]] = {}
-    for name, (a, b) in totals.items():
+    for name, runs in totals.items():
+        if name not in per:
+            continue
         over = per[name] - bare if bare is not None else None
         vs_floor = None
         if name in DIAGLOG_VARIANTS and over is not None and floor_over:
             vs_floor = over / floor_over
         variants[name] = {
             "label": VARIANTS[name][0],
-            "ir_n1": a,
-            "ir_n2": b,
+            "runs": [list(r) for r in runs],
+            "per_seed": per_seed[name],
             "per_request": per[name],
+            "spread": (max(per_seed[name]) - min(per_seed[name])) / 2,
             "overhead": over,
             "overhead_vs_floor": vs_floor,
         }
@@ -249,18 +274,33 @@ def markdown(res: dict[str, Any], n1: int, n2: int, warmup: int) -> str:
         over = "-" if name == "bare" else k(v["overhead"], "+")
         ratio = v["overhead_vs_floor"]
         rows.append(
-            [name, v["label"], k(v["per_request"]), over, "-" if ratio is None else f"{ratio:.2f}x"]
+            [
+                name,
+                v["label"],
+                k(v["per_request"]),
+                f"±{v['spread'] / 1000:.1f}",
+                over,
+                "-" if ratio is None else f"{ratio:.2f}x",
+            ]
         )
+    seeds = len(next(iter(res["variants"].values()))["per_seed"]) if res["variants"] else 0
     head = (
         "(e) instructions per request under callgrind, Flask test client, trivial JSON view: "
-        f"(Ir(N={n2}) - Ir(N={n1})) / {n2 - n1}, after {warmup} warm-up requests; k = 1000 "
-        "instructions"
+        f"(Ir(N={n2}) - Ir(N={n1})) / {n2 - n1}, after {warmup} warm-up requests, mean of "
+        f"{seeds} hash seeds (± half their range); k = 1000 instructions"
     )
     out = [
         head,
         "",
         table(
-            ["variant", "what", "k instr/request", "overhead vs bare (k)", "overhead / floor's"],
+            [
+                "variant",
+                "what",
+                "k instr/request",
+                "spread",
+                "overhead vs bare (k)",
+                "overhead / floor's",
+            ],
             rows,
         ),
     ]
@@ -295,8 +335,20 @@ def _valgrind_version() -> str:
 def run(quick: bool = False) -> str:
     """The whole table (``quick``: fewer requests, and so a little less exact)."""
     n1, n2, warmup = (20, 120, 20) if quick else (100, 600, 50)
-    totals = measure(list(VARIANTS), n1=n1, n2=n2, warmup=warmup)
+    totals = measure(
+        list(VARIANTS), n1=n1, n2=n2, warmup=warmup, seeds=(1,) if quick else (1, 2, 3)
+    )
     return markdown(results(totals, n1, n2), n1, n2, warmup)
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if not seeds or any(not 0 <= s <= 4294967295 for s in seeds):
+        raise argparse.ArgumentTypeError("seeds are integers from 0 to 4294967295")
+    return seeds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -310,6 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n1", type=int, default=100, help="requests in the short run (100)")
     parser.add_argument("--n2", type=int, default=600, help="requests in the long run (600)")
     parser.add_argument("--warmup", type=int, default=50, help="warm-up requests (50)")
+    parser.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=(1, 2, 3),
+        help="PYTHONHASHSEED values, comma-separated; the figures are their mean (1,2,3)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="valgrind processes at once (2)")
     parser.add_argument("--log-root", type=Path, default=None, help="logs and callgrind files")
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
@@ -323,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         n1=args.n1,
         n2=args.n2,
         warmup=args.warmup,
+        seeds=args.seeds,
         jobs=args.jobs,
         root=args.log_root,
         progress=lambda msg: print(msg, file=sys.stderr, flush=True),
@@ -335,6 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "n1": args.n1,
             "n2": args.n2,
             "warmup": args.warmup,
+            "seeds": list(args.seeds),
         }
         print(json.dumps({**meta, **res}, indent=2))
     else:

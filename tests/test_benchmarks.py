@@ -181,14 +181,22 @@ def test_instruction_results_difference_and_derived_figures() -> None:
     n1, n2 = 100, 600
     per_request = {"bare": 800_000, "floor": 830_000, "diaglog": 860_000}
     per_request |= {"stage": 875_000, "json": 890_000, "signal": 880_000, "floor_stage": 841_000}
-    # start-up differs by variant and must cancel
+    # start-up differs by variant and by seed and must cancel; the seeds' figures are averaged
     totals = {
-        name: (10**9 + i * 10**7 + n1 * pr, 10**9 + i * 10**7 + n2 * pr)
+        name: [
+            (
+                10**9 + i * 10**7 + s * 10**5 + n1 * (pr + d),
+                10**9 + i * 10**7 + s * 10**5 + n2 * (pr + d),
+            )
+            for s, d in enumerate((-1_000, 0, 1_000))
+        ]
         for i, (name, pr) in enumerate(per_request.items())
     }
     res = instructions.results(totals, n1, n2)
     v = res["variants"]
     assert v["bare"]["per_request"] == 800_000
+    assert v["bare"]["per_seed"] == [799_000, 800_000, 801_000]
+    assert v["bare"]["spread"] == 1_000
     assert v["diaglog"]["overhead"] == 60_000
     assert v["diaglog"]["overhead_vs_floor"] == pytest.approx(2.0)
     assert v["floor"]["overhead_vs_floor"] is None
@@ -200,6 +208,19 @@ def test_instruction_results_difference_and_derived_figures() -> None:
     }
     text = instructions.markdown(res, n1, n2, 50)
     assert "| diaglog " in text and "| 860.0 " in text and "| +60.0 " in text and "2.00x" in text
+    assert "| ±1.0 " in text and "mean of 3 hash seeds" in text
     assert "json/plain overhead ratio: 1.50x" in text
     assert "per stage (stage - diaglog): +15.0 k" in text
     assert "the floor's stage (floor_stage - floor): +11.0 k" in text
+
+
+@pytest.mark.parametrize(
+    ("seeds", "error"), [("a,1", "not a list of integers"), ("-1", "from 0 to 4294967295")]
+)
+def test_instruction_seeds_option_refuses_what_is_not_a_seed(
+    capsys: pytest.CaptureFixture[str], seeds: str, error: str
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        instructions.main(["--seeds", seeds, "bare"])
+    assert exc.value.code == 2
+    assert error in capsys.readouterr().err
