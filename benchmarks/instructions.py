@@ -20,7 +20,8 @@ Method, per variant (the same trivial JSON view ``GET /`` as in (a), built by th
   mean is reported, with the spread: where objects land in memory decides which attribute names
   collide in CPython's type attribute cache, and a change anywhere in the program (a new
   constant, a longer path) moves the same code's count by up to 3 k instructions per request.
-  Another seed is another layout; the mean of three is within about 1 k of the mean of many;
+  Another seed (and a run directory of another length) is another layout; their mean is the
+  figure, half their range the spread;
 * what still varies (timestamps crossing a second, random request ids, the watchdog thread's
   wake-ups) is far below a per-request difference worth reporting;
 * at most ``--jobs`` (default 2) valgrind processes at once; the two runs of one variant go
@@ -210,7 +211,9 @@ def measure(
 
     def one(task: tuple[str, int, int, str]) -> int:
         name, seed, n, tag = task
-        total = callgrind(name, n, warmup, root / name / f"seed{seed}" / tag, seed)
+        # The directory's name grows with the seed: a path of another length is another layout
+        # too (it moved the same code's count by up to 3 k under one seed).
+        total = callgrind(name, n, warmup, root / name / f"seed{seed}{'-' * seed}" / tag, seed)
         if progress:
             progress(f"{name} seed {seed} N={n}: {total:,} Ir")
         return total
