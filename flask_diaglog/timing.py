@@ -157,6 +157,7 @@ _token_cache: dict[str, str] = {}
 
 
 def _token(name: str) -> str:
+    """``name`` made a valid token, kept in :data:`_token_cache` (its callers look there first)."""
     tok = _TOKEN_BAD.sub("_", name) or "_"
     if len(_token_cache) < 4096:
         _token_cache[name] = tok
