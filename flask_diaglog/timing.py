@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from .context import Trace, current_trace
-from .trail import stage_msg
+from .trail import format_float, stage_msg
 
 __all__ = ["get_request_timings", "server_timing_header", "stage", "timed_stage"]
 
@@ -166,7 +166,7 @@ def _token(name: str) -> str:
 
 def server_timing_header(trace: Trace) -> str:
     """``validate;dur=1.2, generate;dur=40.3, total;dur=42.0`` (names made into valid tokens)."""
-    total = f"total;dur={(perf_counter() - trace.t0) * 1000.0:.1f}"
+    total = f"total;dur={format_float((perf_counter() - trace.t0) * 1000.0, '.1f')}"
     totals = trace.totals
     if not totals:
         return total
@@ -176,7 +176,7 @@ def server_timing_header(trace: Trace) -> str:
         tok = _token_cache.get(name)
         if tok is None:
             tok = _token(name)
-        head += f"{tok};dur={ms:.1f}, "
+        head += f"{tok};dur={format_float(ms, '.1f')}, "
     return head + total
 
 

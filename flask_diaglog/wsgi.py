@@ -27,7 +27,7 @@ from .context import Trace, is_valid_id, new_request_id, reset_trace, set_trace,
 from .jobids import JobIds, body_json
 from .redact import Redactor
 from .timing import server_timing_header
-from .trail import request_end_msg, request_error_msg, request_start_msg
+from .trail import format_float, request_end_msg, request_error_msg, request_start_msg
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -179,7 +179,9 @@ class RequestTrail:
                 if trace.totals:
                     timing = server_timing_header(trace)
                 else:  # the common case, inlined: total only
-                    timing = f"total;dur={(perf_counter() - trace.t0) * 1000.0:.1f}"
+                    timing = (
+                        f"total;dur={format_float((perf_counter() - trace.t0) * 1000.0, '.1f')}"
+                    )
                 if not own_timing:
                     headers.append(("Server-Timing", timing))
                 else:  # merged into the app's header: one Server-Timing, the app's entries first

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..trail import FIELDS, FLOAT_DIGITS, HOST, LEVEL_NAMES, Fields
+from ..trail import FIELDS, FLOAT_DIGITS, HOST, LEVEL_NAMES, Fields, format_float
 
 if TYPE_CHECKING:
     from ..record import Event
@@ -248,7 +248,7 @@ _FLOAT_SPEC = f".{FLOAT_DIGITS}f"
 def _float(v: float) -> str:
     """A finite float as JSON lines write it: ``repr(round(v, FLOAT_DIGITS))``."""
     if -_FIXED_MAX < v < _FIXED_MAX:
-        text = f"{v:{_FLOAT_SPEC}}".rstrip("0")
+        text = format_float(v, _FLOAT_SPEC).rstrip("0")
         return text + "0" if text[-1] == "." else text
     return float.__repr__(round(v, FLOAT_DIGITS))
 
@@ -400,7 +400,7 @@ def json_line(
                 method, path, route, status, ms = fields
                 if type(status) is int and type(ms) is float and _FIXED_MIN < ms < _FIXED_MAX:
                     # _float inline: the range is checked above (-0.6 k instructions a line)
-                    ms_text = f"{ms:{_FLOAT_SPEC}}".rstrip("0")
+                    ms_text = format_float(ms, _FLOAT_SPEC).rstrip("0")
                     if ms_text[-1] == ".":
                         ms_text += "0"
                     route_part = "" if route is None else f',"route":{_enc(route)}'
@@ -428,7 +428,7 @@ def json_line(
                 if type(ms) is float and _FIXED_MIN < ms < _FIXED_MAX:
                     ok_text = "true" if ok is True else "false" if ok is False else None
                     if ok_text is not None:
-                        ms_text = f"{ms:{_FLOAT_SPEC}}".rstrip("0")
+                        ms_text = format_float(ms, _FLOAT_SPEC).rstrip("0")
                         if ms_text[-1] == ".":
                             ms_text += "0"
                         line = (
