@@ -45,9 +45,8 @@ __all__ = [
     "stage_msg",
 ]
 
-#: ``float.__format__``, called directly: ``format_float(x, ".2f")`` is ``f"{x:.2f}"`` for a float,
-#: without the lookup of ``__format__`` that formatting in an f-string makes (0.4 k instructions
-#: less a number, callgrind). Only for values that are always floats (durations).
+#: ``format_float(x, ".2f")`` is ``f"{x:.2f}"`` for a float (only floats: durations), without the
+#: f-string's lookup of ``__format__`` (0.4 k instructions less a number, callgrind).
 format_float = float.__format__
 
 # -- kinds and loggers ------------------------------------------------------------------------
@@ -129,13 +128,7 @@ CLOSES = frozenset({"request_end", "job_end"})
 # -- levels -----------------------------------------------------------------------------------
 
 #: Level number to name, for the levels diaglog writes and filters on.
-LEVEL_NAMES: dict[int, str] = {
-    10: "DEBUG",
-    20: "INFO",
-    30: "WARNING",
-    40: "ERROR",
-    50: "CRITICAL",
-}
+LEVEL_NAMES: dict[int, str] = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}
 #: Level name to number.
 LEVELS: dict[str, int] = {name: no for no, name in LEVEL_NAMES.items()}
 
@@ -183,11 +176,8 @@ def _tail(
     slow: bool,
     bad_job_id: str | None = None,
 ) -> str:
-    """The optional words of an end line, in a fixed order.
-
-    ``stages=validate:1.20,render:40.31`` gives the stage totals (a loop, not a join over a
-    comprehension: two calls less per line, measured under callgrind).
-    """
+    """The optional words of an end line, in a fixed order; ``stages=a:1.20,b:40.31`` by a loop
+    (a join over a comprehension costs two calls more a line, callgrind)."""
     tail = ""
     if totals:
         sep = " stages="
