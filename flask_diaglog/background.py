@@ -69,10 +69,18 @@ class Running:
         job = _Job(rec, trace, name, fields)
         with self._cond:
             self._jobs.add(job)
-            if not self._hooked:
-                self._hooked = True
-                _at_shutdown(self.shutdown)
+        self.hook()
         return job
+
+    def hook(self) -> None:
+        """Make the interpreter call :meth:`shutdown` when it stops (once). ``DiagLog`` calls
+        this when it is set up, so that a job that starts as the process begins to stop is still
+        waited for and then aborted: once the interpreter is stopping, no hook can be added."""
+        with self._cond:
+            if self._hooked:
+                return
+            self._hooked = True
+        _at_shutdown(self.shutdown)
 
     def end(self, job: _Job) -> bool:
         """Mark ``job`` ended; False when shutdown already wrote its aborted line."""
@@ -208,6 +216,10 @@ def run_job(
         if rec is None:
             return fn(*args, **kwargs)
         attempt = fields.get("attempt") if fields else None
+        # Counted as running before its first line: a process that stops once the line is out
+        # waits for the job and then aborts it, never neither.
+        jobs = running()
+        entry = jobs.add(rec, job, name, fields)
         rec.record(
             "job_start",
             job,
@@ -215,8 +227,6 @@ def run_job(
             job_start_msg(name, attempt if isinstance(attempt, int) else None),
             {**(fields or {}), "name": name},
         )
-        jobs = running()
-        entry = jobs.add(rec, job, name, fields)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:

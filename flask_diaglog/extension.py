@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from flask import Flask, current_app, has_app_context
 
 from . import live
-from .background import install_sigterm, release_unused, run_job
+from .background import install_sigterm, release_unused, run_job, running
 from .config import ConfigError, Settings, load_settings
 from .context import Lease, Trace, current_trace, new_request_id, settled_trace
 from .files import FileSet
@@ -202,6 +202,7 @@ class DiagLog:
         rec.shutdown_grace = s.shutdown_grace
         if s.shutdown_grace > 0 and not s.testing:
             install_sigterm()  # only when SIGTERM is unhandled (flask run, the example server)
+            running().hook()  # now: a hook cannot be added once the interpreter is stopping
         state.guard = JobGuard(rec, s, make_store(s.job_store), self.job_id_getter)
 
         exclude = list(s.exclude)
