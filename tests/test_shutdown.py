@@ -153,6 +153,55 @@ def test_a_job_past_the_grace_period_ends_with_an_aborted_line(
     assert "j-long" in errors and "aborted" in errors
 
 
+LATE = textwrap.dedent(
+    """
+    import threading
+    import time
+
+    from flask import Flask
+
+    from flask_diaglog import DiagLog
+
+    app = Flask(__name__)
+    diaglog = DiagLog(app)
+    started = threading.Event()
+
+
+    def work():
+        started.set()
+        time.sleep(60)
+
+
+    def start_a_job_as_the_process_stops():
+        with app.app_context():
+            diaglog.spawn(work)
+        started.wait(10)
+
+
+    # Registered after DiagLog was set up, so the interpreter calls it first as it stops: a job
+    # that starts once stopping has begun, the moment no shutdown hook can be added any more.
+    threading._register_atexit(start_a_job_as_the_process_stops)
+    """
+)
+
+
+def test_a_job_started_as_the_process_stops_is_still_aborted_after_the_grace(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "late_app.py").write_text(LATE)
+    proc = subprocess.run(
+        [sys.executable, "late_app.py"],
+        cwd=tmp_path,
+        env=_env(tmp_path, DIAGLOG_SHUTDOWN_GRACE="0.5"),
+        capture_output=True,
+        timeout=30,  # without the hook the process waits the job's 60 s
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr.decode()[-2000:]
+    (end,) = [r for r in _job_lines(tmp_path) if r["event"] == "job_end"]
+    assert end["aborted"] is True and end["ok"] is False and end["name"] == "work"
+
+
 def test_a_gunicorn_worker_stopping_gracefully_waits_for_the_job(app_dir: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
