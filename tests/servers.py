@@ -154,7 +154,8 @@ def gunicorn(
             try:
                 urllib.request.urlopen(base + ready_path, timeout=2).close()
                 break
-            except urllib.error.HTTPError:
+            except urllib.error.HTTPError as err:
+                err.close()
                 break  # any HTTP answer means a worker is serving
             except OSError:
                 if time.monotonic() > deadline:

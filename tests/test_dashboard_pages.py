@@ -42,7 +42,8 @@ class Site:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.read()
         except urllib.error.HTTPError as e:
-            return e.read()
+            with e:
+                return e.read()
 
     def api(self, path: str) -> Any:
         return json.loads(self.get("/_diaglog/api/" + path))

@@ -75,7 +75,8 @@ def _post(url: str) -> dict[str, bool]:
 def _ready(url: str) -> bool:
     try:
         urllib.request.urlopen(url, timeout=1).close()
-    except urllib.error.HTTPError:
+    except urllib.error.HTTPError as err:
+        err.close()  # an answer, even an error, means the server is up; its socket is closed
         return True
     except OSError:
         return False
