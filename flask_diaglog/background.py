@@ -69,7 +69,8 @@ class Running:
         job = _Job(rec, trace, name, fields)
         with self._cond:
             self._jobs.add(job)
-        self.hook()
+        if not self._hooked:  # read without the lock: hook() checks again under it
+            self.hook()
         return job
 
     def hook(self) -> None:
