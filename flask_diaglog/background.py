@@ -261,6 +261,8 @@ def job_end(
     while the job runs; the line says so and names the stage it was in."""
     ms = job.elapsed_ms()
     totals = job.stage_totals() or None
+    last = job.stage_word if totals else None  # the stages word, if made for these totals
+    word = last[1] if last is not None and last[0] is totals else None
     ok = exc is None and not aborted
     error = rec.error_text(exc) if exc is not None else None
     stage = None
@@ -272,7 +274,7 @@ def job_end(
         "job_end",
         job,
         _INFO if ok else _ERROR,
-        job_end_msg(name, ok, ms, totals, error=error, hung=job.hung, aborted=aborted),
+        job_end_msg(name, ok, ms, totals, error=error, hung=job.hung, aborted=aborted, word=word),
         {
             **(fields or {}),
             "name": name,

@@ -94,6 +94,7 @@ class Trace:
         "request_id",
         "resolve",
         "route",
+        "stage_word",
         "start",
         "status",
         "streamed",
@@ -103,6 +104,9 @@ class Trace:
         "totals",
     )
 
+    #: Set with ``totals`` (read it only when ``totals`` is set): the totals it was made for, and
+    #: the end line's ``stages=`` word so far (``None``: to be made from the totals).
+    stage_word: tuple[dict[str, float], str | None]
     #: The exception that ended it, once recorded.
     error: BaseException | None = None
     #: The lease of its guarded job, while held.

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from .context import Trace, current_trace
-from .trail import format_float, stage_msg
+from .trail import format_float, stage_end
 
 __all__ = ["get_request_timings", "server_timing_header", "stage", "timed_stage"]
 
@@ -77,25 +77,31 @@ class stage:
         # sees the old totals or the new ones, never a dict changing under it.
         totals = trace.totals
         if totals is None:
-            trace.totals = {name: int(ms * 1000.0 + 0.5) / 1000.0}
+            totals = {name: int(ms * 1000.0 + 0.5) / 1000.0}
+            word: str | None = ""
         else:
+            # The end line's stages word so far, if it was made for these totals and this name
+            # is new (a repeated name is a sum: the end line formats it from the totals).
+            last = trace.stage_word
+            word = last[1] if last[0] is totals and name not in totals else None
             totals = totals.copy()
             totals[name] = int((totals.get(name, 0.0) + ms) * 1000.0 + 0.5) / 1000.0
-            trace.totals = totals
         rec = trace.rec
         if rec is None:
+            trace.stage_word = (totals, None)
+            trace.totals = totals
             return
         if et is None:
-            rec.record("stage", trace, _INFO, stage_msg(name, ms, True), (name, ms, True))
+            msg, word = stage_end(name, ms, True, None, word)
+            trace.stage_word = (totals, word)
+            trace.totals = totals
+            rec.record("stage", trace, _INFO, msg, (name, ms, True))
         else:
             error = rec.error_text(exc) if exc is not None else "error"
-            rec.record(
-                "stage",
-                trace,
-                _WARNING,
-                stage_msg(name, ms, False, error),
-                (name, ms, False, error),
-            )
+            msg, word = stage_end(name, ms, False, error, word)
+            trace.stage_word = (totals, word)
+            trace.totals = totals
+            rec.record("stage", trace, _WARNING, msg, (name, ms, False, error))
 
     def __call__(self, fn: F) -> F:
         return _decorate(fn, self.name)

@@ -42,6 +42,7 @@ __all__ = [
     "request_end_msg",
     "request_error_msg",
     "request_start_msg",
+    "stage_end",
     "stage_msg",
 ]
 
@@ -175,11 +176,12 @@ def _tail(
     hung: int,
     slow: bool,
     bad_job_id: str | None = None,
+    word: str | None = None,
 ) -> str:
-    """The optional words of an end line, in a fixed order; ``stages=a:1.20,b:40.31`` by a loop
-    (a join over a comprehension costs two calls more a line, callgrind)."""
-    tail = ""
-    if totals:
+    """The optional words of an end line, in a fixed order. ``stages=a:1.20,b:40.31`` is ``word``
+    (built by :func:`stage_end`) when given, else made from ``totals`` by a loop."""
+    tail = word or ""
+    if word is None and totals:
         sep = " stages="
         for k, v in totals.items():
             tail += f"{sep}{k}:{format_float(v, '.2f')}"
@@ -256,20 +258,21 @@ def request_end_msg(
     hung: int = 0,
     slow: bool = False,
     bad_job_id: str | None = None,
+    word: str | None = None,
 ) -> str:
     """``request_end GET /p 200 12.34ms [route=/items/<id>] [stages=a:1.00,b:2.00] [aborted]
     [was_hung(n)] [slow] [bad_job_id="a/b"]``.
 
     ``route`` is the URL rule Flask matched. The word is left out when the rule is the path
     itself, and is ``route=-`` when no rule matched (a 404), so the common line stays short.
-    ``bad_job_id`` is an invalid job id the request carried, JSON-quoted. (All positional, no
-    keyword-only parameters: a keyword argument costs a lookup per call on every request.)
+    ``bad_job_id`` is an invalid job id the request carried, JSON-quoted; ``word`` the stages
+    word from :func:`stage_end`. (All positional: a keyword costs a lookup per call.)
     """
     msg = f"request_end {method} {path} {status} {format_float(ms, '.2f')}ms"
     if route != path:
         msg += f" route={route or '-'}"
     if totals or aborted or hung or slow or bad_job_id is not None:
-        msg += _tail(totals, aborted, hung, slow, bad_job_id)
+        msg += _tail(totals, aborted, hung, slow, bad_job_id, word)
     return msg
 
 
@@ -310,9 +313,20 @@ def _request_error_fields(m: re.Match[str]) -> dict[str, Any]:
 
 def stage_msg(name: str, ms: float, ok: bool, error: str | None = None) -> str:
     """``stage render 12.34ms ok`` or ``stage render 12.34ms failed: ValueError: message``."""
+    return stage_end(name, ms, ok, error, None)[0]
+
+
+def stage_end(
+    name: str, ms: float, ok: bool, error: str | None, word: str | None
+) -> tuple[str, str | None]:
+    """The stage's message, and ``word`` (the end line's ``stages=`` word so far, ``""`` before
+    the first stage) with this stage added: one number formatted for both. ``None`` stays."""
+    text = format_float(ms, ".2f")
+    if word is not None:
+        word = f"{word},{name}:{text}" if word else f" stages={name}:{text}"
     if ok:
-        return f"stage {name} {format_float(ms, '.2f')}ms ok"
-    return f"stage {name} {format_float(ms, '.2f')}ms failed: {error}"
+        return f"stage {name} {text}ms ok", word
+    return f"stage {name} {text}ms failed: {error}", word
 
 
 _STAGE = re.compile(r"stage (?P<stage>\S+) (?P<ms>[\d.]+)ms (?:(?P<ok>ok)|failed: (?P<error>.*))$")
@@ -346,12 +360,13 @@ def job_end_msg(
     error: str | None = None,
     hung: int = 0,
     aborted: bool = False,
+    word: str | None = None,
 ) -> str:
     """``job_end fn ok 12.34ms [stages=..] [aborted] [was_hung(n)]``; a failed job says
     ``failed`` and ends with ``: <error>``. Both carry the same optional words."""
     msg = f"job_end {name} {'ok' if ok else 'failed'} {ms:.2f}ms"
     if totals or aborted or hung:
-        msg += _tail(totals, aborted, hung, False)
+        msg += _tail(totals, aborted, hung, False, None, word)
     if not ok:
         msg += f": {error}"
     return msg
@@ -363,11 +378,7 @@ _JOB_END = re.compile(
 
 
 def _job_end_fields(m: re.Match[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "name": m["name"],
-        "ok": m["ok"] == "ok",
-        "duration_ms": float(m["ms"]),
-    }
+    out: dict[str, Any] = {"name": m["name"], "ok": m["ok"] == "ok", "duration_ms": float(m["ms"])}
     _tail_fields(m, out)
     if m["error"] is not None:
         out["error"] = m["error"]
@@ -389,8 +400,6 @@ def job_rejected_msg(method: str | None, path: str | None, job_id: str, reason: 
 _JOB_REJECTED = re.compile(
     r"job_rejected (?P<method>\S+) (?P<path>.*?) job (?P<job>\S+) (?P<reason>.*)$"
 )
-
-
 _REASON_OF = {text: code for code, text in REJECT_REASONS.items()}
 
 
@@ -400,10 +409,8 @@ def _job_rejected_fields(m: re.Match[str]) -> dict[str, Any]:
 
 
 def hang_msg(what: str, ms: float, stage: str | None, report: int, thread: str | None) -> str:
-    """``hang GET /path still running after 31.00s in stage render (report 1, thread t)``.
-
-    ``what`` is ``GET /path`` for a request, ``job fn (from POST /path)`` for a job.
-    """
+    """``hang GET /path still running after 31.00s in stage render (report 1, thread t)``;
+    ``what`` is ``GET /path`` for a request, ``job fn (from POST /path)`` for a job."""
     where = f"in stage {stage}" if stage else "outside any stage"
     return (
         f"hang {what} still running after {ms / 1000:.2f}s {where} "
@@ -476,11 +483,8 @@ _PARSERS: dict[str, tuple[re.Pattern[str], Callable[[re.Match[str]], dict[str, A
 
 
 def kind_of(logger: str, msg: str) -> str:
-    """The event kind of a plain line, from its logger and the first word of its message.
-
-    Only diaglog's own loggers write structured messages; an app line that happens to start with
-    ``request_end`` is a ``log`` line.
-    """
+    """The event kind of a plain line, from its logger and the first word of its message. Only
+    diaglog's loggers write structured messages: an app's line ``request_end ..`` is a ``log``."""
     if not logger.startswith(LOGGER_ROOT):
         return "log"
     word = msg.split(" ", 1)[0]

@@ -125,6 +125,40 @@ def test_repeated_stage_is_summed_in_header(make_app: Callable[..., Flask], logs
     assert abs(float(parts[0].split(";dur=")[1]) - sum(runs)) <= 0.06  # the header rounds to 0.1
 
 
+def test_end_line_stages_word_shows_each_stage_as_its_line_does(
+    make_app: Callable[..., Flask], logs: Any
+) -> None:
+    """The end line's ``stages=`` word lists the stages in the order they first ended; a stage
+    run once shows the number of its own line, a repeated one the sum of its runs."""
+    app = make_app()
+
+    @app.get("/")
+    def index() -> str:
+        with stage("a"):
+            time.sleep(0.002)
+        with contextlib.suppress(ValueError), stage("b"):
+            with stage("c"):
+                time.sleep(0.001)
+            raise ValueError("a failed stage is listed too")
+        with stage("a"):
+            time.sleep(0.003)
+        return "ok"
+
+    assert app.test_client().get("/").status_code == 200
+    msgs = [line.split(" | ", 4)[4] for line in logs.lines("requests")]
+    runs = [re.fullmatch(r"stage (\S+) (\d+\.\d\d)ms (?:ok|failed: .*)", m) for m in msgs[1:-1]]
+    assert [m[1] for m in runs if m] == ["a", "b.c", "b", "a"]
+    word = re.search(r" stages=(\S+)$", msgs[-1])
+    assert word is not None, msgs[-1]
+    listed = [part.split(":") for part in word[1].split(",")]
+    assert [name for name, _ in listed] == ["a", "b.c", "b"]
+    ms = {name: float(text) for name, text in listed}
+    once = {m[1]: m[2] for m in runs if m and m[1] != "a"}
+    assert {name: text for name, text in listed if name != "a"} == once  # the same text
+    summed = sum(float(m[2]) for m in runs if m and m[1] == "a")
+    assert abs(ms["a"] - summed) <= 0.0151  # three numbers, each rounded to 0.01
+
+
 def test_stage_in_spawned_work_goes_to_jobs_log(
     make_app: Callable[..., Flask], logs: object
 ) -> None:
