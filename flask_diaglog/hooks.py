@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, got_request_exception, request
 
 from .context import current_trace
-from .jobids import JobIdGetter, lookup_job_id
+from .jobids import JobIdGetter, lookup_job_id, settle
 
 if TYPE_CHECKING:
     from .wsgi import RequestTrail
@@ -41,10 +41,10 @@ def register(
             trace = current_trace()
             if trace is None or trace.rec is not rec:
                 return
-            trace.resolve = None
-            trace.bad_job_id = None
+            req = request._get_current_object()  # type: ignore[attr-defined]
+            settle(trace, req)
             # An invalid id is a 400 (InvalidJobId), as on @guard_job views.
-            trace.job_id = lookup_job_id(request._get_current_object(), getter)  # type: ignore[attr-defined]
+            trace.job_id = lookup_job_id(req, getter)
 
         app.before_request_funcs.setdefault(None, []).insert(0, diaglog_strict_ids)
     # Weakly connected (blinker's global registry must not keep the app alive).

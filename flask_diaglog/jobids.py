@@ -5,7 +5,7 @@ the ``Idempotency-Key`` header, the JSON body field or the form field ``job_id``
 parameter ``job_id`` (or from ``DiagLog(job_id=...)``, which replaces all of these).
 
 * :func:`lookup_job_id` is the strict lookup of ``@guard_job``: an invalid id is a 400
-  (:class:`~flask_diaglog.problems.InvalidJobId`).
+  (:class:`~flask_diaglog.problems.InvalidJobId`); :func:`settle` makes its id the trace's.
 * :class:`JobIds` is the lenient resolution of the request trail. An observer must not change a
   response, so an invalid id is never an error there: it is kept, escaped and cut short, as
   ``bad_job_id`` on the end line, and the lines carry no job id. It also never takes the body
@@ -238,6 +238,17 @@ def lookup_job_id(req: Request, getter: JobIdGetter | None) -> str | None:
     if not is_valid_id(value):
         raise _invalid(value, source)
     return value  # type: ignore[no-any-return]
+
+
+def settle(trace: Trace, req: Request) -> None:
+    """End the lenient resolution of ``trace``'s job id: a strict lookup (``@guard_job``,
+    ``DIAGLOG_STRICT_IDS``) sets it instead. The URL rule is noted as resolution notes it, so the
+    end line still names the route."""
+    rule = req.url_rule
+    if rule is not None and trace.route is None:
+        trace.route = rule.rule
+    trace.resolve = None
+    trace.bad_job_id = None
 
 
 def url_job_id(trace: Trace) -> str | None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from flask import Flask, Response, stream_with_context
 
-from flask_diaglog import current_job_id, current_request_id, stage
+from flask_diaglog import current_job_id, current_request_id, guard_job, stage
 from tests.conftest import Logs
 
 PLAIN = re.compile(
@@ -344,6 +344,31 @@ def test_the_end_line_names_the_matched_route(make_app: Callable[..., Flask], lo
     )
     assert "route=" not in ends[1]
     assert ends[2].startswith("request_end GET /nowhere 404 ") and ends[2].endswith("route=-")
+
+
+@pytest.mark.parametrize("how", ["guard_job", "DIAGLOG_STRICT_IDS"])
+def test_a_view_that_settles_its_job_id_early_still_names_its_route(
+    make_app: Callable[..., Flask], logs: Logs, how: str
+) -> None:
+    """A guarded view, or strict ids, take the job id before the view runs: the end line still
+    names the matched rule, also when the id is refused (400) or the view answers 404 itself."""
+    app = make_app({"DIAGLOG_STRICT_IDS": how == "DIAGLOG_STRICT_IDS"})
+
+    def view(job_id: str) -> tuple[str, int]:
+        return ("made", 200) if job_id != "gone" else ("no such job", 404)
+
+    app.add_url_rule(
+        "/jobs/<job_id>/make", "make", guard_job(view) if how == "guard_job" else view,
+        methods=["POST"],
+    )  # fmt: skip
+    client = app.test_client()
+    assert client.post("/jobs/j1/make").status_code == 200
+    assert client.post("/jobs/gone/make").status_code == 404
+    assert client.post("/jobs/bad%20id/make").status_code == 400
+    ends = [line.split(" | ")[-1] for line in logs.lines("requests") if "request_end" in line]
+    assert len(ends) == 3
+    for end in ends:
+        assert "route=/jobs/<job_id>/make" in end.split(), end
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from flask.wrappers import Request
 
 from ..context import Lease, Trace, current_trace
 from ..hooks import lookup_job_id
+from ..jobids import settle
 from ..problems import DuplicateJob, IdempotencyKeyMismatch, JobIdRequired, JobStoreUnavailable
 from ..trail import LOGGER_GUARD, job_rejected_msg
 from .leases import JobLease, Leases, Renewer
@@ -388,9 +389,8 @@ def _job_id(req: Request, trace: Trace | None, guard: JobGuard, key: KeyFunc | N
     job_id = lookup_job_id(req, key if key is not None else guard.getter)
     if trace is not None and (key is not None or trace.lease is None):
         # Every later line of this request carries the guarded id.
+        settle(trace, req)
         trace.job_id = job_id
-        trace.resolve = None
-        trace.bad_job_id = None
     return job_id
 
 
