@@ -28,12 +28,13 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from flask import current_app, has_app_context
 from flask.logging import wsgi_errors_stream
 
+from .config import DEFAULTS
 from .context import Trace, current_trace
 from .files import SingleFile
 from .files.console import (
@@ -48,6 +49,7 @@ from .files.console import (
 from .files.render import RENDERERS
 from .files.writer import LogFile
 from .record import Recorder
+from .redact import Redactor
 from .trail import LOGGER_ROOT
 
 __all__ = ["AppHandler", "DiagLogHandler", "attach"]
@@ -65,7 +67,8 @@ class DiagLogHandler(logging.Handler):
                               "backup_count": 5, "format": "json"}}
 
     it writes to that file with the same multi-process-safe writer and line formats, adding the
-    request and job ids of the current request or background job.
+    request and job ids of the current request or background job. Secrets in messages are masked
+    as in the diaglog files: ``redact`` is the key-name fragments (``DIAGLOG_REDACT``'s default).
 
     .. versionchanged:: 0.2
        ``recorder=`` replaces ``dispatch=`` and ``redact=``.
@@ -80,6 +83,7 @@ class DiagLogHandler(logging.Handler):
         backup_count: int = 0,
         compress: bool = False,
         level: int | str = logging.NOTSET,
+        redact: Iterable[str] = DEFAULTS["DIAGLOG_REDACT"],
         recorder: Recorder | None = None,
     ) -> None:
         super().__init__(level)
@@ -93,7 +97,12 @@ class DiagLogHandler(logging.Handler):
             self.file = LogFile(
                 filename, max_bytes=max_bytes, backup_count=backup_count, compress=compress
             )
-            recorder = Recorder(files=SingleFile(self.file), render=RENDERERS[format], level=0)
+            recorder = Recorder(
+                files=SingleFile(self.file),
+                render=RENDERERS[format],
+                level=0,
+                redact=Redactor(redact).text,
+            )
         self.recorder = recorder
 
     def handle(self, record: logging.LogRecord) -> bool:

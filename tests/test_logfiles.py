@@ -317,6 +317,26 @@ def test_handler_needs_a_filename() -> None:
         DiagLogHandler("x.log", format="xml")
 
 
+def test_standalone_handler_masks_secrets_as_the_diaglog_files_do(tmp_path: Path) -> None:
+    """A standalone handler masks secrets in messages by the same rules and default key fragments
+    as the diaglog files; ``redact`` replaces the fragments as ``DIAGLOG_REDACT`` does (the
+    always-secret names stay masked)."""
+    default = DiagLogHandler(str(tmp_path / "a.log"))
+    own = DiagLogHandler(str(tmp_path / "b.log"), redact=["session"])
+    log = logging.getLogger("secrets.test")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    for h in (default, own):
+        log.addHandler(h)
+    log.info("login password=hunter2 session=s3cr3t api_key=k3y user=ann")
+    for h in (default, own):
+        log.removeHandler(h)
+        h.close()
+    a, b = (tmp_path / "a.log").read_text(), (tmp_path / "b.log").read_text()
+    assert "hunter2" not in a and "k3y" not in a and "session=s3cr3t" in a and "user=ann" in a
+    assert "s3cr3t" not in b and "k3y" not in b and "password=hunter2" in b
+
+
 def test_standalone_handler_writes_plain_lines_of_the_records(tmp_path: Path) -> None:
     """The standalone handler writes exactly what plain_line makes of each record's parts."""
     handler = DiagLogHandler(str(tmp_path / "s.log"))
