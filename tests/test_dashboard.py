@@ -144,6 +144,28 @@ def test_other_clients_are_refused_without_token(make_app: Callable[..., Flask],
     assert r.status_code == 403 and r.mimetype == "application/problem+json"
 
 
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({"X-Forwarded-For": "203.0.113.9"}, 403),
+        ({"X-Forwarded-For": "127.0.0.1, 10.0.0.7"}, 403),
+        ({"X-Real-IP": "10.0.0.7"}, 403),
+        ({"Forwarded": 'for="[2001:db8::17]:4711";proto=https'}, 403),
+        ({"Forwarded": "for=unknown"}, 403),
+        ({"X-Forwarded-For": "127.0.0.1"}, 200),
+        ({"Forwarded": 'for="[::1]:4711"'}, 200),
+    ],
+)
+def test_a_request_a_local_proxy_forwarded_counts_as_its_client(
+    make_app: Callable[..., Flask], headers: dict[str, str], code: int
+) -> None:
+    """Without a token, a request from a proxy on the same host (loopback address) is admitted
+    only when every client the proxy names is loopback too, with or without ProxyFix."""
+    app = _app(make_app, threading.Event())
+    r = app.test_client().get("/_diaglog/", headers=headers)
+    assert r.status_code == code
+
+
 def test_token_is_required_when_configured(make_app: Callable[..., Flask]) -> None:
     """With DIAGLOG_DASHBOARD_TOKEN, a wrong or missing token is refused; the right one works."""
     app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN="s3cret")

@@ -20,6 +20,7 @@ from flask import Flask
 from flask_socketio import SocketIO
 from playwright.sync_api import Browser, Page
 from servers import serve_in_thread
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import flask_diaglog.dashboard as dashboard
 from flask_diaglog import DiagLog, stage
@@ -36,8 +37,12 @@ DASH_TOKEN = "dashboard-token"
 NEVER_MS = 600_000
 
 
-def _build(tmp_path: Path, socket: bool = True, **config: Any) -> tuple[Flask, SocketIO | None]:
+def _build(
+    tmp_path: Path, socket: bool = True, proxied: bool = False, **config: Any
+) -> tuple[Flask, SocketIO | None]:
     app = Flask("dashlive", instance_path=str(tmp_path / "instance"))
+    if proxied:  # ProxyFix first, as apps usually do: Flask-SocketIO then wraps it
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)  # type: ignore[method-assign]
     app.config.update(
         DIAGLOG_LOG_DIR=str(tmp_path / "logs"),
         DIAGLOG_FORMAT="json",
@@ -193,8 +198,9 @@ class Listener:
             self.events.append(data)
             self._cond.notify_all()
 
-    def connect(self, base: str, cookie: str | None) -> None:
+    def connect(self, base: str, cookie: str | None, **more: str) -> None:
         headers = {"Cookie": f"{COOKIE}={cookie}"} if cookie is not None else {}
+        headers.update(more)
         self.client.connect(base, namespaces=[NS], headers=headers, wait_timeout=15)
         ack = self.client.call("subscribe", {"all": True}, namespace=NS, timeout=15)
         assert ack == {"ok": True, "rooms": ["all"]}
@@ -260,6 +266,47 @@ def test_without_a_token_non_loopback_clients_are_refused(
         listener.connect(site.base, None)
     site.app.test_client().get("/orders/7")
     assert not listener.heard("request_end", 1) and listener.events == []
+
+
+@pytest.mark.parametrize(
+    "forwarded",
+    [
+        {"X-Forwarded-For": "203.0.113.9"},
+        {"X-Forwarded-For": "127.0.0.1, 203.0.113.9"},
+        {"Forwarded": "for=203.0.113.9;proto=http"},
+        {"X-Real-IP": "203.0.113.9"},
+    ],
+)
+def test_without_a_token_a_client_a_proxy_forwarded_is_refused(
+    serve: Callable[..., Site], listener: Listener, forwarded: dict[str, str]
+) -> None:
+    """Behind a proxy on the same host, with ProxyFix applied before Flask-SocketIO wraps the
+    app: a remote client is refused by the socket as by the pages, though the socket's handshake
+    never passes through ProxyFix."""
+    site = serve(proxied=True)
+    page = urllib.request.Request(site.base + "/_diaglog/api/state", headers=forwarded)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(page, timeout=30).close()
+    refused.value.close()
+    assert refused.value.code == 403
+    with pytest.raises(sio.exceptions.ConnectionError):
+        listener.connect(site.base, None, **forwarded)
+    site.app.test_client().get("/orders/9")
+    assert not listener.heard("request_end", 1) and listener.events == []
+
+
+def test_without_a_token_a_loopback_client_a_proxy_forwarded_is_admitted(
+    serve: Callable[..., Site], listener: Listener
+) -> None:
+    """A proxy that names a loopback client: pages and socket admit it."""
+    site = serve(proxied=True)
+    local = {"X-Forwarded-For": "127.0.0.1"}
+    page = urllib.request.Request(site.base + "/_diaglog/api/state", headers=local)
+    with urllib.request.urlopen(page, timeout=30) as r:
+        assert r.status == 200
+    listener.connect(site.base, None, **local)
+    site.get("/orders/10")
+    assert listener.heard("request_end", 15)
 
 
 def test_without_a_token_loopback_clients_are_admitted(

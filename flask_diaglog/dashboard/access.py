@@ -2,7 +2,11 @@
 
 * Without ``DIAGLOG_DASHBOARD_TOKEN``: loopback clients only, decided by :mod:`ipaddress`
   (``127.0.0.0/8``, ``::1``, and IPv4-mapped ``::ffff:127.x.y.z``); anything else, or an address
-  that does not parse, is refused.
+  that does not parse, is refused. A request a proxy forwarded for another client
+  (``X-Forwarded-For``, ``X-Real-IP`` or ``Forwarded`` naming any address that is not loopback)
+  is refused too, with or without ProxyFix: so the live socket's handshake, which reaches
+  Flask-SocketIO outside ``app.wsgi_app`` (where ProxyFix usually sits), is judged as the pages
+  are.
 * With a token: every credential the request presents is tried (the cookie, an
   ``Authorization: Bearer`` header, ``?token=``); one that matches admits it.
 * The cookie never holds the token: it holds an HMAC of it (:func:`cookie_value`), and it is set
@@ -31,6 +35,7 @@ __all__ = [
     "SECURITY_HEADERS",
     "admitted",
     "cookie_value",
+    "is_local",
     "is_loopback",
     "remember",
     "security_headers",
@@ -91,10 +96,40 @@ def _matches(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
+#: ``for=`` of one ``Forwarded`` element (RFC 7239), quoted or not.
+_FORWARDED_FOR = re.compile(r'(?:^|;)\s*for\s*=\s*("[^"]*"|[^;,\s]*)', re.IGNORECASE)
+
+
+def _forwarded_for(environ: Any) -> list[str]:
+    """The client addresses proxies named in the request's forwarding headers."""
+    named: list[str] = []
+    for key in ("HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP"):
+        value = environ.get(key)
+        if value is not None:
+            named += [a.strip() for a in str(value).split(",")]
+    for element in str(environ.get("HTTP_FORWARDED") or "").split(","):
+        for m in _FORWARDED_FOR.finditer(element):
+            value = m[1].strip('"')
+            if value.startswith("["):  # [v6]:port
+                value = value[1:].partition("]")[0]
+            elif value.count(":") == 1:  # v4:port
+                value = value.partition(":")[0]
+            named.append(value)
+    return named
+
+
+def is_local(request: Request) -> bool:
+    """Whether ``request`` came from a loopback client: its address, and every client address a
+    proxy named for it (an empty or unknown one counts as not loopback)."""
+    return is_loopback(request.remote_addr) and all(
+        is_loopback(a) for a in _forwarded_for(request.environ)
+    )
+
+
 def admitted(request: Request, token: str | None) -> bool:
     """Whether ``request`` may see the dashboard (see the module docstring)."""
     if token is None:
-        return is_loopback(request.remote_addr)
+        return is_local(request)
     cookie = request.cookies.get(COOKIE)
     if cookie and _matches(cookie, cookie_value(token)):
         return True
