@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError
 from .context import is_valid_id
-from .trail import LEVELS
+from .trail import LEVEL_NAMES, LEVELS
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -151,7 +151,9 @@ def _requested_rooms(data: Any) -> list[str]:
         rooms.append(f"{'job' if key == 'job_id' else 'request'}:{value}")
     level = data.get("level")
     if level is not None:
-        name = level.upper() if isinstance(level, str) else logging.getLevelName(level)
+        name = level.upper() if isinstance(level, str) else None  # or its number, not a bool
+        if type(level) is int:
+            name = LEVEL_NAMES.get(level)
         if name not in LEVELS:
             raise ValueError(f"level must be one of {', '.join(LEVELS)}")
         rooms.append(f"log:{name}")

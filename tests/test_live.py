@@ -172,6 +172,7 @@ def test_log_subscription_by_level(live_app: LiveApp) -> None:
     app, socketio = live_app({**LIVE, "DIAGLOG_LEVEL": "DEBUG"})
     sc = live_app.client(app, socketio)
     assert subscribe(sc, level="warning") == {"ok": True, "rooms": ["log:WARNING"]}
+    assert subscribe(sc, level=30) == {"ok": True, "rooms": ["log:WARNING"]}  # or its number
     app.test_client().get("/levels")
     got = received(sc, app)
     assert [(d["event"], d["level"], d["msg"]) for d in got] == [
@@ -185,7 +186,18 @@ def test_log_subscription_by_level(live_app: LiveApp) -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    [None, "job-1", {}, {"job_id": "bad id!"}, {"level": "LOUD"}, {"request_id": 5}],
+    [
+        None,
+        "job-1",
+        {},
+        {"job_id": "bad id!"},
+        {"level": "LOUD"},
+        {"request_id": 5},
+        {"level": [1]},
+        {"level": {}},
+        {"level": True},
+        {"level": 12.5},
+    ],
 )
 def test_invalid_subscriptions_are_answered_not_raised(live_app: LiveApp, payload: Any) -> None:
     """A malformed subscribe gets ``ok: false`` with a reason, and the client stays connected."""
