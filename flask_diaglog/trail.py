@@ -21,6 +21,7 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from typing import Any, Union
+from urllib.parse import quote, unquote
 
 __all__ = [
     "ERRORS_FROM",
@@ -44,6 +45,7 @@ __all__ = [
     "request_start_msg",
     "stage_end",
     "stage_msg",
+    "stage_word",
 ]
 
 #: ``format_float(x, ".2f")`` is ``f"{x:.2f}"`` for a float (only floats: durations), without the
@@ -54,17 +56,9 @@ format_float = float.__format__
 
 #: Every value of the ``event`` key, in the order a request or job produces them.
 KINDS = (
-    "request_start",
-    "stage",
-    "request_end",
-    "request_error",
-    "log",
-    "job_start",
-    "job_end",
-    "job_rejected",
-    "hang",
-    "progress",
-)
+    "request_start", "stage", "request_end", "request_error", "log", "job_start", "job_end",
+    "job_rejected", "hang", "progress",
+)  # fmt: skip
 
 LOGGER_ROOT = "flask_diaglog"
 LOGGER_REQUEST = "flask_diaglog.request"
@@ -109,14 +103,12 @@ def fields_dict(kind: str, fields: Fields | None) -> dict[str, Any]:
     if fields is None:
         return {}
     if type(fields) is tuple:
-        # zip's default strict=False left unsaid: spelled out, the call takes the keyword path
-        # (-25 % for a request_end tuple, timeit)
+        # zip's strict=False left unsaid: spelled out, it takes the keyword path (+25 %, timeit)
         return {k: v for k, v in zip(FIELDS[kind], fields) if v is not None}  # noqa: B905
     return dict(fields)
 
 
-#: The host name every JSON line and event carries (``host``), so that the files of several
-#: machines can be merged and still say where each line came from.
+#: The host name every JSON line and event carries (``host``): whose line it is, once merged.
 HOST = socket.gethostname()
 
 #: Decimal places of float fields (durations in ms) in JSON lines and ``Event.to_dict()``.
@@ -166,7 +158,7 @@ def _parse_stages(text: str) -> dict[str, float]:
     for part in text.split(","):
         name, _, ms = part.rpartition(":")
         with contextlib.suppress(ValueError):
-            out[name] = float(ms)
+            out[unquote(name)] = float(ms)
     return out
 
 
@@ -184,7 +176,7 @@ def _tail(
     if word is None and totals:
         sep = " stages="
         for k, v in totals.items():
-            tail += f"{sep}{k}:{format_float(v, '.2f')}"
+            tail += f"{sep}{_WORDS.get(k) or stage_word(k)}:{format_float(v, '.2f')}"
             sep = ","
     if aborted:
         tail += " aborted"
@@ -221,10 +213,8 @@ def _tail_fields(m: re.Match[str], out: dict[str, Any]) -> None:
 def request_start_msg(
     method: str | None, target: str, client: str | None, ctype: str | None, testing: str
 ) -> str:
-    """``request_start GET /path?query client=1.2.3.4 type=application/json testing=false``.
-
-    ``target`` is the path with its (redacted) query string; ``testing`` is ``true``/``false``.
-    """
+    """``request_start GET /path?query client=1.2.3.4 type=application/json testing=false``;
+    ``target`` is the path with its (redacted) query string; ``testing`` is ``true``/``false``."""
     return f"request_start {method} {target} client={client} type={ctype or '-'} testing={testing}"
 
 
@@ -283,11 +273,7 @@ _REQUEST_END = re.compile(
 
 
 def _request_end_fields(m: re.Match[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "method": m["method"],
-        "path": m["path"],
-        "duration_ms": float(m["ms"]),
-    }
+    out: dict[str, Any] = {"method": m["method"], "path": m["path"], "duration_ms": float(m["ms"])}
     if m["status"] != "None":
         out["status"] = int(m["status"])
     route = m["route"]
@@ -316,12 +302,25 @@ def stage_msg(name: str, ms: float, ok: bool, error: str | None = None) -> str:
     return stage_end(name, ms, ok, error, None)[0]
 
 
+#: Stage names as lines show them (:func:`stage_word`), by name; bounded.
+_WORDS: dict[str, str] = {}
+
+
+def stage_word(name: str) -> str:
+    """``name`` as one word of a line: whitespace, ``,`` and ``%`` percent-encoded (unquoted)."""
+    shown = "".join(quote(c, safe="") if c.isspace() or c in ",%" else c for c in name)
+    if len(_WORDS) < 4096:
+        _WORDS[name] = shown
+    return shown
+
+
 def stage_end(
     name: str, ms: float, ok: bool, error: str | None, word: str | None
 ) -> tuple[str, str | None]:
     """The stage's message, and ``word`` (the end line's ``stages=`` word so far, ``""`` before
     the first stage) with this stage added: one number formatted for both. ``None`` stays."""
     text = format_float(ms, ".2f")
+    name = _WORDS.get(name) or stage_word(name)
     if word is not None:
         word = f"{word},{name}:{text}" if word else f" stages={name}:{text}"
     if ok:
@@ -333,7 +332,8 @@ _STAGE = re.compile(r"stage (?P<stage>\S+) (?P<ms>[\d.]+)ms (?:(?P<ok>ok)|failed
 
 
 def _stage_fields(m: re.Match[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {"stage": m["stage"], "duration_ms": float(m["ms"]), "ok": bool(m["ok"])}
+    out: dict[str, Any] = {"stage": unquote(m["stage"]), "duration_ms": float(m["ms"])}
+    out["ok"] = bool(m["ok"])
     if not m["ok"]:
         out["error"] = m["error"]
     return out
@@ -411,7 +411,7 @@ def _job_rejected_fields(m: re.Match[str]) -> dict[str, Any]:
 def hang_msg(what: str, ms: float, stage: str | None, report: int, thread: str | None) -> str:
     """``hang GET /path still running after 31.00s in stage render (report 1, thread t)``;
     ``what`` is ``GET /path`` for a request, ``job fn (from POST /path)`` for a job."""
-    where = f"in stage {stage}" if stage else "outside any stage"
+    where = f"in stage {stage_word(stage)}" if stage else "outside any stage"
     return (
         f"hang {what} still running after {ms / 1000:.2f}s {where} "
         f"(report {report}, thread {thread})"
@@ -435,7 +435,7 @@ def _hang_fields(m: re.Match[str]) -> dict[str, Any]:
     else:
         out["method"], out["path"] = m["method"], m["path"]
     if m["stage"]:
-        out["stage"] = m["stage"]
+        out["stage"] = unquote(m["stage"])
     return out
 
 

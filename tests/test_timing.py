@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import threading
 import time
@@ -14,6 +15,7 @@ import pytest
 from flask import Flask
 
 from flask_diaglog import DiagLog, get_request_timings, stage, timed_stage
+from flask_diaglog.cli import diaglog_cli
 
 
 def test_three_forms_and_nesting(make_app: Callable[..., Flask], logs: object) -> None:
@@ -157,6 +159,28 @@ def test_end_line_stages_word_shows_each_stage_as_its_line_does(
     assert {name: text for name, text in listed if name != "a"} == once  # the same text
     summed = sum(float(m[2]) for m in runs if m and m[1] == "a")
     assert abs(ms["a"] - summed) <= 0.0151  # three numbers, each rounded to 0.01
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_any_stage_name_reads_back_as_written(make_app: Callable[..., Flask], fmt: str) -> None:
+    """A stage name with spaces, commas or ``%`` stays one word of its lines, so the CLI's summary
+    reads the request, its route and its stages back by their own names."""
+    app = make_app({"DIAGLOG_FORMAT": fmt})
+
+    @app.post("/jobs/<job_id>/make")
+    def make(job_id: str) -> str:
+        with stage("load model"), stage("pass 1, 50%"):
+            pass
+        return "ok"
+
+    for _ in range(3):
+        assert app.test_client().post("/jobs/j1/make").status_code == 200
+    result = app.test_cli_runner().invoke(diaglog_cli, ["summary", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["routes"]["POST /jobs/<job_id>/make"]["count"] == 3
+    assert {"load model", "load model.pass 1, 50%"} <= set(summary["stages"])
+    assert summary["stages"]["load model"]["count"] == 3
 
 
 def test_stage_in_spawned_work_goes_to_jobs_log(

@@ -12,7 +12,7 @@ from flask_diaglog import trail
 from flask_diaglog.files.render import RENDERERS
 from flask_diaglog.logread import parse_line
 
-TOTALS = {"validate": 1.25, "render.mesh": 40.5}
+TOTALS = {"validate": 1.25, "render.mesh": 40.5, "load model, 50% ": 2.0}  # names any text
 
 #: kind -> (level, message, fields): built with the vocabulary's own builders.
 CASES: dict[str, tuple[int, str, dict[str, Any]]] = {
@@ -32,9 +32,9 @@ CASES: dict[str, tuple[int, str, dict[str, Any]]] = {
     ),
     "stage": (
         30,
-        trail.stage_msg("render.mesh", 12.5, False, "ValueError: bad mesh: 3 holes"),
+        trail.stage_msg("render.mesh 50%, pass\t2", 12.5, False, "ValueError: bad mesh: 3 holes"),
         {
-            "stage": "render.mesh",
+            "stage": "render.mesh 50%, pass\t2",
             "duration_ms": 12.5,
             "ok": False,
             "error": "ValueError: bad mesh: 3 holes",
@@ -85,14 +85,14 @@ CASES: dict[str, tuple[int, str, dict[str, Any]]] = {
     "hang": (
         30,
         trail.hang_msg(
-            "job pipeline.run (from POST /api/generate)", 31000.0, "render", 1, "Thread-3"
+            "job pipeline.run (from POST /api/generate)", 31000.0, "load model", 1, "Thread-3"
         ),
         {
             "name": "pipeline.run",
             "method": "POST",
             "path": "/api/generate",
             "duration_ms": 31000.0,
-            "stage": "render",
+            "stage": "load model",
             "hung": 1,
         },
     ),
