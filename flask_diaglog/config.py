@@ -49,6 +49,7 @@ from .values import (
     parse_opt_str,
     parse_size,
     parse_store,
+    parse_ttl,
     parse_url_prefix,
 )
 
@@ -220,9 +221,9 @@ KEYS: tuple[Key, ...] = (
         "DIAGLOG_JOB_TTL",
         "job_ttl",
         30.0,
-        parse_float,
-        "Seconds a job lease lives without renewal (it is renewed while the work runs); more "
-        "than `0`.",
+        parse_ttl,
+        "Seconds a job lease lives without renewal (it is renewed while the work runs); at "
+        "least `0.1`.",
     ),
     Key(
         "DIAGLOG_JOB_REPLAY_TTL",
@@ -427,11 +428,7 @@ def _resolve_key(key: Key, config: Mapping[str, Any], environ: Mapping[str, str]
 
 def resolve(config: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     """Resolve every key: environment first, then ``config``, then the default. Validates all."""
-    out = {key.name: _resolve_key(key, config, environ) for key in KEYS}
-    ttl = out["DIAGLOG_JOB_TTL"]
-    if ttl <= 0:
-        raise ConfigError(f"DIAGLOG_JOB_TTL={shown('DIAGLOG_JOB_TTL', ttl)} must be more than 0")
-    return out
+    return {key.name: _resolve_key(key, config, environ) for key in KEYS}
 
 
 def load_settings(app: Any, environ: Mapping[str, str] | None = None) -> Settings:

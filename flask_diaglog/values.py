@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
-from .trail import LEVELS
+from .trail import LEVEL_NAMES, LEVELS
 
 __all__ = [
     "MASK",
@@ -156,6 +157,11 @@ def parse_size(value: Any, key: str, source: str) -> int:
     return parse_int(value, key, source, sizes=True)
 
 
+#: The most a duration key takes (seconds, or milliseconds for DIAGLOG_SLOW_MS): beyond it a
+#: timer overflows (``threading.TIMEOUT_MAX`` is about 9.2e9 seconds).
+MAX_DURATION = 1_000_000_000
+
+
 def parse_float(value: Any, key: str, source: str) -> float:
     if isinstance(value, bool):
         raise _error(value, key, source, "must be a number of seconds")
@@ -165,6 +171,16 @@ def parse_float(value: Any, key: str, source: str) -> float:
         raise _error(value, key, source, "is not a number (seconds, fractions allowed)") from None
     if f < 0 or f != f:
         raise _error(value, key, source, "must be 0 or more")
+    if f > MAX_DURATION:
+        raise _error(value, key, source, f"must be at most {MAX_DURATION}")
+    return f
+
+
+def parse_ttl(value: Any, key: str, source: str) -> float:
+    """Seconds a job lease lives: at least 0.1, or it expires before it can be renewed."""
+    f = parse_float(value, key, source)
+    if f < 0.1:
+        raise _error(value, key, source, "must be at least 0.1 (seconds): a lease is renewed")
     return f
 
 
@@ -200,6 +216,8 @@ def parse_level(value: Any, key: str, source: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value in LEVELS.values():
         return value
     name = str(value).strip().upper()
+    if name.isascii() and name.isdigit():  # a number from the environment is a string
+        name = LEVEL_NAMES.get(int(name), name)
     if name not in LEVELS:
         numbers = ", ".join(str(n) for n in LEVELS.values())
         raise _error(
@@ -241,6 +259,8 @@ def parse_store(value: Any, key: str, source: str) -> str:
     if v.lower() == "memory":
         return "memory"
     if v.startswith(_STORE_SCHEMES):
+        if v.lower().startswith("unix://") and not urlsplit(v).path.strip("/"):
+            raise _error(value, key, source, "needs the socket's path: unix:///path/to/redis.sock")
         return v
     raise _error(
         value,

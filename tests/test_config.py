@@ -59,6 +59,13 @@ def test_environment_overrides_app_config(
         ("DIAGLOG_BACKUP_COUNT", "-1", "must be 0 or more"),
         ("DIAGLOG_HANG_AFTER", "soon", "DIAGLOG_HANG_AFTER='soon'"),
         ("DIAGLOG_JOB_STORE", "postgres://x", "'memory' or a redis://"),
+        ("DIAGLOG_JOB_STORE", "unix://", "socket's path"),
+        ("DIAGLOG_SHUTDOWN_GRACE", "inf", "must be at most 1000000000"),
+        ("DIAGLOG_HANG_AFTER", "nan", "must be 0 or more"),
+        ("DIAGLOG_JOB_TTL", "1e300", "must be at most 1000000000"),
+        ("DIAGLOG_JOB_TTL", "1e-9", "must be at least 0.1"),
+        ("DIAGLOG_JOB_TTL", "0", "must be at least 0.1"),
+        ("DIAGLOG_LEVEL", "25", "(or its number: 10, 20, 30, 40, 50)"),
     ],
 )
 def test_invalid_env_value_names_key_and_accepted_values(
@@ -76,6 +83,15 @@ def test_invalid_env_value_names_key_and_accepted_values(
     assert key in message
     assert f"environment variable {key}" in message
     assert expected in message
+
+
+@pytest.mark.parametrize(("value", "level"), [("20", 20), (" 40 ", 40), ("warning", 30)])
+def test_a_level_from_the_environment_may_be_its_number(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch, value: str, level: int
+) -> None:
+    """``DIAGLOG_LEVEL=20`` in the environment is INFO, as the error message says it may be."""
+    monkeypatch.setenv("DIAGLOG_LEVEL", value)
+    assert make_app().config["DIAGLOG_LEVEL"] == level
 
 
 def test_invalid_app_config_value_names_key(make_app: Callable[..., Flask]) -> None:
