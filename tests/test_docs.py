@@ -42,6 +42,8 @@ from servers import free_port
 
 import docs
 from docs import Block, run_by
+from flask_diaglog.logread import parse_line
+from flask_diaglog.trail import parse_message
 
 TESTS = Path(__file__).resolve().parent
 
@@ -232,6 +234,32 @@ def test_every_code_block_says_its_language() -> None:
     assert not problems, "\n".join(problems)
 
 
+_SHOWN_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ")
+
+
+def test_every_plain_line_the_docs_show_is_one_diaglog_writes() -> None:
+    """A plain line shown in a text or console block has the layout the renderer writes (and
+    the readers parse), and a diaglog message in it parses as its kind."""
+    problems = []
+    for block in docs.blocks():
+        if block.lang not in ("text", "console"):
+            continue
+        for n, line in enumerate(block.code.splitlines()):
+            if not _SHOWN_LINE.match(line):
+                continue
+            rec = parse_line(line.rstrip(), "requests")
+            if rec is None:
+                problems.append(f"{block.path}:{block.line + n + 1}: not the plain layout")
+                continue
+            kind = rec.event
+            if kind != "log" and not parse_message(kind, rec.data["msg"]):
+                problems.append(
+                    f"{block.path}:{block.line + n + 1}: a {kind} message that won't parse"
+                )
+    assert not problems, "\n".join(problems)
+
+
+# -- the quick start -------------------------------------------------------------------------
 # -- the quick start -------------------------------------------------------------------------
 
 
