@@ -693,6 +693,21 @@ def test_guard_is_a_no_op_when_diaglog_is_disabled(make_app: Callable[..., Flask
     assert app.test_client().post("/run/j").text == "ran, inner 200 ran"
 
 
+def test_a_guarded_view_of_an_app_without_diaglog_is_an_error_not_unguarded() -> None:
+    """``@guard_job`` on an app that never called ``DiagLog(app)``: the request fails with an
+    error that says so, instead of running unguarded (duplicates would pass unseen)."""
+    app = Flask(__name__)
+    app.testing = True  # the error propagates to the test client
+
+    @app.post("/run/<job_id>")
+    @guard_job
+    def run(job_id: str) -> str:
+        return "ran"
+
+    with pytest.raises(RuntimeError, match=r"not registered with flask-diaglog.*DiagLog\(app\)"):
+        app.test_client().post("/run/j")
+
+
 def test_store_classes_are_exported() -> None:
     """The stores are public names of the package."""
     import flask_diaglog

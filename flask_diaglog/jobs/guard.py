@@ -219,15 +219,19 @@ class _HasGuard(Protocol):
     guard: JobGuard | None
 
 
+def _unregistered(app: Any) -> RuntimeError:
+    return RuntimeError(
+        f"The app {app.name!r} is not registered with flask-diaglog. "
+        "Did you forget to call DiagLog(app) or diaglog.init_app(app)?"
+    )
+
+
 def get_job_guard(app: Any = None) -> JobGuard:
     """The :class:`JobGuard` of ``app`` (default: ``current_app``)."""
     app = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
     state: _HasGuard | None = app.extensions.get("diaglog")
     if state is None:
-        raise RuntimeError(
-            f"The app {app.name!r} is not registered with flask-diaglog. "
-            "Did you forget to call DiagLog(app) or diaglog.init_app(app)?"
-        )
+        raise _unregistered(app)
     if state.guard is None:
         raise RuntimeError("flask-diaglog is disabled for this app (DIAGLOG_ENABLED is off)")
     return state.guard
@@ -301,9 +305,11 @@ def _run_guarded(
     replay: bool,
 ) -> Any:
     state: _HasGuard | None = current_app.extensions.get("diaglog")
-    guard = state.guard if state is not None else None
+    if state is None:  # a guard that guards nothing would let duplicates run unseen
+        raise _unregistered(current_app)
+    guard = state.guard
     if guard is None:
-        return fn(*args, **kwargs)  # diaglog disabled or not registered: nothing to guard with
+        return fn(*args, **kwargs)  # DIAGLOG_ENABLED is off: nothing to guard with
     req: Request = request._get_current_object()  # type: ignore[attr-defined]
     trace = current_trace()
     if trace is not None and trace.rec is not guard.rec:
