@@ -121,6 +121,27 @@ def _app_trace() -> Trace | None:
 
 
 def _decorate(fn: F, name: str) -> F:
+    """``fn`` run as the stage ``name``: a generator function's stage lasts while the generator
+    runs (to its end or its close), not only while it is created."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def generator_wrapper(*args: Any, **kwargs: Any) -> Any:
+            with stage(name):
+                return (yield from fn(*args, **kwargs))
+
+        return generator_wrapper  # type: ignore[return-value]
+
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def async_generator_wrapper(*args: Any, **kwargs: Any) -> Any:
+            with stage(name):
+                async for item in fn(*args, **kwargs):
+                    yield item
+
+        return async_generator_wrapper  # type: ignore[return-value]
+
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)

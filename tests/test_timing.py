@@ -183,6 +183,45 @@ def test_any_stage_name_reads_back_as_written(make_app: Callable[..., Flask], fm
     assert summary["stages"]["load model"]["count"] == 3
 
 
+def test_a_generator_function_stage_lasts_while_it_runs(
+    make_app: Callable[..., Flask], logs: Any
+) -> None:
+    """``@timed_stage`` on a generator function (a streamed body's chunks) times the iteration,
+    not the call that creates the generator; the chunks and what the generator returns pass
+    through unchanged."""
+    app = make_app({"DIAGLOG_FORMAT": "json"})
+
+    @timed_stage("chunks")
+    def chunks() -> Any:
+        for part in ("a", "b"):
+            time.sleep(0.03)
+            yield part
+        return "done"
+
+    @timed_stage("async chunks")
+    async def async_chunks() -> Any:
+        for part in ("c", "d"):
+            await asyncio.sleep(0.03)
+            yield part
+
+    async def collect() -> list[str]:
+        return [part async for part in async_chunks()]
+
+    @app.get("/")
+    def index() -> str:
+        return "".join(chunks()) + "".join(asyncio.run(collect()))
+
+    assert app.test_client().get("/").text == "abcd"
+    events = logs.events("requests", "stage")
+    assert [(e["stage"], e["ok"]) for e in events] == [("chunks", True), ("async chunks", True)]
+    assert all(e["duration_ms"] >= 55.0 for e in events)  # both sleeps, not the creation
+    gen = chunks()  # outside a request: a plain timer, and the return value passes through
+    assert next(gen) == "a" and next(gen) == "b"
+    with pytest.raises(StopIteration) as end:
+        next(gen)
+    assert end.value.value == "done"
+
+
 def test_stage_in_spawned_work_goes_to_jobs_log(
     make_app: Callable[..., Flask], logs: object
 ) -> None:
