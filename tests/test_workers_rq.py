@@ -102,7 +102,7 @@ def web(env: dict[str, str], make_app: Any) -> Any:
     @app.post("/boom/<job_id>")
     @guard_job
     def fail(job_id: str) -> Any:
-        queue.enqueue(workers_rq_app.boom)
+        sent.append(queue.enqueue(workers_rq_app.boom))
         return {"job_id": job_id}, 202
 
     init_rq(app)
@@ -139,6 +139,25 @@ def test_the_job_stays_active_until_the_rq_job_ends(worker: Any, web: Any) -> No
     (end,) = [r for r in jobs_of(worker.log_dir, rid) if r["event"] == "job_end"]
     assert end["error"] == "ValueError: bad input"
     wait_for(lambda: client.post(f"/boom/{job_id}").status_code == 202)
+
+
+def test_rqs_own_line_about_a_failed_job_carries_the_senders_ids(worker: Any, web: Any) -> None:
+    """RQ logs a failed job with ``extra={"job_id": <its own job id>}``: the line still carries
+    the diaglog job id and request id of the request that enqueued it, not RQ's id."""
+    job_id = f"e-{uuid.uuid4().hex[:8]}"
+    rid = web.test_client().post(f"/boom/{job_id}").headers["X-Request-ID"]
+    rq_id = web.sent[-1].id
+
+    def rq_line() -> dict[str, Any] | None:
+        path = worker.log_dir / "errors.log"
+        lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+        found = [r for r in lines if r["logger"] == "rq.worker" and rq_id in r["msg"]]
+        return found[0] if found else None
+
+    wait_for(lambda: rq_line() is not None)
+    line = rq_line()
+    assert line is not None and "exception raised while executing" in line["msg"]
+    assert line["job_id"] == job_id and line["request_id"] == rid
 
 
 def test_an_rq_worker_without_a_shared_job_store_fails_at_startup(

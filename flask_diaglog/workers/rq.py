@@ -15,7 +15,7 @@ carry the trail and the job guard's lease into ``rq worker`` processes.
   (exiting with a message naming what to set), sends what its live emitter holds before a work
   horse exits, and writes the last line of a job whose work horse ended without finishing it
   (``outcome`` ``stopped`` for ``send_stop_job_command``, ``killed`` otherwise), freeing its
-  lease unless RQ retries it.
+  lease unless RQ retries it. RQ's own line about a failed job carries the job's diaglog ids.
 
 The worker imports the module that calls ``init_rq(app)`` through ``rq worker -c <module>``::
 
@@ -34,7 +34,7 @@ from rq.job import Job as _Job
 from rq.job import JobStatus
 
 from ..config import ConfigError
-from ..context import current_trace
+from ..context import Trace, current_trace, reset_trace, set_trace
 from .common import (
     Binding,
     TaskInfo,
@@ -43,6 +43,7 @@ from .common import (
     fail_startup,
     note,
     outgoing_headers,
+    parent_from,
     run_task,
 )
 from .common import start_worker as _start
@@ -185,6 +186,22 @@ class Worker(_Worker):
             b = _current()
             if b is not None:
                 b.flush()  # a work horse exits with os._exit: nothing runs after this
+
+    def handle_exception(self, job: Any, *exc_info: Any) -> None:
+        """RQ logs a failed job with ``extra={"job_id": <RQ's id>}``, which a log line would
+        take for the diaglog job id: the line is written inside the job's trail instead, with
+        the ids of the request that enqueued it (RQ's id stays in RQ's words)."""
+        b = _current()
+        if b is None or b.rec is None:
+            super().handle_exception(job, *exc_info)
+            return
+        parent, _problems = parent_from((job.meta or {}).get)
+        trace = Trace(b.rec, "job", parent.request_id, parent.job_id, parent.method, parent.path)
+        token = set_trace(trace)
+        try:
+            super().handle_exception(job, *exc_info)
+        finally:
+            reset_trace(token)
 
     def handle_job_failure(self, job: Any, queue: Any, *args: Any, **kwargs: Any) -> None:
         b = _current()
