@@ -158,6 +158,9 @@ class DiagLog:
         self.live_auth = live_auth
         #: The job id lookup override, if any.
         self.job_id_getter = job_id
+        # The apps this instance is registered on (weakly): background work started outside
+        # any app context belongs to the only one, if there is only one.
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
 
@@ -183,6 +186,7 @@ class DiagLog:
         settings = load_settings(app)
         state = AppState(ext=self, app=app, settings=settings)
         app.extensions["diaglog"] = state
+        self._apps.add(app)
         if not settings.enabled:
             return
         s = settings
@@ -261,9 +265,13 @@ class DiagLog:
         if trace is not None and trace.rec is not None:
             return trace.rec, trace.rec.sender
         if has_app_context():
-            st = current_app.extensions.get("diaglog")
-            if st is not None and st.ext is self:
-                return st.recorder, st.app
+            app: Flask | None = current_app._get_current_object()  # type: ignore[attr-defined]
+        else:  # a script or module level: the only app of this instance, if there is one
+            apps = list(self._apps)
+            app = apps[0] if len(apps) == 1 else None
+        st = app.extensions.get("diaglog") if app is not None else None
+        if st is not None and st.ext is self:
+            return st.recorder, st.app
         return None, None
 
     def wrap(self, fn: Callable[..., R]) -> Callable[..., R]:

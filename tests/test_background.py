@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from flask import Flask, current_app
@@ -120,6 +121,36 @@ def test_spawn_outside_request_in_app_context(make_app: Callable[..., Flask], lo
         diaglog.spawn(lambda: None).join(10)
     kinds = [r["event"] for r in logs.json("jobs")]  # type: ignore[attr-defined]
     assert kinds == ["job_start", "job_end"]
+
+
+def test_spawn_outside_any_context_uses_the_one_app_of_its_diaglog(
+    make_app: Callable[..., Flask], logs: object
+) -> None:
+    """``DiagLog(app)`` then ``spawn`` at module level or in a script (no app context): the
+    instance's only app records the job, and the work runs in its app context."""
+    app = make_app({"DIAGLOG_FORMAT": "json"}, init=False)
+    diaglog = DiagLog(app)
+    seen: list[str] = []
+    diaglog.spawn(lambda: seen.append(current_app.name)).join(10)
+    diaglog.wrap(lambda: None)()
+    assert seen == [app.name]
+    kinds = [r["event"] for r in logs.json("jobs")]  # type: ignore[attr-defined]
+    assert kinds == ["job_start", "job_end", "job_start", "job_end"]
+
+
+def test_spawn_outside_any_context_with_two_apps_picks_neither(tmp_path: Path) -> None:
+    """With two apps on one instance and no context, no app is guessed: the work just runs."""
+    diaglog = DiagLog()
+    for name in ("one", "two"):
+        app = Flask(name)
+        app.config["DIAGLOG_LOG_DIR"] = str(tmp_path / name)
+        diaglog.init_app(app)
+    out: list[int] = []
+    diaglog.spawn(out.append, 1).join(10)
+    assert out == [1]
+    for name in ("one", "two"):
+        path = tmp_path / name / "jobs.log"
+        assert (path.read_text() if path.exists() else "") == ""
 
 
 def test_spawn_without_diaglog_just_runs(capsys: pytest.CaptureFixture[str]) -> None:
