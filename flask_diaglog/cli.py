@@ -4,8 +4,9 @@ one or several hosts; show the resolved configuration.
 One click group serves both. Through the ``flask.commands`` entry point it is in every Flask app's
 CLI and reads the app's ``DIAGLOG_LOG_DIR``; as the ``diaglog`` console script (:func:`main`) it
 needs no app: ``--log-dir DIR`` (repeat it, one per host), else ``DIAGLOG_LOG_DIR`` or its default.
-Reading, merging and statistics are :mod:`~flask_diaglog.logread`'s; this module selects and
-draws (tables, the stage waterfall, the progress bar).
+Reading, merging and statistics are :mod:`~flask_diaglog.logread`'s, following across rotations
+(``tail -f``) :mod:`~flask_diaglog.follow`'s; this module selects and draws (tables, the stage
+waterfall, the progress bar).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from flask.cli import ScriptInfo
 from .config import KEYS, ConfigError, shown
 from .config import log_dir as configured_log_dir
 from .files.render import ESCAPES
+from .follow import Follower
 from .logread import (
     LogRecord,
     Scan,
@@ -33,7 +35,6 @@ from .logread import (
     files_of,
     label_dirs,
     merge_records,
-    parse_line,
     spans_of,
     summarize,
     trace_records,
@@ -233,7 +234,9 @@ def tail_cmd(
         else:
             click.echo(f"{rec.host}  {rec.text()}" if several else rec.text())
 
-    at = _ends(dirs, names) if follow else {}  # before the scan: no line falls in between
+    follower = Follower(dirs, names, lambda rec: show(rec) if keep(rec) else None)
+    if follow:
+        follower.mark()  # before the scan: no line falls in between
     with _scan(dirs, names, since) as scan:
         records = merge_records(dirs, names, since=since, until=until, scan=scan)
         last = deque((r for r in records if keep(r)), maxlen=max(count, 0))
@@ -241,60 +244,7 @@ def tail_cmd(
         show(rec)
     if follow:
         with contextlib.suppress(KeyboardInterrupt):
-            _follow(dirs, names, at, lambda rec: show(rec) if keep(rec) else None)
-
-
-def _ends(dirs: Dirs, names: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """``path: (inode, size)`` of each current file."""
-    at: dict[str, tuple[int, int]] = {}
-    for _, log_dir in dirs:
-        for name in names:
-            path = os.path.join(log_dir, f"{name}.log")
-            with contextlib.suppress(OSError):
-                st = os.stat(path)
-                at[path] = (st.st_ino, st.st_size)
-    return at
-
-
-def _follow(
-    dirs: Dirs,
-    names: Sequence[str],
-    at: dict[str, tuple[int, int]],
-    out: Callable[[LogRecord], None],
-) -> None:
-    """Print lines appended after ``at`` (see :func:`_ends`); after a rotation, the rest of the
-    rotated file (``.1``), then the new file from its start."""
-    while True:
-        for label, log_dir in dirs:
-            for name in names:
-                path = os.path.join(log_dir, f"{name}.log")
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                ino, pos = at.get(path, (st.st_ino, 0))
-                if ino != st.st_ino:
-                    with contextlib.suppress(OSError):
-                        if os.stat(f"{path}.1").st_ino == ino:
-                            _read_from(f"{path}.1", pos, name, label, out)
-                    ino, pos = st.st_ino, 0
-                elif st.st_size < pos:
-                    pos = 0  # truncated
-                at[path] = (ino, _read_from(path, pos, name, label, out))
-        time.sleep(0.25)
-
-
-def _read_from(path: str, pos: int, name: str, label: str, out: Callable[[LogRecord], None]) -> int:
-    """Hand the whole lines after ``pos`` to ``out``; the position after the last whole line."""
-    with open(path, "rb") as fh:
-        fh.seek(pos)
-        data = fh.read()
-    end = data.rfind(b"\n") + 1  # a line still being written waits for the next round
-    for line in data[:end].decode("utf-8", "replace").splitlines():
-        rec = parse_line(line, name, label)
-        if rec is not None:
-            out(rec)
-    return pos + end
+            follower.run()
 
 
 # -- trace -------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """``diaglog tail``: filters by level, job, request, status and duration; time windows; several
-hosts; ``-f`` follows new lines across a rotation (a real process reading real files)."""
+hosts; ``-f`` follows new lines across rotations (a real process reading real files, and the
+follower's poll step driven by the test while a real writer rotates and compresses)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from flask import Flask
 from test_cli import render, write_log
 
 from flask_diaglog.cli import diaglog_cli
+from flask_diaglog.files import LogFile
+from flask_diaglog.follow import Follower
+from flask_diaglog.logread import label_dirs
 
 T0 = datetime(2026, 11, 22, 10, 0, 0).timestamp()
 MAIN = "from flask_diaglog.cli import main; main()"
@@ -190,3 +194,32 @@ def test_follow_continues_across_a_rotation(tmp_path: Path) -> None:
         proc.wait(10)
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+def test_follow_prints_every_line_once_across_several_rotations(
+    tmp_path: Path, compress: bool
+) -> None:
+    """Several rotations between two polls (backups compressed or not), from a file not read yet
+    and from one read part-way: each line is printed once, in order."""
+    writer = LogFile(
+        str(tmp_path / "requests.log"), max_bytes=2048, backup_count=50, compress=compress
+    )
+    got: list[str] = []
+    follower = Follower(label_dirs([str(tmp_path)]), ["requests"], lambda r: got.append(r.raw))
+    follower.mark()
+    sent: list[str] = []
+
+    def write(count: int) -> None:
+        for _ in range(count):
+            sent.append(_msg(len(sent)))
+            writer.write(sent[-1].encode())
+        assert writer.wait_compressed()
+
+    try:
+        for count in (60, 5, 60, 45):  # 100-byte lines: 60 are about three rotations
+            write(count)
+            follower.poll()
+    finally:
+        writer.close()
+    assert got == [line.rstrip("\n") for line in sent]
