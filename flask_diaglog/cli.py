@@ -359,7 +359,13 @@ _PCTS = ["p50 ms", "p95 ms", "p99 ms", "max ms"]
 
 @diaglog_cli.command("summary")
 @_scan_options
-@click.option("--top", default=10, show_default=True, help="Slowest requests to list.")
+@click.option(
+    "--top",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Slowest requests to list.",
+)
 @click.pass_context
 def summary_cmd(
     ctx: click.Context,

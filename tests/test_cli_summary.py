@@ -128,6 +128,13 @@ def test_a_bad_time_is_a_usage_error(tmp_path: Path) -> None:
     assert code == 2 and "Invalid value for '--since'" in out and "15m" in out
 
 
+def test_a_negative_top_is_a_usage_error(tmp_path: Path) -> None:
+    """--top below 0 is refused, naming the option, never a traceback."""
+    write_log(tmp_path, "requests", [_end("plain", T0, "/p", 200, 1.0)])
+    code, out = _run(["summary", "--log-dir", str(tmp_path), "--top", "-1"])
+    assert code == 2 and "Invalid value for '--top'" in out and ">=0" in out
+
+
 def test_garbled_lines_are_skipped_and_counted(tmp_path: Path) -> None:
     """A torn or foreign line is skipped, and the summary says how many there were."""
     write_log(tmp_path, "requests", [_end("plain", T0, "/p", 200, 1.0), "GET / HTTP/1.1 junk\n"])
