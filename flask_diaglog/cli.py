@@ -154,24 +154,30 @@ def main(args: Sequence[str] | None = None) -> None:
 # -- tail --------------------------------------------------------------------------------------
 
 
-def _status_matches(spec: str) -> Callable[[Any], bool]:
-    spec = spec.strip().lower()
-    if len(spec) == 3 and spec[0].isdigit() and spec[1:] == "xx":
+def _status(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> Callable[[Any], bool] | None:
+    """``--status``: a status from 100 to 599 (``503``) or a class from 1xx to 5xx (``5xx``)."""
+    if value is None:
+        return None
+    spec = value.strip().lower()
+    if len(spec) == 3 and spec[0] in "12345" and spec[1:] == "xx":
         return lambda s: isinstance(s, int) and s // 100 == int(spec[0])
-    if spec.isdigit():
+    if spec.isascii() and spec.isdigit() and 100 <= int(spec) <= 599:
         return lambda s: s == int(spec)
-    raise click.BadParameter(f"{spec!r}: use a status such as 503, or a class such as 5xx")
+    raise click.BadParameter(
+        f"{value!r}: use a status from 100 to 599 such as 503, or a class from 1xx to 5xx"
+    )
 
 
 def _filter(
     level: str | None,
     job: str | None,
     request: str | None,
-    status: str | None,
+    status_ok: Callable[[Any], bool] | None,
     min_ms: float | None,
 ) -> Callable[[LogRecord], bool]:
     minimum = LEVELS[level] if level else 0
-    status_ok = _status_matches(status) if status else None
 
     def keep(rec: LogRecord) -> bool:
         d = rec.data
@@ -188,7 +194,15 @@ def _filter(
 
 @diaglog_cli.command("tail")
 @_scan_options
-@click.option("-n", "--lines", "count", default=20, show_default=True, help="Lines to show.")
+@click.option(
+    "-n",
+    "--lines",
+    "count",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Lines to show.",
+)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
 @click.option(
     "--file",
@@ -200,8 +214,10 @@ def _filter(
 @click.option("--level", type=click.Choice(list(LEVELS)), default=None, help="Minimum level.")
 @click.option("--job", "job_id", default=None, help="Only lines of this job id.")
 @click.option("--request", "request_id", default=None, help="Only lines of this request id.")
-@click.option("--status", default=None, help="Only end lines with this status: 503, 5xx, 4xx.")
-@click.option("--min-ms", type=float, default=None, help="Only lines of at least this duration.")
+@click.option("--status", callback=_status, help="Only end lines with this status: 503, 5xx, 4xx.")
+@click.option(
+    "--min-ms", type=click.FloatRange(min=0), help="Only lines of at least this duration."
+)
 @click.pass_context
 def tail_cmd(
     ctx: click.Context,
@@ -215,7 +231,7 @@ def tail_cmd(
     level: str | None,
     job_id: str | None,
     request_id: str | None,
-    status: str | None,
+    status: Callable[[Any], bool] | None,
     min_ms: float | None,
 ) -> None:
     """The last lines, backups included, filtered; -f follows new lines across rotations.
@@ -239,7 +255,7 @@ def tail_cmd(
         follower.mark()  # before the scan: no line falls in between
     with _scan(dirs, names, since) as scan:
         records = merge_records(dirs, names, since=since, until=until, scan=scan)
-        last = deque((r for r in records if keep(r)), maxlen=max(count, 0))
+        last = deque((r for r in records if keep(r)), maxlen=count)
     for rec in last:
         show(rec)
     if follow:

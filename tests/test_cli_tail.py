@@ -104,6 +104,37 @@ def test_a_bad_status_filter_is_a_usage_error(logs: Path) -> None:
     assert result.exit_code == 2 and "5xx" in result.output
 
 
+@pytest.mark.parametrize("status", ["9xx", "0xx", "999", "42"])
+def test_a_status_out_of_range_is_a_usage_error(logs: Path, status: str) -> None:
+    """--status takes a status from 100 to 599 or a class from 1xx to 5xx, nothing else."""
+    result = (
+        Flask(__name__)
+        .test_cli_runner()
+        .invoke(diaglog_cli, ["tail", "--log-dir", str(logs), "--status", status])
+    )
+    assert result.exit_code == 2 and "Invalid value for '--status'" in result.output
+
+
+def test_a_negative_minimum_duration_is_a_usage_error(logs: Path) -> None:
+    """--min-ms below 0 is refused, naming the option."""
+    result = (
+        Flask(__name__)
+        .test_cli_runner()
+        .invoke(diaglog_cli, ["tail", "--log-dir", str(logs), "--min-ms", "-5"])
+    )
+    assert result.exit_code == 2 and "Invalid value for '--min-ms'" in result.output
+
+
+def test_a_negative_line_count_is_a_usage_error(logs: Path) -> None:
+    """-n below 0 is refused, naming the option (it printed nothing and succeeded)."""
+    result = (
+        Flask(__name__)
+        .test_cli_runner()
+        .invoke(diaglog_cli, ["tail", "--log-dir", str(logs), "-n", "-1"])
+    )
+    assert result.exit_code == 2 and "Invalid value for '-n' / '--lines'" in result.output
+
+
 def test_tail_of_several_hosts_prefixes_the_host(tmp_path: Path) -> None:
     """With several directories each line is prefixed with its host's label, in time order."""
     write_log(tmp_path / "a", "requests", [_end(T0 + 1, "Ra", None, 200, 1.0)])
