@@ -102,7 +102,8 @@ def _dirs(ctx: click.Context, given: Sequence[str]) -> Dirs:
     dirs = label_dirs(given)
     for _, path in dirs:
         if not os.path.isdir(path):
-            raise click.ClickException(f"log directory {path} does not exist")
+            what = "is not a directory" if os.path.exists(path) else "does not exist"
+            raise click.ClickException(f"log directory {path} {what}")
     return dirs
 
 
