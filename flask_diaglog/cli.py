@@ -99,7 +99,9 @@ def _dirs(ctx: click.Context, given: Sequence[str]) -> Dirs:
             given = (configured_log_dir(_load_app(info).config if info else None),)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    dirs = label_dirs(given)
+    # Each directory once (by its resolved path; the first spelling wins), else read twice.
+    paths = [os.path.realpath(path) for _, path in label_dirs(given)]
+    dirs = label_dirs([text for i, text in enumerate(given) if paths.index(paths[i]) == i])
     for _, path in dirs:
         if not os.path.isdir(path):
             what = "is not a directory" if os.path.exists(path) else "does not exist"

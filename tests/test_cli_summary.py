@@ -142,6 +142,16 @@ def test_garbled_lines_are_skipped_and_counted(tmp_path: Path) -> None:
     assert (data["lines"], data["skipped"], data["routes"]["GET /p"]["count"]) == (2, 1, 1)
 
 
+def test_a_directory_given_twice_is_read_once(tmp_path: Path) -> None:
+    """The same --log-dir twice (before and after the command, spelled differently) counts its
+    lines once, under the directory's own name."""
+    write_log(tmp_path / "web", "requests", [_end("plain", T0, "/p", 200, 1.0)])
+    _, out = _run(["--log-dir", str(tmp_path / "web"), "summary", "--json",
+                   "--log-dir", f"{tmp_path}/web/"])  # fmt: skip
+    data = json.loads(out)
+    assert (data["routes"]["GET /p"]["count"], data["hosts"]) == (1, ["web"])
+
+
 def test_summary_adds_up_several_hosts(tmp_path: Path) -> None:
     """Several --log-dir: the counts of all hosts, and the hosts' labels."""
     write_log(tmp_path / "a", "requests", [_end("plain", T0, "/p", 200, 1.0)])
