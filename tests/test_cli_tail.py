@@ -234,7 +234,7 @@ def test_follow_prints_every_line_once_across_several_rotations(
     """Several rotations between two polls (backups compressed or not), from a file not read yet
     and from one read part-way: each line is printed once, in order."""
     writer = LogFile(
-        str(tmp_path / "requests.log"), max_bytes=2048, backup_count=50, compress=compress
+        str(tmp_path / "requests.log"), max_bytes=1024, backup_count=50, compress=compress
     )
     got: list[str] = []
     follower = Follower(label_dirs([str(tmp_path)]), ["requests"], lambda r: got.append(r.raw))
@@ -248,7 +248,7 @@ def test_follow_prints_every_line_once_across_several_rotations(
         assert writer.wait_compressed()
 
     try:
-        for count in (60, 5, 60, 45):  # 100-byte lines: 60 are about three rotations
+        for count in (60, 5, 60, 45):  # 60-byte lines: 60 of them are three or four rotations
             write(count)
             follower.poll()
     finally:
