@@ -4,8 +4,9 @@ one or several hosts; show the resolved configuration.
 One click group serves both. Through the ``flask.commands`` entry point it is in every Flask app's
 CLI and reads the app's ``DIAGLOG_LOG_DIR``; as the ``diaglog`` console script (:func:`main`) it
 needs no app: ``--log-dir DIR`` (repeat it, one per host), else ``DIAGLOG_LOG_DIR`` or its default.
-Reading, merging and statistics are :mod:`~flask_diaglog.logread`'s; this module selects and
-draws (tables, the stage waterfall, the progress bar).
+Reading, merging and statistics are :mod:`~flask_diaglog.logread`'s, following across rotations
+(``tail -f``) :mod:`~flask_diaglog.follow`'s; this module selects and draws (tables, the stage
+waterfall, the progress bar).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from flask.cli import ScriptInfo
 from .config import KEYS, ConfigError, shown
 from .config import log_dir as configured_log_dir
 from .files.render import ESCAPES
+from .follow import Follower
 from .logread import (
     LogRecord,
     Scan,
@@ -33,7 +35,6 @@ from .logread import (
     files_of,
     label_dirs,
     merge_records,
-    parse_line,
     spans_of,
     summarize,
     trace_records,
@@ -98,10 +99,13 @@ def _dirs(ctx: click.Context, given: Sequence[str]) -> Dirs:
             given = (configured_log_dir(_load_app(info).config if info else None),)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    dirs = label_dirs(given)
+    # Each directory once (by its resolved path; the first spelling wins), else read twice.
+    paths = [os.path.realpath(path) for _, path in label_dirs(given)]
+    dirs = label_dirs([text for i, text in enumerate(given) if paths.index(paths[i]) == i])
     for _, path in dirs:
         if not os.path.isdir(path):
-            raise click.ClickException(f"log directory {path} does not exist")
+            what = "is not a directory" if os.path.exists(path) else "does not exist"
+            raise click.ClickException(f"log directory {path} {what}")
     return dirs
 
 
@@ -153,24 +157,30 @@ def main(args: Sequence[str] | None = None) -> None:
 # -- tail --------------------------------------------------------------------------------------
 
 
-def _status_matches(spec: str) -> Callable[[Any], bool]:
-    spec = spec.strip().lower()
-    if len(spec) == 3 and spec[0].isdigit() and spec[1:] == "xx":
+def _status(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> Callable[[Any], bool] | None:
+    """``--status``: a status from 100 to 599 (``503``) or a class from 1xx to 5xx (``5xx``)."""
+    if value is None:
+        return None
+    spec = value.strip().lower()
+    if len(spec) == 3 and spec[0] in "12345" and spec[1:] == "xx":
         return lambda s: isinstance(s, int) and s // 100 == int(spec[0])
-    if spec.isdigit():
+    if spec.isascii() and spec.isdigit() and 100 <= int(spec) <= 599:
         return lambda s: s == int(spec)
-    raise click.BadParameter(f"{spec!r}: use a status such as 503, or a class such as 5xx")
+    raise click.BadParameter(
+        f"{value!r}: use a status from 100 to 599 such as 503, or a class from 1xx to 5xx"
+    )
 
 
 def _filter(
     level: str | None,
     job: str | None,
     request: str | None,
-    status: str | None,
+    status_ok: Callable[[Any], bool] | None,
     min_ms: float | None,
 ) -> Callable[[LogRecord], bool]:
     minimum = LEVELS[level] if level else 0
-    status_ok = _status_matches(status) if status else None
 
     def keep(rec: LogRecord) -> bool:
         d = rec.data
@@ -187,7 +197,15 @@ def _filter(
 
 @diaglog_cli.command("tail")
 @_scan_options
-@click.option("-n", "--lines", "count", default=20, show_default=True, help="Lines to show.")
+@click.option(
+    "-n",
+    "--lines",
+    "count",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Lines to show.",
+)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
 @click.option(
     "--file",
@@ -199,8 +217,10 @@ def _filter(
 @click.option("--level", type=click.Choice(list(LEVELS)), default=None, help="Minimum level.")
 @click.option("--job", "job_id", default=None, help="Only lines of this job id.")
 @click.option("--request", "request_id", default=None, help="Only lines of this request id.")
-@click.option("--status", default=None, help="Only end lines with this status: 503, 5xx, 4xx.")
-@click.option("--min-ms", type=float, default=None, help="Only lines of at least this duration.")
+@click.option("--status", callback=_status, help="Only end lines with this status: 503, 5xx, 4xx.")
+@click.option(
+    "--min-ms", type=click.FloatRange(min=0), help="Only lines of at least this duration."
+)
 @click.pass_context
 def tail_cmd(
     ctx: click.Context,
@@ -214,7 +234,7 @@ def tail_cmd(
     level: str | None,
     job_id: str | None,
     request_id: str | None,
-    status: str | None,
+    status: Callable[[Any], bool] | None,
     min_ms: float | None,
 ) -> None:
     """The last lines, backups included, filtered; -f follows new lines across rotations.
@@ -233,68 +253,17 @@ def tail_cmd(
         else:
             click.echo(f"{rec.host}  {rec.text()}" if several else rec.text())
 
-    at = _ends(dirs, names) if follow else {}  # before the scan: no line falls in between
+    follower = Follower(dirs, names, lambda rec: show(rec) if keep(rec) else None)
+    if follow:
+        follower.mark()  # before the scan: no line falls in between
     with _scan(dirs, names, since) as scan:
         records = merge_records(dirs, names, since=since, until=until, scan=scan)
-        last = deque((r for r in records if keep(r)), maxlen=max(count, 0))
+        last = deque((r for r in records if keep(r)), maxlen=count)
     for rec in last:
         show(rec)
     if follow:
         with contextlib.suppress(KeyboardInterrupt):
-            _follow(dirs, names, at, lambda rec: show(rec) if keep(rec) else None)
-
-
-def _ends(dirs: Dirs, names: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """``path: (inode, size)`` of each current file."""
-    at: dict[str, tuple[int, int]] = {}
-    for _, log_dir in dirs:
-        for name in names:
-            path = os.path.join(log_dir, f"{name}.log")
-            with contextlib.suppress(OSError):
-                st = os.stat(path)
-                at[path] = (st.st_ino, st.st_size)
-    return at
-
-
-def _follow(
-    dirs: Dirs,
-    names: Sequence[str],
-    at: dict[str, tuple[int, int]],
-    out: Callable[[LogRecord], None],
-) -> None:
-    """Print lines appended after ``at`` (see :func:`_ends`); after a rotation, the rest of the
-    rotated file (``.1``), then the new file from its start."""
-    while True:
-        for label, log_dir in dirs:
-            for name in names:
-                path = os.path.join(log_dir, f"{name}.log")
-                try:
-                    st = os.stat(path)
-                except OSError:
-                    continue
-                ino, pos = at.get(path, (st.st_ino, 0))
-                if ino != st.st_ino:
-                    with contextlib.suppress(OSError):
-                        if os.stat(f"{path}.1").st_ino == ino:
-                            _read_from(f"{path}.1", pos, name, label, out)
-                    ino, pos = st.st_ino, 0
-                elif st.st_size < pos:
-                    pos = 0  # truncated
-                at[path] = (ino, _read_from(path, pos, name, label, out))
-        time.sleep(0.25)
-
-
-def _read_from(path: str, pos: int, name: str, label: str, out: Callable[[LogRecord], None]) -> int:
-    """Hand the whole lines after ``pos`` to ``out``; the position after the last whole line."""
-    with open(path, "rb") as fh:
-        fh.seek(pos)
-        data = fh.read()
-    end = data.rfind(b"\n") + 1  # a line still being written waits for the next round
-    for line in data[:end].decode("utf-8", "replace").splitlines():
-        rec = parse_line(line, name, label)
-        if rec is not None:
-            out(rec)
-    return pos + end
+            follower.run()
 
 
 # -- trace -------------------------------------------------------------------------------------
@@ -409,7 +378,13 @@ _PCTS = ["p50 ms", "p95 ms", "p99 ms", "max ms"]
 
 @diaglog_cli.command("summary")
 @_scan_options
-@click.option("--top", default=10, show_default=True, help="Slowest requests to list.")
+@click.option(
+    "--top",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Slowest requests to list.",
+)
 @click.pass_context
 def summary_cmd(
     ctx: click.Context,

@@ -115,6 +115,17 @@ def test_missing_dir_is_a_clear_error(tmp_path: Path) -> None:
     assert out.exit_code == 1 and "does not exist" in out.output
 
 
+def test_a_file_given_as_the_log_dir_is_a_clear_error(tmp_path: Path) -> None:
+    """A --log-dir that is a file is reported as not a directory, not as missing."""
+    (tmp_path / "requests.log").write_text("")
+    out = (
+        Flask(__name__)
+        .test_cli_runner()
+        .invoke(diaglog_cli, ["tail", "--dir", str(tmp_path / "requests.log")])
+    )
+    assert out.exit_code == 1 and "is not a directory" in out.output
+
+
 def test_routes_fold_ids() -> None:
     """Summary routes fold the job id and id-like segments, keeping the route shape."""
     assert route_of("/api/jobs/4c1f9e0b2a7d4e55/generate") == "/api/jobs/<id>/generate"

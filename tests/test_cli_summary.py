@@ -128,11 +128,28 @@ def test_a_bad_time_is_a_usage_error(tmp_path: Path) -> None:
     assert code == 2 and "Invalid value for '--since'" in out and "15m" in out
 
 
+def test_a_negative_top_is_a_usage_error(tmp_path: Path) -> None:
+    """--top below 0 is refused, naming the option, never a traceback."""
+    write_log(tmp_path, "requests", [_end("plain", T0, "/p", 200, 1.0)])
+    code, out = _run(["summary", "--log-dir", str(tmp_path), "--top", "-1"])
+    assert code == 2 and "Invalid value for '--top'" in out and ">=0" in out
+
+
 def test_garbled_lines_are_skipped_and_counted(tmp_path: Path) -> None:
     """A torn or foreign line is skipped, and the summary says how many there were."""
     write_log(tmp_path, "requests", [_end("plain", T0, "/p", 200, 1.0), "GET / HTTP/1.1 junk\n"])
     data = _summary(tmp_path)
     assert (data["lines"], data["skipped"], data["routes"]["GET /p"]["count"]) == (2, 1, 1)
+
+
+def test_a_directory_given_twice_is_read_once(tmp_path: Path) -> None:
+    """The same --log-dir twice (before and after the command, spelled differently) counts its
+    lines once, under the directory's own name."""
+    write_log(tmp_path / "web", "requests", [_end("plain", T0, "/p", 200, 1.0)])
+    _, out = _run(["--log-dir", str(tmp_path / "web"), "summary", "--json",
+                   "--log-dir", f"{tmp_path}/web/"])  # fmt: skip
+    data = json.loads(out)
+    assert (data["routes"]["GET /p"]["count"], data["hosts"]) == (1, ["web"])
 
 
 def test_summary_adds_up_several_hosts(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """``diaglog tail``: filters by level, job, request, status and duration; time windows; several
-hosts; ``-f`` follows new lines across a rotation (a real process reading real files)."""
+hosts; ``-f`` follows new lines across rotations (a real process reading real files, and the
+follower's poll step driven by the test while a real writer rotates and compresses)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from flask import Flask
 from test_cli import render, write_log
 
 from flask_diaglog.cli import diaglog_cli
+from flask_diaglog.files import LogFile
+from flask_diaglog.follow import Follower
+from flask_diaglog.logread import label_dirs
 
 T0 = datetime(2026, 11, 22, 10, 0, 0).timestamp()
 MAIN = "from flask_diaglog.cli import main; main()"
@@ -98,6 +102,37 @@ def test_a_bad_status_filter_is_a_usage_error(logs: Path) -> None:
         .invoke(diaglog_cli, ["tail", "--log-dir", str(logs), "--status", "bad"])
     )
     assert result.exit_code == 2 and "5xx" in result.output
+
+
+@pytest.mark.parametrize("status", ["9xx", "0xx", "999", "42"])
+def test_a_status_out_of_range_is_a_usage_error(logs: Path, status: str) -> None:
+    """--status takes a status from 100 to 599 or a class from 1xx to 5xx, nothing else."""
+    result = (
+        Flask(__name__)
+        .test_cli_runner()
+        .invoke(diaglog_cli, ["tail", "--log-dir", str(logs), "--status", status])
+    )
+    assert result.exit_code == 2 and "Invalid value for '--status'" in result.output
+
+
+def test_a_negative_minimum_duration_is_a_usage_error(logs: Path) -> None:
+    """--min-ms below 0 is refused, naming the option."""
+    result = (
+        Flask(__name__)
+        .test_cli_runner()
+        .invoke(diaglog_cli, ["tail", "--log-dir", str(logs), "--min-ms", "-5"])
+    )
+    assert result.exit_code == 2 and "Invalid value for '--min-ms'" in result.output
+
+
+def test_a_negative_line_count_is_a_usage_error(logs: Path) -> None:
+    """-n below 0 is refused, naming the option (it printed nothing and succeeded)."""
+    result = (
+        Flask(__name__)
+        .test_cli_runner()
+        .invoke(diaglog_cli, ["tail", "--log-dir", str(logs), "-n", "-1"])
+    )
+    assert result.exit_code == 2 and "Invalid value for '-n' / '--lines'" in result.output
 
 
 def test_tail_of_several_hosts_prefixes_the_host(tmp_path: Path) -> None:
@@ -190,3 +225,32 @@ def test_follow_continues_across_a_rotation(tmp_path: Path) -> None:
         proc.wait(10)
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+def test_follow_prints_every_line_once_across_several_rotations(
+    tmp_path: Path, compress: bool
+) -> None:
+    """Several rotations between two polls (backups compressed or not), from a file not read yet
+    and from one read part-way: each line is printed once, in order."""
+    writer = LogFile(
+        str(tmp_path / "requests.log"), max_bytes=1024, backup_count=50, compress=compress
+    )
+    got: list[str] = []
+    follower = Follower(label_dirs([str(tmp_path)]), ["requests"], lambda r: got.append(r.raw))
+    follower.mark()
+    sent: list[str] = []
+
+    def write(count: int) -> None:
+        for _ in range(count):
+            sent.append(_msg(len(sent)))
+            writer.write(sent[-1].encode())
+        assert writer.wait_compressed()
+
+    try:
+        for count in (60, 5, 60, 45):  # 60-byte lines: 60 of them are three or four rotations
+            write(count)
+            follower.poll()
+    finally:
+        writer.close()
+    assert got == [line.rstrip("\n") for line in sent]

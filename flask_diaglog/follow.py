@@ -1,0 +1,196 @@
+"""``tail -f``: the lines appended to log files from a given moment on, each printed once, in
+order, across any number of rotations between two looks.
+
+:class:`Follower` owns what has been read of each followed file: its inode, the position after
+the last whole line read, its first line, and the file rotated just before it. After a rotation
+it finds the lines that moved away among the backups :func:`~flask_diaglog.logread.iter_files`
+lists (plain or gzipped, as the writer names them): the rest of the file it was reading, then
+every backup rotated after that one, then the new file from its start. A file is known by its
+first line (a millisecond timestamp and more), as compression gives a backup a new inode and
+frees the old inode number for the next new file; by its inode only while it has no line yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from io import BufferedIOBase
+
+from .logread import LogRecord, iter_files, parse_line
+
+__all__ = ["Follower"]
+
+Out = Callable[[LogRecord], None]
+#: A file's first line is read up to this many bytes: enough to tell two files apart (it starts
+#: with a millisecond timestamp), without reading a long traceback line whole.
+_HEAD = 4096
+#: Looks at the backups after a rotation while they keep moving (the last one is kept).
+_ATTEMPTS = 20
+
+
+def _open(path: str) -> BufferedIOBase:
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _head(fh: BufferedIOBase) -> bytes:
+    """The first line of an open file (at most :data:`_HEAD` bytes); empty while it has none."""
+    fh.seek(0)
+    line = fh.readline(_HEAD)
+    return line if line.endswith(b"\n") or len(line) == _HEAD else b""
+
+
+@dataclass
+class _File:
+    """A file as it was read: its inode, and its first line once it has one."""
+
+    ino: int
+    head: bytes = b""
+
+    def of(self, fh: BufferedIOBase) -> bool:
+        """Is the open file ``fh`` this file, plain or compressed since? Known by its first line
+        when it had one: compressing gives a backup a new inode, and removing the plain copy
+        frees the old inode number for the next new file."""
+        if self.head:
+            return _head(fh) == self.head
+        return os.fstat(fh.fileno()).st_ino == self.ino
+
+
+class Follower:
+    """Follows ``<name>.log`` in each ``(label, directory)`` of ``dirs``, handing every new
+    record to ``out``. :meth:`mark` sets the starting point, each :meth:`poll` prints what was
+    written since the previous one, :meth:`run` polls until interrupted."""
+
+    def __init__(self, dirs: Sequence[tuple[str, str]], names: Sequence[str], out: Out) -> None:
+        self.out = out
+        self._files = [
+            (label, name, os.path.join(log_dir, f"{name}.log"))
+            for label, log_dir in dirs
+            for name in names
+        ]
+        #: path: the current file and the position after its last whole line read.
+        self._at: dict[str, tuple[_File, int]] = {}
+        #: path: the file rotated just before the current one (where a backup walk stops).
+        self._before: dict[str, _File | None] = {}
+
+    def mark(self) -> None:
+        """Start at the current ends: lines written from now on are printed."""
+        for _, name, path in self._files:
+            with contextlib.suppress(OSError), open(path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                self._at[path] = (_File(os.fstat(fh.fileno()).st_ino, _head(fh)), size)
+                self._before[path] = self._newest_backup(path, name)
+
+    def run(self, interval: float = 0.25) -> None:
+        """Poll every ``interval`` seconds, until interrupted (Ctrl-C)."""
+        while True:
+            self.poll()
+            time.sleep(interval)
+
+    def poll(self) -> None:
+        """Print the whole lines written since the last poll (or :meth:`mark`)."""
+        for label, name, path in self._files:
+            try:
+                fh = open(path, "rb")  # noqa: SIM115
+            except OSError:
+                continue  # between a rotation and the new file: next round
+            with fh:
+                self._read(label, name, path, fh)
+
+    def _read(self, label: str, name: str, path: str, fh: BufferedIOBase) -> None:
+        st = os.fstat(fh.fileno())
+        seen = self._at.get(path)
+        if seen is None:
+            cur, pos = _File(st.st_ino), 0  # appeared after mark(): all of it is new
+        elif not seen[0].of(fh):
+            self._rotated(label, name, path, seen, _File(st.st_ino, _head(fh)))
+            cur, pos = _File(st.st_ino), 0
+        else:
+            cur, pos = seen
+            if st.st_size < pos:
+                pos = 0  # truncated
+        fh.seek(pos)
+        data = fh.read()
+        end = data.rfind(b"\n") + 1  # a line still being written waits for the next round
+        self._emit(data[:end].split(b"\n")[:-1], name, label)
+        if not cur.head:
+            cur.head = _head(fh)
+        self._at[path] = (cur, pos + end)
+
+    def _rotated(
+        self, label: str, name: str, path: str, seen: tuple[_File, int], current: _File
+    ) -> None:
+        """Print the unread rest of the rotated file ``seen``, then every backup rotated after
+        it, oldest first; the ``current`` file (read next) and what was rotated after it are
+        left for later rounds."""
+        old, pos = seen
+        for attempt in range(_ATTEMPTS):
+            with ExitStack() as stack:
+                unread, still = self._unread(path, name, old, pos, current, stack)
+                if not still and attempt < _ATTEMPTS - 1:
+                    continue  # the backups moved while they were opened: look again
+                self._before[path] = old
+                for fh, start in reversed(unread):
+                    with contextlib.suppress(OSError, EOFError):
+                        newest = _File(os.fstat(fh.fileno()).st_ino, _head(fh))
+                        fh.seek(start)
+                        self._emit(fh, name, label)
+                        self._before[path] = newest
+                return
+
+    def _unread(
+        self, path: str, name: str, old: _File, pos: int, current: _File, stack: ExitStack
+    ) -> tuple[list[tuple[BufferedIOBase, int]], bool]:
+        """The backups still to print, newest first, each open (on ``stack``) with where to
+        start reading: opened newest first until the rotated file ``old``, or the one before it,
+        is reached. False with them when a rotation or a compression moved the backups
+        meanwhile (a name gone, or holding another file than the one opened under it)."""
+        before = self._before.get(path)
+        backups = [p for _, p in iter_files(os.path.dirname(path), [name]) if p != path]
+        unread: list[tuple[BufferedIOBase, int]] = []
+        opened: list[tuple[str, int]] = []
+        last = ""
+        for backup in reversed(backups):
+            if backup.removesuffix(".gz") == last:
+                continue  # its plain and compressed copies both exist for a moment
+            last = backup.removesuffix(".gz")
+            try:
+                fh = stack.enter_context(_open(backup))
+            except FileNotFoundError:
+                return unread, False
+            except OSError:
+                continue
+            opened.append((backup, os.fstat(fh.fileno()).st_ino))
+            try:
+                if current.of(fh):
+                    unread.clear()  # the current file was rotated too: newer ones wait
+                    continue
+                if old.of(fh):
+                    unread.append((fh, pos))
+                    break
+                if before is not None and before.of(fh):
+                    break
+            except (OSError, EOFError):
+                continue  # a damaged gzip
+            unread.append((fh, 0))
+        try:
+            return unread, all(os.stat(p).st_ino == ino for p, ino in opened)
+        except OSError:
+            return unread, False
+
+    def _newest_backup(self, path: str, name: str) -> _File | None:
+        backups = [p for _, p in iter_files(os.path.dirname(path), [name]) if p != path]
+        for backup in reversed(backups):
+            with contextlib.suppress(OSError, EOFError), _open(backup) as fh:
+                return _File(os.fstat(fh.fileno()).st_ino, _head(fh))
+        return None
+
+    def _emit(self, lines: Iterable[bytes], name: str, label: str) -> None:
+        for line in lines:
+            rec = parse_line(line.decode("utf-8", "replace"), name, label)
+            if rec is not None:
+                self.out(rec)
