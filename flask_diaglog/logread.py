@@ -11,7 +11,6 @@ number of lines. Lines are split by :mod:`~flask_diaglog.files.render` and messa
 from __future__ import annotations
 
 import contextlib
-import functools
 import glob
 import gzip
 import heapq
@@ -26,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from .files.render import plain_line, split_json, split_plain
+from .linecheck import line_time, well_formed
 from .trail import FILES, LEVELS, kind_of, parse_message
 
 __all__ = [
@@ -86,31 +86,27 @@ class LogRecord:
         return {"ts": iso, "host": self.host, "file": self.file, **self.data}
 
 
-@functools.lru_cache(maxsize=256)
-def _second(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").timestamp()  # once per second of lines
-
-
-def _ts(text: str) -> float:
-    try:
-        if "T" in text:
-            return datetime.fromisoformat(text).timestamp()
-        return _second(text[:19]) + int(text[20:23]) / 1000
-    except ValueError:
-        return 0.0
-
-
 def parse_line(line: str, file: str = "", host: str = "") -> LogRecord | None:
-    """One line of either layout as a record; ``None`` for a line that is neither. A plain
-    line's traceback goes to ``exc`` with its line breaks unfolded (its other escapes stay)."""
+    """One line of either layout as a record; ``None`` for a line that is neither, or whose
+    known fields have the wrong types (see :mod:`~flask_diaglog.linecheck`). A plain line's
+    traceback goes to ``exc`` with its line breaks unfolded (its other escapes stay)."""
     line = line.rstrip("\n")
     if not line:
         return None
+    try:
+        rec = _parse(line, file, host)
+    except ValueError:  # a plain message with a number that is not one (``1.2.3ms``)
+        return None
+    return rec if rec is not None and well_formed(rec.data) else None
+
+
+def _parse(line: str, file: str, host: str) -> LogRecord | None:
     if line.startswith("{"):
         obj = split_json(line)
         if obj is None:
             return None
-        return LogRecord(_ts(str(obj.get("ts", ""))), file, line, obj, str(obj.get("host", host)))
+        ts = line_time(str(obj.get("ts", "")))
+        return LogRecord(ts, file, line, obj, str(obj.get("host", host)))
     parts = split_plain(line)
     if parts is None:
         return None
@@ -129,7 +125,7 @@ def parse_line(line: str, file: str = "", host: str = "") -> LogRecord | None:
     data.update(parse_message(kind, msg))
     if exc is not None:
         data["exc"] = exc
-    return LogRecord(_ts(parts["ts"]), file, line, data, host)
+    return LogRecord(line_time(parts["ts"]), file, line, data, host)
 
 
 def iter_files(log_dir: str, names: Iterable[str] = FILES) -> Iterator[tuple[str, str]]:

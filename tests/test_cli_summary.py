@@ -135,6 +135,20 @@ def test_garbled_lines_are_skipped_and_counted(tmp_path: Path) -> None:
     assert (data["lines"], data["skipped"], data["routes"]["GET /p"]["count"]) == (2, 1, 1)
 
 
+@pytest.mark.parametrize("value", ['"slow"', "NaN", "1e999", "null"])
+def test_lines_with_a_wrong_typed_duration_are_skipped_and_counted(
+    tmp_path: Path, value: str
+) -> None:
+    """A JSON end line whose duration is not a finite number is skipped and counted, never a
+    crash nor a NaN in the statistics."""
+    good = _end("json", T0, "/p", 200, 1.0)
+    bad = good.replace('"duration_ms":1.0', f'"duration_ms":{value}')
+    assert bad != good
+    write_log(tmp_path, "requests", [good, bad])
+    data = _summary(tmp_path)
+    assert (data["lines"], data["skipped"], data["routes"]["GET /p"]["count"]) == (2, 1, 1)
+
+
 def test_summary_adds_up_several_hosts(tmp_path: Path) -> None:
     """Several --log-dir: the counts of all hosts, and the hosts' labels."""
     write_log(tmp_path / "a", "requests", [_end("plain", T0, "/p", 200, 1.0)])

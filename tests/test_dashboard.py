@@ -10,6 +10,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +288,84 @@ def test_garbled_lines_are_skipped_and_counted(
     state = _api(client, "/_diaglog/api/state")
     assert state["index"]["skipped_lines"] == len(GARBAGE)
     assert b"6 lines skipped" in client.get("/_diaglog/").data
+
+
+_END = '"event":"request_end","request_id":"bad-end","method":"GET","path":"/boom","status":200'
+#: Well-formed lines whose known fields have the wrong type (the time is filled in).
+WRONG_TYPES = [
+    '"event":"hang","request_id":"r1","hung":"x"',
+    '"event":"hang","request_id":"r1","hung":[1]',
+    '"event":"hang","request_id":"r1","hung":1e999',
+    '"event":"log","request_id":["r1"],"msg":"x"',
+    '"event":"log","job_id":{"a":1},"msg":"x"',
+    _END + ',"duration_ms":1.0,"stages":{"load":"x"}',
+    _END + ',"duration_ms":1.0,"stages":{"load":null}',
+    _END + ',"duration_ms":NaN',
+    _END + ',"duration_ms":Infinity',
+    '"event":"progress","request_id":"bad-progress","fraction":"x"',
+]
+#: Lines whose time no page can show.
+FAR_TIMES = ["0001-01-01T00:00:00.000+01:00", "9999-12-31T23:59:59.000-01:00"]
+
+
+def _append_json(log_dir: Path, body: str, ts: str | None = None) -> None:
+    ts = ts or datetime.now().astimezone().isoformat(timespec="milliseconds")
+    with open(log_dir / "requests.log", "a") as fh:
+        fh.write(f'{{"ts":"{ts}",{body}}}\n')
+
+
+_PAGES = [
+    "/_diaglog/", "/_diaglog/requests", "/_diaglog/route?route=GET%20/boom",
+    "/_diaglog/trace/bad-progress", "/_diaglog/api/overview", "/_diaglog/api/requests",
+    "/_diaglog/api/route?route=GET%20/boom", "/_diaglog/api/trace/bad-end",
+]  # fmt: skip
+
+
+def _answers(client: Any) -> dict[str, int]:
+    return {url: client.get(url).status_code for url in _PAGES}
+
+
+@pytest.mark.parametrize("body", WRONG_TYPES, ids=range(len(WRONG_TYPES)))
+def test_wrong_typed_fields_are_skipped_and_counted(
+    make_app: Callable[..., Flask], log_dir: Path, body: str
+) -> None:
+    """A well-formed JSON line with a wrong-typed known field is a garbled line: skipped and
+    counted, never a 500 on any page, and the other rows are still shown."""
+    app = _busy_app(make_app)
+    _append_json(log_dir, body)
+    client = app.test_client()
+    answers = _answers(client)
+    assert set(answers.values()) <= {200, 404}, answers
+    state = _api(client, "/_diaglog/api/state?limit=500")
+    assert state["index"]["skipped_lines"] == 1
+    assert len(state["recent"]) == 14
+
+
+@pytest.mark.parametrize("ts", FAR_TIMES)
+def test_lines_at_a_time_no_page_can_show_are_skipped(
+    make_app: Callable[..., Flask], log_dir: Path, ts: str
+) -> None:
+    """A line dated before 1970 or past the year 9999 is skipped and counted, not a 500."""
+    app = _busy_app(make_app)
+    _append_json(log_dir, '"event":"log","request_id":"far","msg":"x"', ts)
+    client = app.test_client()
+    answers = _answers(client)
+    assert set(answers.values()) <= {200, 404}, answers
+    assert _api(client, "/_diaglog/api/state")["index"]["skipped_lines"] == 1
+
+
+def test_plain_line_with_a_number_that_is_not_one_is_skipped(
+    make_app: Callable[..., Flask], log_dir: Path
+) -> None:
+    """A plain diaglog line whose duration is not a number (``1.2.3ms``) is skipped and
+    counted."""
+    app = _busy_app(make_app, "plain")
+    with open(log_dir / "requests.log", "a") as fh:
+        now = datetime.now().strftime("%Y-%m-%d %H:%M:%S.000")
+        fh.write(f"{now} | INFO | flask_diaglog.stage | req=r9 job=- | stage load 1.2.3ms ok\n")
+    client = app.test_client()
+    assert client.get("/_diaglog/").status_code == 200
+    assert _api(client, "/_diaglog/api/state")["index"]["skipped_lines"] == 1
 
 
 def test_missing_log_directory_is_said_on_the_page(
