@@ -14,9 +14,10 @@ that, and only whole lines of the current files (a torn tail waits for its newli
 works for at most ``budget`` seconds, oldest file first, so a page never waits for a cold read
 of a big log set: it shows what is indexed so far and says how far the index is.
 
-**Bad data.** A line that is not a diaglog line of either layout (torn, garbled, foreign) is
-skipped and counted in :attr:`Index.skipped`. A missing or unreadable log directory is reported
-in :attr:`Index.problem`, never raised.
+**Bad data.** A line that is not a diaglog line of either layout (torn, garbled, foreign, or
+with a known field of the wrong type) is skipped and counted in :attr:`Index.skipped`; so is a
+line that fails to fold in, and the index reads on past it. A missing or unreadable log
+directory is reported in :attr:`Index.problem`, never raised.
 
 **Where the lines are.** For the detail page each trace (a request id, or ``job:<id>`` for a job
 without one) keeps *spans*: ``[file key, first byte, end byte]`` of its lines, so reading one
@@ -237,8 +238,12 @@ class Index:
             if rec is None or not rec.ts:
                 self.skipped += 1
                 continue
+            try:
+                add(rec, key, base + start, base + min(pos, end))
+            except Exception:  # a line no reader foresaw: skipped, never read again
+                self.skipped += 1
+                continue
             self.lines += 1
-            add(rec, key, base + start, base + min(pos, end))
         self.version += 1
         if len(self.items) > self.max_items:
             self._drop_oldest()
