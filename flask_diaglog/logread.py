@@ -18,6 +18,7 @@ import heapq
 import io
 import os
 import re
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -175,20 +176,27 @@ def files_of(
 
 @dataclass
 class Scan:
-    """Counts of one scan; ``progress(n)`` (optional) is told every ~1 MiB of file bytes read."""
+    """Counts of one scan; ``progress(n)`` (optional) is told every ~1 MiB of file bytes read.
+    A file that cannot be read to its end (a damaged or truncated ``.gz``) is named in
+    ``damaged``, and its unreadable rest counts as one line, skipped."""
 
     progress: Callable[[int], None] | None = None
     lines: int = 0
     skipped: int = 0
+    damaged: list[str] = field(default_factory=list)
 
 
 def _lines(path: str, scan: Scan | None) -> Iterator[str]:
     """The lines of a file (gzipped or not); bytes read are reported to ``scan.progress``."""
     report = scan.progress if scan is not None else None
     try:
-        with open(path, "rb") as raw:
-            fh: io.BufferedIOBase = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
-            done = pending = 0
+        raw = open(path, "rb")  # noqa: SIM115 (closed below: only opening may fail quietly)
+    except OSError:
+        return  # rotated or compressed away since it was listed
+    with raw:
+        fh: io.BufferedIOBase = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+        done = pending = 0
+        try:
             for data in fh:
                 pending += len(data)
                 if pending >= _STEP and report is not None:
@@ -196,10 +204,13 @@ def _lines(path: str, scan: Scan | None) -> Iterator[str]:
                     report(pos - done)
                     done, pending = pos, 0
                 yield data.decode("utf-8", "replace")
-            if report is not None:
-                report(raw.tell() - done)
-    except (OSError, EOFError):
-        return  # a file rotated or compressed while being read
+        except (OSError, EOFError, zlib.error):
+            if scan is not None:
+                scan.lines, scan.skipped = scan.lines + 1, scan.skipped + 1
+                scan.damaged.append(path)
+            return
+        if report is not None:
+            report(raw.tell() - done)
 
 
 def _stream(

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from test_cli_summary import damaged_gz
 from werkzeug.test import TestResponse
 
 from flask_diaglog import DiagLog, stage
@@ -366,6 +367,32 @@ def test_plain_line_with_a_number_that_is_not_one_is_skipped(
     client = app.test_client()
     assert client.get("/_diaglog/").status_code == 200
     assert _api(client, "/_diaglog/api/state")["index"]["skipped_lines"] == 1
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupt", "not gzip"])
+def test_damaged_backup_is_counted_and_named(
+    make_app: Callable[..., Flask], log_dir: Path, how: str
+) -> None:
+    """A damaged .gz backup never gives a 500 nor keeps the index reading: its lines up to the
+    damage are indexed, the rest counts as one skipped line, and the page and the API name it."""
+    app = _busy_app(make_app)
+    ts = datetime.now().astimezone().isoformat(timespec="milliseconds")
+    lines = [
+        f'{{"ts":"{ts}","event":"request_end","request_id":"old{i}","method":"GET",'
+        f'"path":"/old/{i}","status":200,"duration_ms":1.0}}\n'
+        for i in range(200)
+    ]
+    backup = log_dir / "requests.log.1.gz"
+    backup.write_bytes(damaged_gz(lines, how) if how != "not gzip" else b"not gzip\n" * 9)
+    client = app.test_client()
+    answers = _answers(client)
+    assert set(answers.values()) <= {200, 404}, answers
+    index = _api(client, "/_diaglog/api/state")["index"]
+    assert index["skipped_lines"] == 1 and index["complete"]
+    assert index["damaged_files"] == ["requests.log.1.gz"]
+    assert b"damaged, read up to the damage: requests.log.1.gz" in client.get("/_diaglog/").data
+    old = _api(client, "/_diaglog/api/requests?q=/old/")["total"]
+    assert 0 < old <= 100 if how != "not gzip" else old == 0
 
 
 def test_missing_log_directory_is_said_on_the_page(

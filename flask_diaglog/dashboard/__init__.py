@@ -109,6 +109,7 @@ def create_blueprint(
             "indexed": round(1.0 - index.pending / total, 4) if index.total else 1.0,
             "lines": index.lines,
             "skipped_lines": index.skipped,
+            "damaged_files": index.damaged,
             "problem": index.problem,
         }
 
