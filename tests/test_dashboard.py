@@ -221,6 +221,7 @@ def test_security_headers_on_every_answer(make_app: Callable[..., Flask], url: s
     ("url", "parameter"),
     [
         ("/_diaglog/api/state?limit=many", "limit"),
+        ("/_diaglog/api/state?limit=%C2%B2", "limit"),  # a superscript two: a digit to isdigit()
         ("/_diaglog/api/requests?status=6xx", "status"),
         ("/_diaglog/api/requests?method=G%20T", "method"),
         ("/_diaglog/api/requests?min_ms=fast", "min_ms"),

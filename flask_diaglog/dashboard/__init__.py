@@ -30,7 +30,7 @@ from ..problems import problem_response
 from ..trail import LEVELS
 from . import charts, queries
 from .access import admitted, remember, security_headers, socket_admission
-from .filters import InvalidParameter, parse_filters, parse_id, parse_time
+from .filters import InvalidParameter, parse_filters, parse_id, parse_int, parse_time
 from .index import Index
 
 if TYPE_CHECKING:
@@ -289,10 +289,8 @@ def create_blueprint(
 
     @bp.get("/api/state")
     def api_state() -> Response:
-        limit = request.args.get("limit", "50")
-        if not limit.isdigit() or not 1 <= int(limit) <= 500:
-            raise InvalidParameter("limit", "'limit' must be a whole number from 1 to 500.")
-        items, _ = queries.select(index, parse_filters({"per_page": limit}))
+        limit = parse_int(request.args, "limit", 50, 1, 500)
+        items, _ = queries.select(index, parse_filters({"per_page": str(limit)}))
         return jsonify(
             {
                 "now": time.time(),

@@ -17,7 +17,7 @@ from typing import Any
 from ..context import is_valid_id
 from ..trail import LEVELS
 
-__all__ = ["Filters", "InvalidParameter", "parse_filters", "parse_id", "parse_time"]
+__all__ = ["Filters", "InvalidParameter", "parse_filters", "parse_id", "parse_int", "parse_time"]
 
 #: Rows per page of the list (``per_page`` may ask for 1 to 500).
 PER_PAGE = 50
@@ -68,7 +68,8 @@ def parse_id(value: str, name: str = "id") -> str:
     return value
 
 
-def _int(args: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def parse_int(args: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """Whole number ``name`` of ``args`` from ``low`` to ``high``; ``default`` when absent."""
     text = args.get(name)
     if text is None or text == "":
         return default
@@ -169,6 +170,6 @@ def parse_filters(args: Mapping[str, str], now: float | None = None) -> Filters:
         since=since,
         until=until,
         kind=kind,
-        page=_int(args, "page", 1, 1, 1_000_000),
-        per_page=_int(args, "per_page", PER_PAGE, 1, 500),
+        page=parse_int(args, "page", 1, 1, 1_000_000),
+        per_page=parse_int(args, "per_page", PER_PAGE, 1, 500),
     )
