@@ -454,6 +454,14 @@ def test_filters_select_rows(make_app: Callable[..., Flask], fmt: str) -> None:
     assert rows(f"request_id={rid}") == [("request", "/boom")]
 
 
+def test_inflight_api_has_the_index_state(make_app: Callable[..., Flask]) -> None:
+    """/api/inflight, like every API answer, says how far the log files are read."""
+    app = _busy_app(make_app)
+    answer = _api(app.test_client(), "/_diaglog/api/inflight")
+    assert answer["inflight"] == [] and answer["index"]["complete"]
+    assert answer["index"]["lines"] > 0 and answer["index"]["skipped_lines"] == 0
+
+
 def test_pages_of_the_list(make_app: Callable[..., Flask]) -> None:
     """per_page and page cut the newest-first list into pages, with the total."""
     app = _busy_app(make_app)

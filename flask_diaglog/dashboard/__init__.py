@@ -303,7 +303,7 @@ def create_blueprint(
 
     @bp.get("/api/inflight")
     def api_inflight() -> Response:
-        return jsonify({"now": time.time(), "inflight": all_inflight()})
+        return jsonify({"now": time.time(), "inflight": all_inflight(), "index": status()})
 
     @bp.get("/api/overview")
     def api_overview() -> Response:
