@@ -231,6 +231,8 @@ def test_security_headers_on_every_answer(make_app: Callable[..., Flask], url: s
         ("/_diaglog/api/requests?request_id=a%20b", "request_id"),
         ("/_diaglog/api/requests?since=yesterday", "since"),
         ("/_diaglog/api/requests?until=2026-13-45", "until"),
+        ("/_diaglog/api/requests?since=nan", "since"),
+        ("/_diaglog/api/route?route=GET%20/x&until=inf", "until"),
         ("/_diaglog/api/requests?kind=cron", "kind"),
         ("/_diaglog/api/requests?page=0", "page"),
         ("/_diaglog/api/requests?page=two", "page"),
@@ -460,6 +462,27 @@ def test_inflight_api_has_the_index_state(make_app: Callable[..., Flask]) -> Non
     answer = _api(app.test_client(), "/_diaglog/api/inflight")
     assert answer["inflight"] == [] and answer["index"]["complete"]
     assert answer["index"]["lines"] > 0 and answer["index"]["skipped_lines"] == 0
+
+
+@pytest.mark.parametrize("route", ["get%20/work/%3Cint:n%3E", "GET%20%20/work/%3Cint:n%3E"])
+def test_route_filter_takes_any_case_and_spacing_of_the_method(
+    make_app: Callable[..., Flask], route: str
+) -> None:
+    """``get /work/<int:n>`` and ``GET  /work/<int:n>`` name the route ``GET /work/<int:n>``, in
+    the list and on the route page alike."""
+    app = _busy_app(make_app)
+    client = app.test_client()
+    rows = _api(client, f"/_diaglog/api/requests?route={route}")
+    assert rows["total"] == 8 and rows["filters"]["route"] == "GET /work/<int:n>"
+    assert _api(client, f"/_diaglog/api/route?route={route}")["count"] == 8
+
+
+def test_times_in_the_first_year_are_accepted(make_app: Callable[..., Flask]) -> None:
+    """``0001-01-01`` is an ISO 8601 time like any other (local time out of mktime's range)."""
+    app = _busy_app(make_app)
+    client = app.test_client()
+    assert _api(client, "/_diaglog/api/requests?since=0001-01-01")["total"] == 14
+    assert _api(client, "/_diaglog/api/requests?until=0001-01-01T00:00")["total"] == 0
 
 
 def test_pages_of_the_list(make_app: Callable[..., Flask]) -> None:

@@ -30,7 +30,14 @@ from ..problems import problem_response
 from ..trail import LEVELS
 from . import charts, queries
 from .access import admitted, remember, security_headers, socket_admission
-from .filters import InvalidParameter, parse_filters, parse_id, parse_int, parse_time
+from .filters import (
+    InvalidParameter,
+    parse_filters,
+    parse_id,
+    parse_int,
+    parse_route,
+    parse_time,
+)
 from .index import Index
 
 if TYPE_CHECKING:
@@ -272,7 +279,7 @@ def create_blueprint(
     # -- JSON API -------------------------------------------------------------------------------
 
     def _route_stats() -> dict[str, Any]:
-        route = request.args.get("route", "").strip()
+        route = parse_route(request.args.get("route", ""))
         if not route or len(route) > 512:
             raise InvalidParameter("route", "'route' must name a route such as 'GET /api/<id>'.")
         since = request.args.get("since")
