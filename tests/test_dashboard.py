@@ -214,6 +214,34 @@ def test_security_headers_on_every_answer(make_app: Callable[..., Flask], url: s
         r.close()
 
 
+UNROUTED = [("POST", "/_diaglog/api/state", 405), ("GET", "/_diaglog", 308)]
+
+
+@pytest.mark.parametrize(("method", "url", "status"), UNROUTED)
+def test_unrouted_answers_carry_the_security_headers(
+    make_app: Callable[..., Flask], method: str, url: str, status: int
+) -> None:
+    """A wrong method (405) and the redirect that adds the final slash (308) carry the headers
+    of every dashboard answer."""
+    app = _app(make_app, threading.Event())
+    r = app.test_client().open(url, method=method)
+    assert r.status_code == status
+    assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+    assert r.headers["X-Frame-Options"] == "DENY" and r.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize(("method", "url", "status"), UNROUTED)
+def test_unrouted_requests_of_other_clients_are_refused(
+    make_app: Callable[..., Flask], method: str, url: str, status: int
+) -> None:
+    """A client the dashboard refuses gets its 403 for a wrong method or a missing slash too, not
+    a 405 or a 308 that says what is there."""
+    app = _app(make_app, threading.Event())
+    r = app.test_client().open(url, method=method, environ_base={"REMOTE_ADDR": "10.0.0.1"})
+    assert r.status_code == 403 and r.mimetype == "application/problem+json"
+    assert r.headers["X-Frame-Options"] == "DENY"
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 

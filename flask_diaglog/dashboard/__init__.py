@@ -150,16 +150,19 @@ def create_blueprint(
     def time_filter(ts: float | None) -> str:
         return _time(ts)
 
+    def refused() -> Response:
+        return problem_response(
+            403,
+            "Dashboard access denied",
+            "The diaglog dashboard answers loopback clients only, or clients that present "
+            "DIAGLOG_DASHBOARD_TOKEN (?token=..., Authorization: Bearer ..., or the cookie "
+            "a ?token= sets).",
+        )
+
     @bp.before_request
     def guard() -> Response | None:
         if not admitted(request, token):
-            return problem_response(
-                403,
-                "Dashboard access denied",
-                "The diaglog dashboard answers loopback clients only, or clients that present "
-                "DIAGLOG_DASHBOARD_TOKEN (?token=..., Authorization: Bearer ..., or the cookie "
-                "a ?token= sets).",
-            )
+            return refused()
         if request.endpoint != "diaglog_dashboard.static":
             index.refresh(READ_BUDGET)
         return None
@@ -172,6 +175,23 @@ def create_blueprint(
         if tag is not None:
             response.set_etag(tag)
         response.headers.update(security_headers(request.host if live else None))
+        return response
+
+    prefix = settings.dashboard_url.rstrip("/")
+
+    @bp.after_app_request
+    def unrouted(response: Response) -> Response:
+        """A request under the dashboard's URL that no rule of it takes as asked (a 405, the 308
+        that adds the final slash) never reaches the hooks above: it is refused, or given the
+        headers, here. Any other request of the app leaves at the first test."""
+        if request.url_rule is not None:
+            return response
+        path = request.path
+        if path != prefix and not path.startswith(prefix + "/"):
+            return response
+        if not admitted(request, token):
+            response = refused()
+        response.headers.update(security_headers())
         return response
 
     @bp.errorhandler(InvalidParameter)
