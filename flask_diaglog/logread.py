@@ -1,7 +1,8 @@
 """Reading diaglog files back: both line formats, rotated and gzipped backups, several log
 directories (one per host) merged by time; and what is built from records: route, stage and job
 statistics (:func:`summarize`), the records of one id (:func:`trace_records`) and its timeline
-(:func:`spans_of`). Shared by the CLI and the dashboard.
+(:func:`spans_of`). Shared by the CLI and the dashboard; the bounded statistics are
+:class:`~flask_diaglog.stats.Stats`.
 
 Everything streams: memory grows with the number of routes, stages and job names, never with the
 number of lines. Lines are split by :mod:`~flask_diaglog.files.render` and messages read by
@@ -11,14 +12,13 @@ number of lines. Lines are split by :mod:`~flask_diaglog.files.render` and messa
 from __future__ import annotations
 
 import contextlib
-import functools
 import glob
 import gzip
 import heapq
 import io
-import math
 import os
 import re
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +26,8 @@ from datetime import datetime
 from typing import Any
 
 from .files.render import plain_line, split_json, split_plain
+from .linecheck import line_time, well_formed
+from .stats import Stats
 from .trail import FILES, LEVELS, kind_of, parse_message
 
 __all__ = [
@@ -86,31 +88,27 @@ class LogRecord:
         return {"ts": iso, "host": self.host, "file": self.file, **self.data}
 
 
-@functools.lru_cache(maxsize=256)
-def _second(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%d %H:%M:%S").timestamp()  # once per second of lines
-
-
-def _ts(text: str) -> float:
-    try:
-        if "T" in text:
-            return datetime.fromisoformat(text).timestamp()
-        return _second(text[:19]) + int(text[20:23]) / 1000
-    except ValueError:
-        return 0.0
-
-
 def parse_line(line: str, file: str = "", host: str = "") -> LogRecord | None:
-    """One line of either layout as a record; ``None`` for a line that is neither. A plain
-    line's traceback goes to ``exc`` with its line breaks unfolded (its other escapes stay)."""
+    """One line of either layout as a record; ``None`` for a line that is neither, or whose
+    known fields have the wrong types (see :mod:`~flask_diaglog.linecheck`). A plain line's
+    traceback goes to ``exc`` with its line breaks unfolded (its other escapes stay)."""
     line = line.rstrip("\n")
     if not line:
         return None
+    try:
+        rec = _parse(line, file, host)
+    except ValueError:  # a plain message with a number that is not one (``1.2.3ms``)
+        return None
+    return rec if rec is not None and well_formed(rec.data) else None
+
+
+def _parse(line: str, file: str, host: str) -> LogRecord | None:
     if line.startswith("{"):
         obj = split_json(line)
         if obj is None:
             return None
-        return LogRecord(_ts(str(obj.get("ts", ""))), file, line, obj, str(obj.get("host", host)))
+        ts = line_time(str(obj.get("ts", "")))
+        return LogRecord(ts, file, line, obj, str(obj.get("host", host)))
     parts = split_plain(line)
     if parts is None:
         return None
@@ -129,7 +127,7 @@ def parse_line(line: str, file: str = "", host: str = "") -> LogRecord | None:
     data.update(parse_message(kind, msg))
     if exc is not None:
         data["exc"] = exc
-    return LogRecord(_ts(parts["ts"]), file, line, data, host)
+    return LogRecord(line_time(parts["ts"]), file, line, data, host)
 
 
 def iter_files(log_dir: str, names: Iterable[str] = FILES) -> Iterator[tuple[str, str]]:
@@ -178,20 +176,27 @@ def files_of(
 
 @dataclass
 class Scan:
-    """Counts of one scan; ``progress(n)`` (optional) is told every ~1 MiB of file bytes read."""
+    """Counts of one scan; ``progress(n)`` (optional) is told every ~1 MiB of file bytes read.
+    A file that cannot be read to its end (a damaged or truncated ``.gz``) is named in
+    ``damaged``, and its unreadable rest counts as one line, skipped."""
 
     progress: Callable[[int], None] | None = None
     lines: int = 0
     skipped: int = 0
+    damaged: list[str] = field(default_factory=list)
 
 
 def _lines(path: str, scan: Scan | None) -> Iterator[str]:
     """The lines of a file (gzipped or not); bytes read are reported to ``scan.progress``."""
     report = scan.progress if scan is not None else None
     try:
-        with open(path, "rb") as raw:
-            fh: io.BufferedIOBase = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
-            done = pending = 0
+        raw = open(path, "rb")  # noqa: SIM115 (closed below: only opening may fail quietly)
+    except OSError:
+        return  # rotated or compressed away since it was listed
+    with raw:
+        fh: io.BufferedIOBase = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+        done = pending = 0
+        try:
             for data in fh:
                 pending += len(data)
                 if pending >= _STEP and report is not None:
@@ -199,10 +204,13 @@ def _lines(path: str, scan: Scan | None) -> Iterator[str]:
                     report(pos - done)
                     done, pending = pos, 0
                 yield data.decode("utf-8", "replace")
-            if report is not None:
-                report(raw.tell() - done)
-    except (OSError, EOFError):
-        return  # a file rotated or compressed while being read
+        except (OSError, EOFError, zlib.error):
+            if scan is not None:
+                scan.lines, scan.skipped = scan.lines + 1, scan.skipped + 1
+                scan.damaged.append(path)
+            return
+        if report is not None:
+            report(raw.tell() - done)
 
 
 def _stream(
@@ -254,66 +262,6 @@ def tail_records(log_dir: str, name: str, max_bytes: int = 256 * 1024) -> list[L
         chunk = chunk[chunk.find(b"\n") + 1 :]  # drop the partial first line
     recs = (parse_line(line, name) for line in chunk.decode("utf-8", "replace").split("\n"))
     return [rec for rec in recs if rec is not None]
-
-
-# -- statistics -----------------------------------------------------------------------------
-
-#: Values a :class:`Stats` keeps exactly before it folds them into its sketch.
-EXACT = 1024
-_GAMMA = 1.02  # bucket growth: any percentile is within 1% of a value that was seen
-_LOG_GAMMA = math.log(_GAMMA)
-_MIN_MS = 0.001
-
-
-class Stats:
-    """Count, errors, total, max and percentiles of durations (ms) in bounded memory: exact for
-    :data:`EXACT` values, then a log-bucket sketch with 1% relative error."""
-
-    __slots__ = ("_buckets", "_values", "count", "errors", "max", "total")
-
-    def __init__(self) -> None:
-        self.count = self.errors = 0
-        self.total = self.max = 0.0
-        self._values: list[float] | None = []
-        self._buckets: dict[int, int] = {}
-
-    def add(self, ms: float, error: bool = False) -> None:
-        self.count += 1
-        self.errors += error
-        self.total += ms
-        self.max = max(self.max, ms)
-        if self._values is not None:
-            self._values.append(ms)
-            if len(self._values) <= EXACT:
-                return
-            values, self._values = self._values, None
-        else:
-            values = [ms]
-        for v in values:
-            i = math.ceil(math.log(max(v, _MIN_MS)) / _LOG_GAMMA)
-            self._buckets[i] = self._buckets.get(i, 0) + 1
-
-    def quantile(self, q: float) -> float:
-        """The value at quantile ``q`` (0..1), nearest rank; 0.0 when empty."""
-        if not self.count:
-            return 0.0
-        rank = round(q * (self.count - 1))
-        if self._values is not None:
-            return sorted(self._values)[rank]
-        seen = 0
-        for i in sorted(self._buckets):
-            seen += self._buckets[i]
-            if seen > rank:
-                return min(self.max, 2 * _GAMMA**i / (_GAMMA + 1))
-        return self.max
-
-    def to_dict(self) -> dict[str, Any]:
-        """``count``, ``errors``, ``error_rate``, ``total_ms``, ``p50_ms``, ``p95_ms``,
-        ``p99_ms``, ``max_ms`` (ms rounded to 2 places)."""
-        rate = round(self.errors / self.count, 4) if self.count else 0.0
-        out = {"count": self.count, "errors": self.errors, "error_rate": rate}
-        out.update({f"p{q}_ms": round(self.quantile(q / 100), 2) for q in (50, 95, 99)})
-        return {**out, "max_ms": round(self.max, 2), "total_ms": round(self.total, 2)}
 
 
 _ID_SEGMENT = re.compile(

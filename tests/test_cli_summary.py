@@ -4,6 +4,7 @@ unrouted paths grouped, time windows, several hosts; and the bounded statistics 
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -150,6 +151,45 @@ def test_a_directory_given_twice_is_read_once(tmp_path: Path) -> None:
                    "--log-dir", f"{tmp_path}/web/"])  # fmt: skip
     data = json.loads(out)
     assert (data["routes"]["GET /p"]["count"], data["hosts"]) == (1, ["web"])
+
+
+@pytest.mark.parametrize("value", ['"slow"', "NaN", "1e999", "null"])
+def test_lines_with_a_wrong_typed_duration_are_skipped_and_counted(
+    tmp_path: Path, value: str
+) -> None:
+    """A JSON end line whose duration is not a finite number is skipped and counted, never a
+    crash nor a NaN in the statistics."""
+    good = _end("json", T0, "/p", 200, 1.0)
+    bad = good.replace('"duration_ms":1.0', f'"duration_ms":{value}')
+    assert bad != good
+    write_log(tmp_path, "requests", [good, bad])
+    data = _summary(tmp_path)
+    assert (data["lines"], data["skipped"], data["routes"]["GET /p"]["count"]) == (2, 1, 1)
+
+
+def damaged_gz(lines: list[str], how: str) -> bytes:
+    """A gzipped backup of ``lines`` whose second half is damaged: ``truncated`` (missing) or
+    ``corrupt`` (a deflate block of an invalid type)."""
+    half = len(lines) // 2
+    gz = zlib.compressobj(wbits=31)
+    data = gz.compress("".join(lines[:half]).encode()) + gz.flush(zlib.Z_FULL_FLUSH)
+    rest = gz.compress("".join(lines[half:]).encode()) + gz.flush()
+    return data if how == "truncated" else data + b"\x07" + rest
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupt"])
+def test_a_damaged_backup_counts_as_skipped(tmp_path: Path, how: str) -> None:
+    """A damaged .gz backup is read up to the damage, and the rest counts as one skipped line,
+    in the JSON and the text summary alike (never a crash, never silent)."""
+    lines = [_end("json", T0 + i, f"/old/{i}", 200, 1.0) for i in range(200)]
+    (tmp_path / "requests.log.1.gz").write_bytes(damaged_gz(lines, how))
+    write_log(tmp_path, "requests", [_end("json", T0 + 300, "/p", 200, 1.0)])
+    result = _summary(tmp_path)
+    old = result["routes"]["GET /old/<id>"]["count"]
+    assert 0 < old <= 100  # the zlib reader loses the lines it held when it met the damage
+    assert (result["lines"], result["skipped"]) == (old + 2, 1)
+    code, out = _run(["summary", "--log-dir", str(tmp_path)])
+    assert code == 0 and f"1 of {old + 2} lines were not diaglog lines and were skipped" in out
 
 
 def test_summary_adds_up_several_hosts(tmp_path: Path) -> None:

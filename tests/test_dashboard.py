@@ -10,11 +10,13 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
+from test_cli_summary import damaged_gz
 from werkzeug.test import TestResponse
 
 from flask_diaglog import DiagLog, stage
@@ -234,6 +236,34 @@ def test_security_headers_on_every_answer(make_app: Callable[..., Flask], url: s
         r.close()
 
 
+UNROUTED = [("POST", "/_diaglog/api/state", 405), ("GET", "/_diaglog", 308)]
+
+
+@pytest.mark.parametrize(("method", "url", "status"), UNROUTED)
+def test_unrouted_answers_carry_the_security_headers(
+    make_app: Callable[..., Flask], method: str, url: str, status: int
+) -> None:
+    """A wrong method (405) and the redirect that adds the final slash (308) carry the headers
+    of every dashboard answer."""
+    app = _app(make_app, threading.Event())
+    r = app.test_client().open(url, method=method)
+    assert r.status_code == status
+    assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+    assert r.headers["X-Frame-Options"] == "DENY" and r.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize(("method", "url", "status"), UNROUTED)
+def test_unrouted_requests_of_other_clients_are_refused(
+    make_app: Callable[..., Flask], method: str, url: str, status: int
+) -> None:
+    """A client the dashboard refuses gets its 403 for a wrong method or a missing slash too, not
+    a 405 or a 308 that says what is there."""
+    app = _app(make_app, threading.Event())
+    r = app.test_client().open(url, method=method, environ_base={"REMOTE_ADDR": "10.0.0.1"})
+    assert r.status_code == 403 and r.mimetype == "application/problem+json"
+    assert r.headers["X-Frame-Options"] == "DENY"
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 
@@ -241,6 +271,7 @@ def test_security_headers_on_every_answer(make_app: Callable[..., Flask], url: s
     ("url", "parameter"),
     [
         ("/_diaglog/api/state?limit=many", "limit"),
+        ("/_diaglog/api/state?limit=%C2%B2", "limit"),  # a superscript two: a digit to isdigit()
         ("/_diaglog/api/requests?status=6xx", "status"),
         ("/_diaglog/api/requests?method=G%20T", "method"),
         ("/_diaglog/api/requests?min_ms=fast", "min_ms"),
@@ -250,6 +281,8 @@ def test_security_headers_on_every_answer(make_app: Callable[..., Flask], url: s
         ("/_diaglog/api/requests?request_id=a%20b", "request_id"),
         ("/_diaglog/api/requests?since=yesterday", "since"),
         ("/_diaglog/api/requests?until=2026-13-45", "until"),
+        ("/_diaglog/api/requests?since=nan", "since"),
+        ("/_diaglog/api/route?route=GET%20/x&until=inf", "until"),
         ("/_diaglog/api/requests?kind=cron", "kind"),
         ("/_diaglog/api/requests?page=0", "page"),
         ("/_diaglog/api/requests?page=two", "page"),
@@ -311,6 +344,110 @@ def test_garbled_lines_are_skipped_and_counted(
     assert b"6 lines skipped" in client.get("/_diaglog/").data
 
 
+_END = '"event":"request_end","request_id":"bad-end","method":"GET","path":"/boom","status":200'
+#: Well-formed lines whose known fields have the wrong type (the time is filled in).
+WRONG_TYPES = [
+    '"event":"hang","request_id":"r1","hung":"x"',
+    '"event":"hang","request_id":"r1","hung":[1]',
+    '"event":"hang","request_id":"r1","hung":1e999',
+    '"event":"log","request_id":["r1"],"msg":"x"',
+    '"event":"log","job_id":{"a":1},"msg":"x"',
+    _END + ',"duration_ms":1.0,"stages":{"load":"x"}',
+    _END + ',"duration_ms":1.0,"stages":{"load":null}',
+    _END + ',"duration_ms":NaN',
+    _END + ',"duration_ms":Infinity',
+    '"event":"progress","request_id":"bad-progress","fraction":"x"',
+]
+#: Lines whose time no page can show.
+FAR_TIMES = ["0001-01-01T00:00:00.000+01:00", "9999-12-31T23:59:59.000-01:00"]
+
+
+def _append_json(log_dir: Path, body: str, ts: str | None = None) -> None:
+    ts = ts or datetime.now().astimezone().isoformat(timespec="milliseconds")
+    with open(log_dir / "requests.log", "a") as fh:
+        fh.write(f'{{"ts":"{ts}",{body}}}\n')
+
+
+_PAGES = [
+    "/_diaglog/", "/_diaglog/requests", "/_diaglog/route?route=GET%20/boom",
+    "/_diaglog/trace/bad-progress", "/_diaglog/api/overview", "/_diaglog/api/requests",
+    "/_diaglog/api/route?route=GET%20/boom", "/_diaglog/api/trace/bad-end",
+]  # fmt: skip
+
+
+def _answers(client: Any) -> dict[str, int]:
+    return {url: client.get(url).status_code for url in _PAGES}
+
+
+@pytest.mark.parametrize("body", WRONG_TYPES, ids=range(len(WRONG_TYPES)))
+def test_wrong_typed_fields_are_skipped_and_counted(
+    make_app: Callable[..., Flask], log_dir: Path, body: str
+) -> None:
+    """A well-formed JSON line with a wrong-typed known field is a garbled line: skipped and
+    counted, never a 500 on any page, and the other rows are still shown."""
+    app = _busy_app(make_app)
+    _append_json(log_dir, body)
+    client = app.test_client()
+    answers = _answers(client)
+    assert set(answers.values()) <= {200, 404}, answers
+    state = _api(client, "/_diaglog/api/state?limit=500")
+    assert state["index"]["skipped_lines"] == 1
+    assert len(state["recent"]) == 14
+
+
+@pytest.mark.parametrize("ts", FAR_TIMES)
+def test_lines_at_a_time_no_page_can_show_are_skipped(
+    make_app: Callable[..., Flask], log_dir: Path, ts: str
+) -> None:
+    """A line dated before 1970 or past the year 9999 is skipped and counted, not a 500."""
+    app = _busy_app(make_app)
+    _append_json(log_dir, '"event":"log","request_id":"far","msg":"x"', ts)
+    client = app.test_client()
+    answers = _answers(client)
+    assert set(answers.values()) <= {200, 404}, answers
+    assert _api(client, "/_diaglog/api/state")["index"]["skipped_lines"] == 1
+
+
+def test_plain_line_with_a_number_that_is_not_one_is_skipped(
+    make_app: Callable[..., Flask], log_dir: Path
+) -> None:
+    """A plain diaglog line whose duration is not a number (``1.2.3ms``) is skipped and
+    counted."""
+    app = _busy_app(make_app, "plain")
+    with open(log_dir / "requests.log", "a") as fh:
+        now = datetime.now().strftime("%Y-%m-%d %H:%M:%S.000")
+        fh.write(f"{now} | INFO | flask_diaglog.stage | req=r9 job=- | stage load 1.2.3ms ok\n")
+    client = app.test_client()
+    assert client.get("/_diaglog/").status_code == 200
+    assert _api(client, "/_diaglog/api/state")["index"]["skipped_lines"] == 1
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupt", "not gzip"])
+def test_damaged_backup_is_counted_and_named(
+    make_app: Callable[..., Flask], log_dir: Path, how: str
+) -> None:
+    """A damaged .gz backup never gives a 500 nor keeps the index reading: its lines up to the
+    damage are indexed, the rest counts as one skipped line, and the page and the API name it."""
+    app = _busy_app(make_app)
+    ts = datetime.now().astimezone().isoformat(timespec="milliseconds")
+    lines = [
+        f'{{"ts":"{ts}","event":"request_end","request_id":"old{i}","method":"GET",'
+        f'"path":"/old/{i}","status":200,"duration_ms":1.0}}\n'
+        for i in range(200)
+    ]
+    backup = log_dir / "requests.log.1.gz"
+    backup.write_bytes(damaged_gz(lines, how) if how != "not gzip" else b"not gzip\n" * 9)
+    client = app.test_client()
+    answers = _answers(client)
+    assert set(answers.values()) <= {200, 404}, answers
+    index = _api(client, "/_diaglog/api/state")["index"]
+    assert index["skipped_lines"] == 1 and index["complete"]
+    assert index["damaged_files"] == ["requests.log.1.gz"]
+    assert b"damaged, read up to the damage: requests.log.1.gz" in client.get("/_diaglog/").data
+    old = _api(client, "/_diaglog/api/requests?q=/old/")["total"]
+    assert 0 < old <= 100 if how != "not gzip" else old == 0
+
+
 def test_missing_log_directory_is_said_on_the_page(
     make_app: Callable[..., Flask], log_dir: Path
 ) -> None:
@@ -367,6 +504,35 @@ def test_filters_select_rows(make_app: Callable[..., Flask], fmt: str) -> None:
     assert len(rows("since=1h")) == 14 and len(rows("until=1h")) == 0
     rid = _api(client, "/_diaglog/api/requests?status=500")["items"][0]["request_id"]
     assert rows(f"request_id={rid}") == [("request", "/boom")]
+
+
+def test_inflight_api_has_the_index_state(make_app: Callable[..., Flask]) -> None:
+    """/api/inflight, like every API answer, says how far the log files are read."""
+    app = _busy_app(make_app)
+    answer = _api(app.test_client(), "/_diaglog/api/inflight")
+    assert answer["inflight"] == [] and answer["index"]["complete"]
+    assert answer["index"]["lines"] > 0 and answer["index"]["skipped_lines"] == 0
+
+
+@pytest.mark.parametrize("route", ["get%20/work/%3Cint:n%3E", "GET%20%20/work/%3Cint:n%3E"])
+def test_route_filter_takes_any_case_and_spacing_of_the_method(
+    make_app: Callable[..., Flask], route: str
+) -> None:
+    """``get /work/<int:n>`` and ``GET  /work/<int:n>`` name the route ``GET /work/<int:n>``, in
+    the list and on the route page alike."""
+    app = _busy_app(make_app)
+    client = app.test_client()
+    rows = _api(client, f"/_diaglog/api/requests?route={route}")
+    assert rows["total"] == 8 and rows["filters"]["route"] == "GET /work/<int:n>"
+    assert _api(client, f"/_diaglog/api/route?route={route}")["count"] == 8
+
+
+def test_times_in_the_first_year_are_accepted(make_app: Callable[..., Flask]) -> None:
+    """``0001-01-01`` is an ISO 8601 time like any other (local time out of mktime's range)."""
+    app = _busy_app(make_app)
+    client = app.test_client()
+    assert _api(client, "/_diaglog/api/requests?since=0001-01-01")["total"] == 14
+    assert _api(client, "/_diaglog/api/requests?until=0001-01-01T00:00")["total"] == 0
 
 
 def test_pages_of_the_list(make_app: Callable[..., Flask]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from flask_diaglog import stage
+from flask_diaglog import logread, stage
 from flask_diaglog.dashboard.index import Index
 
 #: Time enough for a refresh to finish on a loaded machine (the default is 0.15 s).
@@ -118,6 +118,28 @@ def test_torn_tail_waits_for_its_newline(make_app: Callable[..., Flask], log_dir
         fh.write(lines[-1][25:])
     index.refresh(BUDGET)
     assert index.skipped == 0 and index.items[0].status == 200
+
+
+def test_a_line_that_fails_to_fold_in_is_skipped_and_read_past(
+    make_app: Callable[..., Flask], log_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line the field check lets through but the index cannot fold in (here: the check is
+    switched off) is skipped and counted once; the lines after it are indexed."""
+    monkeypatch.setattr(logread, "well_formed", lambda data: True)
+    app = _app(make_app, "json")
+    client = app.test_client()
+    client.get("/n/1")
+    with open(log_dir / "requests.log", "a") as fh:
+        fh.write(
+            '{"ts":"2026-11-30T10:00:00.000+00:00","event":"hang","request_id":"r","hung":"x"}\n'
+        )
+    index = Index(str(log_dir))
+    index.refresh(BUDGET)
+    client.get("/n/2")
+    index.refresh(BUDGET)
+    index.refresh(BUDGET)
+    assert index.skipped == 1 and index.complete
+    assert {"/n/1", "/n/2"} <= set(_paths(index))
 
 
 def test_a_small_budget_reads_in_steps(make_app: Callable[..., Flask], log_dir: Path) -> None:

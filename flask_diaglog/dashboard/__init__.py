@@ -30,7 +30,14 @@ from ..problems import problem_response
 from ..trail import LEVELS
 from . import charts, queries
 from .access import admitted, remember, security_headers, socket_admission
-from .filters import InvalidParameter, parse_filters, parse_id, parse_time
+from .filters import (
+    InvalidParameter,
+    parse_filters,
+    parse_id,
+    parse_int,
+    parse_route,
+    parse_time,
+)
 from .index import Index
 
 if TYPE_CHECKING:
@@ -109,6 +116,7 @@ def create_blueprint(
             "indexed": round(1.0 - index.pending / total, 4) if index.total else 1.0,
             "lines": index.lines,
             "skipped_lines": index.skipped,
+            "damaged_files": index.damaged,
             "problem": index.problem,
         }
 
@@ -142,16 +150,19 @@ def create_blueprint(
     def time_filter(ts: float | None) -> str:
         return _time(ts)
 
+    def refused() -> Response:
+        return problem_response(
+            403,
+            "Dashboard access denied",
+            "The diaglog dashboard answers loopback clients only, or clients that present "
+            "DIAGLOG_DASHBOARD_TOKEN (?token=..., Authorization: Bearer ..., or the cookie "
+            "a ?token= sets).",
+        )
+
     @bp.before_request
     def guard() -> Response | None:
         if not admitted(request, token):
-            return problem_response(
-                403,
-                "Dashboard access denied",
-                "The diaglog dashboard answers loopback clients only, or clients that present "
-                "DIAGLOG_DASHBOARD_TOKEN (?token=..., Authorization: Bearer ..., or the cookie "
-                "a ?token= sets).",
-            )
+            return refused()
         if request.endpoint != "diaglog_dashboard.static":
             index.refresh(READ_BUDGET)
         return None
@@ -164,6 +175,23 @@ def create_blueprint(
         if tag is not None:
             response.set_etag(tag)
         response.headers.update(security_headers(request.host if live else None))
+        return response
+
+    prefix = settings.dashboard_url.rstrip("/")
+
+    @bp.after_app_request
+    def unrouted(response: Response) -> Response:
+        """A request under the dashboard's URL that no rule of it takes as asked (a 405, the 308
+        that adds the final slash) never reaches the hooks above: it is refused, or given the
+        headers, here. Any other request of the app leaves at the first test."""
+        if request.url_rule is not None:
+            return response
+        path = request.path
+        if path != prefix and not path.startswith(prefix + "/"):
+            return response
+        if not admitted(request, token):
+            response = refused()
+        response.headers.update(security_headers())
         return response
 
     @bp.errorhandler(InvalidParameter)
@@ -271,7 +299,7 @@ def create_blueprint(
     # -- JSON API -------------------------------------------------------------------------------
 
     def _route_stats() -> dict[str, Any]:
-        route = request.args.get("route", "").strip()
+        route = parse_route(request.args.get("route", ""))
         if not route or len(route) > 512:
             raise InvalidParameter("route", "'route' must name a route such as 'GET /api/<id>'.")
         since = request.args.get("since")
@@ -288,10 +316,8 @@ def create_blueprint(
 
     @bp.get("/api/state")
     def api_state() -> Response:
-        limit = request.args.get("limit", "50")
-        if not limit.isdigit() or not 1 <= int(limit) <= 500:
-            raise InvalidParameter("limit", "'limit' must be a whole number from 1 to 500.")
-        items, _ = queries.select(index, parse_filters({"per_page": limit}))
+        limit = parse_int(request.args, "limit", 50, 1, 500)
+        items, _ = queries.select(index, parse_filters({"per_page": str(limit)}))
         return jsonify(
             {
                 "now": time.time(),
@@ -304,7 +330,7 @@ def create_blueprint(
 
     @bp.get("/api/inflight")
     def api_inflight() -> Response:
-        return jsonify({"now": time.time(), "inflight": all_inflight()})
+        return jsonify({"now": time.time(), "inflight": all_inflight(), "index": status()})
 
     @bp.get("/api/overview")
     def api_overview() -> Response:

@@ -2,22 +2,28 @@
 
 An invalid value raises :class:`InvalidParameter`, which the blueprint answers with a 400
 problem+json naming the parameter. Times (``since``, ``until``) are ISO 8601 (local time when
-no offset is given), epoch seconds, or a span before now: ``30s``, ``15m``, ``2h``, ``7d``.
+no offset is given; any year from 1 to 9999), finite epoch seconds, or a span before now:
+``30s``, ``15m``, ``2h``, ``7d``. A route is ``METHOD /rule`` in any case and spacing, or the rule
+alone.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from ..context import is_valid_id
 from ..trail import LEVELS
 
-__all__ = ["Filters", "InvalidParameter", "parse_filters", "parse_id", "parse_time"]
+__all__ = [
+    "Filters", "InvalidParameter", "parse_filters", "parse_id", "parse_int", "parse_route",
+    "parse_time",
+]  # fmt: skip
 
 #: Rows per page of the list (``per_page`` may ask for 1 to 500).
 PER_PAGE = 50
@@ -46,17 +52,32 @@ def parse_time(value: str, name: str, now: float | None = None) -> float:
     if m is not None:
         return (time.time() if now is None else now) - float(m[1]) * _SPAN_SECONDS[m[2]]
     try:
-        return float(text)
+        seconds = float(text)
+        if math.isfinite(seconds):
+            return seconds
     except ValueError:
         pass
     try:
-        return datetime.fromisoformat(text).timestamp()
+        when = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidParameter(
             name,
             f"{name!r} must be an ISO 8601 time (2026-11-30T10:15), epoch seconds, or a span "
             "before now such as 15m, 2h or 7d.",
         ) from None
+    try:
+        return when.timestamp()
+    except (ValueError, OverflowError):  # a local time in year 1 or 9999: out of mktime's range
+        return when.replace(tzinfo=timezone.utc).timestamp()  # hours off, 2000 years away
+
+
+def parse_route(value: str) -> str:
+    """A route as the index names it: ``get  /a/<id>`` is ``GET /a/<id>``; a rule alone (or
+    ``(no route)``) stays as it is."""
+    parts = value.split(None, 1)
+    if len(parts) == 2 and _METHOD.fullmatch(parts[0].upper()):
+        return f"{parts[0].upper()} {parts[1].strip()}"
+    return value.strip()
 
 
 def parse_id(value: str, name: str = "id") -> str:
@@ -68,7 +89,8 @@ def parse_id(value: str, name: str = "id") -> str:
     return value
 
 
-def _int(args: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def parse_int(args: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """Whole number ``name`` of ``args`` from ``low`` to ``high``; ``default`` when absent."""
     text = args.get(name)
     if text is None or text == "":
         return default
@@ -152,6 +174,7 @@ def parse_filters(args: Mapping[str, str], now: float | None = None) -> Filters:
     kind = text("kind")
     if kind is not None and kind not in _KINDS:
         raise InvalidParameter("kind", "'kind' must be 'request' or 'job'.")
+    route = text("route")
     job_id, request_id = text("job_id"), text("request_id")
     since, until = text("since"), text("until")
     for name, value in (("since", since), ("until", until)):
@@ -160,7 +183,7 @@ def parse_filters(args: Mapping[str, str], now: float | None = None) -> Filters:
     return Filters(
         status=status,
         method=method,
-        route=text("route"),
+        route=parse_route(route) if route else None,
         min_ms=min_ms,
         level=level,
         job_id=parse_id(job_id, "job_id") if job_id else None,
@@ -169,6 +192,6 @@ def parse_filters(args: Mapping[str, str], now: float | None = None) -> Filters:
         since=since,
         until=until,
         kind=kind,
-        page=_int(args, "page", 1, 1, 1_000_000),
-        per_page=_int(args, "per_page", PER_PAGE, 1, 500),
+        page=parse_int(args, "page", 1, 1, 1_000_000),
+        per_page=parse_int(args, "per_page", PER_PAGE, 1, 500),
     )

@@ -14,9 +14,10 @@ that, and only whole lines of the current files (a torn tail waits for its newli
 works for at most ``budget`` seconds, oldest file first, so a page never waits for a cold read
 of a big log set: it shows what is indexed so far and says how far the index is.
 
-**Bad data.** A line that is not a diaglog line of either layout (torn, garbled, foreign) is
-skipped and counted in :attr:`Index.skipped`. A missing or unreadable log directory is reported
-in :attr:`Index.problem`, never raised.
+**Bad data.** A line that is not a diaglog line of either layout (torn, garbled, foreign, or
+with a known field of the wrong type) is skipped and counted in :attr:`Index.skipped`; so is a
+line that fails to fold in, and the index reads on past it. A missing or unreadable log
+directory is reported in :attr:`Index.problem`, never raised.
 
 **Where the lines are.** For the detail page each trace (a request id, or ``job:<id>`` for a job
 without one) keeps *spans*: ``[file key, first byte, end byte]`` of its lines, so reading one
@@ -31,6 +32,7 @@ import os
 import sys
 import threading
 import time
+import zlib
 from typing import Any
 
 from ..logread import NO_ROUTE, LogRecord, iter_files, parse_line, route_of
@@ -52,6 +54,8 @@ FORGET_AFTER = 600.0
 #: Warning-and-above messages kept per item for the free-text search.
 NOTES = 5
 _WARNING = LEVELS["WARNING"]
+#: What reading a file that is there may raise: a damaged or truncated ``.gz`` among them.
+_UNREADABLE = (OSError, EOFError, zlib.error)
 
 
 class _File:
@@ -75,13 +79,17 @@ def _intern(value: Any) -> Any:
     return sys.intern(value) if type(value) is str else value
 
 
-def _first_line(path: str, gz: bool) -> bytes:
+def _first_line(path: str, gz: bool) -> bytes | None:
+    """The first line (the file's key); empty while it has none, ``None`` when it cannot be read
+    (a damaged ``.gz``)."""
     opener: Any = gzip.open if gz else open
     try:
         with opener(path, "rb") as fh:
             head: bytes = fh.read(4096)
-    except (OSError, EOFError):
-        return b""
+    except FileNotFoundError:
+        return b""  # renamed since the listing
+    except _UNREADABLE:
+        return None
     nl = head.find(b"\n")
     return head[: nl + 1] if nl >= 0 else b""
 
@@ -107,6 +115,8 @@ class Index:
         self.lines = 0
         #: Why the log directory cannot be read, or ``None``.
         self.problem: str | None = None
+        #: Compressed backups that cannot be read to their end, by inode: their current names.
+        self._damaged: dict[tuple[int, int], str] = {}
         #: Changes whenever items change (cache key for queries).
         self.version = 0
         self._files: dict[bytes, _File] = {}
@@ -122,6 +132,23 @@ class Index:
     def complete(self) -> bool:
         """Whether every byte present at the last refresh is indexed."""
         return self.pending == 0
+
+    @property
+    def damaged(self) -> list[str]:
+        """The names of the compressed backups in the set that cannot be read to their end
+        (truncated or corrupt): their lines up to the damage are indexed, and each counts as
+        one skipped line."""
+        return sorted(self._damaged.values())
+
+    def _damage(self, path: str) -> None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) not in self._damaged:
+            self._damaged[(st.st_dev, st.st_ino)] = os.path.basename(path)
+            self.skipped += 1
+            self.version += 1
 
     def _scan(self) -> list[_File]:
         """The files of the set, oldest first per name, keyed; forgets files that are gone."""
@@ -141,16 +168,21 @@ class Index:
             return []
         self.problem = None
         found: list[_File] = []
+        listed: dict[tuple[int, int], str] = {}
         now = time.monotonic()
         for name, path in iter_files(self.log_dir, NAMES):
             gz = path.endswith(".gz")
             try:
-                size = os.stat(path).st_size
+                st = os.stat(path)
             except OSError:
                 continue
+            size = st.st_size
+            listed[(st.st_dev, st.st_ino)] = os.path.basename(path)
             key = _first_line(path, gz)  # read each time: an inode may be reused
+            if key is None and gz:
+                self._damage(path)
             if not key:
-                continue  # empty so far, or a compressed copy still being written
+                continue  # empty so far, unreadable, or renamed since the listing
             f = self._files.get(key)
             if f is None:
                 f = self._files[key] = _File(key, name)
@@ -159,6 +191,7 @@ class Index:
             f.path, f.gz, f.size, f.seen = path, gz, size, now
             if f not in found:
                 found.append(f)
+        self._damaged = {k: listed[k] for k in self._damaged if k in listed}
         # A file missing from one listing may be mid-compression: forget it only much later.
         for key in [k for k, f in self._files.items() if now - f.seen > FORGET_AFTER]:
             del self._files[key]
@@ -209,8 +242,22 @@ class Index:
                         return  # a torn tail of the live file waits for its newline
                     if used < len(data):
                         fh.seek(f.offset)
-        except (OSError, EOFError):
+        except FileNotFoundError:
             return
+        except _UNREADABLE:
+            if f.gz:  # damaged: its lines up to the damage, then never again
+                self._salvage(f)
+                f.done = True
+                self._damage(f.path)
+
+    def _salvage(self, f: _File) -> None:
+        """Fold in the whole lines of a damaged ``.gz`` after ``f.offset``, up to the damage."""
+        with contextlib.suppress(*_UNREADABLE), gzip.open(f.path, "rb") as fh:
+            fh.seek(f.offset)
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    break
+                f.offset += self._feed(f, line, f.offset, final=True)
 
     def _skip_long_line(self, fh: Any, read: int) -> int:
         """Skip a line longer than :data:`CHUNK` (counted as skipped); the bytes it took."""
@@ -237,8 +284,12 @@ class Index:
             if rec is None or not rec.ts:
                 self.skipped += 1
                 continue
+            try:
+                add(rec, key, base + start, base + min(pos, end))
+            except Exception:  # a line no reader foresaw: skipped, never read again
+                self.skipped += 1
+                continue
             self.lines += 1
-            add(rec, key, base + start, base + min(pos, end))
         self.version += 1
         if len(self.items) > self.max_items:
             self._drop_oldest()
@@ -424,7 +475,7 @@ class Index:
                         continue  # rotated since: these lines are not at this name any more
                     fh.seek(start)
                     data = fh.read(end - start)
-            except (OSError, EOFError):
+            except _UNREADABLE:
                 continue
             pos = start
             for raw in data.split(b"\n"):
