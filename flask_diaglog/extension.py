@@ -124,7 +124,8 @@ def inflight(app: Flask | None = None, *, stacks: bool = False) -> list[dict[str
 def stats(app: Flask | None = None) -> dict[str, Any]:
     """Counters of ``app`` (default: ``current_app``): ``failed_writes`` (lines the files could
     not take), ``console_dropped`` (lines the console queue dropped) and ``sink_failures``
-    (failures per subscriber or signal receiver) and ``replay_evictions`` (stored responses the
+    (failures per subscriber or signal receiver, and of the ``DiagLog(job_id=...)`` callable
+    under ``job_id``) and ``replay_evictions`` (stored responses the
     memory job store evicted to stay under ``DIAGLOG_JOB_REPLAY_MAX_*``).
 
     .. versionadded:: 0.2
@@ -247,7 +248,7 @@ class DiagLog:
             app.wsgi_app,
             rec,
             redactor,
-            JobIds(self.job_id_getter),
+            JobIds(self.job_id_getter, rec.failed),
             exclude=tuple(dict.fromkeys(exclude)),
             server_timing=s.server_timing,
             slow_ms=s.slow_ms,

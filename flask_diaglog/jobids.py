@@ -277,8 +277,14 @@ class JobIds:
     line ``resolve(trace, False, True)``, which settles it.
     """
 
-    def __init__(self, getter: JobIdGetter | None) -> None:
+    def __init__(
+        self,
+        getter: JobIdGetter | None,
+        on_error: Callable[[str, BaseException, str], None] | None = None,
+    ) -> None:
         self.getter = getter
+        #: ``on_error("job_id", exc, what)``: the getter raised (counted and reported once).
+        self.on_error = on_error
 
     def at_start(self, trace: Trace, env: dict[str, Any]) -> None:
         """Take the id the headers give, or the query string of a request without a body that
@@ -334,7 +340,9 @@ class JobIds:
             trace.resolve = None
             try:
                 value = getter(req)
-            except Exception:  # the app's callable: its failure is not the observer's to raise
+            except Exception as exc:  # the app's callable: not the observer's to raise, but said
+                if self.on_error is not None:
+                    self.on_error("job_id", exc, "the DiagLog(job_id=...) callable")
                 return
             self._take(trace, value, override=True)
             return

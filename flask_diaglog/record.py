@@ -419,8 +419,10 @@ class Recorder:
             logger=LOGGER_ROOT,
         )
 
-    def failed(self, name: str, exc: BaseException) -> None:
-        """Count a failure of ``name``; report the first one on stderr and in ``errors.log``."""
+    def failed(self, name: str, exc: BaseException, what: str | None = None) -> None:
+        """Count a failure of ``name`` (a sink, unless ``what`` says what it is); report the
+        first one on stderr and in ``errors.log``."""
+        label = what or f"sink {name}"
         with self._lock:
             self.failures[name] = self.failures.get(name, 0) + 1
             first = name not in self._reported
@@ -429,12 +431,12 @@ class Recorder:
             return
         with contextlib.suppress(Exception):  # stderr itself may be gone
             sys.stderr.write(
-                f"flask-diaglog: sink {name} failed and is skipped for this event "
+                f"flask-diaglog: {label} failed and is skipped for this event "
                 f"({type(exc).__name__}: {exc}); further failures are counted, not printed\n"
             )
         with contextlib.suppress(Exception):
             self.report_internal(
-                f"flask-diaglog sink {name} failed; further failures are counted", exc
+                f"flask-diaglog {label} failed; further failures are counted", exc
             )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from flask import Flask, Request
 
-from flask_diaglog import current_job_id, current_request_id
+from flask_diaglog import current_job_id, current_request_id, stats
 from tests.conftest import Logs
 
 
@@ -167,6 +167,26 @@ def test_job_id_callable_overrides_lookup(make_app: Callable[..., Flask]) -> Non
     assert r.json["job_id"] == "acme:7"  # type: ignore[index]
     r = client.get("/plain?n=7", headers={"X-Tenant": "bad tenant"})
     assert r.status_code == 200 and r.json["job_id"] is None  # type: ignore[index]
+
+
+def test_a_raising_job_id_callable_is_reported_once_and_counted(
+    make_app: Callable[..., Flask], logs: Logs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DiagLog(job_id=callable) raising on an unguarded view: the response is the app's, the
+    lines carry no job id, and the failure is reported once (stderr, errors.log) and counted."""
+
+    def broken(req: Request) -> str:
+        raise KeyError("tenant")
+
+    app = _app_echoing_ids(make_app, job_id=broken)
+    client = app.test_client()
+    for _ in range(2):
+        r = client.get("/plain")
+        assert r.status_code == 200 and r.json["job_id"] is None  # type: ignore[index]
+    assert capsys.readouterr().err.count("DiagLog(job_id=...) callable failed") == 1
+    reports = [x for x in logs.lines("errors") if "DiagLog(job_id=...) callable failed" in x]
+    assert len(reports) == 1 and "KeyError" in reports[0]
+    assert stats(app)["sink_failures"]["job_id"] == 2
 
 
 def test_ids_are_none_outside_a_request() -> None:
