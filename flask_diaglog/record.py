@@ -435,9 +435,7 @@ class Recorder:
                 f"({type(exc).__name__}: {exc}); further failures are counted, not printed\n"
             )
         with contextlib.suppress(Exception):
-            self.report_internal(
-                f"flask-diaglog {label} failed; further failures are counted", exc
-            )
+            self.report_internal(f"flask-diaglog {label} failed; further failures are counted", exc)
 
 
 def _same(text: str) -> str:
