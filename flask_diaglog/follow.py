@@ -106,7 +106,9 @@ class Follower:
         seen = self._at.get(path)
         if seen is None:
             cur, pos = _File(st.st_ino), 0  # appeared after mark(): all of it is new
-        elif not seen[0].of(fh):
+        elif not seen[0].of(fh) or (not seen[0].head and self._backed_up(path, name)):
+            # (A file that had no line yet is known by its inode, which a rotation may have
+            # freed for the new file: then a new backup says it rotated.)
             self._rotated(label, name, path, seen, _File(st.st_ino, _head(fh)))
             cur, pos = _File(st.st_ino), 0
         else:
@@ -169,9 +171,11 @@ class Follower:
                 if current.of(fh):
                     unread.clear()  # the current file was rotated too: newer ones wait
                     continue
-                if old.of(fh):
+                if old.head and old.of(fh):
                     unread.append((fh, pos))
                     break
+                # A rotated file that had no line is read whole (pos is 0): it is not looked
+                # for by its inode, which a newer backup may have taken since.
                 if before is not None and before.of(fh):
                     break
             except (OSError, EOFError):
@@ -181,6 +185,11 @@ class Follower:
             return unread, all(os.stat(p).st_ino == ino for p, ino in opened)
         except OSError:
             return unread, False
+
+    def _backed_up(self, path: str, name: str) -> bool:
+        """Whether a backup appeared since the one :meth:`mark` or the last rotation saw."""
+        newest, before = self._newest_backup(path, name), self._before.get(path)
+        return newest is not None and (before is None or newest.head != before.head)
 
     def _newest_backup(self, path: str, name: str) -> _File | None:
         backups = [p for _, p in iter_files(os.path.dirname(path), [name]) if p != path]

@@ -2,7 +2,7 @@
 directories (one per host) merged by time; and what is built from records: route, stage and job
 statistics (:func:`summarize`), the records of one id (:func:`trace_records`) and its timeline
 (:func:`spans_of`). Shared by the CLI and the dashboard; the bounded statistics are
-:class:`~flask_diaglog.stats.Stats`.
+:class:`~flask_diaglog.percentiles.Stats`.
 
 Everything streams: memory grows with the number of routes, stages and job names, never with the
 number of lines. Lines are split by :mod:`~flask_diaglog.files.render` and messages read by
@@ -27,7 +27,7 @@ from typing import Any
 
 from .files.render import plain_line, split_json, split_plain
 from .linecheck import line_time, well_formed
-from .stats import Stats
+from .percentiles import Stats
 from .trail import FILES, LEVELS, kind_of, parse_message
 
 __all__ = [

@@ -4,6 +4,8 @@ modules of one responsibility and a bounded size, each with a docstring that say
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,3 +143,26 @@ def test_per_app_state_is_typed(tmp_path: Path) -> None:
     state = app.extensions["diaglog"]
     assert type(state) is AppState
     assert not any(isinstance(v, dict) for v in vars(state).values())
+
+
+def test_no_module_import_replaces_a_public_name() -> None:
+    """Importing any module of the package, in any order, leaves every public name of the
+    package as it was: a module named like a public name and first imported later (a
+    ``flask_diaglog/stats.py``) would replace that name (the ``stats()`` function) on the
+    package. Checked in a fresh interpreter."""
+    script = """
+import importlib, pkgutil, sys
+import flask_diaglog as pkg
+before = {name: getattr(pkg, name) for name in pkg.__all__}
+for mod in pkgutil.walk_packages(pkg.__path__, "flask_diaglog."):
+    importlib.import_module(mod.name)
+print(sorted(n for n in pkg.__all__ if getattr(pkg, n) is not before[n]))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PACKAGE.parent,
+    ).stdout
+    assert out.strip() == "[]"

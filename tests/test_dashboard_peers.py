@@ -82,13 +82,11 @@ def test_merged_shows_other_workers_and_drops_the_dead(tmp_path: Path) -> None:
 
 def test_publisher_stops_with_its_app(make_app: Callable[..., Flask], log_dir: Path) -> None:
     """The dashboard's publishing thread ends, and its file goes, when the app is discarded."""
-    before = {t.ident for t in threading.enumerate()}
+    before = set(threading.enumerate())  # threads, not idents: a dead thread's ident is reused
     app = make_app({"DIAGLOG_DASHBOARD": True})
     app.test_client().get("/_diaglog/api/inflight").close()
     mine = [
-        t
-        for t in threading.enumerate()
-        if t.ident not in before and t.name.startswith("diaglog-peers")
+        t for t in threading.enumerate() if t not in before and t.name.startswith("diaglog-peers")
     ]
     assert len(mine) == 1
     assert _wait(lambda: any(p.name.startswith("inflight-") for p in log_dir.iterdir()))
