@@ -401,7 +401,8 @@ def summary_cmd(
     with _scan(dirs, names, since) as scan:
         records = merge_records(dirs, names, since=since, until=until, scan=scan)
         result = summarize(records, slowest=top)
-    result.update(lines=scan.lines, skipped=scan.skipped, hosts=[label for label, _ in dirs])
+    result.update(lines=scan.lines, skipped=scan.skipped, damaged=scan.damaged)
+    result["hosts"] = [label for label, _ in dirs]
     if as_json:
         _echo_json(result)
         return
@@ -435,6 +436,7 @@ def summary_cmd(
         out += ["", *_table(head, rows)]
     if scan.skipped:
         out += ["", f"{scan.skipped} of {scan.lines} lines were not diaglog lines and were skipped"]
+    out += [f"damaged, read up to the damage: {_safe(path)}" for path in scan.damaged]
     click.echo("\n".join(out).lstrip("\n"))
 
 

@@ -188,8 +188,10 @@ def test_a_damaged_backup_counts_as_skipped(tmp_path: Path, how: str) -> None:
     old = result["routes"]["GET /old/<id>"]["count"]
     assert 0 < old <= 100  # the zlib reader loses the lines it held when it met the damage
     assert (result["lines"], result["skipped"]) == (old + 2, 1)
+    assert result["damaged"] == [str(tmp_path / "requests.log.1.gz")]
     code, out = _run(["summary", "--log-dir", str(tmp_path)])
     assert code == 0 and f"1 of {old + 2} lines were not diaglog lines and were skipped" in out
+    assert f"damaged, read up to the damage: {tmp_path / 'requests.log.1.gz'}" in out
 
 
 def test_summary_adds_up_several_hosts(tmp_path: Path) -> None:
