@@ -139,6 +139,26 @@ def test_a_failing_task_goes_to_errors_log_with_its_traceback(worker: Any, web: 
     assert 'raise ValueError("bad input")' in end["exc"]
 
 
+def test_celerys_own_line_about_a_failed_task_carries_the_senders_ids(
+    worker: Any, web: Any
+) -> None:
+    """Celery logs a failed task (``Task ... raised unexpected``) after the task's run: the line
+    still carries the request id and job id of the request that sent the task."""
+    job_id = f"c-{uuid.uuid4().hex[:8]}"
+    rid = web.test_client().post(f"/boom/{job_id}").headers["X-Request-ID"]
+
+    def celerys() -> list[dict[str, Any]]:
+        return [
+            r for r in read(worker.log_dir, "errors")
+            if r["logger"].startswith("celery") and "raised unexpected" in r["msg"]
+            and r.get("request_id") == rid
+        ]  # fmt: skip
+
+    wait_for(lambda: ended(worker.log_dir, rid))
+    wait_for(lambda: len(celerys()) == 1)
+    assert celerys()[0]["job_id"] == job_id
+
+
 def test_retries_are_visible_with_their_attempt_number(worker: Any, web: Any) -> None:
     """Each retry decision says which attempt comes next, and each run's job_start and job_end
     carry its attempt of 3 (the message says attempt=N from the second); the last attempt ends

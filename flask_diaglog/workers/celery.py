@@ -15,7 +15,7 @@ In every process that imports it (web and worker alike, as Flask's Celery patter
   frees its lease;
 * at worker startup (``worker_init``) the configuration is checked, and a worker that lacks what
   it needs exits naming what to set; a live emitter is started when ``DIAGLOG_LIVE_QUEUE`` is
-  set.
+  set; Celery's own line about a failed task gets the sender's ids.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any
 
-from celery import Celery, Task, signals
+from celery import Celery, Task, current_task, signals
 from celery.exceptions import (
     Retry,
     TimeLimitExceeded,
@@ -45,6 +45,7 @@ from .common import (
     header_getter,
     note,
     outgoing_headers,
+    parent_from,
     run_task,
     start_worker,
 )
@@ -197,6 +198,30 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         start_worker(b, "Celery worker")
     except ConfigError as exc:
         fail_startup(exc)
+    trace_logger = logging.getLogger("celery.app.trace")
+    if not any(isinstance(f, _SenderIds) for f in trace_logger.filters):
+        trace_logger.addFilter(_SenderIds())  # a worker's children inherit it
+
+
+class _SenderIds(logging.Filter):
+    """Celery's own line about a failed task (``Task ... raised unexpected``, logger
+    ``celery.app.trace``) is written after the task's run, outside its trail: it gets the ids of
+    the request that sent the task, from the headers of the task still being traced."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if current_trace() is not None or getattr(record, "request_id", None) is not None:
+            return True
+        data = getattr(record, "data", None)
+        try:
+            req = current_task.request if current_task else None
+            if req is None or not isinstance(data, dict) or data.get("id") != req.id:
+                return True
+            parent, problems = parent_from(header_getter(req.headers or {}, vars(req)))
+        except Exception:  # never in the way of Celery's own logging
+            return True
+        if not problems:
+            record.request_id, record.job_id = parent.request_id, parent.job_id
+        return True
 
 
 def _on_process_shutdown(**_: Any) -> None:
