@@ -165,7 +165,8 @@ KEYS: tuple[Key, ...] = (
         "exclude",
         (),
         parse_list,
-        "Comma-separated path prefixes that are not logged at all, e.g. `/static,/healthz`.",
+        "Comma-separated path prefixes whose requests are not logged at all, e.g. "
+        "`/static,/healthz` (background work they start is, as a job without their ids).",
     ),
     Key(
         "DIAGLOG_REDACT",

@@ -153,6 +153,26 @@ def test_spawn_outside_any_context_with_two_apps_picks_neither(tmp_path: Path) -
         assert (path.read_text() if path.exists() else "") == ""
 
 
+def test_work_an_excluded_path_starts_is_logged_as_a_job_without_its_ids(
+    make_app: Callable[..., Flask], logs: object
+) -> None:
+    """A request under DIAGLOG_EXCLUDE writes no line; the background work it starts does, as
+    a job of its own (no request id from the excluded request)."""
+    app = make_app({"DIAGLOG_FORMAT": "json", "DIAGLOG_EXCLUDE": "/healthz"}, init=False)
+    diaglog = DiagLog(app)
+
+    @app.get("/healthz")
+    def healthz() -> str:
+        diaglog.spawn(lambda: None).join(10)
+        return "ok"
+
+    assert app.test_client().get("/healthz").text == "ok"
+    assert logs.json("requests") == []  # type: ignore[attr-defined]
+    jobs = logs.json("jobs")  # type: ignore[attr-defined]
+    assert [r["event"] for r in jobs] == ["job_start", "job_end"]
+    assert all("request_id" not in r for r in jobs)
+
+
 def test_spawn_without_diaglog_just_runs(capsys: pytest.CaptureFixture[str]) -> None:
     """spawn with no registered app runs the function in a thread and nothing is swallowed."""
     diaglog = DiagLog()
