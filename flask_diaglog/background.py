@@ -261,8 +261,7 @@ def job_end(
     while the job runs; the line says so and names the stage it was in."""
     ms = job.elapsed_ms()
     totals = job.stage_totals() or None
-    last = job.stage_word if totals else None  # the stages word, if made for these totals
-    word = last[1] if last is not None and last[0] is totals else None
+    word = job.stages_word()
     ok = exc is None and not aborted
     error = rec.error_text(exc) if exc is not None else None
     stage = None

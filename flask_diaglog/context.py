@@ -168,6 +168,15 @@ class Trace:
         totals = self.totals
         return totals if totals is not None else {}
 
+    def stages_word(self) -> str | None:
+        """The end line's ``stages=`` word the stages built, if it is for the current totals
+        (``None``: make it from the totals)."""
+        totals = self.totals
+        if not totals:
+            return None
+        last = self.stage_word
+        return last[1] if last[0] is totals else None
+
     def __repr__(self) -> str:
         return f"<Trace {self.kind} req={self.request_id} job={self.job_id}>"
 

@@ -37,6 +37,11 @@ def _open(path: str) -> BufferedIOBase:
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
+def _backups(path: str, name: str) -> list[str]:
+    """The backups of ``path`` (the file ``name``), oldest first, as the writer names them."""
+    return [p for _, p in iter_files(os.path.dirname(path), [name]) if p != path]
+
+
 def _head(fh: BufferedIOBase) -> bytes:
     """The first line of an open file (at most :data:`_HEAD` bytes); empty while it has none."""
     fh.seek(0)
@@ -152,7 +157,7 @@ class Follower:
         is reached. False with them when a rotation or a compression moved the backups
         meanwhile (a name gone, or holding another file than the one opened under it)."""
         before = self._before.get(path)
-        backups = [p for _, p in iter_files(os.path.dirname(path), [name]) if p != path]
+        backups = _backups(path, name)
         unread: list[tuple[BufferedIOBase, int]] = []
         opened: list[tuple[str, int]] = []
         last = ""
@@ -192,8 +197,7 @@ class Follower:
         return newest is not None and (before is None or newest.head != before.head)
 
     def _newest_backup(self, path: str, name: str) -> _File | None:
-        backups = [p for _, p in iter_files(os.path.dirname(path), [name]) if p != path]
-        for backup in reversed(backups):
+        for backup in reversed(_backups(path, name)):
             with contextlib.suppress(OSError, EOFError), _open(backup) as fh:
                 return _File(os.fstat(fh.fileno()).st_ino, _head(fh))
         return None

@@ -87,20 +87,20 @@ class stage:
             totals = totals.copy()
             totals[name] = int((totals.get(name, 0.0) + ms) * 1000.0 + 0.5) / 1000.0
         rec = trace.rec
-        if rec is None:
-            trace.stage_word = (totals, None)
-            trace.totals = totals
-            return
-        if et is None:
+        if rec is None:  # no line and no end line: only the totals
+            word = None
+        elif et is None:
             msg, word = stage_end(name, ms, True, None, word)
-            trace.stage_word = (totals, word)
-            trace.totals = totals
-            rec.record("stage", trace, _INFO, msg, (name, ms, True))
         else:
             error = rec.error_text(exc) if exc is not None else "error"
             msg, word = stage_end(name, ms, False, error, word)
-            trace.stage_word = (totals, word)
-            trace.totals = totals
+        trace.stage_word = (totals, word)
+        trace.totals = totals
+        if rec is None:
+            return
+        if et is None:
+            rec.record("stage", trace, _INFO, msg, (name, ms, True))
+        else:
             rec.record("stage", trace, _WARNING, msg, (name, ms, False, error))
 
     def __call__(self, fn: F) -> F:

@@ -2,15 +2,13 @@
 
 This module owns, in one place:
 
-* the event kinds (the ``event`` key) and the logger each kind is written under;
-* the level names;
+* the event kinds (the ``event`` key) and the logger each kind is written under; level names;
 * the file names and the routing rule (requests, jobs, and ERROR and above also to errors);
 * for each event kind, the builder of its message text, and beside it the pattern that parses that
   text back into fields (:func:`parse_message`).
 
 Writers (the recorder's producers) build messages here; readers (``logread``, the CLI, the
-dashboard) parse them here, so the two cannot drift. A round-trip test renders every kind in both
-formats and parses it back.
+dashboard) parse them here, so the two cannot drift (a round-trip test checks every kind).
 """
 
 from __future__ import annotations
@@ -176,7 +174,7 @@ def _tail(
     if word is None and totals:
         sep = " stages="
         for k, v in totals.items():
-            tail += f"{sep}{_WORDS.get(k) or stage_word(k)}:{format_float(v, '.2f')}"
+            tail += f"{sep}{stage_word(k)}:{format_float(v, '.2f')}"
             sep = ","
     if aborted:
         tail += " aborted"
@@ -308,9 +306,11 @@ _WORDS: dict[str, str] = {}
 
 def stage_word(name: str) -> str:
     """``name`` as one word of a line: whitespace, ``,`` and ``%`` percent-encoded (unquoted)."""
-    shown = "".join(quote(c, safe="") if c.isspace() or c in ",%" else c for c in name)
-    if len(_WORDS) < 4096:
-        _WORDS[name] = shown
+    shown = _WORDS.get(name)
+    if shown is None:
+        shown = "".join(quote(c, safe="") if c.isspace() or c in ",%" else c for c in name)
+        if len(_WORDS) < 4096:
+            _WORDS[name] = shown
     return shown
 
 
@@ -320,7 +320,7 @@ def stage_end(
     """The stage's message, and ``word`` (the end line's ``stages=`` word so far, ``""`` before
     the first stage) with this stage added: one number formatted for both. ``None`` stays."""
     text = format_float(ms, ".2f")
-    name = _WORDS.get(name) or stage_word(name)
+    name = _WORDS.get(name) or stage_word(name)  # the cache inline: this runs every stage
     if word is not None:
         word = f"{word},{name}:{text}" if word else f" stages={name}:{text}"
     if ok:

@@ -224,14 +224,10 @@ class RequestTrail:
             if trace.totals or aborted or trace.hung or is_slow or trace.bad_job_id is not None:
                 totals = trace.totals
                 hung, bad = trace.hung, trace.bad_job_id
-                word = None
-                if totals:  # the stages word the stages built, if it is for these totals
-                    last = trace.stage_word
-                    if last[0] is totals:
-                        word = last[1]
                 msg = request_end_msg(
-                    method, path, status, ms, route, totals, aborted, hung, is_slow, bad, word
-                )
+                    method, path, status, ms, route, totals, aborted, hung, is_slow, bad,
+                    trace.stages_word(),
+                )  # fmt: skip
                 fields: tuple[Any, ...] = (
                     method, path, route, status, ms, totals,
                     aborted or None, hung or None, is_slow or None, bad,
