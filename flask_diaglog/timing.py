@@ -72,12 +72,15 @@ class stage:
         name = self._full
         if trace.current_stage is name:  # not if an inner stage was left open (a generator)
             trace.current_stage = self._outer
-        # The totals, to the microsecond, half up (a third of round()'s cost). A new dict each
-        # time, swapped in whole: a reader in another thread (the watchdog, the in-flight list)
-        # sees the old totals or the new ones, never a dict changing under it.
+        # The run and the totals, to the microsecond, half up (a third of round()'s cost); the
+        # stage's line shows the run so rounded, so a stage run once has one number in its line,
+        # its total and the end line's word, however the word is made. The totals are a new dict
+        # each time, swapped in whole: a reader in another thread (the watchdog, the in-flight
+        # list) sees the old totals or the new ones, never a dict changing under it.
+        run = int(ms * 1000.0 + 0.5) / 1000.0
         totals = trace.totals
         if totals is None:
-            totals = {name: int(ms * 1000.0 + 0.5) / 1000.0}
+            totals = {name: run}
             word: str | None = ""
         else:
             # The end line's stages word so far, if it was made for these totals and this name
@@ -90,10 +93,10 @@ class stage:
         if rec is None:  # no line and no end line: only the totals
             word = None
         elif et is None:
-            msg, word = stage_end(name, ms, True, None, word)
+            msg, word = stage_end(name, run, True, None, word)
         else:
             error = rec.error_text(exc) if exc is not None else "error"
-            msg, word = stage_end(name, ms, False, error, word)
+            msg, word = stage_end(name, run, False, error, word)
         trace.stage_word = (totals, word)
         trace.totals = totals
         if rec is None:
