@@ -264,6 +264,34 @@ def test_unrouted_requests_of_other_clients_are_refused(
     assert r.headers["X-Frame-Options"] == "DENY"
 
 
+@pytest.mark.parametrize(
+    ("method", "url", "status"),
+    [
+        ("POST", "/_diaglog/api/state", 405),
+        ("DELETE", "/_diaglog/", 405),
+        ("PUT", "/_diaglog/static/nope.js", 405),
+        ("POST", "/_diaglog", 404),  # the rule with the slash takes GET only: no match at all
+        ("GET", "/_diaglog/static/nope.js", 404),
+        ("HEAD", "/_diaglog/static/nope.js", 404),
+    ],
+)
+def test_errors_under_the_dashboard_url_are_problem_json(
+    make_app: Callable[..., Flask], method: str, url: str, status: int
+) -> None:
+    """A wrong method, a missing static file: the status Flask gives, as problem+json (never
+    Flask's HTML page), with the Allow header of a 405 kept."""
+    app = _app(make_app, threading.Event())
+    r = app.test_client().open(url, method=method)
+    assert r.status_code == status
+    assert r.mimetype == "application/problem+json"
+    if method != "HEAD":
+        body = r.get_json(force=True)
+        assert body["status"] == status and body["title"] and body["detail"]
+    if status == 405:
+        assert "GET" in r.headers["Allow"]
+    assert r.headers["X-Frame-Options"] == "DENY"
+
+
 # -- bad input ------------------------------------------------------------------------------
 
 
