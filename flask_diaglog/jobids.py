@@ -34,7 +34,15 @@ from .problems import InvalidJobId
 if TYPE_CHECKING:
     from .context import Trace
 
-__all__ = ["BODY_LOOKUP_MAX", "JobIdGetter", "JobIds", "lookup_job_id", "peek_body", "url_job_id"]
+__all__ = [
+    "BODY_LOOKUP_MAX",
+    "JobIdGetter",
+    "JobIds",
+    "lookup_job_id",
+    "peek_body",
+    "unread_body",
+    "url_job_id",
+]
 
 JobIdGetter = Callable[["Request"], "str | None"]
 
@@ -162,6 +170,38 @@ def _body_value(req: Request, read: bool) -> tuple[Any, str]:
         if v is not None:
             return v, "the form field job_id"
     return None, ""
+
+
+def unread_body(req: Request) -> tuple[int, str] | None:
+    """Why a JSON or form body that may hold a job id could not be looked at, as ``(status,
+    reason)`` for :class:`~flask_diaglog.problems.JobIdUnreadable`; ``None`` when it was looked
+    at or there is no such body. Call it after :func:`lookup_job_id` found no id."""
+    env = req.environ
+    mimetype = _mimetype(env)
+    json_body = _is_json(mimetype)
+    if not json_body and mimetype not in _FORM_TYPES:
+        return None
+    length = env.get("CONTENT_LENGTH")
+    if not length:
+        chunked = "chunked" in env.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if chunked or env.get("wsgi.input_terminated"):
+            return 411, "has no Content-Length (a streamed body is not read for a job id)"
+        return None
+    try:
+        size = int(length)
+    except ValueError:
+        return None
+    if size > BODY_LOOKUP_MAX:
+        return 413, f"is larger than {BODY_LOOKUP_MAX} bytes (not read for a job id)"
+    data = peek_body(req, False)
+    if size == 0 or data is None:
+        return None  # read by the view already, or not at all: nothing more to tell
+    if json_body:
+        try:
+            json.loads(data)
+        except (ValueError, RecursionError):
+            return 400, "is not valid JSON, so its job_id field cannot be read"
+    return None
 
 
 def _may_have_body_id(env: dict[str, Any]) -> bool:
