@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl
 from flask.globals import _cv_request
 from flask.wrappers import Request
 
-from .context import is_valid_id
+from .context import as_id, is_valid_id
 from .problems import InvalidJobId
 
 if TYPE_CHECKING:
@@ -242,12 +242,6 @@ def _shown(value: Any) -> str:
     return text[:BAD_ID_MAX]
 
 
-def _as_id(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
 def lookup_job_id(req: Request, getter: JobIdGetter | None) -> str | None:
     """The job id of a request, from the documented sources in order; 400 when invalid.
 
@@ -277,7 +271,7 @@ def lookup_job_id(req: Request, getter: JobIdGetter | None) -> str | None:
                     value, source = v, "the query parameter job_id"
     if value is None:
         return None
-    value = _as_id(value)
+    value = as_id(value)
     if not is_valid_id(value):
         raise _invalid(value, source)
     return value  # type: ignore[no-any-return]
@@ -303,7 +297,7 @@ def url_job_id(trace: Trace) -> str | None:
     req = trace.environ.get("werkzeug.request")
     va = getattr(req, "view_args", None)
     if va and "job_id" in va:
-        value = _as_id(va["job_id"])
+        value = as_id(va["job_id"])
         if is_valid_id(value):
             return value  # type: ignore[no-any-return]
     return None
@@ -425,7 +419,7 @@ class JobIds:
     def _take(trace: Trace, value: Any, *, override: bool) -> None:
         if value is None:
             return
-        value = _as_id(value)
+        value = as_id(value)
         if is_valid_id(value):
             trace.job_id = value
             if override:
