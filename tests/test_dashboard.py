@@ -208,6 +208,16 @@ def test_refused_token_is_never_stored(make_app: Callable[..., Flask]) -> None:
     assert r.status_code == 403 and not r.headers.getlist("Set-Cookie")
 
 
+def test_every_token_in_the_query_is_tried(make_app: Callable[..., Flask]) -> None:
+    """``?token=nope&token=<right>`` is admitted, as ``?token=<right>&token=nope`` is, and the
+    cookie it sets is the right token's; two wrong ones are refused."""
+    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN="s3cret")
+    r = app.test_client().get("/_diaglog/?token=nope&token=s3cret")
+    assert r.status_code == 200 and r.headers.getlist("Set-Cookie")
+    assert app.test_client().get("/_diaglog/?token=s3cret&token=nope").status_code == 200
+    assert app.test_client().get("/_diaglog/?token=nope&token=&token=x").status_code == 403
+
+
 def test_every_presented_credential_is_tried(make_app: Callable[..., Flask]) -> None:
     """A stale cookie does not hide a right Bearer header, nor a wrong header a right ?token=."""
     app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN="s3cret")
