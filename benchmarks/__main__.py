@@ -2,6 +2,9 @@
 tasks, dashboard, instructions (default: all but ``instructions``, which needs valgrind and
 takes 10+ minutes).
 
+``python -m benchmarks specialized [variant ...]`` lists the attribute sites of the request path
+that CPython leaves unspecialized (see :mod:`benchmarks.specialized`; it measures nothing).
+
 ``python -m benchmarks instructions [options] [variant ...]`` runs the callgrind benchmark with its
 own options (``--n1``, ``--n2``, ``--warmup``, ``--jobs``, ``--json``; see ``--help``).
 """
@@ -25,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import instructions
 
         return instructions.main(argv[1:])
+    if argv[:1] == ["specialized"]:
+        from . import specialized
+
+        return specialized.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument(
         "names",

@@ -52,6 +52,12 @@ SHAPES: dict[str, tuple[str, str, Callable[[int], str]]] = {
         lambda n: _repeat("q=cats&next=%2Fcb%3Ftoken%3Dabc&page=2&", n),
     ),
     "path": ("URL path with pairs", "path", lambda n: _repeat("/reset/token=X;page=2", n)),
+    "escaped": (
+        "escaped quotes in one line (quadratic before 0.2.0's fix)",
+        "text",
+        lambda n: _repeat('token=\\"a\\" ', n),
+    ),
+    "unclosed": ("secret values that never close", "text", lambda n: _repeat('token=\\"a ', n)),
 }
 
 

@@ -46,7 +46,9 @@ from .values import (
     parse_list,
     parse_namespace,
     parse_opt_bool,
-    parse_opt_str,
+    parse_opt_url,
+    parse_prefixes,
+    parse_secret,
     parse_size,
     parse_store,
     parse_ttl,
@@ -164,7 +166,7 @@ KEYS: tuple[Key, ...] = (
         "DIAGLOG_EXCLUDE",
         "exclude",
         (),
-        parse_list,
+        parse_prefixes,
         "Comma-separated path prefixes whose requests are not logged at all, e.g. "
         "`/static,/healthz` (background work they start is, as a job without their ids).",
     ),
@@ -267,14 +269,14 @@ KEYS: tuple[Key, ...] = (
         "DIAGLOG_LIVE_QUEUE",
         "live_queue",
         None,
-        parse_opt_str,
+        parse_opt_url,
         "Message queue URL (`redis://...`) for live events from several worker processes.",
     ),
     Key(
         "DIAGLOG_LIVE_TOKEN",
         "live_token",
         None,
-        parse_opt_str,
+        parse_secret,
         "Token live clients must send in their Socket.IO `auth` payload.",
         secret=True,
     ),
@@ -349,7 +351,7 @@ KEYS: tuple[Key, ...] = (
         "DIAGLOG_DASHBOARD_TOKEN",
         "dashboard_token",
         None,
-        parse_opt_str,
+        parse_secret,
         "Token the dashboard requires; without one it answers loopback clients only.",
         secret=True,
     ),
@@ -423,7 +425,8 @@ def _resolve_key(key: Key, config: Mapping[str, Any], environ: Mapping[str, str]
             raise
         # A secret's value never appears in an error, not even in part.
         raise ConfigError(
-            f"{name}={MASK!r} (from {source}) is not valid: it must be a non-empty string"
+            f"{name}={MASK!r} (from {source}) is not valid: it must be a non-empty string "
+            "(leave the key unset for no token)"
         ) from None
 
 

@@ -32,6 +32,13 @@ _is_valid = ID_PATTERN.fullmatch
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
+def as_id(value: Any) -> Any:
+    """A whole number given as a job or request id (a JSON ``5``) as its text; else ``value``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
 def is_valid_id(value: object) -> bool:
     """True when ``value`` is a usable request or job id."""
     return isinstance(value, str) and _is_valid(value) is not None

@@ -28,13 +28,21 @@ from urllib.parse import parse_qsl
 from flask.globals import _cv_request
 from flask.wrappers import Request
 
-from .context import is_valid_id
+from .context import as_id, is_valid_id
 from .problems import InvalidJobId
 
 if TYPE_CHECKING:
     from .context import Trace
 
-__all__ = ["BODY_LOOKUP_MAX", "JobIdGetter", "JobIds", "lookup_job_id", "peek_body", "url_job_id"]
+__all__ = [
+    "BODY_LOOKUP_MAX",
+    "JobIdGetter",
+    "JobIds",
+    "lookup_job_id",
+    "peek_body",
+    "unread_body",
+    "url_job_id",
+]
 
 JobIdGetter = Callable[["Request"], "str | None"]
 
@@ -164,6 +172,38 @@ def _body_value(req: Request, read: bool) -> tuple[Any, str]:
     return None, ""
 
 
+def unread_body(req: Request) -> tuple[int, str] | None:
+    """Why a JSON or form body that may hold a job id could not be looked at, as ``(status,
+    reason)`` for :class:`~flask_diaglog.problems.JobIdUnreadable`; ``None`` when it was looked
+    at or there is no such body. Call it after :func:`lookup_job_id` found no id."""
+    env = req.environ
+    mimetype = _mimetype(env)
+    json_body = _is_json(mimetype)
+    if not json_body and mimetype not in _FORM_TYPES:
+        return None
+    length = env.get("CONTENT_LENGTH")
+    if not length:
+        chunked = "chunked" in env.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if chunked or env.get("wsgi.input_terminated"):
+            return 411, "has no Content-Length (a streamed body is not read for a job id)"
+        return None
+    try:
+        size = int(length)
+    except ValueError:
+        return None
+    if size > BODY_LOOKUP_MAX:
+        return 413, f"is larger than {BODY_LOOKUP_MAX} bytes (not read for a job id)"
+    data = peek_body(req, False)
+    if size == 0 or data is None:
+        return None  # read by the view already, or not at all: nothing more to tell
+    if json_body:
+        try:
+            json.loads(data)
+        except (ValueError, RecursionError):
+            return 400, "is not valid JSON, so its job_id field cannot be read"
+    return None
+
+
 def _may_have_body_id(env: dict[str, Any]) -> bool:
     length = env.get("CONTENT_LENGTH")
     if not length or length == "0":
@@ -202,12 +242,6 @@ def _shown(value: Any) -> str:
     return text[:BAD_ID_MAX]
 
 
-def _as_id(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
 def lookup_job_id(req: Request, getter: JobIdGetter | None) -> str | None:
     """The job id of a request, from the documented sources in order; 400 when invalid.
 
@@ -237,7 +271,7 @@ def lookup_job_id(req: Request, getter: JobIdGetter | None) -> str | None:
                     value, source = v, "the query parameter job_id"
     if value is None:
         return None
-    value = _as_id(value)
+    value = as_id(value)
     if not is_valid_id(value):
         raise _invalid(value, source)
     return value  # type: ignore[no-any-return]
@@ -263,7 +297,7 @@ def url_job_id(trace: Trace) -> str | None:
     req = trace.environ.get("werkzeug.request")
     va = getattr(req, "view_args", None)
     if va and "job_id" in va:
-        value = _as_id(va["job_id"])
+        value = as_id(va["job_id"])
         if is_valid_id(value):
             return value  # type: ignore[no-any-return]
     return None
@@ -385,7 +419,7 @@ class JobIds:
     def _take(trace: Trace, value: Any, *, override: bool) -> None:
         if value is None:
             return
-        value = _as_id(value)
+        value = as_id(value)
         if is_valid_id(value):
             trace.job_id = value
             if override:

@@ -1,8 +1,7 @@
 """Live events over Socket.IO: the bridge between diaglog's dispatch and Flask-SocketIO.
 
 Enabled by ``DiagLog(app, socketio=socketio)``, or found in ``app.extensions["socketio"]`` (create
-the ``SocketIO`` before ``DiagLog``). Nothing here imports ``flask_socketio`` at module level, and
-this module is only imported when diaglog is set up.
+the ``SocketIO`` before ``DiagLog``). ``flask_socketio`` is imported only then, not at import.
 
 How an event travels:
 
@@ -17,16 +16,15 @@ How an event travels:
 3. With a message queue (``DIAGLOG_LIVE_QUEUE`` or the SocketIO's own ``message_queue``), the emit
    goes through Redis, so a client connected to any worker hears events from every worker.
 
-Recursion: Socket.IO, Engine.IO and Redis clients log while they emit. Events created on the
-emitting task itself, and records of the ``socketio``/``engineio``/``flask_socketio`` loggers from
-any thread, still reach the files but never the live stream, so an emit can never cause another.
+Recursion: Socket.IO, Engine.IO and Redis clients log while they emit. Events of the emitting task,
+and records of the ``socketio``/``engineio``/``flask_socketio`` loggers, reach only the files.
 
 Rooms a client can join with the ``subscribe`` message (``unsubscribe`` leaves them):
 
 * ``{"job_id": "j1"}``: every event of that job (requests and background work),
 * ``{"request_id": "r1"}``: every event of that request,
 * ``{"level": "WARNING"}``: log records (``event == "log"``) at or above that level, from anywhere,
-* ``{"all": true}``: every event.
+* ``{"all": true}``: every event (``all`` must be ``true`` when given).
 
 Clients must authenticate: the token goes in the Socket.IO connect ``auth`` payload
 (``{"token": "..."}``; a ``token=`` query parameter is also accepted) and is compared with
@@ -52,7 +50,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError
-from .context import is_valid_id
+from .context import as_id, is_valid_id
 from .trail import LEVEL_NAMES, LEVELS
 
 if TYPE_CHECKING:
@@ -101,13 +99,10 @@ _bridges: weakref.WeakSet[LiveBridge] = weakref.WeakSet()
 
 
 def _reset_after_fork() -> None:
-    """In a forked child (gunicorn workers of a ``--preload`` app): fresh locks, and a message
-    queue identity of its own.
-
-    A lock held by another thread at fork time would stay locked forever in the child. And
-    python-socketio's queue managers ignore messages carrying their own ``host_id``: workers that
-    inherited one manager from the master would drop each other's events as their own.
-    """
+    """In a forked child (gunicorn workers of a ``--preload`` app): fresh locks (one another thread
+    held at fork time would stay locked), and a message queue identity of its own: python-socketio's
+    queue managers ignore messages carrying their own ``host_id``, so workers that inherited the
+    master's would drop each other's events as their own."""
     for bridge in list(_bridges):
         bridge._start_lock = threading.Lock()
         bridge._count_lock = threading.Lock()
@@ -144,6 +139,8 @@ def _requested_rooms(data: Any) -> list[str]:
     rooms: list[str] = []
     for key in ("job_id", "request_id"):
         value = data.get(key)
+        if key == "job_id":
+            value = as_id(value)  # a number, as the guard takes it
         if value is None:
             continue
         if not is_valid_id(value):
@@ -157,7 +154,9 @@ def _requested_rooms(data: Any) -> list[str]:
         if name not in LEVELS:
             raise ValueError(f"level must be one of {', '.join(LEVELS)}")
         rooms.append(f"log:{name}")
-    if data.get("all") is True:
+    if data.get("all", False) is not False:
+        if data["all"] is not True:
+            raise ValueError("all must be true")
         rooms.append("all")
     if not rooms:
         raise ValueError("name at least one of job_id, request_id, level or all")

@@ -24,6 +24,7 @@ __all__ = [
     "IdempotencyKeyMismatch",
     "InvalidJobId",
     "JobIdRequired",
+    "JobIdUnreadable",
     "JobStoreUnavailable",
     "ProblemError",
     "problem_response",
@@ -133,6 +134,26 @@ class JobIdRequired(ProblemError, BadRequest):
         super().__init__(
             f"This endpoint requires a job id (idempotency key). It is looked up in {where}.",
             looked_up_in=where,
+        )
+
+
+class JobIdUnreadable(ProblemError):
+    """411, 413 or 400: a guarded request found no job id elsewhere and has a JSON or form body
+    that may hold one, but the body cannot be looked at: it has no ``Content-Length`` (411), is
+    larger than 1 MiB (413), or does not parse (400). Guarding it without its id would let a
+    duplicate run unseen, so it is refused, with where else to send the id.
+    """
+
+    title = "Job id not readable from the body"
+    problem_type = _PROBLEM + "job-id-unreadable"
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        super().__init__(
+            f"This endpoint is guarded by a job id, which this request's body may hold, but the "
+            f"body {reason}. Send the job id in the URL, the X-Job-ID header or the query "
+            "parameter job_id, or send a body of at most 1 MiB with a Content-Length.",
+            reason=reason,
         )
 
 

@@ -65,6 +65,9 @@ _PATH_VALUE = re.compile(r"[^/;&,?#\s]*+")
 _DQ_REST = re.compile(r'(?:[^"\\\r\n]++|\\.)*+"')
 _SQ_REST = re.compile(r"(?:[^'\\\r\n]++|\\.)*+'")
 _EOL = re.compile(r"[\r\n]|\\[rn]")
+#: The end of an escaped-quoted value: its closing \" (or \') or the end of the line, whichever
+#: comes first; one search, so each value is scanned once, not to the end of the line first.
+_ESC_END = {q: re.compile(rf"\\{q}|[\r\n]|\\[rn]") for q in "\"'"}
 # A credential with no key in front of it.
 _BARE_WORDS = ("bearer", "basic", "negotiate", "ntlm", "apikey", "aws4-hmac-sha256")
 _BARE = re.compile(r"(?i)\b(" + "|".join(_BARE_WORDS) + r")[ \t]++[A-Za-z0-9._~+/=\-]{6,}+")
@@ -241,9 +244,8 @@ def _value_span(text: str, p: int, key: str, in_path: bool, tuple_form: bool) ->
     """Where the value after a secret key at ``p`` starts and ends (end exclusive)."""
     c = text[p : p + 1]
     if c == "\\" and text[p + 1 : p + 2] in ('"', "'"):  # \"value\" inside an escaped string
-        eol = _line_end(text, p + 2)
-        end = text.find(text[p : p + 2], p + 2, eol)
-        return p + 2, end if end >= 0 else eol
+        m = _ESC_END[text[p + 1]].search(text, p + 2)
+        return p + 2, m.start() if m is not None else len(text)
     if c == '"' or c == "'":
         m = (_DQ_REST if c == '"' else _SQ_REST).match(text, p + 1)
         return p + 1, m.end() - 1 if m is not None else _line_end(text, p + 1)

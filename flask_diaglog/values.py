@@ -29,6 +29,9 @@ __all__ = [
     "parse_namespace",
     "parse_opt_bool",
     "parse_opt_str",
+    "parse_opt_url",
+    "parse_prefixes",
+    "parse_secret",
     "parse_size",
     "parse_store",
     "parse_str",
@@ -259,8 +262,15 @@ def parse_store(value: Any, key: str, source: str) -> str:
     if v.lower() == "memory":
         return "memory"
     if v.startswith(_STORE_SCHEMES):
-        if v.lower().startswith("unix://") and not urlsplit(v).path.strip("/"):
+        parts = urlsplit(v)
+        if v.lower().startswith("unix://") and not parts.path.strip("/"):
             raise _error(value, key, source, "needs the socket's path: unix:///path/to/redis.sock")
+        try:
+            parts.port  # noqa: B018 -- urlsplit checks the port only when asked for it
+        except ValueError:
+            raise _error(
+                value, key, source, "has a port that is not a number from 0 to 65535"
+            ) from None
         return v
     raise _error(
         value,
@@ -270,16 +280,65 @@ def parse_store(value: Any, key: str, source: str) -> str:
     )
 
 
+def parse_opt_url(value: Any, key: str, source: str) -> str | None:
+    """A URL with a scheme (a message queue's: ``redis://host:6379/0``), or ``None`` if unset."""
+    v = parse_opt_str(value, key, source)
+    if v is None:
+        return None
+    start = _URL_START.match(v)
+    if start is None or start.end() == len(v) or any(c.isspace() for c in v):
+        raise _error(value, key, source, "is not a URL such as redis://host:6379/0")
+    return v
+
+
+def parse_secret(value: Any, key: str, source: str) -> str | None:
+    """A token, or ``None`` when the key is unset. An empty string is refused rather than taken
+    for "no token": a template's ``TOKEN=${UNSET}`` must not silently drop the protection."""
+    if value is None:
+        return None
+    return parse_str(value, key, source)
+
+
+#: A URL path of RFC 3986 path characters, without percent-escapes.
+_URL_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*")
+
+
 def parse_namespace(value: Any, key: str, source: str) -> str:
     v = parse_str(value, key, source)
     if not v.startswith("/"):
         raise _error(value, key, source, "must start with '/'")
+    if _URL_PATH.fullmatch(v) is None:
+        raise _error(
+            value,
+            key,
+            source,
+            "must be a URL path: letters, digits and - . _ ~ / (no spaces, '?', '#' or '%')",
+        )
     return v
 
 
 def parse_url_prefix(value: Any, key: str, source: str) -> str:
-    """A path starting with ``/``, without a trailing slash (``/`` alone means the default)."""
-    return parse_namespace(value, key, source).rstrip("/") or DASHBOARD_URL
+    """A path starting with ``/``, other than ``/`` itself, without its trailing slash."""
+    prefix = parse_namespace(value, key, source).rstrip("/")
+    if not prefix:
+        raise _error(
+            value,
+            key,
+            source,
+            f"must be a prefix of its own, not the site's root (e.g. {DASHBOARD_URL!r})",
+        )
+    return prefix
+
+
+def parse_prefixes(value: Any, key: str, source: str) -> tuple[str, ...]:
+    """A list of URL path prefixes, each starting with ``/``."""
+    prefixes = parse_list(value, key, source)
+    for p in prefixes:
+        if not p.startswith("/"):
+            raise _error(
+                value, key, source, f"has {p!r}, which is not a path: each must start with '/'"
+            )
+    return prefixes
 
 
 # -- the keys ----------------------------------------------------------------------------------

@@ -234,6 +234,8 @@ class RequestTrail:
             if trace.totals or aborted or trace.hung or is_slow or trace.bad_job_id is not None:
                 totals = trace.totals
                 hung, bad = trace.hung, trace.bad_job_id
+                if bad is not None:  # the client's text, as the query it came from: redacted
+                    bad = self.redactor.text(bad)
                 msg = request_end_msg(
                     method, path, status, ms, route, totals, aborted, hung, is_slow, bad,
                     trace.stages_word(),

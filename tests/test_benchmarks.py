@@ -12,11 +12,12 @@ import logging
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks import instructions
+from benchmarks import instructions, specialized
 from benchmarks import request as request_bench
 from benchmarks.floor import floor_app
 from flask_diaglog.signals import signal_for
@@ -224,3 +225,23 @@ def test_instruction_seeds_option_refuses_what_is_not_a_seed(
         instructions.main(["--seeds", seeds, "bare"])
     assert exc.value.code == 2
     assert error in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    sys.version_info[:2] != (3, 11), reason="the adaptive instruction names are CPython 3.11's"
+)
+@pytest.mark.parametrize("variant", ["diaglog", "stage", "json"])
+def test_the_request_path_has_no_generic_attribute_sites(variant: str) -> None:
+    """Every attribute read, write and method lookup diaglog makes on a request (plain, with a
+    stage, JSON) is one CPython specializes: none goes through the type-attribute cache, whose
+    hits depend on memory layout (``python -m benchmarks specialized`` lists them)."""
+    assert specialized.sites_in_fresh_process(variant) == []
+
+
+def test_the_specialization_report_finds_a_generic_site() -> None:
+    """The report is not empty by construction: a signal receiver's re-entrancy flag is a
+    thread-local attribute, which CPython does not specialize."""
+    if sys.version_info < (3, 11):
+        pytest.skip("specialization needs CPython 3.11 or later")
+    sites = specialized.sites_in_fresh_process("signal")
+    assert any(site.endswith(" active") and "record.py" in site for site in sites), sites

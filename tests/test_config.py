@@ -66,6 +66,17 @@ def test_environment_overrides_app_config(
         ("DIAGLOG_JOB_TTL", "1e-9", "must be at least 0.1"),
         ("DIAGLOG_JOB_TTL", "0", "must be at least 0.1"),
         ("DIAGLOG_LEVEL", "25", "(or its number: 10, 20, 30, 40, 50)"),
+        ("DIAGLOG_JOB_STORE", "redis://:pw@h:notaport/0", "port that is not a number"),
+        ("DIAGLOG_JOB_STORE", "redis://h:99999/0", "port that is not a number"),
+        ("DIAGLOG_DASHBOARD_TOKEN", "", "non-empty string (leave the key unset for no token)"),
+        ("DIAGLOG_LIVE_TOKEN", "  ", "non-empty string (leave the key unset for no token)"),
+        ("DIAGLOG_DASHBOARD_URL", "/x?y", "must be a URL path"),
+        ("DIAGLOG_DASHBOARD_URL", "/a b", "must be a URL path"),
+        ("DIAGLOG_DASHBOARD_URL", "/", "not the site's root"),
+        ("DIAGLOG_LIVE_NAMESPACE", "/a b", "must be a URL path"),
+        ("DIAGLOG_LIVE_QUEUE", "notaurl", "is not a URL such as redis://host:6379/0"),
+        ("DIAGLOG_LIVE_QUEUE", "redis:/x", "is not a URL such as redis://host:6379/0"),
+        ("DIAGLOG_EXCLUDE", "/static,healthz", "has 'healthz', which is not a path"),
     ],
 )
 def test_invalid_env_value_names_key_and_accepted_values(
@@ -287,6 +298,16 @@ def test_config_error_does_not_echo_a_secret(make_app: Callable[..., Flask], key
     message = str(info.value)
     assert f"{key}='***' (from app.config" in message
     assert "987654321" not in message
+
+
+def test_a_bad_port_error_masks_the_password(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job store URL whose port is not a number is a startup error, its password masked."""
+    monkeypatch.setenv("DIAGLOG_JOB_STORE", "redis://:pw-leak@h:notaport/0")
+    with pytest.raises(ConfigError, match=r"'redis://:\*\*\*@h:notaport/0'") as info:
+        make_app()
+    assert "pw-leak" not in str(info.value)
 
 
 def test_config_error_masks_a_url_password(

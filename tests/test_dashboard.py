@@ -208,6 +208,16 @@ def test_refused_token_is_never_stored(make_app: Callable[..., Flask]) -> None:
     assert r.status_code == 403 and not r.headers.getlist("Set-Cookie")
 
 
+def test_every_token_in_the_query_is_tried(make_app: Callable[..., Flask]) -> None:
+    """``?token=nope&token=<right>`` is admitted, as ``?token=<right>&token=nope`` is, and the
+    cookie it sets is the right token's; two wrong ones are refused."""
+    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN="s3cret")
+    r = app.test_client().get("/_diaglog/?token=nope&token=s3cret")
+    assert r.status_code == 200 and r.headers.getlist("Set-Cookie")
+    assert app.test_client().get("/_diaglog/?token=s3cret&token=nope").status_code == 200
+    assert app.test_client().get("/_diaglog/?token=nope&token=&token=x").status_code == 403
+
+
 def test_every_presented_credential_is_tried(make_app: Callable[..., Flask]) -> None:
     """A stale cookie does not hide a right Bearer header, nor a wrong header a right ?token=."""
     app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN="s3cret")
@@ -261,6 +271,34 @@ def test_unrouted_requests_of_other_clients_are_refused(
     app = _app(make_app, threading.Event())
     r = app.test_client().open(url, method=method, environ_base={"REMOTE_ADDR": "10.0.0.1"})
     assert r.status_code == 403 and r.mimetype == "application/problem+json"
+    assert r.headers["X-Frame-Options"] == "DENY"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "status"),
+    [
+        ("POST", "/_diaglog/api/state", 405),
+        ("DELETE", "/_diaglog/", 405),
+        ("PUT", "/_diaglog/static/nope.js", 405),
+        ("POST", "/_diaglog", 404),  # the rule with the slash takes GET only: no match at all
+        ("GET", "/_diaglog/static/nope.js", 404),
+        ("HEAD", "/_diaglog/static/nope.js", 404),
+    ],
+)
+def test_errors_under_the_dashboard_url_are_problem_json(
+    make_app: Callable[..., Flask], method: str, url: str, status: int
+) -> None:
+    """A wrong method, a missing static file: the status Flask gives, as problem+json (never
+    Flask's HTML page), with the Allow header of a 405 kept."""
+    app = _app(make_app, threading.Event())
+    r = app.test_client().open(url, method=method)
+    assert r.status_code == status
+    assert r.mimetype == "application/problem+json"
+    if method != "HEAD":
+        body = r.get_json(force=True)
+        assert body["status"] == status and body["title"] and body["detail"]
+    if status == 405:
+        assert "GET" in r.headers["Allow"]
     assert r.headers["X-Frame-Options"] == "DENY"
 
 

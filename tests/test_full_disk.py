@@ -389,3 +389,57 @@ def test_disk_filling_up_under_traffic_then_recovering(
         seen[rec.request_id] = seen.get(rec.request_id, 0) + 1
     missing = [n for n in range(first_after, last + 1) if seen.get(f"r{n}") != 3]
     assert not missing, f"requests after recovery not all written whole: {missing[:10]}"
+
+
+COMPRESS_CHILD = """
+import sys, time
+from pathlib import Path
+from flask_diaglog.files.writer import LogFile
+
+path, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+lf = LogFile(path, max_bytes=1000, backup_count=3, compress=True)
+lf.write(b"a" * 990 + b"\\n")  # its page is allocated: appends within it need no space
+ready.touch()
+while not go.exists():
+    time.sleep(0.01)
+# Past the limit and past the bytes between two size checks, still within the page: it rotates,
+# and gzipping the backup needs space there is not.
+lf.write(b"b" * 600 + b"\\n")
+assert Path(path + ".1").exists()
+time.sleep(4)  # the compressor retries about 7 times meanwhile
+ready.unlink()  # the parent frees the space now
+assert lf.wait_compressed(30), "the backup was not compressed once space came back"
+print("compressed", flush=True)
+lf.close()
+"""
+
+
+def test_compressing_on_a_full_disk_is_reported_once_and_done_later(
+    disk: Path, tmp_path: Path
+) -> None:
+    """A backup that cannot be gzipped for want of space: one message for the whole outage, not
+    one per retry; and it is compressed once space comes back."""
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    child = subprocess.Popen(
+        [sys.executable, "-c", COMPRESS_CHILD, str(disk / "c.log"), str(ready), str(go)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        wait_for("the first record", ready.exists, child)
+        filler = fill(disk)
+        go.touch()
+        wait_for("the outage to last", lambda: not ready.exists(), child)
+        filler.unlink()
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 0, err
+    assert out.strip() == "compressed"
+    assert err.count("flask-diaglog: compressing") == 1, err
+    assert "No space left on device" in err, err
+    assert (disk / "c.log.1.gz").exists() and not (disk / "c.log.1").exists()

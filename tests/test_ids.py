@@ -136,6 +136,19 @@ def test_an_invalid_job_id_never_changes_the_response(
     assert end["bad_job_id"] == shown
 
 
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_an_invalid_job_id_is_redacted_as_the_query_it_came_from(
+    make_app: Callable[..., Flask], logs: Logs, fmt: str
+) -> None:
+    """``?job_id=token=S11`` is masked in the start line's query; the end line's bad_job_id,
+    the same client text, is masked too."""
+    client = _app_echoing_ids(make_app, {"DIAGLOG_FORMAT": fmt}).test_client()
+    assert client.post("/plain?job_id=token%3DS11badjob").status_code == 200
+    text = (logs.dir / "requests.log").read_text()
+    assert "S11badjob" not in text
+    assert 'bad_job_id="token=' in text if fmt == "plain" else '"bad_job_id":"token=' in text
+
+
 @pytest.mark.parametrize(("kwargs", "source", "shown"), INVALID_IDS)
 def test_strict_ids_answer_400_problem_json(
     make_app: Callable[..., Flask], logs: Logs, kwargs: dict[str, object], source: str, shown: str

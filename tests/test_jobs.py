@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -627,6 +628,97 @@ def test_unguarded_without_key_when_not_required(
 
     client = app.test_client()
     assert [client.post("/maybe").status_code for _ in range(2)] == [200, 200]
+
+
+def _body_app(jobs_app: Callable[..., tuple[Flask, DiagLog]]) -> tuple[Flask, list[str | None]]:
+    app, _ = jobs_app()
+    ran: list[str | None] = []
+
+    @app.post("/gen")
+    @guard_job
+    def gen() -> str:
+        ran.append(current_job_id())
+        return "ran"
+
+    @app.post("/keyed")
+    @guard_job(key=lambda r: r.headers.get("X-Render-ID"))
+    def keyed() -> str:
+        ran.append(current_job_id())
+        return "ran"
+
+    return app, ran
+
+
+def test_a_body_the_guard_cannot_read_is_refused_not_left_unguarded(
+    jobs_app: Callable[..., tuple[Flask, DiagLog]],
+) -> None:
+    """A JSON body that may hold the job id but is streamed (411), over 1 MiB (413) or not valid
+    JSON (400, e.g. a number of 5000 digits): problem+json saying where else to send the id; the
+    view does not run unguarded."""
+    app, ran = _body_app(jobs_app)
+    client = app.test_client()
+    body = b'{"job_id": "j-body"}'
+    cases = [
+        (
+            411,
+            client.post(
+                "/gen",
+                input_stream=io.BytesIO(body),
+                content_type="application/json",
+                headers={"Transfer-Encoding": "chunked"},
+                # As a server gives a chunked body: no length, the stream ends where the body does.
+                environ_overrides={"wsgi.input_terminated": True, "CONTENT_LENGTH": None},
+            ),
+        ),
+        (
+            413,
+            client.post(
+                "/gen",
+                data=b'{"job_id": "j-big", "pad": "' + b"x" * (1 << 20) + b'"}',
+                content_type="application/json",
+            ),
+        ),
+        (
+            400,
+            client.post(
+                "/gen", data=b'{"job_id": ' + b"9" * 5000 + b"}", content_type="application/json"
+            ),
+        ),
+        (
+            400,
+            client.post("/gen", data=b'{"job_id": "j-broken",', content_type="application/json"),
+        ),
+    ]
+    for status, r in cases:
+        assert r.status_code == status, (status, r.text)
+        assert r.mimetype == PROBLEM
+        assert r.json is not None
+        assert r.json["type"] == "urn:flask-diaglog:problem:job-id-unreadable"
+        assert "X-Job-ID" in r.json["detail"]
+    assert ran == []
+
+
+def test_an_unreadable_body_is_fine_when_the_id_is_found_elsewhere(
+    jobs_app: Callable[..., tuple[Flask, DiagLog]],
+) -> None:
+    """The id in a header or the query string, or a view whose key callable says where it is:
+    the body is not needed and the request is guarded as usual."""
+    app, ran = _body_app(jobs_app)
+    client = app.test_client()
+    big = b'{"pad": "' + b"x" * (1 << 20) + b'"}'
+    assert (
+        client.post(
+            "/gen", data=big, content_type="application/json", headers={"X-Job-ID": "j-hdr"}
+        ).status_code
+        == 200
+    )
+    assert client.post("/gen?job_id=j-q", data=big, content_type="application/json").text == "ran"
+    keyed = client.post(
+        "/keyed", data=big, content_type="application/json", headers={"X-Render-ID": "r-1"}
+    )
+    assert keyed.status_code == 200
+    assert client.post("/gen", data=b"x" * (2 << 20), content_type="image/png").text == "ran"
+    assert ran == ["j-hdr", "j-q", "r-1", None]
 
 
 def test_key_callable_overrides_the_job_id(

@@ -197,6 +197,9 @@ def test_log_subscription_by_level(live_app: LiveApp) -> None:
         {"level": {}},
         {"level": True},
         {"level": 12.5},
+        {"all": "yes"},
+        {"all": 1},
+        {"job_id": 5.5},
     ],
 )
 def test_invalid_subscriptions_are_answered_not_raised(live_app: LiveApp, payload: Any) -> None:
@@ -205,7 +208,17 @@ def test_invalid_subscriptions_are_answered_not_raised(live_app: LiveApp, payloa
     sc = live_app.client(app, socketio)
     answer = sc.emit("subscribe", payload, namespace=NS, callback=True)
     assert answer["ok"] is False and answer["error"]
+    if isinstance(payload, dict) and "all" in payload:
+        assert answer["error"] == "all must be true"
     assert sc.is_connected(NS)
+
+
+def test_a_number_job_id_subscribes_as_the_guard_takes_it(live_app: LiveApp) -> None:
+    """``{"job_id": 5}`` is the job ``"5"``, as a JSON body's ``5`` is for the job guard."""
+    app, socketio = live_app(LIVE)
+    sc = live_app.client(app, socketio)
+    answer = sc.emit("subscribe", {"job_id": 5}, namespace=NS, callback=True)
+    assert answer == {"ok": True, "rooms": ["job:5"]}
 
 
 def test_socketio_passed_explicitly_and_initialised_later(make_app: Callable[..., Flask]) -> None:

@@ -164,6 +164,42 @@ def test_threads_rotating_lose_nothing(tmp_path: Path) -> None:
     lf.close()
 
 
+def test_a_huge_backup_count_keeps_rotation_to_the_files_present(tmp_path: Path) -> None:
+    """``backup_count`` bounds what is kept, not the work of a rotation: with a billion allowed,
+    rotations still shift the few backups there are, newest first (a rotation used to visit every
+    number up to the count, seconds per rotation under the exclusive lock)."""
+    lf = LogFile(str(tmp_path / "big.log"), max_bytes=100, backup_count=10**9)
+    for n in range(12):  # each past the size checked between two checks (512 bytes at least)
+        lf.write(f"{n:03d} {'x' * 600}\n".encode())
+    lf.close()
+    backups = sorted(
+        (int(p.name.rsplit(".", 1)[1]), p.read_text()[:3])
+        for p in tmp_path.glob("big.log.*")
+        if p.name.rsplit(".", 1)[1].isdigit()
+    )
+    assert [i for i, _ in backups] == list(range(1, len(backups) + 1)), backups
+    assert len(backups) == 12
+    firsts = [int(first) for _, first in backups]
+    assert firsts == sorted(firsts, reverse=True), "backup .1 must hold the newest lines"
+
+
+def test_lowering_backup_count_drops_the_backup_past_it(tmp_path: Path) -> None:
+    """A file rotated with a higher count before: the next rotation deletes what would pass the
+    new count and leaves higher numbers alone, as before."""
+    path = tmp_path / "low.log"
+    for i in (1, 2, 3, 7):
+        (tmp_path / f"low.log.{i}").write_text(f"old {i}\n")
+    (tmp_path / "low.log.3.gz").write_bytes(b"not really gzip")
+    lf = LogFile(str(path), max_bytes=10, backup_count=3)
+    lf.write(b"x" * 600 + b"\n")  # past the limit and past the bytes between two size checks
+    lf.close()
+    names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert names == ["low.log", "low.log.1", "low.log.2", "low.log.3", "low.log.7"], names
+    assert (tmp_path / "low.log.2").read_text() == "old 1\n"
+    assert (tmp_path / "low.log.3").read_text() == "old 2\n"
+    assert (tmp_path / "low.log.7").read_text() == "old 7\n"
+
+
 def test_second_rotator_does_not_rotate_again(tmp_path: Path) -> None:
     """Two writers that both saw the file over the limit: only the first one rotates."""
     path = str(tmp_path / "r.log")

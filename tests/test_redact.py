@@ -4,7 +4,6 @@ linear in the input."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 
 import pytest
@@ -296,12 +295,23 @@ def test_a_secret_across_the_scan_limit_is_not_shown(r: Redactor) -> None:
     assert "S" not in out and MASK in out
 
 
-def test_huge_hostile_input_on_a_failing_request_is_fast(
+@pytest.mark.parametrize("quote", ['\\"', "\\'"])
+def test_values_in_escaped_quotes_are_masked_one_by_one(r: Redactor, quote: str) -> None:
+    """``token=\\"a\\"`` repeated on one line: each value masked, the text between kept. (Each
+    value was found by scanning to the end of the line first: quadratic in the line's length,
+    seconds for 64 kB; ``benchmarks/redact.py`` measures the shape.)"""
+    text = " ".join(f"token={quote}v{i}{quote} k{i}" for i in range(2000))
+    out = r.text(text)
+    assert out == " ".join(f"token={quote}{MASK}{quote} k{i}" for i in range(2000))
+    unclosed = r.text(f"a token={quote}s3cret rest\nnext line")
+    assert unclosed == f"a token={quote}{MASK}\nnext line"
+
+
+def test_huge_hostile_input_on_a_failing_request_is_written(
     make_app: Callable[..., Flask], logs: object
 ) -> None:
     """A 1 MB one-word log message, a 1 MB exception message and 64 kB of headers on a failing
-    request are written in well under a second (they took minutes when redaction was
-    quadratic)."""
+    request are written, cut and masked (their cost is measured by ``benchmarks/redact.py``)."""
     app = make_app({"TESTING": False, "DIAGLOG_FORMAT": "json"})
     word = "a" * 1_000_000
 
@@ -315,11 +325,8 @@ def test_huge_hostile_input_on_a_failing_request_is_fast(
     headers["Cookie"] = "c=" + "c" * 8000
     headers["Authorization"] = "Negotiate " + "n" * 8000
     client = app.test_client()
-    t0 = time.perf_counter()
     r = client.get("/boom", headers=headers)
-    elapsed = time.perf_counter() - t0
     assert r.status_code == 500
-    assert elapsed < 1.0, elapsed
     (err,) = logs.events("errors", "request_error")  # type: ignore[attr-defined]
     assert err["headers"]["X-Big-0"] == "b" * 8000
     assert err["headers"]["Authorization"] == MASK

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, g, jsonify, render_template, request
 from flask.blueprints import BlueprintSetupState
+from werkzeug.exceptions import HTTPException, default_exceptions
+from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wrappers import Response
 
 from ..peers import Peers
@@ -59,6 +61,13 @@ def _time(ts: float | None) -> str:
     if not ts:
         return ""
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _http_problem(status: int, detail: str | None = None) -> Response:
+    """Werkzeug's error ``status`` as problem+json: the dashboard answers no error in HTML."""
+    exc = default_exceptions.get(status)
+    title = HTTP_STATUS_CODES.get(status, "Error")
+    return problem_response(status, title, detail or (exc.description if exc else None) or title)
 
 
 def _bad(exc: InvalidParameter) -> Response:
@@ -191,12 +200,21 @@ def create_blueprint(
             return response
         if not admitted(request, token):
             response = refused()
+        elif response.status_code in (404, 405):  # Flask's HTML page: the same answer as JSON
+            allow = response.headers.get("Allow")
+            response = _http_problem(response.status_code)
+            if allow is not None:
+                response.headers["Allow"] = allow
         response.headers.update(security_headers())
         return response
 
     @bp.errorhandler(InvalidParameter)
     def invalid(exc: InvalidParameter) -> Response:
         return _bad(exc)
+
+    @bp.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:  # e.g. a static file that is not there
+        return _http_problem(exc.code or 500, exc.description)
 
     # -- pages ----------------------------------------------------------------------------------
 

@@ -137,8 +137,13 @@ def admitted(request: Request, token: str | None) -> bool:
     scheme, _, bearer = auth.partition(" ")
     if scheme.lower() == "bearer" and bearer.strip() and _matches(bearer.strip(), token):
         return True
-    given = request.args.get("token")
-    return given is not None and given != "" and _matches(given, token)
+    return _query_token(request, token)
+
+
+def _query_token(request: Request, token: str) -> bool:
+    """Whether one of the request's ``?token=`` values is ``token`` (each is tried, as every
+    other credential is)."""
+    return any(given and _matches(given, token) for given in request.args.getlist("token"))
 
 
 def socket_admission(token: str | None) -> Callable[[Any], bool]:
@@ -164,8 +169,7 @@ def remember(
     if token is None:
         return
     value = cookie_value(token)
-    given = request.args.get("token")
-    by_query = bool(given) and _matches(given or "", token)
+    by_query = _query_token(request, token)
     by_cookie = _matches(request.cookies.get(COOKIE) or "", value)
     paths = [path] if by_query and not by_cookie else []
     if socket_path and response.mimetype == "text/html" and (by_query or by_cookie):

@@ -62,6 +62,7 @@ import fcntl
 import gzip
 import mmap
 import os
+import re
 import struct
 import sys
 import threading
@@ -83,6 +84,8 @@ _TORN_WORD = struct.Struct("=Q")
 TORN_MARK = b" <diaglog: torn record, rest lost>\n"
 #: The errors of a full disk or quota: the writer goes on without what it could not allocate.
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: What follows ``<name>.`` in a backup's name: its number, then ``.gz`` if compressed.
+_BACKUP_SUFFIX = re.compile(r"([1-9][0-9]*)(\.gz)?")
 #: How often a writer without a sidecar mapping tries to map it again (seconds).
 _SIDECAR_RETRY = 1.0
 ErrorHook = Callable[["LogFile", "OSError | None"], None]
@@ -595,23 +598,26 @@ class LogFile:
             self._start_compressor()
 
     def _shift(self, n: int) -> None:
-        """``.i`` becomes ``.i+1`` (plain and ``.gz``); what would become ``.n+1`` is deleted."""
+        """``.i`` becomes ``.i+1`` (plain and ``.gz``); what would become ``.n+1`` is deleted.
+
+        Only the backups present are looked at, highest first: the work grows with the files
+        there are, not with ``backup_count``.
+        """
         prefix = self.name + "."
-        present: set[str] = set()
+        present: list[tuple[int, bool]] = []
         for entry in os.listdir(self.dir):
             if entry.startswith(prefix):
-                present.add(entry[len(self.name) :])
-        for gz in (False, True):
-            suffix = f".{n}.gz" if gz else f".{n}"
-            if suffix in present:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._name(n, gz))
-        for i in range(n - 1, 0, -1):
-            for gz in (False, True):
-                suffix = f".{i}.gz" if gz else f".{i}"
-                if suffix in present:
+                m = _BACKUP_SUFFIX.fullmatch(entry, len(prefix))
+                if m is not None:
+                    present.append((int(m.group(1)), m.group(2) is not None))
+        for i, gz in sorted(present, reverse=True):
+            if i >= n:  # would become .n+1 (or beyond: backup_count was lowered)
+                if i == n:
                     with contextlib.suppress(FileNotFoundError):
-                        os.rename(self._name(i, gz), self._name(i + 1, gz))
+                        os.unlink(self._name(i, gz))
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self._name(i, gz), self._name(i + 1, gz))
 
     # -- compression (off the request path) -------------------------------------------------
 
@@ -626,13 +632,20 @@ class LogFile:
     def _compress_loop(self) -> None:
         delay = 0.05
         give_up = time.monotonic() + 3600.0
+        failing = False  # said once per streak of failures (a full disk fails every retry)
         while not self._closed and not _exit_guard.exiting:
             self._wake.clear()
             try:
                 busy = self.compress_backups()
+                failing = False
             except Exception as exc:  # never let the thread die silently with work left
-                with contextlib.suppress(Exception):
-                    sys.stderr.write(f"flask-diaglog: compressing {self.path} backups: {exc}\n")
+                if not failing:
+                    failing = True
+                    with contextlib.suppress(Exception):
+                        sys.stderr.write(
+                            f"flask-diaglog: compressing {self.path} backups: {exc} "
+                            "(retrying; said once until it works)\n"
+                        )
                 busy = True
             if not busy or time.monotonic() > give_up:
                 if not self._wake.wait(30.0):

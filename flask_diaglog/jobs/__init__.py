@@ -9,7 +9,13 @@ in :mod:`flask_diaglog.problems`.
 
 from __future__ import annotations
 
-from ..problems import DuplicateJob, IdempotencyKeyMismatch, JobIdRequired, JobStoreUnavailable
+from ..problems import (
+    DuplicateJob,
+    IdempotencyKeyMismatch,
+    JobIdRequired,
+    JobIdUnreadable,
+    JobStoreUnavailable,
+)
 from .guard import JobGuard, get_job_guard, guard_job
 from .handoff import HandOffError, abandon, adopt, hand_off
 from .leases import JobLease
@@ -21,6 +27,7 @@ __all__ = [
     "IdempotencyKeyMismatch",
     "JobGuard",
     "JobIdRequired",
+    "JobIdUnreadable",
     "JobLease",
     "JobStore",
     "JobStoreError",

@@ -30,8 +30,14 @@ from flask.wrappers import Request
 
 from ..context import Lease, Trace, current_trace
 from ..hooks import lookup_job_id
-from ..jobids import settle
-from ..problems import DuplicateJob, IdempotencyKeyMismatch, JobIdRequired, JobStoreUnavailable
+from ..jobids import settle, unread_body
+from ..problems import (
+    DuplicateJob,
+    IdempotencyKeyMismatch,
+    JobIdRequired,
+    JobIdUnreadable,
+    JobStoreUnavailable,
+)
 from ..trail import LOGGER_GUARD, job_rejected_msg
 from .leases import JobLease, Leases, Renewer
 from .replay import REPLAY_MAX_BYTES, Replayed, encode_record, fingerprint
@@ -316,6 +322,10 @@ def _run_guarded(
         trace = None
     job_id = _job_id(req, trace, guard, key)
     if job_id is None:
+        if key is None and guard.getter is None:
+            unread = unread_body(req)
+            if unread is not None:  # an id there would go unseen: a duplicate could run
+                raise JobIdUnreadable(*unread)
         if required:
             raise JobIdRequired(_where(key, guard))
         return fn(*args, **kwargs)
