@@ -105,6 +105,12 @@ def web(env: dict[str, str], make_app: Any) -> Any:
         sent.append(queue.enqueue(workers_rq_app.boom))
         return {"job_id": job_id}, 202
 
+    @app.post("/parent/<job_id>")
+    @guard_job
+    def start_parent(job_id: str) -> Any:
+        sent.append(queue.enqueue(workers_rq_app.parent, request.args["queue"]))
+        return {"job_id": job_id}, 202
+
     init_rq(app)
     try:
         yield app
@@ -289,3 +295,17 @@ def test_worker_events_and_hang_reports_reach_live_clients_through_redis(
         r for r in jobs_of(worker.log_dir, from_worker[0]["request_id"]) if r["event"] == "hang"
     ]
     assert "time.sleep(seconds)" in line["exc"]
+
+
+def test_a_job_enqueued_by_a_job_holds_the_job_while_it_waits_in_its_queue(
+    worker: Any, web: Any
+) -> None:
+    """A job enqueues a child job (on a queue no worker takes yet) and ends: the job stays
+    active for the child, which has yet to run."""
+    job_id = f"p-{uuid.uuid4().hex[:8]}"
+    client = web.test_client()
+    path = f"/parent/{job_id}?queue=nobody-{uuid.uuid4().hex[:6]}"
+    assert client.post(path).status_code == 202
+    parent = web.sent[-1]
+    wait_for(lambda: parent.get_status(refresh=True) == "finished")
+    assert client.post(path).status_code == 409

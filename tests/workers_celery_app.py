@@ -116,6 +116,23 @@ def too_slow() -> None:
     time.sleep(30)
 
 
+@celery_app.task
+def gated(gate: str) -> None:
+    """Leaves ``started-<gate>`` (with its job id) in WORKERS_MARKS, then waits until the test
+    makes ``open-<gate>`` there (at most a minute)."""
+    marks = Path(os.environ["WORKERS_MARKS"])
+    (marks / f"started-{gate}").write_text(current_job_id() or "-")
+    deadline = time.monotonic() + 60
+    while not (marks / f"open-{gate}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@celery_app.task
+def parent(queue: str) -> None:
+    """Sends a child task to ``queue`` from inside its run."""
+    render.apply_async((1,), queue=queue)
+
+
 @signals.worker_ready.connect
 def _ready(**_: Any) -> None:
     """Tell the test fixture this worker consumes now."""
