@@ -185,6 +185,46 @@ def test_retries_are_visible_with_their_attempt_number(worker: Any, web: Any) ->
     assert len({r["task_id"] for r in starts}) == 1
 
 
+def attempt_ends(log_dir: Path, rid: str, name: str = "jobs") -> list[dict[str, Any]]:
+    ends = [r for r in lines_of(log_dir, rid, name) if r["event"] == "job_end"]
+    return sorted(ends, key=lambda r: r["attempt"])
+
+
+@pytest.mark.parametrize("task", ["flaky", "auto_flaky"])
+def test_a_retried_attempt_ends_with_a_warning_naming_the_real_error(
+    worker: Any, web: Any, task: str
+) -> None:
+    """An attempt that Celery retries (``self.retry(exc=...)``, ``autoretry_for``) ends with a
+    WARNING ``job_end ... retried`` carrying the exception it was retried for, not Retry's."""
+    rid = send_from_request(web, lambda: getattr(tasks, task).delay())
+    wait_for(lambda: [r["ok"] for r in attempt_ends(worker.log_dir, rid)][-1:] == [True])
+    first = attempt_ends(worker.log_dir, rid)[0]
+    assert (first["level"], first["ok"], first["retried"]) == ("WARNING", False, True)
+    expected = "ValueError: not yet" if task == "flaky" else "ValueError: boom"
+    assert first["error"] == expected
+    assert first["msg"].startswith(f"job_end workers_celery_app.{task} retried ")
+    assert first["msg"].endswith(f": {expected}")
+
+
+def test_a_retried_attempt_is_not_a_failed_job(worker: Any, web: Any) -> None:
+    """A task that succeeds on its retry leaves no job_end in errors.log, and the summary of
+    the worker's files counts no failed background job."""
+    rid = send_from_request(web, lambda: tasks.auto_flaky.delay())
+    wait_for(lambda: [r["ok"] for r in attempt_ends(worker.log_dir, rid)][-1:] == [True])
+    assert attempt_ends(worker.log_dir, rid, "errors") == []
+    from flask import Flask
+
+    from flask_diaglog.cli import diaglog_cli
+
+    out = (
+        Flask(__name__)
+        .test_cli_runner()
+        .invoke(diaglog_cli, ["summary", "--log-dir", str(worker.log_dir), "--json"])
+    )
+    failed = json.loads(out.output)["failed"]
+    assert [f for f in failed if f.get("request_id") == rid] == []
+
+
 def send_from_request(web: Any, send: Any) -> str:
     """Send a task from inside a real request of ``web``; its request id."""
     rule = f"/send-{uuid.uuid4().hex[:6]}"

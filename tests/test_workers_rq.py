@@ -309,3 +309,18 @@ def test_a_job_enqueued_by_a_job_holds_the_job_while_it_waits_in_its_queue(
     parent = web.sent[-1]
     wait_for(lambda: parent.get_status(refresh=True) == "finished")
     assert client.post(path).status_code == 409
+
+
+def test_a_retried_attempt_ends_with_a_warning_not_a_failed_job(worker: Any, web: Any) -> None:
+    """An attempt RQ runs again ends with a WARNING ``job_end ... retried`` carrying its
+    exception (``retried: true``); only the last attempt's end says ok or failed."""
+    rid = web.test_client().post(f"/flaky/w-{uuid.uuid4().hex[:8]}").headers["X-Request-ID"]
+    wait_for(lambda: len(job_lines(worker.log_dir, rid, "job_end")) == 3)
+    ends = job_lines(worker.log_dir, rid, "job_end")
+    assert [(r["level"], r.get("retried")) for r in ends] == [
+        ("WARNING", True),
+        ("WARNING", True),
+        ("INFO", None),
+    ]
+    assert ends[0]["error"] == "ValueError: not yet"
+    assert " retried " in ends[0]["msg"]

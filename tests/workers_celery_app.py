@@ -103,6 +103,14 @@ def flaky(self: Any) -> str:
     return "ok"
 
 
+@celery_app.task(bind=True, autoretry_for=(ValueError,), max_retries=1, default_retry_delay=0)
+def auto_flaky(self: Any) -> str:
+    """Fails its first attempt (``autoretry_for``), then succeeds."""
+    if self.request.retries < 1:
+        raise ValueError("boom")
+    return "ok"
+
+
 @celery_app.task
 def slow(seconds: float) -> None:
     _mark("slow")

@@ -148,14 +148,25 @@ class DiagLogTask(Task):  # type: ignore[misc]
                     rec,
                     _WARNING,
                     f"task {info.name} ({info.task_id}) will be retried {exc.humanize()} as "
-                    f"{info.next_attempt()}: {exc}",
+                    f"{info.next_attempt()}: {rec.error_text(_retried(exc) or exc)}",
                     task_id=info.task_id,
                     attempt=attempt + 1,
                 )
                 raise
 
         get = header_getter(getattr(req, "headers", None) or {}, vars(req))
-        return run_task(b, info, get, task, args, kwargs, keep_lease=_handed_to_retry)
+        return run_task(
+            b, info, get, task, args, kwargs, keep_lease=_handed_to_retry, retried=_retried
+        )
+
+
+def _retried(exc: BaseException) -> BaseException | None:
+    """The error of a run that Celery retries (``self.retry(exc=...)``, ``autoretry_for``): the
+    exception the retry was for, or the ``Retry`` itself when it names none."""
+    if not isinstance(exc, Retry):
+        return None
+    real = exc.exc
+    return real if isinstance(real, BaseException) else exc
 
 
 def _handed_to_retry(exc: BaseException, held: Holding) -> bool:

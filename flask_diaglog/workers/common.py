@@ -253,6 +253,7 @@ def run_task(
     kwargs: dict[str, Any],
     *,
     keep_lease: Callable[[BaseException, Holding], bool] | None = None,
+    retried: Callable[[BaseException], BaseException | None] | None = None,
 ) -> R:
     """Run one task as a diaglog job: its ``job_start`` and ``job_end`` lines (with the fields of
     :meth:`TaskInfo.fields`: task id, attempt, attempts, queue), its stages and log records in
@@ -262,6 +263,8 @@ def run_task(
     :param get: reads one header of the task message (``None`` when absent).
     :param keep_lease: ``keep_lease(exc, holding)`` is true when the run ended with an exception
         that hands the job on to a retry with the same lease: the lease is then not freed.
+    :param retried: ``retried(exc)`` is the error of a run the queue will run again (its
+        ``job_end`` says ``retried``, a WARNING: see :func:`~flask_diaglog.background.run_job`).
     """
     rec = b.rec
     if rec is None:
@@ -290,7 +293,9 @@ def run_task(
                 )
             return fn(*a, **kw)
 
-        return run_job(rec, b.app, parent, None, info.name, body, args, kwargs, info.fields())
+        return run_job(
+            rec, b.app, parent, None, info.name, body, args, kwargs, info.fields(), retried=retried
+        )
 
 
 def end_outside(
