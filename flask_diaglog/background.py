@@ -192,6 +192,8 @@ def run_job(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     fields: Mapping[str, Any] | None = None,
+    *,
+    retried: Callable[[BaseException], BaseException | None] | None = None,
 ) -> R:
     """Run ``fn(*args, **kwargs)`` as a job of ``parent``: its own trace, its ``job_start`` and
     ``job_end`` lines, the app context of ``app``; ``lease`` is released when it ends.
@@ -199,6 +201,9 @@ def run_job(
     :param fields: more fields of its ``job_start`` and ``job_end`` lines (a task queue's
         ``task_id``, ``attempt``, ``attempts``, ``queue``); an ``attempt`` above 1 is also in the
         ``job_start`` message (``job_start name attempt=2``).
+    :param retried: ``retried(exc)`` is the exception the run failed with when its task queue
+        will run it again (``None`` otherwise): its ``job_end`` then says ``retried`` with that
+        error, as a WARNING, instead of a failed job.
     """
     job = Trace(
         rec,
@@ -232,7 +237,8 @@ def run_job(
             result = fn(*args, **kwargs)
         except BaseException as exc:
             if jobs.end(entry):
-                job_end(rec, job, name, exc, fields)
+                again = retried(exc) if retried is not None else None
+                job_end(rec, job, name, exc, fields, retried=again)
             raise
         if jobs.end(entry):
             job_end(rec, job, name, None, fields)
@@ -255,13 +261,18 @@ def job_end(
     fields: Mapping[str, Any] | None = None,
     *,
     aborted: bool = False,
+    retried: BaseException | None = None,
 ) -> None:
     """The ``job_end`` line: the same fields whether the job succeeded or failed (``fields``:
     those the job was started with, see :func:`run_job`). ``aborted``: the process is stopping
-    while the job runs; the line says so and names the stage it was in."""
+    while the job runs; the line says so and names the stage it was in. ``retried``: the run
+    failed with this exception and its task queue runs it again (a WARNING ``retried`` line with
+    ``retried: true``, not a failed job)."""
     ms = job.elapsed_ms()
     totals = job.stage_totals() or None
     word = job.stages_word()
+    if retried is not None:
+        exc = retried
     ok = exc is None and not aborted
     error = rec.error_text(exc) if exc is not None else None
     stage = None
@@ -272,8 +283,18 @@ def job_end(
     rec.record(
         "job_end",
         job,
-        _INFO if ok else _ERROR,
-        job_end_msg(name, ok, ms, totals, error=error, hung=job.hung, aborted=aborted, word=word),
+        _INFO if ok else _WARNING if retried is not None else _ERROR,
+        job_end_msg(
+            name,
+            ok,
+            ms,
+            totals,
+            error=error,
+            hung=job.hung,
+            aborted=aborted,
+            word=word,
+            retried=retried is not None,
+        ),
         {
             **(fields or {}),
             "name": name,
@@ -283,6 +304,7 @@ def job_end(
             "stages": totals,
             "hung": job.hung or None,
             "aborted": aborted or None,
+            "retried": retried is not None or None,
             "stage": stage,
         },
         exc=rec.format_exc(exc) if exc is not None else None,

@@ -326,7 +326,8 @@ def summarize(
             ok = d.get("ok") is not False
             _stat(stages, str(d.get("stage"))).add(float(d.get("duration_ms", 0.0)), not ok)
         elif event == "job_end" and rec.file == "jobs":
-            ok = d.get("ok") is not False
+            # a failed attempt its task queue runs again is not a failed job
+            ok = d.get("ok") is not False or d.get("retried") is True
             _stat(jobs, str(d.get("name"))).add(float(d.get("duration_ms", 0.0)), not ok)
             if not ok:
                 failed_jobs += 1

@@ -361,10 +361,10 @@ def job_end_msg(
     hung: int = 0,
     aborted: bool = False,
     word: str | None = None,
+    retried: bool = False,
 ) -> str:
-    """``job_end fn ok 12.34ms [stages=..] [aborted] [was_hung(n)]``; a failed job says
-    ``failed`` and ends with ``: <error>``. Both carry the same optional words."""
-    msg = f"job_end {name} {'ok' if ok else 'failed'} {ms:.2f}ms"
+    """``job_end fn ok|failed|retried 12.34ms [stages=..] [aborted] [was_hung(n)][: <error>]``."""
+    msg = f"job_end {name} {'ok' if ok else 'retried' if retried else 'failed'} {ms:.2f}ms"
     if totals or aborted or hung:
         msg += _tail(totals, aborted, hung, False, None, word)
     if not ok:
@@ -373,7 +373,8 @@ def job_end_msg(
 
 
 _JOB_END = re.compile(
-    r"job_end (?P<name>\S+) (?P<ok>ok|failed) (?P<ms>[\d.]+)ms" + _TAIL + r"(?:: (?P<error>.*))?$"
+    r"job_end (?P<name>\S+) (?P<ok>ok|failed|retried) (?P<ms>[\d.]+)ms"
+    + (_TAIL + r"(?:: (?P<error>.*))?$")
 )
 
 
@@ -382,7 +383,7 @@ def _job_end_fields(m: re.Match[str]) -> dict[str, Any]:
     _tail_fields(m, out)
     if m["error"] is not None:
         out["error"] = m["error"]
-    return out
+    return {**out, "retried": True} if m["ok"] == "retried" else out
 
 
 #: The ``reason`` of a ``job_rejected`` line, and how its message says it.
@@ -460,8 +461,7 @@ _PROGRESS = re.compile(
 def _progress_fields(m: re.Match[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"fraction": round(float(m["pct"]) / 100.0, 3)}
     if m["step"] is not None:
-        out["step"] = float(m["step"])
-        out["total"] = float(m["total"])
+        out["step"], out["total"] = float(m["step"]), float(m["total"])
     if m["message"] is not None:
         out["message"] = m["message"]
     return out

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import workers_celery_app as tasks
+from celery import chain as celery_chain
 from servers import RedisServer, gunicorn
 from workers_servers import (
     TESTS,
@@ -182,6 +183,46 @@ def test_retries_are_visible_with_their_attempt_number(worker: Any, web: Any) ->
     ok_by_attempt = {r["attempt"]: r["ok"] for r in lines if r["event"] == "job_end"}
     assert ok_by_attempt == {1: False, 2: False, 3: True}
     assert len({r["task_id"] for r in starts}) == 1
+
+
+def attempt_ends(log_dir: Path, rid: str, name: str = "jobs") -> list[dict[str, Any]]:
+    ends = [r for r in lines_of(log_dir, rid, name) if r["event"] == "job_end"]
+    return sorted(ends, key=lambda r: r["attempt"])
+
+
+@pytest.mark.parametrize("task", ["flaky", "auto_flaky"])
+def test_a_retried_attempt_ends_with_a_warning_naming_the_real_error(
+    worker: Any, web: Any, task: str
+) -> None:
+    """An attempt that Celery retries (``self.retry(exc=...)``, ``autoretry_for``) ends with a
+    WARNING ``job_end ... retried`` carrying the exception it was retried for, not Retry's."""
+    rid = send_from_request(web, lambda: getattr(tasks, task).delay())
+    wait_for(lambda: [r["ok"] for r in attempt_ends(worker.log_dir, rid)][-1:] == [True])
+    first = attempt_ends(worker.log_dir, rid)[0]
+    assert (first["level"], first["ok"], first["retried"]) == ("WARNING", False, True)
+    expected = "ValueError: not yet" if task == "flaky" else "ValueError: boom"
+    assert first["error"] == expected
+    assert first["msg"].startswith(f"job_end workers_celery_app.{task} retried ")
+    assert first["msg"].endswith(f": {expected}")
+
+
+def test_a_retried_attempt_is_not_a_failed_job(worker: Any, web: Any) -> None:
+    """A task that succeeds on its retry leaves no job_end in errors.log, and the summary of
+    the worker's files counts no failed background job."""
+    rid = send_from_request(web, lambda: tasks.auto_flaky.delay())
+    wait_for(lambda: [r["ok"] for r in attempt_ends(worker.log_dir, rid)][-1:] == [True])
+    assert attempt_ends(worker.log_dir, rid, "errors") == []
+    from flask import Flask
+
+    from flask_diaglog.cli import diaglog_cli
+
+    out = (
+        Flask(__name__)
+        .test_cli_runner()
+        .invoke(diaglog_cli, ["summary", "--log-dir", str(worker.log_dir), "--json"])
+    )
+    failed = json.loads(out.output)["failed"]
+    assert [f for f in failed if f.get("request_id") == rid] == []
 
 
 def send_from_request(web: Any, send: Any) -> str:
@@ -450,3 +491,87 @@ def test_worker_events_and_hang_reports_reach_live_clients_through_redis(
         if r["event"] == "hang" and r.get("job_id") == job_id
     ]
     assert "time.sleep(seconds)" in line["exc"]
+
+
+# -- tasks sent by tasks: chains, link callbacks, children ---------------------------------------
+
+
+def guarded_sender(web: Any, send: Any) -> Any:
+    """A guarded view (job id in X-Job-ID) that calls ``send()``; its URL rule."""
+    rule = f"/guarded-{uuid.uuid4().hex[:6]}"
+
+    @guard_job
+    def view() -> Any:
+        send()
+        return "", 202
+
+    web.add_url_rule(rule, rule, view, methods=["POST"])
+    return rule
+
+
+def chained(kind: str, gate: str) -> Any:
+    """``render`` then ``gated(gate)``, as a chain or as a ``link`` callback."""
+    if kind == "chain":
+        return lambda: celery_chain(tasks.render.si(1), tasks.gated.si(gate)).delay()
+    return lambda: tasks.render.apply_async((1,), link=tasks.gated.si(gate))
+
+
+@pytest.mark.parametrize("kind", ["chain", "link"])
+def test_the_next_task_of_a_chain_or_a_link_carries_the_senders_ids(
+    worker: Any, web: Any, marks: Path, kind: str
+) -> None:
+    """The task Celery sends after the first one ended (a chain's next task, a link callback)
+    writes its trail with the request id and job id of the request that sent the chain."""
+    gate = uuid.uuid4().hex[:8]
+    job = {"X-Job-ID": f"n-{gate}"}
+    rule = guarded_sender(web, chained(kind, gate))
+    rid = web.test_client().post(rule, headers=job).headers["X-Request-ID"]
+    (marks / f"open-{gate}").write_text("")
+    wait_for(lambda: (marks / f"started-{gate}").exists())
+    assert (marks / f"started-{gate}").read_text() == job["X-Job-ID"]
+    wait_for(
+        lambda: len([r for r in lines_of(worker.log_dir, rid) if r["event"] == "job_end"]) == 2
+    )
+    names = [r["name"] for r in lines_of(worker.log_dir, rid) if r["event"] == "job_start"]
+    assert names == ["workers_celery_app.render", "workers_celery_app.gated"]
+
+
+@pytest.mark.parametrize("kind", ["chain", "link"])
+def test_a_chain_or_a_link_holds_the_job_until_its_last_task_ends(
+    worker: Any, web: Any, marks: Path, kind: str
+) -> None:
+    """While the second task of a chain (or a link callback) runs, after the first one ended, a
+    duplicate gets 409; once it ended, the job is free."""
+    gate = uuid.uuid4().hex[:8]
+    job = {"X-Job-ID": f"h-{gate}"}
+    rule = guarded_sender(web, chained(kind, gate))
+    client = web.test_client()
+    assert client.post(rule, headers=job).status_code == 202
+    try:
+        wait_for(lambda: (marks / f"started-{gate}").exists())
+        assert client.post(rule, headers=job).status_code == 409
+    finally:
+        (marks / f"open-{gate}").write_text("")  # the worker is free for the next tests
+    wait_for(lambda: client.post(rule, headers=job).status_code == 202)
+
+
+def test_a_task_sent_by_a_task_holds_the_job_while_it_waits_in_its_queue(
+    worker: Any, web: Any
+) -> None:
+    """A task sends a child task (to a queue no worker takes yet) and ends: the job stays
+    active for the child, which has yet to run."""
+    queue = f"nobody-{uuid.uuid4().hex[:6]}"
+    job = {"X-Job-ID": f"p-{uuid.uuid4().hex[:8]}"}
+    rule = guarded_sender(web, lambda: tasks.parent.delay(queue))
+    client = web.test_client()
+    rid = client.post(rule, headers=job).headers["X-Request-ID"]
+    wait_for(lambda: ended(worker.log_dir, rid))
+    (end,) = [r for r in lines_of(worker.log_dir, rid) if r["event"] == "job_end"]
+    wait_for(lambda: celery_says_succeeded(worker.log_dir, end["task_id"]))
+    assert client.post(rule, headers=job).status_code == 409
+
+
+def celery_says_succeeded(log_dir: Path, task_id: str) -> bool:
+    """Celery's own ``Task ...[id] succeeded`` line is out: the task's run is over."""
+    return any(f"[{task_id}] succeeded" in r["msg"] for name in ("jobs", "requests")
+               for r in read(log_dir, name))  # fmt: skip

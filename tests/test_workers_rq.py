@@ -105,6 +105,12 @@ def web(env: dict[str, str], make_app: Any) -> Any:
         sent.append(queue.enqueue(workers_rq_app.boom))
         return {"job_id": job_id}, 202
 
+    @app.post("/parent/<job_id>")
+    @guard_job
+    def start_parent(job_id: str) -> Any:
+        sent.append(queue.enqueue(workers_rq_app.parent, request.args["queue"]))
+        return {"job_id": job_id}, 202
+
     init_rq(app)
     try:
         yield app
@@ -289,3 +295,32 @@ def test_worker_events_and_hang_reports_reach_live_clients_through_redis(
         r for r in jobs_of(worker.log_dir, from_worker[0]["request_id"]) if r["event"] == "hang"
     ]
     assert "time.sleep(seconds)" in line["exc"]
+
+
+def test_a_job_enqueued_by_a_job_holds_the_job_while_it_waits_in_its_queue(
+    worker: Any, web: Any
+) -> None:
+    """A job enqueues a child job (on a queue no worker takes yet) and ends: the job stays
+    active for the child, which has yet to run."""
+    job_id = f"p-{uuid.uuid4().hex[:8]}"
+    client = web.test_client()
+    path = f"/parent/{job_id}?queue=nobody-{uuid.uuid4().hex[:6]}"
+    assert client.post(path).status_code == 202
+    parent = web.sent[-1]
+    wait_for(lambda: parent.get_status(refresh=True) == "finished")
+    assert client.post(path).status_code == 409
+
+
+def test_a_retried_attempt_ends_with_a_warning_not_a_failed_job(worker: Any, web: Any) -> None:
+    """An attempt RQ runs again ends with a WARNING ``job_end ... retried`` carrying its
+    exception (``retried: true``); only the last attempt's end says ok or failed."""
+    rid = web.test_client().post(f"/flaky/w-{uuid.uuid4().hex[:8]}").headers["X-Request-ID"]
+    wait_for(lambda: len(job_lines(worker.log_dir, rid, "job_end")) == 3)
+    ends = job_lines(worker.log_dir, rid, "job_end")
+    assert [(r["level"], r.get("retried")) for r in ends] == [
+        ("WARNING", True),
+        ("WARNING", True),
+        ("INFO", None),
+    ]
+    assert ends[0]["error"] == "ValueError: not yet"
+    assert " retried " in ends[0]["msg"]

@@ -103,6 +103,14 @@ def flaky(self: Any) -> str:
     return "ok"
 
 
+@celery_app.task(bind=True, autoretry_for=(ValueError,), max_retries=1, default_retry_delay=0)
+def auto_flaky(self: Any) -> str:
+    """Fails its first attempt (``autoretry_for``), then succeeds."""
+    if self.request.retries < 1:
+        raise ValueError("boom")
+    return "ok"
+
+
 @celery_app.task
 def slow(seconds: float) -> None:
     _mark("slow")
@@ -114,6 +122,23 @@ def slow(seconds: float) -> None:
 def too_slow() -> None:
     _mark("too_slow")
     time.sleep(30)
+
+
+@celery_app.task
+def gated(gate: str) -> None:
+    """Leaves ``started-<gate>`` (with its job id) in WORKERS_MARKS, then waits until the test
+    makes ``open-<gate>`` there (at most a minute)."""
+    marks = Path(os.environ["WORKERS_MARKS"])
+    (marks / f"started-{gate}").write_text(current_job_id() or "-")
+    deadline = time.monotonic() + 60
+    while not (marks / f"open-{gate}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@celery_app.task
+def parent(queue: str) -> None:
+    """Sends a child task to ``queue`` from inside its run."""
+    render.apply_async((1,), queue=queue)
 
 
 @signals.worker_ready.connect

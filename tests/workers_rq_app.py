@@ -58,6 +58,13 @@ def slow(seconds: float) -> None:
         time.sleep(seconds)
 
 
+def parent(queue: str) -> None:
+    """Enqueues a child job on ``queue`` from inside its run."""
+    job = get_current_job()
+    assert job is not None
+    Queue(queue, connection=job.connection).enqueue(render, 1)
+
+
 @app.post("/slow/<job_id>")
 @guard_job(replay=True)
 def start_slow(job_id: str) -> Any:

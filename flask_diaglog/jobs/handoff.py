@@ -44,7 +44,7 @@ from .guard import JobGuard, get_job_guard
 from .leases import JobLease, Leases
 from .stores import LOST, RETAKEN
 
-__all__ = ["HandOffError", "abandon", "adopt", "hand_off"]
+__all__ = ["HandOffError", "abandon", "adopt", "hand_off", "hand_on"]
 
 #: The party name of the request that handed its job off.
 REQUEST = "request"
@@ -81,19 +81,33 @@ def hand_off(job_id: str | None = None, *, ttl: float | None = None) -> dict[str
     if len(held) > 1:
         ids = ", ".join(lease.job_id for lease in held)
         raise ValueError(f"hand_off(): this request holds several jobs ({ids}); name one")
-    lease = held[0]
+    return hand_on(held[0], ttl=ttl)
+
+
+def hand_on(lease: JobLease, *, ttl: float | None = None) -> dict[str, str]:
+    """Make a new party of the job ``lease`` holds, for a task about to be sent: the job stays
+    held until that task (as well as the current holders) has ended.
+
+    :func:`hand_off` does this for the lease of the current request; the worker integrations do
+    it for the lease a running task adopted, when the task sends another task (a child, the
+    next task of a chain, a ``link`` callback). ``ttl``: as for :func:`hand_off`. A store
+    failure raises :class:`JobStoreUnavailable`.
+    """
     guard = lease.guard
+    trace = current_trace()
+    caller = lease.party or REQUEST
     party = f"w{os.urandom(6).hex()}"
     try:
-        ok = guard.store.share(lease.job_id, lease.value, REQUEST, (party,), ttl or lease.ttl)
+        ok = guard.store.share(lease.job_id, lease.value, caller, (party,), ttl or lease.ttl)
     except Exception as exc:
         guard.store_failed(exc, trace, f"handing job {lease.job_id!r} off")
         raise JobStoreUnavailable(lease.job_id) from exc
     guard.store_ok(trace)
     if not ok:
         lease.lost = True
-        _lost(guard, lease.job_id, "when the request handed it off")
-    lease.party = REQUEST
+        who = "request" if caller == REQUEST else "task"
+        _lost(guard, lease.job_id, f"when the {who} handed it off")
+    lease.party = caller
     return {
         "diaglog": _VERSION,
         "job_id": lease.job_id,

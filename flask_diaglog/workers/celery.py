@@ -49,7 +49,7 @@ from .common import (
     run_task,
     start_worker,
 )
-from .lease import Holding
+from .lease import Holding, current_holding
 
 __all__ = ["DiagLogTask", "init_celery"]
 
@@ -62,6 +62,10 @@ _bindings: weakref.WeakKeyDictionary[Any, Binding] = weakref.WeakKeyDictionary()
 #: written when the limit kills one carries the ids of its headers. Bounded.
 _limited: OrderedDict[str, Any] = OrderedDict()
 _LIMITED_MAX = 10_000
+#: Task runs being traced, by their request: what Celery sends after the run on its behalf (the
+#: chain's next task, ``link`` callbacks) is sent from that run, which keeps its lease until
+#: ``task_postrun``.
+_after: weakref.WeakKeyDictionary[Any, Holding] = weakref.WeakKeyDictionary()
 
 
 def init_celery(celery_app: Celery, app: Flask) -> None:
@@ -105,7 +109,9 @@ class DiagLogTask(Task):  # type: ignore[misc]
         if self.app in _bindings and not self.app.conf.task_always_eager:
             headers = dict(options.get("headers") or {})
             headers.pop(LEASE, None)  # a retry copies its request's headers: never a stale token
-            headers.update(outgoing_headers(current_trace()))
+            trace, held = _sender()
+            sent_as = task_id or options.get("task_id")
+            headers.update(outgoing_headers(trace, task_id=sent_as, held=held))
             options["headers"] = headers
         return super().apply_async(args, kwargs, task_id, **options)
 
@@ -128,6 +134,13 @@ class DiagLogTask(Task):  # type: ignore[misc]
         rec = b.rec
 
         def task(*a: Any, **kw: Any) -> Any:
+            held = current_holding()
+            if held is not None and req not in _after:
+                # Celery sends the chain's next task and the link callbacks after the run
+                # returns: they get its ids and a part of its job, which it keeps until then.
+                held.lingers, held.trace = True, current_trace()
+                _after[req] = held
+                weakref.finalize(req, held.finish)  # should task_postrun never come
             try:
                 return inner(*a, **kw)
             except Retry as exc:
@@ -135,14 +148,25 @@ class DiagLogTask(Task):  # type: ignore[misc]
                     rec,
                     _WARNING,
                     f"task {info.name} ({info.task_id}) will be retried {exc.humanize()} as "
-                    f"{info.next_attempt()}: {exc}",
+                    f"{info.next_attempt()}: {rec.error_text(_retried(exc) or exc)}",
                     task_id=info.task_id,
                     attempt=attempt + 1,
                 )
                 raise
 
         get = header_getter(getattr(req, "headers", None) or {}, vars(req))
-        return run_task(b, info, get, task, args, kwargs, keep_lease=_handed_to_retry)
+        return run_task(
+            b, info, get, task, args, kwargs, keep_lease=_handed_to_retry, retried=_retried
+        )
+
+
+def _retried(exc: BaseException) -> BaseException | None:
+    """The error of a run that Celery retries (``self.retry(exc=...)``, ``autoretry_for``): the
+    exception the retry was for, or the ``Retry`` itself when it names none."""
+    if not isinstance(exc, Retry):
+        return None
+    real = exc.exc
+    return real if isinstance(real, BaseException) else exc
 
 
 def _handed_to_retry(exc: BaseException, held: Holding) -> bool:
@@ -179,6 +203,7 @@ def _connect() -> None:
     signals.task_received.connect(_on_received, weak=False, dispatch_uid="diaglog-received")
     signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid="diaglog-revoked")
     signals.task_failure.connect(_on_failure, weak=False, dispatch_uid="diaglog-failure")
+    signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid="diaglog-postrun")
 
 
 def _on_publish(sender: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
@@ -186,8 +211,33 @@ def _on_publish(sender: Any = None, headers: dict[str, Any] | None = None, **_: 
     lease: a hand-off may fail, and a signal receiver cannot fail the send)."""
     if headers is None or REQUEST_ID in headers:
         return
-    trace = current_trace()
+    trace, _held = _sender()
     headers.update(outgoing_headers(trace, hand_off=False))
+
+
+def _sender() -> tuple[Any, Holding | None]:
+    """The trace a task sent now is sent from, and the lease holding to hand the job on from:
+    the current request or job, or else the task run Celery is tracing in this thread after it
+    returned (Celery sends the chain's next task and the ``link`` callbacks then, outside the
+    run), or ``(None, None)``."""
+    trace = current_trace()
+    if trace is not None or not _after:
+        return trace, None
+    try:
+        held = _after.get(current_task.request) if current_task else None
+    except TypeError:  # not a Celery request
+        held = None
+    if held is None:
+        return None, None
+    return held.trace, held
+
+
+def _on_postrun(sender: Any = None, task: Any = None, **_: Any) -> None:
+    """Celery is done with a task run (its chain's next task and its callbacks are sent): the
+    job's lease the run kept is freed."""
+    held = _after.pop(getattr(task, "request", None), None) if _after else None
+    if held is not None:
+        held.finish()
 
 
 def _on_worker_init(sender: Any = None, **_: Any) -> None:

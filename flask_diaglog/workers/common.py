@@ -157,11 +157,19 @@ def traceparent_for(request_id: str) -> str:
     return f"00-{trace_id}-{os.urandom(8).hex()}-01"
 
 
-def outgoing_headers(trace: Trace | None, *, hand_off: bool = True) -> dict[str, Any]:
+def outgoing_headers(
+    trace: Trace | None,
+    *,
+    hand_off: bool = True,
+    task_id: str | None = None,
+    held: Holding | None = None,
+) -> dict[str, Any]:
     """The diaglog headers of a task sent now from ``trace`` (the current trace, or ``None``).
 
     Outside any request or job the task gets a fresh request id. With ``hand_off``, inside a
-    guarded request the job's lease is handed off to the task (see :mod:`.lease`).
+    guarded request, or a task run that holds its job (``held``, default: the run in progress),
+    the job's lease is handed off to the task (see :mod:`.lease`); ``task_id`` is the id the
+    task is sent with (the run's own id: its retry).
     """
     rid = trace.request_id if trace is not None else None
     if rid is None:
@@ -175,7 +183,7 @@ def outgoing_headers(trace: Trace | None, *, hand_off: bool = True) -> dict[str,
             out[JOB_ID] = trace.job_id
         if trace.method is not None and trace.path is not None:
             out[ORIGIN] = f"{trace.method} {trace.path}"
-        token = hand_off_current(trace) if hand_off else None
+        token = hand_off_current(trace, task_id, held) if hand_off else None
         if token is not None:
             out[LEASE] = token
     return out
@@ -245,6 +253,7 @@ def run_task(
     kwargs: dict[str, Any],
     *,
     keep_lease: Callable[[BaseException, Holding], bool] | None = None,
+    retried: Callable[[BaseException], BaseException | None] | None = None,
 ) -> R:
     """Run one task as a diaglog job: its ``job_start`` and ``job_end`` lines (with the fields of
     :meth:`TaskInfo.fields`: task id, attempt, attempts, queue), its stages and log records in
@@ -254,6 +263,8 @@ def run_task(
     :param get: reads one header of the task message (``None`` when absent).
     :param keep_lease: ``keep_lease(exc, holding)`` is true when the run ended with an exception
         that hands the job on to a retry with the same lease: the lease is then not freed.
+    :param retried: ``retried(exc)`` is the error of a run the queue will run again (its
+        ``job_end`` says ``retried``, a WARNING: see :func:`~flask_diaglog.background.run_job`).
     """
     rec = b.rec
     if rec is None:
@@ -268,7 +279,7 @@ def run_task(
         parent, problems = parent_from(get)
         token = get(LEASE)
 
-    with hold(b, token, keep_lease) as held:
+    with hold(b, token, keep_lease, info.task_id) as held:
         if held.problem is not None:
             problems.append(held.problem)
 
@@ -282,7 +293,9 @@ def run_task(
                 )
             return fn(*a, **kw)
 
-        return run_job(rec, b.app, parent, None, info.name, body, args, kwargs, info.fields())
+        return run_job(
+            rec, b.app, parent, None, info.name, body, args, kwargs, info.fields(), retried=retried
+        )
 
 
 def end_outside(

@@ -119,8 +119,11 @@ class Job(_Job):
                     )
                 raise
 
+        def again(exc: BaseException) -> BaseException | None:
+            return exc if retried(exc) else None
+
         meta = self.meta or {}
-        return run_task(b, info, meta.get, run, (), {}, keep_lease=retried)
+        return run_task(b, info, meta.get, run, (), {}, keep_lease=retried, retried=again)
 
     def cancel(self, *args: Any, **kwargs: Any) -> Any:
         """Cancel the job (RQ's ``Job.cancel``) and end its trail with a line in this process's
