@@ -28,6 +28,7 @@ from .config import KEYS, ConfigError, shown
 from .config import log_dir as configured_log_dir
 from .files.render import ESCAPES
 from .follow import Follower
+from .linecheck import unsurrogate
 from .logread import (
     LogRecord,
     Scan,
@@ -131,8 +132,9 @@ def _scan(dirs: Dirs, names: Iterable[str], since: float | None) -> Iterator[Sca
 
 
 def _safe(text: str) -> str:
-    """Text fit for a terminal: controls escaped as the plain layout escapes them."""
-    return text if text.isprintable() else text.translate(ESCAPES)
+    """Text fit for a terminal: controls escaped as the plain layout escapes them, and a lone
+    surrogate (a path's undecodable bytes) as the text ``\\udXXX``."""
+    return text if text.isprintable() else unsurrogate(text.translate(ESCAPES))
 
 
 def _echo_json(obj: Any) -> None:
@@ -330,14 +332,14 @@ def trace_cmd(
     several = len(hosts) > 1
     t0 = found[0].ts
     first = datetime.fromtimestamp(t0 + 5e-7).isoformat(sep=" ", timespec="milliseconds")
-    click.echo(f"{ident}: {len(found)} lines from {', '.join(hosts)}, starting {first}")
-    width = max(len(h) for h in hosts)
+    click.echo(f"{ident}: {len(found)} lines from {_safe(', '.join(hosts))}, starting {first}")
+    width = max(len(_safe(h)) for h in hosts)
     for rec in found:
-        host = f"{rec.host:<{width}}  " if several else ""
+        host = f"{_safe(rec.host):<{width}}  " if several else ""
         d = rec.data
         msg = _safe(str(d.get("msg", "")))
         offset = f"+{(rec.ts - t0) * 1000:.0f}ms"
-        click.echo(f"{offset:>10}  {host}{rec.file:<8} {d.get('level', ''):<8} {msg}")
+        click.echo(f"{offset:>10}  {host}{rec.file:<8} {_safe(str(d.get('level', ''))):<8} {msg}")
         if d.get("exc"):
             for line in str(d["exc"]).split("\n"):
                 click.echo(f"{'':>10}  | {_safe(line)}")
@@ -422,14 +424,14 @@ def summary_cmd(
     out += ["", f"failed background jobs: {result['failed_jobs']}"]
     if result["failed"]:
         rows = [
-            [str(f["job_id"]), str(f["name"]), _safe(str(f["error"])), f["host"], f["ts"]]
+            [_safe(str(f[k])) for k in ("job_id", "name", "error", "host", "ts")]
             for f in result["failed"]
         ]
         out += ["  " + line for line in _table(["job id", "name", "error", "host", "at"], rows, 5)]
     if result["slowest"]:
         rows = [
             [_safe(f"{r['method']} {r['path']}"), str(r["status"]), f"{r['duration_ms']:.2f}",
-             str(r["request_id"]), str(r["job_id"] or "-"), r["host"], r["ts"]]
+             *(_safe(str(r[k] or "-")) for k in ("request_id", "job_id", "host", "ts"))]
             for r in result["slowest"]
         ]  # fmt: skip
         head = ["slowest requests", "status", "ms", "request id", "job id", "host", "at"]

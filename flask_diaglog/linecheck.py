@@ -7,6 +7,10 @@ counted like any other line that is not a diaglog line. So a well-formed JSON ob
 wrong-typed field (``"hung": "x"``, ``"request_id": [1]``, ``"duration_ms": NaN``, ``"stages":
 {"a": null}``) can never reach the statistics, the index or a page. Unknown keys (an app's own
 job fields) are not checked.
+
+Text read back never holds a lone surrogate (a JSON line's ``\\ud800`` escape, as older JSON
+lines wrote one): :func:`unsurrogate` makes it the text ``\\ud800``, as the plain layout shows it,
+so no reader can fail to print or encode it, or print a raw byte for it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-__all__ = ["MAX_TS", "line_time", "well_formed"]
+__all__ = ["MAX_TS", "line_time", "unsurrogate", "well_formed", "without_surrogates"]
 
 #: Times from 1970 until a day before the year 10000: what :mod:`datetime` can show in any time
 #: zone. A line outside is read as a line without a time (``0.0``).
@@ -80,3 +84,24 @@ def well_formed(data: Mapping[str, Any]) -> bool:
         if not ok:
             return False
     return True
+
+
+def unsurrogate(text: str) -> str:
+    """``text`` with each lone surrogate as the text ``\\udXXX``, as the plain layout has it."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def without_surrogates(value: Any) -> Any:
+    """``value`` (parsed JSON: objects, arrays, text, numbers) with :func:`unsurrogate` applied
+    to every text in it, keys included."""
+    if type(value) is str:
+        return unsurrogate(value)
+    if type(value) is dict:
+        return {unsurrogate(k): without_surrogates(v) for k, v in value.items()}
+    if type(value) is list:
+        return [without_surrogates(v) for v in value]
+    return value

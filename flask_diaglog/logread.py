@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from .files.render import plain_line, split_json, split_plain
-from .linecheck import line_time, well_formed
+from .linecheck import line_time, well_formed, without_surrogates
 from .percentiles import Stats
 from .trail import FILES, LEVELS, kind_of, parse_message
 
@@ -97,16 +97,21 @@ def parse_line(line: str, file: str = "", host: str = "") -> LogRecord | None:
         return None
     try:
         rec = _parse(line, file, host)
-    except ValueError:  # a plain message with a number that is not one (``1.2.3ms``)
+    except (ValueError, RecursionError):  # a number that is not one (``1.2.3ms``); deep JSON
         return None
     return rec if rec is not None and well_formed(rec.data) else None
 
 
 def _parse(line: str, file: str, host: str) -> LogRecord | None:
+    # A JSON escape of a lone surrogate (a JSON line, a plain line's bad_job_id) reads back as
+    # the text \udXXX: see linecheck.
+    escaped = "\\ud" in line or "\\uD" in line
     if line.startswith("{"):
         obj = split_json(line)
         if obj is None:
             return None
+        if escaped:
+            obj = without_surrogates(obj)
         ts = line_time(str(obj.get("ts", "")))
         return LogRecord(ts, file, line, obj, str(obj.get("host", host)))
     parts = split_plain(line)
@@ -125,6 +130,8 @@ def _parse(line: str, file: str, host: str) -> LogRecord | None:
     kind = kind_of(parts["logger"], msg)
     data["event"] = kind
     data.update(parse_message(kind, msg))
+    if escaped:
+        data = without_surrogates(data)
     if exc is not None:
         data["exc"] = exc
     return LogRecord(line_time(parts["ts"]), file, line, data, host)

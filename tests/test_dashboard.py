@@ -602,3 +602,25 @@ def test_live_poll_of_an_unchanged_page_is_a_304(make_app: Callable[..., Flask],
     client.get("/fast")
     fresh = client.get(url, headers={"If-None-Match": tag})
     assert fresh.status_code == 200 and fresh.headers["ETag"] != tag
+
+
+_SURROGATE_LINES = [
+    '"event":"log","logger":"app","level":"WARNING","request_id":"r-s","msg":"name \\ud800"',
+    '"event":"stage","request_id":"r-s","stage":"s\\udc9bx","duration_ms":1.0,"ok":true',
+    _END.replace("bad-end", "r-s") + ',"duration_ms":1.0,"stages":{"s\\udc9bx":1.0}',
+]
+
+
+@pytest.mark.parametrize("url", ["/_diaglog/", "/_diaglog/requests", "/_diaglog/trace/r-s"])
+def test_a_lone_surrogate_is_shown_as_its_escape(
+    make_app: Callable[..., Flask], log_dir: Path, url: str
+) -> None:
+    """A lone surrogate in a JSON line (as the JSON escape ``\\ud800``) is shown as that text,
+    as a plain line has it: never a 500."""
+    app = make_app({"DIAGLOG_DASHBOARD": True})
+    log_dir.mkdir(exist_ok=True)
+    for body in _SURROGATE_LINES:
+        _append_json(log_dir, body)
+    r = app.test_client().get(url)
+    assert r.status_code == 200
+    assert b"s\\udc9bx" in r.data

@@ -461,8 +461,20 @@ def json_line(
         line = line[:-2].translate(_JSON_ESCAPES) + "}\n"
     try:  # inline, not a helper: saves a call per line
         return line.encode()
-    except UnicodeEncodeError:  # lone surrogates
-        return line.encode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # lone surrogates (a non-ASCII line): see _json_surrogate
+        return _SURROGATE.sub(_json_surrogate, line).encode()
+
+
+#: A lone surrogate: text from undecodable bytes (``surrogateescape``) or a JSON escape.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _json_surrogate(m: re.Match[str]) -> str:
+    r"""A lone surrogate in a JSON line, as the escaped text ``\\udXXX``, which reads back as
+    the text ``\udXXX``, as the plain layout shows it; never as the JSON escape ``\udXXX``,
+    which would give every JSON reader the surrogate back (not valid Unicode). Surrogates are
+    only ever in strings: everything else in a line is ASCII."""
+    return f"\\\\u{ord(m[0]):04x}"
 
 
 def split_json(line: str) -> dict[str, Any] | None:

@@ -1,0 +1,78 @@
+"""The commands over hostile files: whatever a log directory holds (crafted lines, lone
+surrogates, absurd values, endless lines, dangling links, FIFOs), every command finishes, says
+what it skipped, and prints nothing a terminal or a JSON-lines reader could take for more than
+it is."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from test_cli import write_log
+
+from flask_diaglog.cli import diaglog_cli
+
+T0 = datetime(2026, 11, 22, 10, 0, 0).timestamp()
+ISO = datetime.fromtimestamp(T0).astimezone().isoformat(timespec="milliseconds")
+
+
+def _run(log_dir: Path, *args: str) -> tuple[int, str]:
+    result = (
+        Flask(__name__).test_cli_runner().invoke(diaglog_cli, ["--log-dir", str(log_dir), *args])
+    )
+    return result.exit_code, result.output
+
+
+def _line(**fields: object) -> str:
+    """A JSON line as an older writer wrote a lone surrogate: as the JSON escape ``\\ud800``."""
+    return (
+        json.dumps({"ts": ISO, "level": "INFO", "logger": "flask_diaglog.request", **fields}) + "\n"
+    )
+
+
+def _surrogate_logs(log_dir: Path) -> None:
+    end = {"method": "GET", "path": "/n", "status": 200, "duration_ms": 1.0}
+    write_log(log_dir, "requests", [
+        _line(event="log", msg="name \ud800", request_id="r1"),
+        _line(event="stage", msg="stage s\udc9bx 1.00ms ok", request_id="r1", stage="s\udc9bx",
+              duration_ms=1.0, ok=True),
+        _line(event="request_end", msg="request_end GET /n 200 1.00ms", request_id="r1",
+              stages={"s\udc9bx": 1.0}, **end),
+    ])  # fmt: skip
+    write_log(log_dir, "jobs", [
+        _line(event="job_end", msg="job_end t failed 1.00ms: E: \udc80", logger="flask_diaglog.job",
+              request_id="r1", job_id="J1", name="t", ok=False, error="E: \udc80", duration_ms=1.0),
+    ])  # fmt: skip
+
+
+COMMANDS = [
+    ["trace", "r1"], ["trace", "r1", "--json"], ["tail", "--file", "all"],
+    ["tail", "--file", "all", "--json"], ["summary"], ["summary", "--json"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
+def test_a_lone_surrogate_is_shown_as_its_escape(tmp_path: Path, args: list[str]) -> None:
+    """A lone surrogate in a JSON line (a client's ``"\\ud800"`` logged by a view) is printed as
+    the text ``\\ud800``, as a plain line shows it: no command fails, none prints a raw byte."""
+    _surrogate_logs(tmp_path)
+    code, out = _run(tmp_path, *args)
+    assert code == 0, out
+    out.encode("utf-8")  # strict: no surrogate left
+    shown = [out] if "--json" not in args else _texts([json.loads(x) for x in out.splitlines()])
+    "".join(shown).encode("utf-8")  # nor one a JSON escape gives back
+    assert any("\\udc9b" in text or "\\udc80" in text for text in shown)
+
+
+def _texts(value: object) -> list[str]:
+    """Every text in a parsed JSON value, keys included."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [t for k, v in value.items() for t in [k, *_texts(v)]]
+    if isinstance(value, list):
+        return [t for v in value for t in _texts(v)]
+    return []
