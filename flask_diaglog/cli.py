@@ -408,8 +408,14 @@ def summary_cmd(
     if as_json:
         _echo_json(result)
         return
+    notes = []
+    if scan.skipped:
+        notes.append(
+            f"{scan.skipped} of {scan.lines} lines were not diaglog lines and were skipped"
+        )
+    notes += [f"damaged, read up to the damage: {_safe(path)}" for path in scan.damaged]
     if not result["routes"] and not result["stages"] and not result["jobs"]:
-        click.echo("no finished requests, stages or jobs in the logs")
+        click.echo("\n".join(["no finished requests, stages or jobs in the logs", *notes]))
         return
     out: list[str] = []
     if result["routes"]:
@@ -436,9 +442,7 @@ def summary_cmd(
         ]  # fmt: skip
         head = ["slowest requests", "status", "ms", "request id", "job id", "host", "at"]
         out += ["", *_table(head, rows)]
-    if scan.skipped:
-        out += ["", f"{scan.skipped} of {scan.lines} lines were not diaglog lines and were skipped"]
-    out += [f"damaged, read up to the damage: {_safe(path)}" for path in scan.damaged]
+    out += ["", *notes] if notes else []
     click.echo("\n".join(out).lstrip("\n"))
 
 

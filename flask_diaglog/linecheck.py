@@ -4,9 +4,9 @@ fields of the types diaglog writes.
 :func:`flask_diaglog.logread.parse_line` (the one place lines are read, for the CLI and the
 dashboard) calls :func:`line_time` and :func:`well_formed`; a line that fails is skipped and
 counted like any other line that is not a diaglog line. So a well-formed JSON object with a
-wrong-typed field (``"hung": "x"``, ``"request_id": [1]``, ``"duration_ms": NaN``, ``"stages":
-{"a": null}``) can never reach the statistics, the index or a page. Unknown keys (an app's own
-job fields) are not checked.
+wrong-typed field (``"ts": 5``, ``"hung": "x"``, ``"request_id": [1]``, ``"duration_ms": NaN``,
+``"stages": {"a": null}``) can never reach the statistics, the index or a page. Unknown keys (an
+app's own job fields) are not checked.
 
 Text read back never holds a lone surrogate (a JSON line's ``\\ud800`` escape, as older JSON
 lines wrote one): :func:`unsurrogate` makes it the text ``\\ud800``, as the plain layout shows it,
@@ -32,7 +32,7 @@ _BIG = 1 << 1000
 #: Fields that are text when present.
 _TEXT = frozenset(
     {
-        "request_id", "job_id", "event", "level", "logger", "msg", "exc", "host", "method",
+        "ts", "request_id", "job_id", "event", "level", "logger", "msg", "exc", "host", "method",
         "path", "route", "name", "stage", "error", "reason", "message",
     }
 )  # fmt: skip

@@ -346,9 +346,9 @@ def summarize(
         },
         "failed_jobs": failed_jobs,
         "failed": list(failures),
-        "slowest": [
-            _pick(r, "request_id", "job_id", "method", "path", "status", "duration_ms")
-            for _, _, r in sorted(slow, key=lambda t: (-t[0], t[1]))
+        "slowest": [  # duration_ms as counted: 0.0 for a line without one
+            {**_pick(r, "request_id", "job_id", "method", "path", "status"), "duration_ms": ms}
+            for ms, _, r in sorted(slow, key=lambda t: (-t[0], t[1]))
         ],
     }
 

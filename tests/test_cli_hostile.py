@@ -76,3 +76,28 @@ def _texts(value: object) -> list[str]:
     if isinstance(value, list):
         return [t for v in value for t in _texts(v)]
     return []
+
+
+_END_W22 = (
+    '"level": "INFO", "event": "request_end", "logger": "flask_diaglog.request", '
+    '"msg": "request_end GET /b 200 1.00ms", "request_id": "w22", "method": "GET", "path": "/b", '
+    '"status": 200, "duration_ms": 1.0'
+)
+
+
+@pytest.mark.parametrize("ts", ["5", "null", "[]"])
+def test_a_line_whose_time_is_not_text_is_skipped_and_counted(tmp_path: Path, ts: str) -> None:
+    """A JSON line whose ``ts`` is not text is not a diaglog line: summary skips and counts it."""
+    write_log(tmp_path, "requests", ["{" + f'"ts": {ts}, ' + _END_W22 + "}\n"])
+    code, out = _run(tmp_path, "summary")
+    assert code == 0, out
+    assert "1 of 1 lines were not diaglog lines and were skipped" in out
+
+
+def test_an_end_line_without_its_fields_is_summarised(tmp_path: Path) -> None:
+    """``{"event":"request_end"}`` (no time, method, status or duration) is a request of 0 ms in
+    the summary's tables, not a traceback."""
+    write_log(tmp_path, "requests", ['{"event":"request_end"}\n'])
+    code, out = _run(tmp_path, "summary")
+    assert code == 0, out
+    assert "slowest requests" in out and " 0.00 " in out
