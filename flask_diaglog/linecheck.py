@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-__all__ = ["MAX_TS", "line_time", "unsurrogate", "well_formed", "without_surrogates"]
+__all__ = ["MAX_MS", "MAX_TS", "line_time", "unsurrogate", "well_formed", "without_surrogates"]
 
 #: Times from 1970 until a day before the year 10000: what :mod:`datetime` can show in any time
 #: zone. A line outside is read as a line without a time (``0.0``).
@@ -39,7 +39,10 @@ _TEXT = frozenset(
 #: Fields that are whole numbers when present.
 _WHOLE = frozenset({"status", "hung", "pid"})
 #: Fields that are finite numbers when present.
-_NUMBER = frozenset({"duration_ms", "fraction", "step", "total"})
+_NUMBER = frozenset({"fraction", "step", "total"})
+#: The longest duration a line may carry, in ms (about 31 years): a start worked out from a
+#: line's time less its duration (``1e308`` would be 10**297 years earlier) stays a time.
+MAX_MS = 1e12
 
 
 @functools.lru_cache(maxsize=256)
@@ -66,10 +69,14 @@ def _number(v: Any) -> bool:
     return type(v) is int and -_BIG < v < _BIG
 
 
+def _duration(v: Any) -> bool:
+    return _number(v) and 0 <= v <= MAX_MS
+
+
 def well_formed(data: Mapping[str, Any]) -> bool:
     """Whether every known field of a parsed line has the type diaglog writes: ids and names
-    are text, ``status``, ``hung`` and ``pid`` whole numbers, durations and progress finite
-    numbers, ``stages`` an object of finite numbers."""
+    are text, ``status``, ``hung`` and ``pid`` whole numbers, progress finite numbers, durations
+    (``duration_ms``, and ``stages``, an object of them) numbers from 0 to :data:`MAX_MS`."""
     for key, v in data.items():
         if key in _TEXT:
             ok = type(v) is str
@@ -77,8 +84,12 @@ def well_formed(data: Mapping[str, Any]) -> bool:
             ok = type(v) is int
         elif key in _NUMBER:
             ok = _number(v)
+        elif key == "duration_ms":
+            ok = _duration(v)
         elif key == "stages":
-            ok = isinstance(v, dict) and all(type(k) is str and _number(ms) for k, ms in v.items())
+            ok = isinstance(v, dict) and all(
+                type(k) is str and _duration(ms) for k, ms in v.items()
+            )
         else:
             continue
         if not ok:

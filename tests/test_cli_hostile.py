@@ -101,3 +101,13 @@ def test_an_end_line_without_its_fields_is_summarised(tmp_path: Path) -> None:
     code, out = _run(tmp_path, "summary")
     assert code == 0, out
     assert "slowest requests" in out and " 0.00 " in out
+
+
+@pytest.mark.parametrize("ms", ["1e+308", "-1.0"])
+def test_a_duration_out_of_range_is_skipped_and_counted(tmp_path: Path, ms: str) -> None:
+    """A duration below 0 or beyond any time (``1e+308``) is a wrong-typed field: skipped."""
+    line = '{"ts": "' + ISO + '", ' + _END_W22.replace('"duration_ms": 1.0', f'"duration_ms": {ms}')
+    write_log(tmp_path, "requests", [line + "}\n"])
+    code, out = _run(tmp_path, "summary")
+    assert code == 0, out
+    assert "1 of 1 lines were not diaglog lines and were skipped" in out

@@ -624,3 +624,16 @@ def test_a_lone_surrogate_is_shown_as_its_escape(
     r = app.test_client().get(url)
     assert r.status_code == 200
     assert b"s\\udc9bx" in r.data
+
+
+@pytest.mark.parametrize("url", ["/_diaglog/", "/_diaglog/requests", "/_diaglog/trace/huge"])
+def test_a_duration_no_time_can_hold_is_skipped_and_counted(
+    make_app: Callable[..., Flask], log_dir: Path, url: str
+) -> None:
+    """An end line of ``"duration_ms": 1e+308`` (finite, but its start would be no time) is
+    skipped and counted: never a 500."""
+    app = _busy_app(make_app)
+    _append_json(log_dir, _END.replace("bad-end", "huge") + ',"duration_ms":1e+308')
+    client = app.test_client()
+    assert client.get(url).status_code in {200, 404}
+    assert _api(client, "/_diaglog/api/state")["index"]["skipped_lines"] == 1
