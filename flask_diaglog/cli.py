@@ -120,15 +120,34 @@ def _load_app(info: ScriptInfo) -> Any:
 
 
 @contextlib.contextmanager
-def _scan(dirs: Dirs, names: Iterable[str], since: float | None) -> Iterator[Scan]:
+def _scan(
+    dirs: Dirs, names: Iterable[str], since: float | None, say: bool = True
+) -> Iterator[Scan]:
     """A :class:`~flask_diaglog.logread.Scan`, drawn as a progress bar on stderr when it is a
-    terminal and the files are big."""
-    total = sum(os.path.getsize(p) for _, _, p in files_of(dirs, names, since))
+    terminal and the files are big; with ``say``, the files it could not read are then named on
+    stderr (each once per command)."""
+    total = 0
+    for _, _, path in files_of(dirs, names, since):
+        with contextlib.suppress(OSError):  # gone since: the scan names it
+            total += os.path.getsize(path)
     if total < PROGRESS_FROM or not sys.stderr.isatty():
-        yield Scan()
-        return
-    with click.progressbar(length=total, label="reading logs", file=sys.stderr) as bar:
-        yield Scan(progress=bar.update)
+        scan = Scan()
+        yield scan
+    else:
+        with click.progressbar(length=total, label="reading logs", file=sys.stderr) as bar:
+            scan = Scan(progress=bar.update)
+            yield scan
+    said = click.get_current_context().meta.setdefault("flask_diaglog.said", set())
+    for text in _unread(scan) if say else ():
+        if text not in said:
+            said.add(text)
+            click.echo(text, err=True)
+
+
+def _unread(scan: Scan) -> list[str]:
+    """Lines naming the files a scan could not read (whole, or to their end)."""
+    out = [f"skipped, cannot be read: {_safe(what)}" for what in scan.unreadable]
+    return out + [f"damaged, read up to the damage: {_safe(path)}" for path in scan.damaged]
 
 
 def _safe(text: str) -> str:
@@ -400,10 +419,11 @@ def summary_cmd(
     with their errors; the slowest requests. Paths that match no route are one row."""
     dirs = _dirs(ctx, log_dirs)
     names = ("requests", "jobs")
-    with _scan(dirs, names, since) as scan:
+    with _scan(dirs, names, since, say=False) as scan:
         records = merge_records(dirs, names, since=since, until=until, scan=scan)
         result = summarize(records, slowest=top)
     result.update(lines=scan.lines, skipped=scan.skipped, damaged=scan.damaged)
+    result["unreadable"] = scan.unreadable
     result["hosts"] = [label for label, _ in dirs]
     if as_json:
         _echo_json(result)
@@ -413,7 +433,7 @@ def summary_cmd(
         notes.append(
             f"{scan.skipped} of {scan.lines} lines were not diaglog lines and were skipped"
         )
-    notes += [f"damaged, read up to the damage: {_safe(path)}" for path in scan.damaged]
+    notes += _unread(scan)
     if not result["routes"] and not result["stages"] and not result["jobs"]:
         click.echo("\n".join(["no finished requests, stages or jobs in the logs", *notes]))
         return

@@ -5,7 +5,9 @@ it is."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from flask import Flask
 from test_cli import write_log
 
 from flask_diaglog.cli import diaglog_cli
+from flask_diaglog.readfile import MAX_LINE
 
 T0 = datetime(2026, 11, 22, 10, 0, 0).timestamp()
 ISO = datetime.fromtimestamp(T0).astimezone().isoformat(timespec="milliseconds")
@@ -111,3 +114,45 @@ def test_a_duration_out_of_range_is_skipped_and_counted(tmp_path: Path, ms: str)
     code, out = _run(tmp_path, "summary")
     assert code == 0, out
     assert "1 of 1 lines were not diaglog lines and were skipped" in out
+
+
+def _ok_end(rid: str) -> str:
+    return '{"ts": "' + ISO + '", ' + _END_W22.replace('"w22"', f'"{rid}"') + "}\n"
+
+
+def test_a_line_over_the_limit_is_skipped_and_counted(tmp_path: Path) -> None:
+    """A line over MAX_LINE is skipped and counted, even a well-formed one, without being held:
+    the lines after it are read."""
+    huge = _ok_end("huge").replace('"msg": "', '"msg": "' + "x" * MAX_LINE)
+    with gzip.open(tmp_path / "requests.log.1.gz", "wt") as fh:
+        fh.write(huge + "\n\n\n" + _ok_end("after"))
+    code, out = _run(tmp_path, "summary", "--json")
+    assert code == 0, out
+    data = json.loads(out)
+    assert (data["lines"], data["skipped"]) == (2, 1)
+    assert [r["request_id"] for r in data["slowest"]] == ["after"]
+
+
+@pytest.mark.parametrize(
+    "make", ["dangling link", "link loop", "fifo", "device"], ids=lambda m: m.replace(" ", "-")
+)
+@pytest.mark.parametrize("args", [["summary"], ["trace", "w22"], ["tail", "--file", "all"]])
+def test_a_file_that_cannot_be_read_is_skipped_and_named(
+    tmp_path: Path, make: str, args: list[str]
+) -> None:
+    """A backup that is not a readable regular file (a dangling symlink, a symlink loop, a FIFO,
+    ``-> /dev/zero``) is skipped and named; the command reads the rest and never blocks."""
+    write_log(tmp_path, "requests", [_ok_end("w22")])
+    bad = tmp_path / "jobs.log.1"
+    if make == "dangling link":
+        bad.symlink_to(tmp_path / "nonexistent")
+    elif make == "link loop":
+        bad.symlink_to(bad)
+    elif make == "fifo":
+        os.mkfifo(bad)
+    else:
+        bad.symlink_to("/dev/zero")
+    code, out = _run(tmp_path, *args)
+    assert code == 0, out
+    assert "w22" in out or "GET /b" in out
+    assert f"skipped, cannot be read: {bad}" in out

@@ -6,6 +6,7 @@ cross-worker in-flight work in test_dashboard_peers.py.
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -637,3 +638,17 @@ def test_a_duration_no_time_can_hold_is_skipped_and_counted(
     client = app.test_client()
     assert client.get(url).status_code in {200, 404}
     assert _api(client, "/_diaglog/api/state")["index"]["skipped_lines"] == 1
+
+
+@pytest.mark.parametrize("name", ["jobs.log.1", "requests.log.2.gz"])
+def test_a_fifo_in_the_log_directory_is_never_opened(
+    make_app: Callable[..., Flask], log_dir: Path, name: str
+) -> None:
+    """A FIFO named like a backup is not a log file: the first page answers (opening it would
+    wait for a writer forever), with every other row."""
+    log_dir.mkdir(exist_ok=True)
+    os.mkfifo(log_dir / name)
+    app = _busy_app(make_app)
+    client = app.test_client()
+    assert client.get("/_diaglog/").status_code == 200
+    assert len(_api(client, "/_diaglog/api/state?limit=500")["recent"]) == 14
