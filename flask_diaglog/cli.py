@@ -26,7 +26,7 @@ from flask.cli import ScriptInfo
 
 from .config import KEYS, ConfigError, shown
 from .config import log_dir as configured_log_dir
-from .files.render import ESCAPES
+from .files.render import ESCAPES, JSON_ESCAPES
 from .follow import Follower
 from .linecheck import unsurrogate
 from .logread import (
@@ -157,7 +157,11 @@ def _safe(text: str) -> str:
 
 
 def _echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, default=str, ensure_ascii=False))
+    """One JSON object on one line for every splitter (``str.splitlines()`` too): line breaks
+    and terminal controls in it (U+2028, U+2029, NEL and the other C1 controls) escaped as the
+    JSON layout escapes them."""
+    text = json.dumps(obj, default=str, ensure_ascii=False)
+    click.echo(text if text.isprintable() else unsurrogate(text.translate(JSON_ESCAPES)))
 
 
 @click.group("diaglog")
@@ -272,7 +276,8 @@ def tail_cmd(
         if as_json:
             _echo_json(rec.to_dict())
         else:
-            click.echo(f"{rec.host}  {rec.text()}" if several else rec.text())
+            text = _safe(rec.text())  # a plain line as read: a crafted one may hold controls
+            click.echo(f"{_safe(rec.host)}  {text}" if several else text)
 
     follower = Follower(dirs, names, lambda rec: show(rec) if keep(rec) else None)
     if follow:

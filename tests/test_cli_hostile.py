@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from flask import Flask
 from test_cli import write_log
 
+from flask_diaglog import stage
 from flask_diaglog.cli import diaglog_cli
 from flask_diaglog.readfile import MAX_LINE
 
@@ -156,3 +158,40 @@ def test_a_file_that_cannot_be_read_is_skipped_and_named(
     assert code == 0, out
     assert "w22" in out or "GET /b" in out
     assert f"skipped, cannot be read: {bad}" in out
+
+
+@pytest.mark.parametrize(
+    "args", [["tail", "--json"], ["trace", "R1", "--json"], ["summary", "--json"]]
+)
+def test_json_output_is_one_object_per_line_for_every_splitter(
+    make_app: Callable[..., Flask], log_dir: Path, args: list[str]
+) -> None:
+    """A stage name with U+2028, NEL and other line breaks (percent-encoded in plain lines,
+    decoded by the reader) is escaped in --json output: ``str.splitlines()`` sees one line per
+    object, and each reads back to the name."""
+    name = "load\u2028model\x85x\u2029y"
+    app = make_app({"TESTING": False})
+
+    @app.get("/s")
+    def view() -> str:
+        with stage(name):
+            return "ok"
+
+    app.test_client().get("/s", headers={"X-Request-ID": "R1"})
+    code, out = _run(log_dir, *args)
+    assert code == 0, out
+    lines = out.splitlines()
+    assert len(lines) == (1 if args[0] == "summary" else 3)
+    assert name in "".join(_texts([json.loads(line) for line in lines]))
+
+
+def test_tail_escapes_controls_in_a_crafted_plain_line(tmp_path: Path) -> None:
+    """A plain line holding a raw escape sequence (not written by diaglog) is printed escaped."""
+    write_log(tmp_path, "requests", [
+        "2026-11-22 10:00:00.000 | INFO | app | req=r job=- | \x1b[2Jcleared\u2028x\n"
+    ])  # fmt: skip
+    code, out = _run(tmp_path, "tail")
+    assert code == 0, out
+    assert out.splitlines() == [
+        "2026-11-22 10:00:00.000 | INFO | app | req=r job=- | \\x1b[2Jcleared\\u2028x"
+    ]
