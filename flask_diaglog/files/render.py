@@ -473,10 +473,8 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _json_surrogate(m: re.Match[str]) -> str:
-    r"""A lone surrogate in a JSON line, as the escaped text ``\\udXXX``, which reads back as
-    the text ``\udXXX``, as the plain layout shows it; never as the JSON escape ``\udXXX``,
-    which would give every JSON reader the surrogate back (not valid Unicode). Surrogates are
-    only ever in strings: everything else in a line is ASCII."""
+    r"""A lone surrogate (only ever in a string) as the text ``\udXXX`` (escaped ``\\udXXX``),
+    as plain lines show it: not a JSON escape, which gives every JSON reader it back."""
     return f"\\\\u{ord(m[0]):04x}"
 
 
