@@ -18,6 +18,7 @@ from test_cli import write_log
 
 from flask_diaglog import stage
 from flask_diaglog.cli import diaglog_cli
+from flask_diaglog.logread import tail_records
 from flask_diaglog.readfile import MAX_LINE
 
 T0 = datetime(2026, 11, 22, 10, 0, 0).timestamp()
@@ -195,3 +196,12 @@ def test_tail_escapes_controls_in_a_crafted_plain_line(tmp_path: Path) -> None:
     assert out.splitlines() == [
         "2026-11-22 10:00:00.000 | INFO | app | req=r job=- | \\x1b[2Jcleared\\u2028x"
     ]
+
+
+@pytest.mark.parametrize("make", ["fifo", "device"])
+def test_tail_records_reads_regular_files_only(tmp_path: Path, make: str) -> None:
+    """``logread.tail_records`` of a current file that is a FIFO or ``-> /dev/zero`` is empty:
+    it neither blocks nor reads without end."""
+    path = tmp_path / "requests.log"
+    os.mkfifo(path) if make == "fifo" else path.symlink_to("/dev/zero")
+    assert tail_records(str(tmp_path), "requests") == []
