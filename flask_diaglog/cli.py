@@ -26,8 +26,9 @@ from flask.cli import ScriptInfo
 
 from .config import KEYS, ConfigError, shown
 from .config import log_dir as configured_log_dir
-from .files.render import ESCAPES
+from .files.render import ESCAPES, JSON_ESCAPES
 from .follow import Follower
+from .linecheck import unsurrogate
 from .logread import (
     LogRecord,
     Scan,
@@ -119,24 +120,48 @@ def _load_app(info: ScriptInfo) -> Any:
 
 
 @contextlib.contextmanager
-def _scan(dirs: Dirs, names: Iterable[str], since: float | None) -> Iterator[Scan]:
+def _scan(
+    dirs: Dirs, names: Iterable[str], since: float | None, say: bool = True
+) -> Iterator[Scan]:
     """A :class:`~flask_diaglog.logread.Scan`, drawn as a progress bar on stderr when it is a
-    terminal and the files are big."""
-    total = sum(os.path.getsize(p) for _, _, p in files_of(dirs, names, since))
+    terminal and the files are big; with ``say``, the files it could not read are then named on
+    stderr (each once per command)."""
+    total = 0
+    for _, _, path in files_of(dirs, names, since):
+        with contextlib.suppress(OSError):  # gone since: the scan names it
+            total += os.path.getsize(path)
     if total < PROGRESS_FROM or not sys.stderr.isatty():
-        yield Scan()
-        return
-    with click.progressbar(length=total, label="reading logs", file=sys.stderr) as bar:
-        yield Scan(progress=bar.update)
+        scan = Scan()
+        yield scan
+    else:
+        with click.progressbar(length=total, label="reading logs", file=sys.stderr) as bar:
+            scan = Scan(progress=bar.update)
+            yield scan
+    said = click.get_current_context().meta.setdefault("flask_diaglog.said", set())
+    for text in _unread(scan) if say else ():
+        if text not in said:
+            said.add(text)
+            click.echo(text, err=True)
+
+
+def _unread(scan: Scan) -> list[str]:
+    """Lines naming the files a scan could not read (whole, or to their end)."""
+    out = [f"skipped, cannot be read: {_safe(what)}" for what in scan.unreadable]
+    return out + [f"damaged, read up to the damage: {_safe(path)}" for path in scan.damaged]
 
 
 def _safe(text: str) -> str:
-    """Text fit for a terminal: controls escaped as the plain layout escapes them."""
-    return text if text.isprintable() else text.translate(ESCAPES)
+    """Text fit for a terminal: controls escaped as the plain layout escapes them, and a lone
+    surrogate (a path's undecodable bytes) as the text ``\\udXXX``."""
+    return text if text.isprintable() else unsurrogate(text.translate(ESCAPES))
 
 
 def _echo_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, default=str, ensure_ascii=False))
+    """One JSON object on one line for every splitter (``str.splitlines()`` too): line breaks
+    and terminal controls in it (U+2028, U+2029, NEL and the other C1 controls) escaped as the
+    JSON layout escapes them."""
+    text = json.dumps(obj, default=str, ensure_ascii=False)
+    click.echo(text if text.isprintable() else unsurrogate(text.translate(JSON_ESCAPES)))
 
 
 @click.group("diaglog")
@@ -251,7 +276,8 @@ def tail_cmd(
         if as_json:
             _echo_json(rec.to_dict())
         else:
-            click.echo(f"{rec.host}  {rec.text()}" if several else rec.text())
+            text = _safe(rec.text())  # a plain line as read: a crafted one may hold controls
+            click.echo(f"{_safe(rec.host)}  {text}" if several else text)
 
     follower = Follower(dirs, names, lambda rec: show(rec) if keep(rec) else None)
     if follow:
@@ -330,14 +356,14 @@ def trace_cmd(
     several = len(hosts) > 1
     t0 = found[0].ts
     first = datetime.fromtimestamp(t0 + 5e-7).isoformat(sep=" ", timespec="milliseconds")
-    click.echo(f"{ident}: {len(found)} lines from {', '.join(hosts)}, starting {first}")
-    width = max(len(h) for h in hosts)
+    click.echo(f"{ident}: {len(found)} lines from {_safe(', '.join(hosts))}, starting {first}")
+    width = max(len(_safe(h)) for h in hosts)
     for rec in found:
-        host = f"{rec.host:<{width}}  " if several else ""
+        host = f"{_safe(rec.host):<{width}}  " if several else ""
         d = rec.data
         msg = _safe(str(d.get("msg", "")))
         offset = f"+{(rec.ts - t0) * 1000:.0f}ms"
-        click.echo(f"{offset:>10}  {host}{rec.file:<8} {d.get('level', ''):<8} {msg}")
+        click.echo(f"{offset:>10}  {host}{rec.file:<8} {_safe(str(d.get('level', ''))):<8} {msg}")
         if d.get("exc"):
             for line in str(d["exc"]).split("\n"):
                 click.echo(f"{'':>10}  | {_safe(line)}")
@@ -398,16 +424,23 @@ def summary_cmd(
     with their errors; the slowest requests. Paths that match no route are one row."""
     dirs = _dirs(ctx, log_dirs)
     names = ("requests", "jobs")
-    with _scan(dirs, names, since) as scan:
+    with _scan(dirs, names, since, say=False) as scan:
         records = merge_records(dirs, names, since=since, until=until, scan=scan)
         result = summarize(records, slowest=top)
     result.update(lines=scan.lines, skipped=scan.skipped, damaged=scan.damaged)
+    result["unreadable"] = scan.unreadable
     result["hosts"] = [label for label, _ in dirs]
     if as_json:
         _echo_json(result)
         return
+    notes = []
+    if scan.skipped:
+        notes.append(
+            f"{scan.skipped} of {scan.lines} lines were not diaglog lines and were skipped"
+        )
+    notes += _unread(scan)
     if not result["routes"] and not result["stages"] and not result["jobs"]:
-        click.echo("no finished requests, stages or jobs in the logs")
+        click.echo("\n".join(["no finished requests, stages or jobs in the logs", *notes]))
         return
     out: list[str] = []
     if result["routes"]:
@@ -422,21 +455,19 @@ def summary_cmd(
     out += ["", f"failed background jobs: {result['failed_jobs']}"]
     if result["failed"]:
         rows = [
-            [str(f["job_id"]), str(f["name"]), _safe(str(f["error"])), f["host"], f["ts"]]
+            [_safe(str(f[k])) for k in ("job_id", "name", "error", "host", "ts")]
             for f in result["failed"]
         ]
         out += ["  " + line for line in _table(["job id", "name", "error", "host", "at"], rows, 5)]
     if result["slowest"]:
         rows = [
             [_safe(f"{r['method']} {r['path']}"), str(r["status"]), f"{r['duration_ms']:.2f}",
-             str(r["request_id"]), str(r["job_id"] or "-"), r["host"], r["ts"]]
+             *(_safe(str(r[k] or "-")) for k in ("request_id", "job_id", "host", "ts"))]
             for r in result["slowest"]
         ]  # fmt: skip
         head = ["slowest requests", "status", "ms", "request id", "job id", "host", "at"]
         out += ["", *_table(head, rows)]
-    if scan.skipped:
-        out += ["", f"{scan.skipped} of {scan.lines} lines were not diaglog lines and were skipped"]
-    out += [f"damaged, read up to the damage: {_safe(path)}" for path in scan.damaged]
+    out += ["", *notes] if notes else []
     click.echo("\n".join(out).lstrip("\n"))
 
 

@@ -13,15 +13,15 @@ frees the old inode number for the next new file; by its inode only while it has
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from io import BufferedIOBase
+from typing import IO
 
 from .logread import LogRecord, iter_files, parse_line
+from .readfile import MAX_LINE, open_log, open_regular, read_lines
 
 __all__ = ["Follower"]
 
@@ -33,16 +33,12 @@ _HEAD = 4096
 _ATTEMPTS = 20
 
 
-def _open(path: str) -> BufferedIOBase:
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
-
-
 def _backups(path: str, name: str) -> list[str]:
     """The backups of ``path`` (the file ``name``), oldest first, as the writer names them."""
     return [p for _, p in iter_files(os.path.dirname(path), [name]) if p != path]
 
 
-def _head(fh: BufferedIOBase) -> bytes:
+def _head(fh: IO[bytes]) -> bytes:
     """The first line of an open file (at most :data:`_HEAD` bytes); empty while it has none."""
     fh.seek(0)
     line = fh.readline(_HEAD)
@@ -56,7 +52,7 @@ class _File:
     ino: int
     head: bytes = b""
 
-    def of(self, fh: BufferedIOBase) -> bool:
+    def of(self, fh: IO[bytes]) -> bool:
         """Is the open file ``fh`` this file, plain or compressed since? Known by its first line
         when it had one: compressing gives a backup a new inode, and removing the plain copy
         frees the old inode number for the next new file."""
@@ -85,7 +81,7 @@ class Follower:
     def mark(self) -> None:
         """Start at the current ends: lines written from now on are printed."""
         for _, name, path in self._files:
-            with contextlib.suppress(OSError), open(path, "rb") as fh:
+            with contextlib.suppress(OSError), open_regular(path) as fh:
                 size = os.fstat(fh.fileno()).st_size
                 self._at[path] = (_File(os.fstat(fh.fileno()).st_ino, _head(fh)), size)
                 self._before[path] = self._newest_backup(path, name)
@@ -100,13 +96,13 @@ class Follower:
         """Print the whole lines written since the last poll (or :meth:`mark`)."""
         for label, name, path in self._files:
             try:
-                fh = open(path, "rb")  # noqa: SIM115
+                fh = open_regular(path)  # a FIFO or a device is never read
             except OSError:
                 continue  # between a rotation and the new file: next round
             with fh:
                 self._read(label, name, path, fh)
 
-    def _read(self, label: str, name: str, path: str, fh: BufferedIOBase) -> None:
+    def _read(self, label: str, name: str, path: str, fh: IO[bytes]) -> None:
         st = os.fstat(fh.fileno())
         seen = self._at.get(path)
         if seen is None:
@@ -120,13 +116,20 @@ class Follower:
             cur, pos = seen
             if st.st_size < pos:
                 pos = 0  # truncated
-        fh.seek(pos)
-        data = fh.read()
-        end = data.rfind(b"\n") + 1  # a line still being written waits for the next round
-        self._emit(data[:end].split(b"\n")[:-1], name, label)
+        while True:  # MAX_LINE at a time: a longer line is dropped, never held
+            fh.seek(pos)
+            data = fh.read(MAX_LINE)
+            end = data.rfind(b"\n") + 1  # a line still being written waits for the next round
+            if not end and len(data) == MAX_LINE:
+                pos += MAX_LINE  # a line over MAX_LINE: dropped; its rest is no line either
+                continue
+            self._emit(data[:end].split(b"\n"), name, label)
+            pos += end
+            if len(data) < MAX_LINE:
+                break
         if not cur.head:
             cur.head = _head(fh)
-        self._at[path] = (cur, pos + end)
+        self._at[path] = (cur, pos)
 
     def _rotated(
         self, label: str, name: str, path: str, seen: tuple[_File, int], current: _File
@@ -145,20 +148,20 @@ class Follower:
                     with contextlib.suppress(OSError, EOFError):
                         newest = _File(os.fstat(fh.fileno()).st_ino, _head(fh))
                         fh.seek(start)
-                        self._emit(fh, name, label)
+                        self._emit(read_lines(fh), name, label)
                         self._before[path] = newest
                 return
 
     def _unread(
         self, path: str, name: str, old: _File, pos: int, current: _File, stack: ExitStack
-    ) -> tuple[list[tuple[BufferedIOBase, int]], bool]:
+    ) -> tuple[list[tuple[IO[bytes], int]], bool]:
         """The backups still to print, newest first, each open (on ``stack``) with where to
         start reading: opened newest first until the rotated file ``old``, or the one before it,
         is reached. False with them when a rotation or a compression moved the backups
         meanwhile (a name gone, or holding another file than the one opened under it)."""
         before = self._before.get(path)
         backups = _backups(path, name)
-        unread: list[tuple[BufferedIOBase, int]] = []
+        unread: list[tuple[IO[bytes], int]] = []
         opened: list[tuple[str, int]] = []
         last = ""
         for backup in reversed(backups):
@@ -166,7 +169,7 @@ class Follower:
                 continue  # its plain and compressed copies both exist for a moment
             last = backup.removesuffix(".gz")
             try:
-                fh = stack.enter_context(_open(backup))
+                fh = stack.enter_context(open_log(backup))
             except FileNotFoundError:
                 return unread, False
             except OSError:
@@ -198,12 +201,14 @@ class Follower:
 
     def _newest_backup(self, path: str, name: str) -> _File | None:
         for backup in reversed(_backups(path, name)):
-            with contextlib.suppress(OSError, EOFError), _open(backup) as fh:
+            with contextlib.suppress(OSError, EOFError), open_log(backup) as fh:
                 return _File(os.fstat(fh.fileno()).st_ino, _head(fh))
         return None
 
-    def _emit(self, lines: Iterable[bytes], name: str, label: str) -> None:
+    def _emit(self, lines: Iterable[bytes | None], name: str, label: str) -> None:
         for line in lines:
+            if not line:
+                continue  # an empty line, or one over MAX_LINE
             rec = parse_line(line.decode("utf-8", "replace"), name, label)
             if rec is not None:
                 self.out(rec)

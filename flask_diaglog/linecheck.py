@@ -4,9 +4,13 @@ fields of the types diaglog writes.
 :func:`flask_diaglog.logread.parse_line` (the one place lines are read, for the CLI and the
 dashboard) calls :func:`line_time` and :func:`well_formed`; a line that fails is skipped and
 counted like any other line that is not a diaglog line. So a well-formed JSON object with a
-wrong-typed field (``"hung": "x"``, ``"request_id": [1]``, ``"duration_ms": NaN``, ``"stages":
-{"a": null}``) can never reach the statistics, the index or a page. Unknown keys (an app's own
-job fields) are not checked.
+wrong-typed field (``"ts": 5``, ``"hung": "x"``, ``"request_id": [1]``, ``"duration_ms": NaN``,
+``"stages": {"a": null}``) can never reach the statistics, the index or a page. Unknown keys (an
+app's own job fields) are not checked.
+
+Text read back never holds a lone surrogate (a JSON line's ``\\ud800`` escape, as older JSON
+lines wrote one): :func:`unsurrogate` makes it the text ``\\ud800``, as the plain layout shows it,
+so no reader can fail to print or encode it, or print a raw byte for it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-__all__ = ["MAX_TS", "line_time", "well_formed"]
+__all__ = ["MAX_MS", "MAX_TS", "line_time", "unsurrogate", "well_formed", "without_surrogates"]
 
 #: Times from 1970 until a day before the year 10000: what :mod:`datetime` can show in any time
 #: zone. A line outside is read as a line without a time (``0.0``).
@@ -28,14 +32,17 @@ _BIG = 1 << 1000
 #: Fields that are text when present.
 _TEXT = frozenset(
     {
-        "request_id", "job_id", "event", "level", "logger", "msg", "exc", "host", "method",
+        "ts", "request_id", "job_id", "event", "level", "logger", "msg", "exc", "host", "method",
         "path", "route", "name", "stage", "error", "reason", "message",
     }
 )  # fmt: skip
 #: Fields that are whole numbers when present.
 _WHOLE = frozenset({"status", "hung", "pid"})
 #: Fields that are finite numbers when present.
-_NUMBER = frozenset({"duration_ms", "fraction", "step", "total"})
+_NUMBER = frozenset({"fraction", "step", "total"})
+#: The longest duration a line may carry, in ms (about 31 years): a start worked out from a
+#: line's time less its duration (``1e308`` would be 10**297 years earlier) stays a time.
+MAX_MS = 1e12
 
 
 @functools.lru_cache(maxsize=256)
@@ -62,10 +69,14 @@ def _number(v: Any) -> bool:
     return type(v) is int and -_BIG < v < _BIG
 
 
+def _duration(v: Any) -> bool:
+    return _number(v) and 0 <= v <= MAX_MS
+
+
 def well_formed(data: Mapping[str, Any]) -> bool:
     """Whether every known field of a parsed line has the type diaglog writes: ids and names
-    are text, ``status``, ``hung`` and ``pid`` whole numbers, durations and progress finite
-    numbers, ``stages`` an object of finite numbers."""
+    are text, ``status``, ``hung`` and ``pid`` whole numbers, progress finite numbers, durations
+    (``duration_ms``, and ``stages``, an object of them) numbers from 0 to :data:`MAX_MS`."""
     for key, v in data.items():
         if key in _TEXT:
             ok = type(v) is str
@@ -73,10 +84,35 @@ def well_formed(data: Mapping[str, Any]) -> bool:
             ok = type(v) is int
         elif key in _NUMBER:
             ok = _number(v)
+        elif key == "duration_ms":
+            ok = _duration(v)
         elif key == "stages":
-            ok = isinstance(v, dict) and all(type(k) is str and _number(ms) for k, ms in v.items())
+            ok = isinstance(v, dict) and all(
+                type(k) is str and _duration(ms) for k, ms in v.items()
+            )
         else:
             continue
         if not ok:
             return False
     return True
+
+
+def unsurrogate(text: str) -> str:
+    """``text`` with each lone surrogate as the text ``\\udXXX``, as the plain layout has it."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def without_surrogates(value: Any) -> Any:
+    """``value`` (parsed JSON: objects, arrays, text, numbers) with :func:`unsurrogate` applied
+    to every text in it, keys included."""
+    if type(value) is str:
+        return unsurrogate(value)
+    if type(value) is dict:
+        return {unsurrogate(k): without_surrogates(v) for k, v in value.items()}
+    if type(value) is list:
+        return [without_surrogates(v) for v in value]
+    return value

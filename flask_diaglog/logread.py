@@ -11,13 +11,12 @@ number of lines. Lines are split by :mod:`~flask_diaglog.files.render` and messa
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import gzip
 import heapq
-import io
 import os
 import re
+import stat
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -26,8 +25,9 @@ from datetime import datetime
 from typing import Any
 
 from .files.render import plain_line, split_json, split_plain
-from .linecheck import line_time, well_formed
+from .linecheck import line_time, well_formed, without_surrogates
 from .percentiles import Stats
+from .readfile import NotRegular, Readable, open_regular, read_lines, reason
 from .trail import FILES, LEVELS, kind_of, parse_message
 
 __all__ = [
@@ -97,16 +97,21 @@ def parse_line(line: str, file: str = "", host: str = "") -> LogRecord | None:
         return None
     try:
         rec = _parse(line, file, host)
-    except ValueError:  # a plain message with a number that is not one (``1.2.3ms``)
+    except (ValueError, RecursionError):  # a number that is not one (``1.2.3ms``); deep JSON
         return None
     return rec if rec is not None and well_formed(rec.data) else None
 
 
 def _parse(line: str, file: str, host: str) -> LogRecord | None:
+    # A JSON escape of a lone surrogate (a JSON line, a plain line's bad_job_id) reads back as
+    # the text \udXXX: see linecheck.
+    escaped = "\\ud" in line or "\\uD" in line
     if line.startswith("{"):
         obj = split_json(line)
         if obj is None:
             return None
+        if escaped:
+            obj = without_surrogates(obj)
         ts = line_time(str(obj.get("ts", "")))
         return LogRecord(ts, file, line, obj, str(obj.get("host", host)))
     parts = split_plain(line)
@@ -125,6 +130,8 @@ def _parse(line: str, file: str, host: str) -> LogRecord | None:
     kind = kind_of(parts["logger"], msg)
     data["event"] = kind
     data.update(parse_message(kind, msg))
+    if escaped:
+        data = without_surrogates(data)
     if exc is not None:
         data["exc"] = exc
     return LogRecord(line_time(parts["ts"]), file, line, data, host)
@@ -141,7 +148,7 @@ def iter_files(log_dir: str, names: Iterable[str] = FILES) -> Iterator[tuple[str
                 backups.append((int(suffix), path))
         for _, path in sorted(backups, reverse=True):
             yield name, path
-        if os.path.exists(base):
+        if os.path.lexists(base):  # a dangling link too: files_of names it
             yield name, base
 
 
@@ -160,17 +167,27 @@ def label_dirs(dirs: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def files_of(
-    dirs: Sequence[tuple[str, str]], names: Iterable[str] = FILES, since: float | None = None
-) -> list[tuple[str, str, str]]:
-    """``(label, name, path)`` of every file a scan reads; files last written before ``since``
-    (their modification time) hold no newer line and are left out."""
+    dirs: Sequence[tuple[str, str]], names: Iterable[str] = FILES, since: float | None = None,
+    skipped: list[str] | None = None,
+) -> list[tuple[str, str, str]]:  # fmt: skip
+    """``(label, name, path)`` of every file a scan reads: the regular files (a symlink to one
+    included) of the set. Files last written before ``since`` (their modification time) hold no
+    newer line and are left out; the paths of the others that cannot be read (a FIFO, a device,
+    a dangling link, a link loop) go to ``skipped``, with why."""
     names = tuple(names)
     out = []
     for label, log_dir in dirs:
         for name, path in iter_files(log_dir, names):
-            with contextlib.suppress(OSError):
-                if not since or os.path.getmtime(path) >= since:
-                    out.append((label, name, path))
+            try:
+                st = os.stat(path)
+                if not stat.S_ISREG(st.st_mode):
+                    raise NotRegular(path)
+            except OSError as exc:
+                if skipped is not None:
+                    skipped.append(f"{path} ({reason(exc)})")
+                continue
+            if not since or st.st_mtime >= since:
+                out.append((label, name, path))
     return out
 
 
@@ -178,32 +195,37 @@ def files_of(
 class Scan:
     """Counts of one scan; ``progress(n)`` (optional) is told every ~1 MiB of file bytes read.
     A file that cannot be read to its end (a damaged or truncated ``.gz``) is named in
-    ``damaged``, and its unreadable rest counts as one line, skipped."""
+    ``damaged``, and its unreadable rest counts as one line, skipped. A file that cannot be read
+    at all (not a regular file, gone since it was listed) is named in ``unreadable``, with why.
+    A line over :data:`~flask_diaglog.readfile.MAX_LINE` counts as one line, skipped."""
 
     progress: Callable[[int], None] | None = None
     lines: int = 0
     skipped: int = 0
     damaged: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
 
 
-def _lines(path: str, scan: Scan | None) -> Iterator[str]:
-    """The lines of a file (gzipped or not); bytes read are reported to ``scan.progress``."""
+def _lines(path: str, scan: Scan | None) -> Iterator[str | None]:
+    """The lines of a file (gzipped or not), ``None`` for one over the limit (see
+    :func:`~flask_diaglog.readfile.read_lines`); bytes read are reported to ``scan.progress``."""
     report = scan.progress if scan is not None else None
     try:
-        raw = open(path, "rb")  # noqa: SIM115 (closed below: only opening may fail quietly)
-    except OSError:
-        return  # rotated or compressed away since it was listed
+        raw = open_regular(path)
+    except OSError as exc:  # rotated or compressed away since it was listed, or swapped
+        if scan is not None:
+            scan.unreadable.append(f"{path} ({reason(exc)})")
+        return
     with raw:
-        fh: io.BufferedIOBase = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
-        done = pending = 0
+        fh: Readable = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+        done = 0
         try:
-            for data in fh:
-                pending += len(data)
-                if pending >= _STEP and report is not None:
+            for data in read_lines(fh):
+                if report is not None and raw.tell() - done >= _STEP:
                     pos = raw.tell()
                     report(pos - done)
-                    done, pending = pos, 0
-                yield data.decode("utf-8", "replace")
+                    done = pos
+                yield None if data is None else data.decode("utf-8", "replace")
         except (OSError, EOFError, zlib.error):
             if scan is not None:
                 scan.lines, scan.skipped = scan.lines + 1, scan.skipped + 1
@@ -218,10 +240,10 @@ def _stream(
 ) -> Iterator[LogRecord]:
     for path in paths:
         for line in _lines(path, scan):
-            rec = parse_line(line, name, label)
+            rec = None if line is None else parse_line(line, name, label)
             if scan is not None:
                 scan.lines += 1
-                if rec is None and line.strip():
+                if rec is None and (line is None or line.strip()):
                     scan.skipped += 1
             if rec is None or (since and rec.ts < since) or (until and rec.ts > until):
                 continue
@@ -242,7 +264,7 @@ def merge_records(
     merged by time, between ``since`` and ``until`` (epoch seconds). Streams: each file is read
     once, line by line."""
     chains: dict[tuple[str, str], list[str]] = {}
-    for label, name, path in files_of(dirs, names, since):
+    for label, name, path in files_of(dirs, names, since, scan.unreadable if scan else None):
         chains.setdefault((label, name), []).append(path)
     streams = [_stream(lb, nm, ps, since, until, scan) for (lb, nm), ps in chains.items()]
     return heapq.merge(*streams, key=lambda r: r.ts)
@@ -252,10 +274,10 @@ def tail_records(log_dir: str, name: str, max_bytes: int = 256 * 1024) -> list[L
     """The records in the last ``max_bytes`` of the current ``<name>.log`` (cheap on big files)."""
     path = os.path.join(log_dir, f"{name}.log")
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:  # a FIFO would block, /dev/zero never end
             start = max(0, fh.seek(0, os.SEEK_END) - max_bytes)
             fh.seek(start)
-            chunk = fh.read()
+            chunk = fh.read(max_bytes)
     except OSError:
         return []
     if start:
@@ -340,9 +362,9 @@ def summarize(
         },
         "failed_jobs": failed_jobs,
         "failed": list(failures),
-        "slowest": [
-            _pick(r, "request_id", "job_id", "method", "path", "status", "duration_ms")
-            for _, _, r in sorted(slow, key=lambda t: (-t[0], t[1]))
+        "slowest": [  # duration_ms as counted: 0.0 for a line without one
+            {**_pick(r, "request_id", "job_id", "method", "path", "status"), "duration_ms": ms}
+            for ms, _, r in sorted(slow, key=lambda t: (-t[0], t[1]))
         ],
     }
 

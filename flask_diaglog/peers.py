@@ -16,6 +16,10 @@ answers the dashboard shows the work of all of them.
 * **Stale files.** A file of this host whose pid no longer runs is removed by the reader; a
   file not rewritten for :data:`STALE_AFTER` seconds (a frozen process, another host that
   stopped) is ignored.
+* **Bad files.** A state file that is not what :meth:`Peers.publish` writes (not a regular
+  file, over :data:`MAX_STATE` bytes, not JSON, nested too deep, an entry of the wrong shape)
+  is ignored and named in :attr:`Peers.ignored`; it never reaches a page. Text is read as
+  :mod:`~flask_diaglog.linecheck` reads lines: a lone surrogate becomes the text ``\\udXXX``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import math
 import os
 import re
 import socket
@@ -31,12 +36,17 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
-__all__ = ["STALE_AFTER", "Peers"]
+from .linecheck import well_formed, without_surrogates
+from .readfile import NotRegular, open_regular
+
+__all__ = ["MAX_STATE", "STALE_AFTER", "Peers"]
 
 #: Seconds after which a state file that was not rewritten is ignored.
 STALE_AFTER = 5.0
+#: A state file larger than this is ignored (an entry takes a few hundred bytes).
+MAX_STATE = 8 << 20
 PREFIX = "inflight-"
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]")
 
@@ -104,6 +114,8 @@ class Peers:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
+        #: The names of the state files the last :meth:`merged` ignored as not state files.
+        self.ignored: list[str] = []
 
     @property
     def path(self) -> str:
@@ -170,22 +182,28 @@ class Peers:
         """Every worker's in-flight entries, oldest first: this process's live, the others' from
         their files (``elapsed_ms`` brought up to now; each entry carries ``host``)."""
         now = time.time()
-        out = [{**e, "host": self.host} for e in self.local()]
+        out = [{**without_surrogates(e), "host": self.host} for e in self.local()]
         try:
             names = os.listdir(self.log_dir)
         except OSError:
             names = []
+        ignored = []
         for name in names:
             if not (name.startswith(PREFIX) and name.endswith(".json")):
                 continue
             path = os.path.join(self.log_dir, name)
             try:
-                with open(path, encoding="utf-8") as fh:
-                    state = json.load(fh)
-                host, pid, written = state["host"], int(state["pid"]), float(state["written"])
-                entries = list(state["inflight"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # being replaced, or not ours
+                with open_regular(path) as fh:
+                    data = fh.read(MAX_STATE + 1)
+            except NotRegular:
+                data = b""  # a FIFO, a device, a directory: not a state file
+            except OSError:
+                continue  # removed or being replaced since the listing: next time
+            state = _state(data)
+            if state is None:
+                ignored.append(name)
+                continue
+            host, pid, written, entries = state
             if host == self.host and pid == self._pid:
                 continue
             if host == self.host and not _alive(pid):
@@ -195,14 +213,56 @@ class Peers:
             if now - written > STALE_AFTER:
                 continue
             for e in entries:
-                if isinstance(e, dict):
-                    start = e.get("start")
-                    if isinstance(start, (int, float)):
-                        e["elapsed_ms"] = round((now - start) * 1000.0, 3)
-                    e["host"] = host
-                    out.append(e)
+                start = e.get("start")
+                if start is not None:
+                    e["elapsed_ms"] = round((now - start) * 1000.0, 3)
+                e["host"] = host
+                out.append(e)
+        self.ignored = ignored
         out.sort(key=lambda e: e.get("start") or 0.0)
         return out
+
+
+#: Entry keys that are numbers (``None`` or left out when there is none); the others of
+#: :func:`~flask_diaglog.watchdog.entries` are checked by :func:`.linecheck.well_formed`.
+_NUMBERS = ("start", "elapsed_ms", "thread_id")
+
+
+def _state(data: bytes) -> tuple[str, int, float, list[dict[str, Any]]] | None:
+    """``(host, pid, written, entries)`` of a state file's bytes, or ``None`` when they are not
+    what :meth:`Peers.publish` writes."""
+    if len(data) > MAX_STATE:
+        return None
+    try:
+        state = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(state, dict):
+        return None
+    host, pid, written, entries = (state.get(k) for k in ("host", "pid", "written", "inflight"))
+    if not (type(host) is str and type(pid) is int and 0 < pid < 1 << 31):
+        return None
+    if not _number(written) or type(entries) is not list or not all(map(_entry_ok, entries)):
+        return None
+    return without_surrogates(host), pid, float(written), without_surrogates(entries)
+
+
+def _number(v: Any) -> TypeGuard[float]:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _entry_ok(e: Any) -> bool:
+    """Whether ``e`` is an entry as :func:`~flask_diaglog.watchdog.entries` makes one."""
+    if type(e) is not dict or not well_formed(_given(e)):
+        return False
+    if not all(e.get(k) is None or _number(e[k]) for k in _NUMBERS):
+        return False
+    progress = e.get("progress")
+    return progress is None or (type(progress) is dict and well_formed(_given(progress)))
+
+
+def _given(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
 
 
 def _finish(stop: threading.Event, path: str) -> None:

@@ -6,6 +6,7 @@ cross-worker in-flight work in test_dashboard_peers.py.
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -640,3 +641,52 @@ def test_live_poll_of_an_unchanged_page_is_a_304(make_app: Callable[..., Flask],
     client.get("/fast")
     fresh = client.get(url, headers={"If-None-Match": tag})
     assert fresh.status_code == 200 and fresh.headers["ETag"] != tag
+
+
+_SURROGATE_LINES = [
+    '"event":"log","logger":"app","level":"WARNING","request_id":"r-s","msg":"name \\ud800"',
+    '"event":"stage","request_id":"r-s","stage":"s\\udc9bx","duration_ms":1.0,"ok":true',
+    _END.replace("bad-end", "r-s") + ',"duration_ms":1.0,"stages":{"s\\udc9bx":1.0}',
+]
+
+
+@pytest.mark.parametrize("url", ["/_diaglog/", "/_diaglog/requests", "/_diaglog/trace/r-s"])
+def test_a_lone_surrogate_is_shown_as_its_escape(
+    make_app: Callable[..., Flask], log_dir: Path, url: str
+) -> None:
+    """A lone surrogate in a JSON line (as the JSON escape ``\\ud800``) is shown as that text,
+    as a plain line has it: never a 500."""
+    app = make_app({"DIAGLOG_DASHBOARD": True})
+    log_dir.mkdir(exist_ok=True)
+    for body in _SURROGATE_LINES:
+        _append_json(log_dir, body)
+    r = app.test_client().get(url)
+    assert r.status_code == 200
+    assert b"s\\udc9bx" in r.data
+
+
+@pytest.mark.parametrize("url", ["/_diaglog/", "/_diaglog/requests", "/_diaglog/trace/huge"])
+def test_a_duration_no_time_can_hold_is_skipped_and_counted(
+    make_app: Callable[..., Flask], log_dir: Path, url: str
+) -> None:
+    """An end line of ``"duration_ms": 1e+308`` (finite, but its start would be no time) is
+    skipped and counted: never a 500."""
+    app = _busy_app(make_app)
+    _append_json(log_dir, _END.replace("bad-end", "huge") + ',"duration_ms":1e+308')
+    client = app.test_client()
+    assert client.get(url).status_code in {200, 404}
+    assert _api(client, "/_diaglog/api/state")["index"]["skipped_lines"] == 1
+
+
+@pytest.mark.parametrize("name", ["jobs.log.1", "requests.log.2.gz"])
+def test_a_fifo_in_the_log_directory_is_never_opened(
+    make_app: Callable[..., Flask], log_dir: Path, name: str
+) -> None:
+    """A FIFO named like a backup is not a log file: the first page answers (opening it would
+    wait for a writer forever), with every other row."""
+    log_dir.mkdir(exist_ok=True)
+    os.mkfifo(log_dir / name)
+    app = _busy_app(make_app)
+    client = app.test_client()
+    assert client.get("/_diaglog/").status_code == 200
+    assert len(_api(client, "/_diaglog/api/state?limit=500")["recent"]) == 14

@@ -149,3 +149,49 @@ def test_dashboard_shows_every_workers_inflight_under_gunicorn(tmp_path: Path) -
             release.touch()
             for t in slow:
                 t.join(30)
+
+
+def _bad_states() -> dict[str, str]:
+    now = time.time()
+    entry = _entry("/evil", now)
+    state = {"host": "elsewhere", "pid": 2, "written": now}
+    return {
+        "deep": "[" * 100_000,
+        "huge pid": json.dumps({**state, "pid": 10**30, "inflight": [entry]}),
+        "infinite time": json.dumps({**state, "written": float("inf"), "inflight": [entry]}),
+        "hung not a number": json.dumps({**state, "inflight": [{**entry, "hung": "x"}]}),
+        "start not a number": json.dumps({**state, "inflight": [{**entry, "start": "x"}]}),
+        "progress not a number": json.dumps(
+            {**state, "inflight": [{**entry, "progress": {"fraction": "x"}}]}
+        ),
+        "not an object": "[1, 2]",
+    }
+
+
+@pytest.mark.parametrize("what", list(_bad_states()))
+def test_a_bad_state_file_never_breaks_a_page(
+    make_app: Callable[..., Flask], log_dir: Path, what: str
+) -> None:
+    """A state file that is not one (nested 100 000 deep, a pid or time no process has, an entry
+    of the wrong shape) is ignored: every page that shows in-flight work answers."""
+    app = make_app({"DIAGLOG_DASHBOARD": True})
+    log_dir.mkdir(exist_ok=True)
+    (log_dir / "inflight-evil-2.json").write_text(_bad_states()[what])
+    client = app.test_client()
+    for url in ("/_diaglog/", "/_diaglog/api/overview", "/_diaglog/api/inflight",
+                "/_diaglog/api/state"):  # fmt: skip
+        r = client.get(url)
+        assert r.status_code == 200, url
+        assert b"/evil" not in r.data
+
+
+def test_bad_state_files_are_ignored_and_named(tmp_path: Path) -> None:
+    """Merging skips state files that are not state files (garbled, huge, a FIFO) and names
+    them in ``ignored``."""
+    (tmp_path / "inflight-deep-1.json").write_text("[" * 100_000)
+    (tmp_path / "inflight-huge-1.json").write_text(" " * (9 << 20))
+    os.mkfifo(tmp_path / "inflight-fifo-1.json")
+    peers = Peers(str(tmp_path), lambda: [_entry("/mine", time.time())])
+    assert [e["path"] for e in peers.merged()] == ["/mine"]
+    ignored = ["inflight-deep-1.json", "inflight-fifo-1.json", "inflight-huge-1.json"]
+    assert sorted(peers.ignored) == ignored

@@ -188,3 +188,26 @@ def test_every_file_splits_into_the_records_written(
 
 def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
+
+
+def test_a_lone_surrogate_is_written_as_its_escape_in_json_lines(
+    make_app: Callable[..., Flask], log_dir: Path
+) -> None:
+    """A lone surrogate a client sends (``{"name": "\\ud800"}``, logged by the view) or a stage
+    name holds is written as the text ``\\udXXX``, as plain lines write it: every JSON line reads
+    back, with any JSON parser, as valid Unicode."""
+    app = make_app({"TESTING": False, "DIAGLOG_FORMAT": "json"})
+
+    @app.post("/n")
+    def view() -> str:
+        app.logger.warning("name %s", request.get_json()["name"])
+        with stage("s\udc9bx"):
+            return "ok"
+
+    app.test_client().post("/n", data='{"name": "\\ud800"}', content_type="application/json")
+    lines = (log_dir / "requests.log").read_bytes().decode("utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    for text in (json.dumps(r, ensure_ascii=False) for r in records):
+        text.encode("utf-8")  # strict: no surrogate came back from a JSON escape
+    assert [r["msg"] for r in records if r["event"] == "log"] == ["name \\ud800"]
+    assert [r["stage"] for r in records if r["event"] == "stage"] == ["s\\udc9bx"]

@@ -94,10 +94,11 @@ def test_each_line_of_an_interleaving_carries_its_own_parts(records: list[Any]) 
         assert (obj["level"], obj["event"], obj["logger"], obj["msg"]) == (
             _level(level),
             kind,
-            logger,
-            msg,
+            _safe(logger, {}),
+            _safe(msg, {}),
         )
-        assert (obj.get("request_id"), obj.get("job_id")) == (rid, jid)
+        shown = [None if v is None else _safe(v, {}) for v in (rid, jid)]
+        assert [obj.get("request_id"), obj.get("job_id")] == shown
         parts = split_plain(plain_line(TS, level, kind, logger, rid, jid, msg).decode()[:-1])
         if parts is None:  # a hostile logger or id may break the layout; not this test's matter
             continue

@@ -27,7 +27,6 @@ request back reads only its own stretch of one or two files.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 import sys
 import threading
@@ -36,6 +35,7 @@ import zlib
 from typing import Any
 
 from ..logread import NO_ROUTE, LogRecord, iter_files, parse_line, route_of
+from ..readfile import MAX_LINE, open_log
 from ..trail import LEVELS
 from .item import Item
 
@@ -43,8 +43,9 @@ __all__ = ["Index", "Item"]
 
 #: The files the dashboard reads (``errors.log`` repeats lines of both).
 NAMES = ("requests", "jobs")
-#: Bytes read and parsed per step of a refresh.
-CHUNK = 1 << 20
+#: Bytes read and parsed per step of a refresh: a longer line is skipped and counted, as
+#: every reader skips a line over :data:`~flask_diaglog.readfile.MAX_LINE`.
+CHUNK = MAX_LINE
 #: Items kept at most; beyond that the oldest are dropped.
 MAX_ITEMS = 300_000
 #: A new span starts when a trace's next line is further than this from its last span.
@@ -79,12 +80,11 @@ def _intern(value: Any) -> Any:
     return sys.intern(value) if type(value) is str else value
 
 
-def _first_line(path: str, gz: bool) -> bytes | None:
+def _first_line(path: str) -> bytes | None:
     """The first line (the file's key); empty while it has none, ``None`` when it cannot be read
     (a damaged ``.gz``)."""
-    opener: Any = gzip.open if gz else open
     try:
-        with opener(path, "rb") as fh:
+        with open_log(path) as fh:  # a regular file: a FIFO would block, a device never end
             head: bytes = fh.read(4096)
     except FileNotFoundError:
         return b""  # renamed since the listing
@@ -178,7 +178,7 @@ class Index:
                 continue
             size = st.st_size
             listed[(st.st_dev, st.st_ino)] = os.path.basename(path)
-            key = _first_line(path, gz)  # read each time: an inode may be reused
+            key = _first_line(path)  # read each time: an inode may be reused
             if key is None and gz:
                 self._damage(path)
             if not key:
@@ -222,9 +222,8 @@ class Index:
                 f.offset = 0
             if f.offset >= f.size:
                 return
-        opener: Any = gzip.open if f.gz else open
         try:
-            with opener(f.path, "rb") as fh:
+            with open_log(f.path) as fh:
                 if fh.read(len(f.key)) != f.key:
                     return  # renamed since the listing: another file has this name now
                 fh.seek(f.offset)
@@ -252,9 +251,9 @@ class Index:
 
     def _salvage(self, f: _File) -> None:
         """Fold in the whole lines of a damaged ``.gz`` after ``f.offset``, up to the damage."""
-        with contextlib.suppress(*_UNREADABLE), gzip.open(f.path, "rb") as fh:
+        with contextlib.suppress(*_UNREADABLE), open_log(f.path) as fh:
             fh.seek(f.offset)
-            for line in fh:
+            for line in iter(lambda: fh.readline(CHUNK), b""):  # a longer line ends it
                 if not line.endswith(b"\n"):
                     break
                 f.offset += self._feed(f, line, f.offset, final=True)
@@ -464,13 +463,12 @@ class Index:
                     f = self._files.get(fkey)
                     if f is not None:
                         wanted.append((f, start, end))
-            paths = [(f.path, f.gz, f.name, f.key, start, end) for f, start, end in wanted]
+            paths = [(f.path, f.name, f.key, start, end) for f, start, end in wanted]
         seen: set[tuple[str, int]] = set()
         out: list[LogRecord] = []
-        for path, gz, name, key, start, end in paths:
-            opener: Any = gzip.open if gz else open
+        for path, name, key, start, end in paths:
             try:
-                with opener(path, "rb") as fh:
+                with open_log(path) as fh:
                     if fh.read(len(key)) != key:
                         continue  # rotated since: these lines are not at this name any more
                     fh.seek(start)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..record import Event
 
 __all__ = [
+    "JSON_ESCAPES",
     "PLAIN_LAYOUT",
     "RENDERERS",
     "Renderer",
@@ -125,8 +126,10 @@ _BREAKERS = (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)
 ESCAPES: dict[int, str] = {c: f"\\x{c:02x}" for c in _BREAKERS if c < 0x100}
 _ESCAPES = ESCAPES
 _ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
-#: In JSON the same characters become ``\\u00XX`` escapes, so the value survives a JSON parser.
-_JSON_ESCAPES: dict[int, str] = {c: f"\\u{c:04x}" for c in _BREAKERS}
+#: In JSON the same characters become ``\\u00XX`` escapes, so the value survives a JSON parser;
+#: readers use it for the JSON they print.
+JSON_ESCAPES: dict[int, str] = {c: f"\\u{c:04x}" for c in _BREAKERS}
+_JSON_ESCAPES = JSON_ESCAPES
 
 
 def format_ts(ts: float) -> str:
@@ -461,8 +464,18 @@ def json_line(
         line = line[:-2].translate(_JSON_ESCAPES) + "}\n"
     try:  # inline, not a helper: saves a call per line
         return line.encode()
-    except UnicodeEncodeError:  # lone surrogates
-        return line.encode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # lone surrogates (a non-ASCII line): see _json_surrogate
+        return _SURROGATE.sub(_json_surrogate, line).encode()
+
+
+#: A lone surrogate: text from undecodable bytes (``surrogateescape``) or a JSON escape.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _json_surrogate(m: re.Match[str]) -> str:
+    r"""A lone surrogate (only ever in a string) as the text ``\udXXX`` (escaped ``\\udXXX``),
+    as plain lines show it: not a JSON escape, which gives every JSON reader it back."""
+    return f"\\\\u{ord(m[0]):04x}"
 
 
 def split_json(line: str) -> dict[str, Any] | None:
