@@ -67,6 +67,11 @@ _new_trace = object.__new__
 _init_trace = Trace.__init__
 
 
+#: The largest JSON body (its Content-Length) an error line shows: a line stays well under the
+#: readers' :data:`~flask_diaglog.readfile.MAX_LINE` (1 MiB), whatever the view accepted.
+BODY_SHOWN_MAX = 256 * 1024
+
+
 class RequestTrail:
     """The request side of one app: the WSGI wrapper (``__call__``) and the end and error lines.
 
@@ -267,7 +272,8 @@ class RequestTrail:
             req = None
         if req is not None:
             fields["headers"] = self.redactor.headers(req.headers.items())
-            if req.is_json:
+            size = req.content_length
+            if req.is_json and size is not None and size <= BODY_SHOWN_MAX:
                 # Only a body already in memory: reading one now could wait on a slow client.
                 body = body_json(req, False)
                 if body is not None:

@@ -10,6 +10,8 @@ import pytest
 from flask import Flask, request
 from werkzeug.datastructures import Headers
 
+from flask_diaglog.logread import read_records
+from flask_diaglog.readfile import MAX_LINE
 from flask_diaglog.redact import MASK, SCAN_LIMIT, Redactor
 from tests.conftest import Logs
 
@@ -78,6 +80,29 @@ def test_error_line_has_redacted_headers_and_body(
     (err,) = logs.events("errors", "request_error")  # type: ignore[attr-defined]
     assert err["headers"]["Authorization"] == MASK
     assert err["body"] == {"prompt": "a cat", "api_key": MASK}
+
+
+def test_an_error_line_leaves_a_large_body_out_and_stays_readable(
+    make_app: Callable[..., Flask], logs: object
+) -> None:
+    """A failing view that read a 3 MB JSON body: the error line has the headers and no body,
+    stays under the readers' line limit, and reads back (a reader skips a longer line)."""
+    app = make_app({"TESTING": False, "DIAGLOG_FORMAT": "json"})
+
+    @app.post("/x")
+    def x() -> str:
+        request.get_json()
+        raise ValueError("nope")
+
+    big = {f"k{i}": "v" * 60_000 for i in range(50)}
+    app.test_client().post("/x", json=big, headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    text = logs.text("errors")  # type: ignore[attr-defined]
+    assert len(text.encode()) < MAX_LINE
+    (err,) = logs.events("errors", "request_error")  # type: ignore[attr-defined]
+    assert err["headers"]["Authorization"] == MASK
+    assert "body" not in err
+    read = [r.event for r in read_records(str(logs.dir), ["errors"])]  # type: ignore[attr-defined]
+    assert read == ["request_error"]
 
 
 def test_custom_redact_list(make_app: Callable[..., Flask], logs: object) -> None:
