@@ -147,8 +147,8 @@ def stubborn(gate: str) -> None:
     ``open-<gate>``; then, or when it is terminated meanwhile (SIGTERM raises SystemExit), its
     cleanup waits until the test makes ``cleanup-<gate>`` (at most a minute each)."""
     marks = Path(os.environ["WORKERS_MARKS"])
-    (marks / f"pid-{gate}").write_text(str(os.getpid()))
-    try:
+    try:  # terminated as soon as the test sees the pid: in the try already
+        (marks / f"pid-{gate}").write_text(str(os.getpid()))
         _wait_for_file(marks / f"open-{gate}")
     finally:
         _wait_for_file(marks / f"cleanup-{gate}")

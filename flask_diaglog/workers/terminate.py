@@ -48,6 +48,9 @@ class TaskTerminated(SystemExit):
     def __str__(self) -> str:
         return self.why
 
+    def __reduce__(self) -> tuple[type[TaskTerminated], tuple[Any, str]]:
+        return type(self), (self.code, self.why)
+
 
 def signal_name(signum: Any) -> str:
     """``SIGTERM`` for 15 (also ``-15`` or ``"15"``, as Celery passes it); ``signal 99`` for a
