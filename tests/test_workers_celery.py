@@ -92,6 +92,7 @@ def worker(
     }
     with run_worker(celery_cmd(request.param), {**env, **live}, log_dir) as w:
         w.pool = request.param
+        w.marks = marks
         yield w
 
 
@@ -232,12 +233,34 @@ def send_from_request(web: Any, send: Any) -> str:
     return str(web.test_client().post(rule).headers["X-Request-ID"])
 
 
+def process_gone(pid: int) -> bool:
+    """The process has exited (gone, or a zombie its parent has yet to reap): whatever it
+    wrote is in the files."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def lines_of_job(log_dir: Path, job_id: str) -> list[dict[str, Any]]:
+    """Every line of ``job_id`` in ``jobs.log``, whatever its request id."""
+    return [r for r in read(log_dir, "jobs") if r.get("job_id") == job_id]
+
+
+def job_free(web: Any, job_id: str) -> bool:
+    return web.extensions["diaglog"].guard.store.holder(job_id) is None
+
+
 def test_a_task_killed_by_its_hard_time_limit_ends_with_a_line(worker: Any, web: Any) -> None:
     """Prefork: the main worker process writes the task's last line (ERROR, outcome
-    time_limit) with the sender's ids."""
+    time_limit) with the sender's ids; once the task's process is gone the job is free, freed
+    once: no line about a job no longer held, and the task's own job_end (when its process got
+    to write it before SIGKILL) says it was killed by its hard time limit."""
     if worker.pool != "prefork":
         pytest.skip("hard time limits need the prefork pool")
-    resp = web.test_client().post(f"/too_slow/t-{uuid.uuid4().hex[:8]}")
+    job_id = f"t-{uuid.uuid4().hex[:8]}"
+    resp = web.test_client().post(f"/too_slow/{job_id}")
     rid = resp.headers["X-Request-ID"]
 
     def killed() -> list[dict[str, Any]]:
@@ -247,7 +270,81 @@ def test_a_task_killed_by_its_hard_time_limit_ends_with_a_line(worker: Any, web:
     (line,) = killed()
     assert line["level"] == "ERROR"
     assert "hard time limit (1s)" in line["msg"]
-    assert post(web, f"/too_slow/{line['job_id']}").status_code == 202  # its job is free
+    (mark,) = [p for p in worker.marks.glob("too_slow-*") if p.read_text() == job_id]
+    wait_for(lambda: process_gone(int(mark.name.split("-")[1])))
+    wait_for(lambda: job_free(web, job_id))
+    lines = lines_of_job(worker.log_dir, job_id)
+    assert {r.get("request_id") for r in lines} == {rid}
+    assert [r["msg"] for r in lines if r["logger"] == "flask_diaglog.jobs"] == []
+    ends = [r for r in lines if r["event"] == "job_end"]
+    assert len(ends) <= 1
+    for end in ends:
+        assert end["error"] == "TaskTerminated: killed by its hard time limit (1s)"
+    assert post(web, f"/too_slow/{job_id}").status_code == 202
+
+
+def revoke_while_running(worker: Any, web: Any, signal: str) -> tuple[str, str, int, Any]:
+    """Send ``stubborn`` from a guarded request, wait until it runs, revoke it with
+    ``terminate=True`` and ``signal`` (the worker has handled it when this returns): its job id,
+    request id, the task's process id and a client of ``web``."""
+    gate = uuid.uuid4().hex[:8]
+    job_id = f"x-{gate}"
+    sent: list[Any] = []
+    rule = guarded_sender(web, lambda: None if sent else sent.append(tasks.stubborn.delay(gate)))
+    client = web.test_client()
+    rid = client.post(rule, headers={"X-Job-ID": job_id}).headers["X-Request-ID"]
+    pid_file = worker.marks / f"pid-{gate}"
+    wait_for(lambda: pid_file.exists() and pid_file.read_text())
+    replies = tasks.celery_app.control.revoke(
+        sent[0].id, terminate=True, signal=signal, reply=True, limit=1, timeout=15
+    )
+    assert replies, "the worker did not answer the revoke"
+    return job_id, rid, int(pid_file.read_text()), (client, rule, gate)
+
+
+def test_a_task_revoked_while_it_runs_frees_its_job_once_its_process_is_gone(
+    worker: Any, web: Any
+) -> None:
+    """revoke(terminate=True): while the task's process still runs after SIGTERM (its cleanup)
+    duplicates get 409; once it has ended the job is free, freed once (no line about a job no
+    longer held), its job_end says it was terminated, every line has the sender's ids."""
+    if worker.pool != "prefork":
+        pytest.skip("terminating a running task needs the prefork pool")
+    job_id, rid, pid, (client, rule, gate) = revoke_while_running(worker, web, "SIGTERM")
+    try:
+        assert client.post(rule, headers={"X-Job-ID": job_id}).status_code == 409
+    finally:
+        (worker.marks / f"cleanup-{gate}").write_text("")
+    wait_for(lambda: process_gone(pid))
+    wait_for(lambda: job_free(web, job_id))
+    lines = lines_of_job(worker.log_dir, job_id)
+    assert {r.get("request_id") for r in lines} == {rid}
+    assert [r["msg"] for r in lines if r["logger"] == "flask_diaglog.jobs"] == []
+    (revoked,) = [r for r in lines if r.get("outcome") == "revoked"]
+    assert "was revoked and terminated (SIGTERM)" in revoked["msg"]
+    (end,) = [r for r in lines if r["event"] == "job_end"]
+    assert (end["ok"], end["level"]) == (False, "ERROR")
+    assert end["error"] == (
+        "TaskTerminated: terminated by SIGTERM while it ran (revoked with terminate=True, or a "
+        "cold shutdown of the worker)"
+    )
+
+
+def test_a_task_revoked_with_sigkill_frees_its_job_once_its_process_is_gone(
+    worker: Any, web: Any
+) -> None:
+    """revoke(terminate=True, signal="SIGKILL"): the task's process writes nothing more; the
+    worker's line says so and the job is free once the process is gone."""
+    if worker.pool != "prefork":
+        pytest.skip("terminating a running task needs the prefork pool")
+    job_id, rid, pid, _ = revoke_while_running(worker, web, "SIGKILL")
+    wait_for(lambda: process_gone(pid))
+    wait_for(lambda: job_free(web, job_id))
+    lines = lines_of_job(worker.log_dir, job_id)
+    assert {r.get("request_id") for r in lines} == {rid}
+    assert [r["event"] for r in lines if r["event"] != "hang"] == ["job_start", "log"]
+    (revoked,) = [r for r in lines if r.get("outcome") == "revoked"]
+    assert "was revoked and terminated (SIGKILL)" in revoked["msg"]
 
 
 def test_a_task_revoked_before_it_runs_ends_with_a_line(worker: Any, web: Any) -> None:

@@ -5,6 +5,8 @@ stopped and cancelled jobs, live events and hang reports."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -257,6 +259,41 @@ def test_a_stopped_job_ends_with_a_line_and_frees_the_job(worker: Any, web: Any)
     assert "was stopped" in line["msg"]
     assert not job_lines(worker.log_dir, rid, "job_end")
     wait_for(lambda: client.post(f"/slow/{job_id}?seconds=0").status_code == 202)
+
+
+def test_a_killed_work_horse_with_retries_left_ends_with_one_line(
+    worker: Any, web: Any, tmp_path: Path
+) -> None:
+    """SIGKILL to the work horse of a job that RQ retries: the worker writes one line (outcome
+    killed) with RQ's reason and the attempt that follows, and the retry runs."""
+    pid_file = tmp_path / "horse.pid"
+    queue = Queue(connection=web.rq)
+    sent: list[Any] = []
+
+    @guard_job
+    def view() -> Any:
+        sent.append(queue.enqueue(workers_rq_app.pid_then_wait, str(pid_file), retry=Retry(1)))
+        return "", 202
+
+    web.add_url_rule("/horse", "horse", view, methods=["POST"])
+    job = {"X-Job-ID": f"h-{uuid.uuid4().hex[:8]}"}
+    rid = web.test_client().post("/horse", headers=job).headers["X-Request-ID"]
+    wait_for(pid_file.exists)
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    def killed() -> list[dict[str, Any]]:
+        return [r for r in jobs_of(worker.log_dir, rid) if r.get("outcome") == "killed"]
+
+    wait_for(killed)
+    (line,) = killed()
+    assert line["msg"] == (
+        f"task workers_rq_app.pid_then_wait ({sent[0].id}) ended outside its run: Work-horse "
+        "terminated unexpectedly; waitpid returned 9 (signal 9); RQ retries it as attempt 2 of 2"
+    )
+    assert (line["level"], line["job_id"]) == ("ERROR", job["X-Job-ID"])
+    wait_for(lambda: job_lines(worker.log_dir, rid, "job_end"))
+    (end,) = job_lines(worker.log_dir, rid, "job_end")
+    assert (end["attempt"], end["ok"]) == (2, True)
 
 
 def test_a_job_cancelled_before_it_ran_ends_with_a_line_and_frees_the_job(web: Any) -> None:

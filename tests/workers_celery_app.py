@@ -135,6 +135,25 @@ def gated(gate: str) -> None:
         time.sleep(0.05)
 
 
+def _wait_for_file(path: Path) -> None:
+    deadline = time.monotonic() + 60
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@celery_app.task
+def stubborn(gate: str) -> None:
+    """Leaves ``pid-<gate>`` (its process id) in WORKERS_MARKS and waits until the test makes
+    ``open-<gate>``; then, or when it is terminated meanwhile (SIGTERM raises SystemExit), its
+    cleanup waits until the test makes ``cleanup-<gate>`` (at most a minute each)."""
+    marks = Path(os.environ["WORKERS_MARKS"])
+    try:  # terminated as soon as the test sees the pid: in the try already
+        (marks / f"pid-{gate}").write_text(str(os.getpid()))
+        _wait_for_file(marks / f"open-{gate}")
+    finally:
+        _wait_for_file(marks / f"cleanup-{gate}")
+
+
 @celery_app.task
 def parent(queue: str) -> None:
     """Sends a child task to ``queue`` from inside its run."""

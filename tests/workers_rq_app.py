@@ -58,6 +58,17 @@ def slow(seconds: float) -> None:
         time.sleep(seconds)
 
 
+def pid_then_wait(pid_file: str) -> str:
+    """Writes the id of its process (the work horse) to ``pid_file``; while RQ has retries left
+    for it, then waits to be killed (at most a minute)."""
+    Path(f"{pid_file}.tmp").write_text(str(os.getpid()))
+    os.replace(f"{pid_file}.tmp", pid_file)
+    job = get_current_job()
+    if job is not None and job.retries_left:
+        time.sleep(60)
+    return "ok"
+
+
 def parent(queue: str) -> None:
     """Enqueues a child job on ``queue`` from inside its run."""
     job = get_current_job()

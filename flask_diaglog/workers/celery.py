@@ -12,7 +12,8 @@ In every process that imports it (web and worker alike, as Flask's Celery patter
   carry ``task_id``, ``attempt``, ``attempts`` and ``queue`` (``job_start name attempt=2``);
 * a task revoked, expired or killed by its hard time limit ends with a line written by the
   worker's main process (``outcome`` ``revoked``, ``expired`` or ``time_limit``), which also
-  frees its lease;
+  frees its lease: at once for a task that never ran, once its pool process has exited for a
+  running one (:mod:`.terminate`, whose ``job_end`` says why it ended);
 * at worker startup (``worker_init``) the configuration is checked, and a worker that lacks what
   it needs exits naming what to set; a live emitter is started when ``DIAGLOG_LIVE_QUEUE`` is
   set; Celery's own line about a failed task gets the sender's ids.
@@ -49,7 +50,8 @@ from .common import (
     run_task,
     start_worker,
 )
-from .lease import Holding, current_holding
+from .lease import Holding, current_holding, give_up
+from .terminate import note_time_limit, share_notes, signal_name, terminated_exit, when_gone
 
 __all__ = ["DiagLogTask", "init_celery"]
 
@@ -66,6 +68,9 @@ _LIMITED_MAX = 10_000
 #: chain's next task, ``link`` callbacks) is sent from that run, which keeps its lease until
 #: ``task_postrun``.
 _after: weakref.WeakKeyDictionary[Any, Holding] = weakref.WeakKeyDictionary()
+#: Main worker process: the requests the worker holds, by task id (for the pool process that
+#: runs a task being terminated).
+_requests: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
 
 def init_celery(celery_app: Celery, app: Flask) -> None:
@@ -143,6 +148,11 @@ class DiagLogTask(Task):  # type: ignore[misc]
                 weakref.finalize(req, held.finish)  # should task_postrun never come
             try:
                 return inner(*a, **kw)
+            except SystemExit as exc:  # its pool process was terminated: say why
+                ended = terminated_exit(exc, _limit_here(self, req))
+                if ended is None:
+                    raise
+                raise ended from exc
             except Retry as exc:
                 note(
                     rec,
@@ -158,6 +168,12 @@ class DiagLogTask(Task):  # type: ignore[misc]
         return run_task(
             b, info, get, task, args, kwargs, keep_lease=_handed_to_retry, retried=_retried
         )
+
+
+def _limit_here(task: Any, req: Any) -> Any:
+    """The hard time limit of the task run ``req`` (in the pool process that runs it)."""
+    limits = getattr(req, "timelimit", None) or (None, None)
+    return limits[0] or getattr(task, "time_limit", None) or task.app.conf.task_time_limit
 
 
 def _retried(exc: BaseException) -> BaseException | None:
@@ -248,6 +264,7 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
         start_worker(b, "Celery worker")
     except ConfigError as exc:
         fail_startup(exc)
+    share_notes()  # before the pool processes are forked
     trace_logger = logging.getLogger("celery.app.trace")
     if not any(isinstance(f, _SenderIds) for f in trace_logger.filters):
         trace_logger.addFilter(_SenderIds())  # a worker's children inherit it
@@ -286,7 +303,10 @@ def _hard_limit(req: Any) -> Any:
 
 
 def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
-    if request is None or request.task.app not in _bindings or not _hard_limit(request):
+    if request is None or request.task.app not in _bindings:
+        return
+    _requests[request.id] = request
+    if not _hard_limit(request):
         return
     _limited[request.id] = request
     while len(_limited) > _LIMITED_MAX:
@@ -304,15 +324,19 @@ def _on_revoked(
     b = _bindings.get(getattr(sender, "app", None))
     if b is None or request is None:
         return
+    ctx = vars(request)
+    task_id = ctx.get("id")
+    pid = None
     if expired:
         what, outcome = "expired before it ran", "expired"
     elif terminated:
-        what, outcome = f"was revoked and terminated (signal {signum})", "revoked"
+        what, outcome = f"was revoked and terminated ({signal_name(signum)})", "revoked"
+        running = _requests.get(task_id) if task_id is not None else None
+        pid = getattr(running, "worker_pid", None)
     else:
         what, outcome = "was revoked before it ran", "revoked"
-    ctx = vars(request)
     get = header_getter(ctx.get("headers") or {}, ctx)
-    _end_outside(b, sender.name, ctx.get("id"), get, what, outcome, _WARNING)
+    _end_outside(b, sender.name, task_id, get, what, outcome, _WARNING, pid, terminated)
 
 
 def _on_failure(
@@ -324,11 +348,12 @@ def _on_failure(
     b = _bindings.get(getattr(sender, "app", None))
     if req is None or b is None:
         return
+    note_time_limit(req.worker_pid)  # first: billiard sends the signal once this returns
     d = req.request_dict
     get = header_getter(d.get("headers") or {}, d)
     limit = exception.args[0] if exception.args else _hard_limit(req)
     what = f"was killed by its hard time limit ({limit}s)"
-    _end_outside(b, sender.name, task_id, get, what, "time_limit", _ERROR)
+    _end_outside(b, sender.name, task_id, get, what, "time_limit", _ERROR, req.worker_pid, True)
 
 
 def _end_outside(
@@ -339,8 +364,15 @@ def _end_outside(
     what: str,
     outcome: str,
     level: int,
+    pid: int | None = None,
+    ran: bool = False,
 ) -> None:
-    """The last line of a task that ended outside its run; its lease is freed."""
+    """The last line of a task that ended outside its run; its lease is freed: at once when it
+    never ran, else once its pool process ``pid`` has exited (the run frees it itself as it
+    unwinds, unless killed first: only one of them finds it held, so no false alarm)."""
     if task_id is not None:
         _limited.pop(task_id, None)
-    end_outside(b, name, task_id, get, what, outcome, level)
+    end_outside(b, name, task_id, get, what, outcome, level, free=not ran)
+    if ran:
+        token = get(LEASE)
+        when_gone(pid, lambda: give_up(b, token))

@@ -279,7 +279,11 @@ def run_task(
         parent, problems = parent_from(get)
         token = get(LEASE)
 
-    with hold(b, token, keep_lease, info.task_id) as held:
+    # The lease is freed after the run's job_end, outside it: with the sender's ids still.
+    ids = None
+    if token is not None:
+        ids = Trace(rec, "job", parent.request_id, parent.job_id, parent.method, parent.path)
+    with hold(b, token, keep_lease, info.task_id, ids) as held:
         if held.problem is not None:
             problems.append(held.problem)
 

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from ..context import current_trace
+from ..context import current_trace, reset_trace, set_trace
 from ..jobs import HandOffError, JobStoreUnavailable, abandon, adopt, hand_off
 from ..jobs.handoff import hand_on
 
@@ -62,7 +62,8 @@ class Holding:
         """Free the lease a lingering run kept (once; later calls do nothing)."""
         lease, self.lease = self.lease, None
         if self.lingers and lease is not None and not lease.ended:
-            lease.release()
+            with _under(self.trace):
+                lease.release()
 
     def usable(self) -> JobLease | None:
         """The lease, while this run still holds it (not ended, lost or handed to a retry)."""
@@ -118,11 +119,25 @@ def current_holding() -> Holding | None:
 
 
 @contextmanager
+def _under(trace: Trace | None) -> Iterator[None]:
+    """``trace`` is current meanwhile (the guard's lines about the lease carry its ids)."""
+    if trace is None:
+        yield
+        return
+    token = set_trace(trace)
+    try:
+        yield
+    finally:
+        reset_trace(token)
+
+
+@contextmanager
 def hold(
     b: Binding,
     token: Any,
     keep: Callable[[BaseException, Holding], bool] | None = None,
     task_id: str | None = None,
+    trace: Trace | None = None,
 ) -> Iterator[Holding]:
     """Hold the job lease named by ``token`` while the body runs.
 
@@ -131,7 +146,8 @@ def hold(
     token): then the lease is detached (no longer renewed, not freed) and left to that retry,
     which adopts it. A token that cannot be adopted here sets :attr:`Holding.problem` and the
     task runs unguarded. A body that set :attr:`Holding.lingers` and returned keeps the lease
-    until :meth:`Holding.finish`.
+    until :meth:`Holding.finish`. The lease is freed with ``trace`` current (the run's ids):
+    a line the guard writes then (its job was no longer held) carries them.
     """
     held = Holding(token if isinstance(token, Mapping) else None, task_id)
     if token is not None and b.guard is not None:
@@ -150,11 +166,13 @@ def hold(
             if keep is not None and keep(exc, held):
                 lease.detach()  # the retry adopts it (before DIAGLOG_JOB_TTL passes)
             else:
-                lease.release()  # an exception on its way: the job failed, no replay record
+                with _under(trace):
+                    lease.release()  # an exception on its way: the job failed, no replay record
         raise
     else:
         if lease is not None and not held.lingers:
-            lease.release()
+            with _under(trace):
+                lease.release()
     finally:
         _holding.reset(ctx)
 

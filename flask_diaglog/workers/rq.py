@@ -221,7 +221,9 @@ class Worker(_Worker):
         if stopped:
             what, outcome, level = "was stopped: its work horse was killed", "stopped", _WARNING
         else:
-            what, outcome, level = f"ended outside its run: {why.strip()}", "killed", _ERROR
+            why = why.strip().rstrip(";").rstrip()  # RQ ends its reason with "; "
+            what = f"ended outside its run: {why}" if why else "ended outside its run"
+            outcome, level = "killed", _ERROR
         if retry:
             what += f"; RQ retries it as {info.next_attempt()}"
         meta = job.meta or {}
