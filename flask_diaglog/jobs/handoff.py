@@ -20,7 +20,8 @@ the job ends). On the worker, with the same ``DIAGLOG_JOB_STORE`` (a Redis URL):
 ``flask_diaglog.background.run_job`` releases when the job it runs ends. A task that never
 starts (revoked, or its message lost) is given up with :func:`abandon`; if nobody adopts or
 abandons it, the job is free once the hand-off TTL has passed after the request ended. A worker
-that is killed (SIGKILL, a hard time limit) frees it after the lease TTL, since nobody renews it.
+that is killed (SIGKILL, a hard time limit) frees it after the lease TTL, since nobody renews it
+(the Celery integration frees it sooner: its main process gives a killed task's part up).
 
 With the memory store, a token can only be adopted by the same store object (same app, same
 process); anything else raises :class:`HandOffError`.
