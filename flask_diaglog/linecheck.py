@@ -19,9 +19,12 @@ import functools
 import math
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
-__all__ = ["MAX_MS", "MAX_TS", "line_time", "unsurrogate", "well_formed", "without_surrogates"]
+__all__ = [
+    "MAX_MS", "MAX_TS", "finite_number", "line_time", "unsurrogate", "well_formed",
+    "without_surrogates",
+]  # fmt: skip
 
 #: Times from 1970 until a day before the year 10000: what :mod:`datetime` can show in any time
 #: zone. A line outside is read as a line without a time (``0.0``).
@@ -63,14 +66,16 @@ def line_time(text: str) -> float:
     return ts if 0.0 <= ts < MAX_TS else 0.0
 
 
-def _number(v: Any) -> bool:
+def finite_number(v: Any) -> TypeGuard[float]:
+    """Whether ``v`` is a number a float holds: a finite float, or an int short of ``2**1000``
+    (a longer one overflows any arithmetic with a float)."""
     if type(v) is float:
         return math.isfinite(v)
     return type(v) is int and -_BIG < v < _BIG
 
 
 def _duration(v: Any) -> bool:
-    return _number(v) and 0 <= v <= MAX_MS
+    return finite_number(v) and 0 <= v <= MAX_MS
 
 
 def well_formed(data: Mapping[str, Any]) -> bool:
@@ -83,7 +88,7 @@ def well_formed(data: Mapping[str, Any]) -> bool:
         elif key in _WHOLE:
             ok = type(v) is int
         elif key in _NUMBER:
-            ok = _number(v)
+            ok = finite_number(v)
         elif key == "duration_ms":
             ok = _duration(v)
         elif key == "stages":

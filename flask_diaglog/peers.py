@@ -27,7 +27,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
-import math
 import os
 import re
 import socket
@@ -36,9 +35,9 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, TypeGuard
+from typing import Any
 
-from .linecheck import well_formed, without_surrogates
+from .linecheck import finite_number, well_formed, without_surrogates
 from .readfile import NotRegular, open_regular
 
 __all__ = ["MAX_STATE", "STALE_AFTER", "Peers"]
@@ -242,20 +241,16 @@ def _state(data: bytes) -> tuple[str, int, float, list[dict[str, Any]]] | None:
     host, pid, written, entries = (state.get(k) for k in ("host", "pid", "written", "inflight"))
     if not (type(host) is str and type(pid) is int and 0 < pid < 1 << 31):
         return None
-    if not _number(written) or type(entries) is not list or not all(map(_entry_ok, entries)):
+    if not finite_number(written) or type(entries) is not list or not all(map(_entry_ok, entries)):
         return None
     return without_surrogates(host), pid, float(written), without_surrogates(entries)
-
-
-def _number(v: Any) -> TypeGuard[float]:
-    return type(v) in (int, float) and math.isfinite(v)
 
 
 def _entry_ok(e: Any) -> bool:
     """Whether ``e`` is an entry as :func:`~flask_diaglog.watchdog.entries` makes one."""
     if type(e) is not dict or not well_formed(_given(e)):
         return False
-    if not all(e.get(k) is None or _number(e[k]) for k in _NUMBERS):
+    if not all(e.get(k) is None or finite_number(e[k]) for k in _NUMBERS):
         return False
     progress = e.get("progress")
     return progress is None or (type(progress) is dict and well_formed(_given(progress)))

@@ -161,6 +161,10 @@ def _bad_states() -> dict[str, str]:
         "infinite time": json.dumps({**state, "written": float("inf"), "inflight": [entry]}),
         "hung not a number": json.dumps({**state, "inflight": [{**entry, "hung": "x"}]}),
         "start not a number": json.dumps({**state, "inflight": [{**entry, "start": "x"}]}),
+        "time too large for a float": json.dumps({**state, "written": 10**400, "inflight": []}),
+        "start too large for a float": json.dumps(
+            {**state, "inflight": [{**entry, "start": 10**400}]}
+        ),
         "progress not a number": json.dumps(
             {**state, "inflight": [{**entry, "progress": {"fraction": "x"}}]}
         ),
