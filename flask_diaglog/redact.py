@@ -67,7 +67,7 @@ _SQ_REST = re.compile(r"(?:[^'\\\r\n]++|\\.)*+'")
 _EOL = re.compile(r"[\r\n]|\\[rn]")
 #: The end of an escaped-quoted value: its closing \" (or \') or the end of the line, whichever
 #: comes first; one search, so each value is scanned once, not to the end of the line first.
-_ESC_END = {q: re.compile(rf"\\{q}|[\r\n]|\\[rn]") for q in "\"'"}
+_ESC_END = {q: re.compile(rf"\\{q}|{_EOL.pattern}") for q in "\"'"}
 # A credential with no key in front of it.
 _BARE_WORDS = ("bearer", "basic", "negotiate", "ntlm", "apikey", "aws4-hmac-sha256")
 _BARE = re.compile(r"(?i)\b(" + "|".join(_BARE_WORDS) + r")[ \t]++[A-Za-z0-9._~+/=\-]{6,}+")
