@@ -46,6 +46,7 @@ __all__ = [
     "TaskInfo",
     "binding",
     "end_outside",
+    "job_of",
     "outgoing_headers",
     "parent_from",
     "run_task",
@@ -244,6 +245,12 @@ def note(rec: Recorder, level: int, msg: str, **fields: Any) -> None:
     rec.record("log", current_trace(), level, msg, fields, logger=LOGGER_WORKER)
 
 
+def job_of(rec: Recorder, parent: Trace) -> Trace:
+    """A job trace of ``rec`` that carries the ids of ``parent`` (what :func:`parent_from` read
+    from a task's headers): for lines written outside the run, in the sender's trail."""
+    return Trace(rec, "job", parent.request_id, parent.job_id, parent.method, parent.path)
+
+
 def run_task(
     b: Binding,
     info: TaskInfo,
@@ -282,7 +289,7 @@ def run_task(
     # The lease is freed after the run's job_end, outside it: with the sender's ids still.
     ids = None
     if token is not None:
-        ids = Trace(rec, "job", parent.request_id, parent.job_id, parent.method, parent.path)
+        ids = job_of(rec, parent)
     with hold(b, token, keep_lease, info.task_id, ids) as held:
         if held.problem is not None:
             problems.append(held.problem)

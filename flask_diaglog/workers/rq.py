@@ -34,13 +34,14 @@ from rq.job import Job as _Job
 from rq.job import JobStatus
 
 from ..config import ConfigError
-from ..context import Trace, current_trace, reset_trace, set_trace
+from ..context import current_trace, reset_trace, set_trace
 from .common import (
     Binding,
     TaskInfo,
     binding,
     end_outside,
     fail_startup,
+    job_of,
     note,
     outgoing_headers,
     parent_from,
@@ -199,7 +200,7 @@ class Worker(_Worker):
             super().handle_exception(job, *exc_info)
             return
         parent, _problems = parent_from((job.meta or {}).get)
-        trace = Trace(b.rec, "job", parent.request_id, parent.job_id, parent.method, parent.path)
+        trace = job_of(b.rec, parent)
         token = set_trace(trace)
         try:
             super().handle_exception(job, *exc_info)
