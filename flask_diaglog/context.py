@@ -10,7 +10,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -238,3 +239,17 @@ def settled_trace() -> Trace | None:
 set_trace: Callable[[Trace | None], Any] = _current.set
 #: Restore the trace that was current before the matching :func:`set_trace`.
 reset_trace: Callable[[Any], None] = _current.reset
+
+
+@contextmanager
+def trace_current(trace: Trace | None) -> Iterator[None]:
+    """``trace`` is the current trace meanwhile (``None``: the current one stays): lines written
+    outside a run, such as a lease freed after its ``job_end``, carry its ids."""
+    if trace is None:
+        yield
+        return
+    token = set_trace(trace)
+    try:
+        yield
+    finally:
+        reset_trace(token)

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from ..context import current_trace, reset_trace, set_trace
+from ..context import current_trace, trace_current
 from ..jobs import HandOffError, JobStoreUnavailable, abandon, adopt, hand_off
 from ..jobs.handoff import hand_on
 
@@ -62,7 +62,7 @@ class Holding:
         """Free the lease a lingering run kept (once; later calls do nothing)."""
         lease, self.lease = self.lease, None
         if self.lingers and lease is not None and not lease.ended:
-            with _under(self.trace):
+            with trace_current(self.trace):
                 lease.release()
 
     def usable(self) -> JobLease | None:
@@ -119,19 +119,6 @@ def current_holding() -> Holding | None:
 
 
 @contextmanager
-def _under(trace: Trace | None) -> Iterator[None]:
-    """``trace`` is current meanwhile (the guard's lines about the lease carry its ids)."""
-    if trace is None:
-        yield
-        return
-    token = set_trace(trace)
-    try:
-        yield
-    finally:
-        reset_trace(token)
-
-
-@contextmanager
 def hold(
     b: Binding,
     token: Any,
@@ -166,12 +153,12 @@ def hold(
             if keep is not None and keep(exc, held):
                 lease.detach()  # the retry adopts it (before DIAGLOG_JOB_TTL passes)
             else:
-                with _under(trace):
+                with trace_current(trace):
                     lease.release()  # an exception on its way: the job failed, no replay record
         raise
     else:
         if lease is not None and not held.lingers:
-            with _under(trace):
+            with trace_current(trace):
                 lease.release()
     finally:
         _holding.reset(ctx)

@@ -34,7 +34,7 @@ from rq.job import Job as _Job
 from rq.job import JobStatus
 
 from ..config import ConfigError
-from ..context import current_trace, reset_trace, set_trace
+from ..context import current_trace, trace_current
 from .common import (
     Binding,
     TaskInfo,
@@ -200,12 +200,8 @@ class Worker(_Worker):
             super().handle_exception(job, *exc_info)
             return
         parent, _problems = parent_from((job.meta or {}).get)
-        trace = job_of(b.rec, parent)
-        token = set_trace(trace)
-        try:
+        with trace_current(job_of(b.rec, parent)):
             super().handle_exception(job, *exc_info)
-        finally:
-            reset_trace(token)
 
     def handle_job_failure(self, job: Any, queue: Any, *args: Any, **kwargs: Any) -> None:
         b = _current()
