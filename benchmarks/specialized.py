@@ -34,6 +34,8 @@ from .instructions import DIAGLOG_VARIANTS, build, serve
 FAMILIES = ("LOAD_ATTR", "STORE_ATTR", "LOAD_METHOD", "LOAD_GLOBAL")
 PACKAGE = "flask_diaglog"
 REPO = Path(__file__).resolve().parents[1]
+#: Requests traced one after another; a site counts when all of them ran it.
+TRACED = 3
 #: The first CPython that specializes (PEP 659).
 NEEDS = (3, 11)
 
@@ -47,29 +49,37 @@ def _generic(opname: str) -> bool:
 
 
 def generic_sites(variant: str, warmup: int = 300) -> list[str]:
-    """``file:line function: OPNAME name`` of each generic site one request of ``variant`` ran."""
+    """``file:line function: OPNAME name`` of each generic site that every one of
+    :data:`TRACED` requests of ``variant`` ran. A site only some requests run (the timestamp's
+    new second, once a second) has had too few runs to be specialized, and is left out."""
     if sys.version_info < NEEDS:
         raise RuntimeError("specialization needs CPython 3.11 or later")
     with tempfile.TemporaryDirectory() as tmp:
         app = build(variant, Path(tmp))
         serve(app, warmup, 0)
-        ran: dict[CodeType, set[int]] = {}
+        every: dict[CodeType, set[int]] | None = None
+        for _ in range(TRACED):
+            ran: dict[CodeType, set[int]] = {}
 
-        def tracer(frame: FrameType, event: str, arg: Any) -> Any:
-            if PACKAGE not in frame.f_code.co_filename:
-                return None
-            frame.f_trace_opcodes = True
-            if event == "opcode":
-                ran.setdefault(frame.f_code, set()).add(frame.f_lasti)
-            return tracer
+            def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+                if PACKAGE not in frame.f_code.co_filename:
+                    return None
+                frame.f_trace_opcodes = True
+                if event == "opcode":
+                    ran.setdefault(frame.f_code, set()).add(frame.f_lasti)  # noqa: B023
+                return tracer
 
-        sys.settrace(tracer)
-        try:
-            serve(app, 0, 1)
-        finally:
-            sys.settrace(None)
+            sys.settrace(tracer)
+            try:
+                serve(app, 0, 1)
+            finally:
+                sys.settrace(None)
+            if every is None:
+                every = ran
+            else:
+                every = {c: every[c] & ran[c] for c in every.keys() & ran.keys()}
     sites = []
-    for code, offsets in ran.items():
+    for code, offsets in (every or {}).items():
         # The instructions as quickened (tracing leaves the quickened code as it is).
         quick = {i.offset: i.opname for i in dis.get_instructions(code, adaptive=True)}
         for ins in dis.get_instructions(code):
