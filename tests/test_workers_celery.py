@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -281,6 +282,40 @@ def test_a_task_killed_by_its_hard_time_limit_ends_with_a_line(worker: Any, web:
     for end in ends:
         assert end["error"] == "TaskTerminated: killed by its hard time limit (1s)"
     assert post(web, f"/too_slow/{job_id}").status_code == 202
+
+
+def test_a_task_whose_pool_process_is_killed_ends_with_a_line_and_frees_its_job(
+    worker: Any, web: Any
+) -> None:
+    """Prefork: a pool process SIGKILLed from outside while it runs a guarded task (what the OOM
+    killer does) writes nothing more; the worker's main process writes the task's last line
+    (ERROR, outcome killed, the sender's ids), and the same job id is accepted again at once."""
+    if worker.pool != "prefork":
+        pytest.skip("killing the process of one task needs the prefork pool")
+    job_id = f"o-{uuid.uuid4().hex[:8]}"
+    resp = post(web, f"/slow/{job_id}?seconds=60")
+    assert resp.status_code == 202
+    rid = resp.headers["X-Request-ID"]
+
+    def starts() -> list[dict[str, Any]]:
+        return [r for r in lines_of(worker.log_dir, rid) if r["event"] == "job_start"]
+
+    wait_for(starts)
+    os.kill(starts()[0]["pid"], signal.SIGKILL)
+
+    def killed() -> list[dict[str, Any]]:
+        return [r for r in lines_of(worker.log_dir, rid) if r.get("outcome") == "killed"]
+
+    wait_for(killed, timeout=30)
+    assert post(web, f"/slow/{job_id}?seconds=0.1").status_code == 202
+    (line,) = killed()
+    assert (line["level"], line["job_id"]) == ("ERROR", job_id)
+    assert line["msg"].startswith(f"task workers_celery_app.slow ({starts()[0]['task_id']}) ")
+    assert "its pool process exited" in line["msg"]
+    assert "SIGKILL" in line["msg"]
+    lines = lines_of_job(worker.log_dir, job_id)
+    assert not [r for r in lines if r["event"] == "job_end" and r.get("request_id") == rid]
+    assert [r["msg"] for r in lines if r["logger"] == "flask_diaglog.jobs"] == []
 
 
 def revoke_while_running(worker: Any, web: Any, signal: str) -> tuple[str, str, int, Any]:
