@@ -25,7 +25,7 @@ from servers import RedisServer
 from workers_servers import TESTS, live_events_of_a_slow_task, run_worker, wait_for, worker_env
 
 from flask_diaglog import guard_job
-from flask_diaglog.workers.rq import Queue, init_rq
+from flask_diaglog.workers.rq import ATTEMPTS, Queue, init_rq
 
 pytestmark = pytest.mark.slow
 
@@ -182,6 +182,34 @@ def test_an_rq_worker_without_a_shared_job_store_fails_at_startup(
     )
     assert proc.returncode != 0
     assert "Set DIAGLOG_JOB_STORE" in proc.stderr
+
+
+def test_a_malformed_attempts_meta_runs_the_job_after_a_warning_naming_it(
+    worker: Any, web: Any
+) -> None:
+    """``diaglog_attempts`` in a job's meta that is not a whole number of runs from 1 (a
+    boolean, 0, negative, text, a float, thousands of digits): the job runs normally as its
+    first attempt, without ``attempts``, after a WARNING line that names the key."""
+    values: list[Any] = [True, 0, -1, "3", 2.5, 10**400]
+    sent: list[Any] = []
+
+    @web.post("/bad-attempts")
+    def send() -> Any:
+        queue = Queue(connection=web.rq)
+        sent.extend(queue.enqueue(workers_rq_app.render, 1, meta={ATTEMPTS: v}) for v in values)
+        return "", 202
+
+    rid = web.test_client().post("/bad-attempts").headers["X-Request-ID"]
+    wait_for(lambda: len(job_lines(worker.log_dir, rid, "job_end")) == len(values))
+    lines = jobs_of(worker.log_dir, rid)
+    for job, value in zip(sent, values, strict=True):
+        mine = [r for r in lines if r.get("task_id") == job.id]
+        (warning,) = [r["msg"] for r in mine if r["level"] == "WARNING"]
+        assert f"header {ATTEMPTS}=" in warning, value
+        assert "is not a number of runs" in warning
+        (start,) = [r for r in mine if r["event"] == "job_start"]
+        assert (start["attempt"], "attempts" in start) == (1, False)
+        assert [r["ok"] for r in mine if r["event"] == "job_end"] == [True]
 
 
 def job_lines(log_dir: Path, rid: str, event: str) -> list[dict[str, Any]]:

@@ -40,7 +40,6 @@ from flask import Flask
 from ..config import ConfigError
 from ..context import current_trace
 from .common import (
-    LEASE,
     REQUEST_ID,
     Binding,
     TaskInfo,
@@ -48,13 +47,14 @@ from .common import (
     end_outside,
     fail_startup,
     header_getter,
+    lease_of,
     note,
     outgoing_headers,
     parent_from,
     run_task,
     start_worker,
 )
-from .lease import Holding, current_holding, give_up
+from .lease import LEASE, Holding, current_holding, give_up
 from .terminate import note_time_limit, share_notes, signal_name, terminated_exit, when_gone
 
 __all__ = ["DiagLogTask", "init_celery"]
@@ -374,7 +374,7 @@ def _on_lost(sender: Any, task_id: str, exception: WorkerLostError) -> None:
     req = _requests.get(task_id)
     ctx = req.request_dict if req is not None else vars(sender.request)
     get = header_getter(ctx.get("headers") or {}, ctx)
-    give_up(b, get(LEASE))  # first: a new request for the job is accepted once the line is out
+    give_up(b, lease_of(get))  # first: a new request for the job is accepted once the line is out
     what = f"ended outside its run: its pool process exited ({exception})"
     end_outside(b, sender.name, task_id, get, what, "killed", _ERROR, free=False)
 
@@ -397,5 +397,5 @@ def _end_outside(
         _limited.pop(task_id, None)
     end_outside(b, name, task_id, get, what, outcome, level, free=not ran)
     if ran:
-        token = get(LEASE)
+        token = lease_of(get)
         when_gone(pid, lambda: give_up(b, token))
