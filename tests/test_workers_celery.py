@@ -29,6 +29,7 @@ from workers_servers import (
     TESTS,
     celery_cmd,
     live_events_of_a_slow_task,
+    log_lines,
     run_worker,
     wait_for,
     worker_env,
@@ -41,10 +42,7 @@ pytestmark = pytest.mark.slow
 
 
 def read(log_dir: Path, name: str) -> list[dict[str, Any]]:
-    path = log_dir / f"{name}.log"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    return log_lines(log_dir / f"{name}.log")
 
 
 def lines_of(log_dir: Path, request_id: str, name: str = "jobs") -> list[dict[str, Any]]:

@@ -4,7 +4,6 @@ stopped and cancelled jobs, live events and hang reports."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -22,7 +21,14 @@ from redis import Redis
 from rq import Retry
 from rq.command import send_stop_job_command
 from servers import RedisServer
-from workers_servers import TESTS, live_events_of_a_slow_task, run_worker, wait_for, worker_env
+from workers_servers import (
+    TESTS,
+    live_events_of_a_slow_task,
+    log_lines,
+    run_worker,
+    wait_for,
+    worker_env,
+)
 
 from flask_diaglog import guard_job
 from flask_diaglog.workers.rq import ATTEMPTS, Queue, init_rq
@@ -39,8 +45,7 @@ def rq_cmd(worker_class: str = "workers_rq_app.ReadyWorker") -> list[str]:
 
 def jobs_of(log_dir: Path, request_id: str) -> list[dict[str, Any]]:
     path = log_dir / "jobs.log"
-    lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-    return [r for r in lines if r.get("request_id") == request_id]
+    return [r for r in log_lines(path) if r.get("request_id") == request_id]
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +163,7 @@ def test_rqs_own_line_about_a_failed_job_carries_the_senders_ids(worker: Any, we
 
     def rq_line() -> dict[str, Any] | None:
         path = worker.log_dir / "errors.log"
-        lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-        found = [r for r in lines if r["logger"] == "rq.worker" and rq_id in r["msg"]]
+        found = [r for r in log_lines(path) if r["logger"] == "rq.worker" and rq_id in r["msg"]]
         return found[0] if found else None
 
     wait_for(lambda: rq_line() is not None)
