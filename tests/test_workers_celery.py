@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,22 +29,20 @@ from workers_servers import (
     TESTS,
     celery_cmd,
     live_events_of_a_slow_task,
+    log_lines,
     run_worker,
     wait_for,
     worker_env,
 )
 
-from flask_diaglog import guard_job
+from flask_diaglog import guard_job, hand_off
 from flask_diaglog.workers.common import parent_from, traceparent_for
 
 pytestmark = pytest.mark.slow
 
 
 def read(log_dir: Path, name: str) -> list[dict[str, Any]]:
-    path = log_dir / f"{name}.log"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    return log_lines(log_dir / f"{name}.log")
 
 
 def lines_of(log_dir: Path, request_id: str, name: str = "jobs") -> list[dict[str, Any]]:
@@ -283,6 +282,40 @@ def test_a_task_killed_by_its_hard_time_limit_ends_with_a_line(worker: Any, web:
     assert post(web, f"/too_slow/{job_id}").status_code == 202
 
 
+def test_a_task_whose_pool_process_is_killed_ends_with_a_line_and_frees_its_job(
+    worker: Any, web: Any
+) -> None:
+    """Prefork: a pool process SIGKILLed from outside while it runs a guarded task (what the OOM
+    killer does) writes nothing more; the worker's main process writes the task's last line
+    (ERROR, outcome killed, the sender's ids), and the same job id is accepted again at once."""
+    if worker.pool != "prefork":
+        pytest.skip("killing the process of one task needs the prefork pool")
+    job_id = f"o-{uuid.uuid4().hex[:8]}"
+    resp = post(web, f"/slow/{job_id}?seconds=60")
+    assert resp.status_code == 202
+    rid = resp.headers["X-Request-ID"]
+
+    def starts() -> list[dict[str, Any]]:
+        return [r for r in lines_of(worker.log_dir, rid) if r["event"] == "job_start"]
+
+    wait_for(starts)
+    os.kill(starts()[0]["pid"], signal.SIGKILL)
+
+    def killed() -> list[dict[str, Any]]:
+        return [r for r in lines_of(worker.log_dir, rid) if r.get("outcome") == "killed"]
+
+    wait_for(killed, timeout=30)
+    assert post(web, f"/slow/{job_id}?seconds=0.1").status_code == 202
+    (line,) = killed()
+    assert (line["level"], line["job_id"]) == ("ERROR", job_id)
+    assert line["msg"].startswith(f"task workers_celery_app.slow ({starts()[0]['task_id']}) ")
+    assert "its pool process exited" in line["msg"]
+    assert "SIGKILL" in line["msg"]
+    lines = lines_of_job(worker.log_dir, job_id)
+    assert not [r for r in lines if r["event"] == "job_end" and r.get("request_id") == rid]
+    assert [r["msg"] for r in lines if r["logger"] == "flask_diaglog.jobs"] == []
+
+
 def revoke_while_running(worker: Any, web: Any, signal: str) -> tuple[str, str, int, Any]:
     """Send ``stubborn`` from a guarded request, wait until it runs, revoke it with
     ``terminate=True`` and ``signal`` (the worker has handled it when this returns): its job id,
@@ -390,6 +423,121 @@ def test_malformed_headers_run_with_fresh_ids_and_a_warning(
     assert lines[-1]["ok"] is True
     assert len({r["request_id"] for r in lines}) == 1
     assert lines[0]["request_id"] != "not an id!"
+
+
+def send_raw(env: dict[str, str], name: str, headers: list[dict[str, Any]]) -> list[str]:
+    """Send task ``name`` once per headers, from a process without diaglog; the task ids."""
+    code = (
+        "import json, sys; from celery import Celery; "
+        "c = Celery(broker=sys.argv[1]); "
+        "print(json.dumps([c.send_task(sys.argv[2], args=[1], headers=h).id "
+        "for h in json.loads(sys.argv[3])]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, env["WORKERS_BROKER"], name, json.dumps(headers)],
+        env=worker_env({}),
+        check=True,
+        timeout=30,
+        capture_output=True,
+        text=True,
+    )
+    return list(json.loads(out.stdout))
+
+
+def lines_of_task(log_dir: Path, task_id: str) -> list[dict[str, Any]]:
+    """The lines of one task run in ``jobs.log``: from its first line with its task id to its
+    job_end (the lines in between carry the run's thread)."""
+    lines = read(log_dir, "jobs")
+    start = next(r for r in lines if r.get("task_id") == task_id)
+    mine = [r for r in lines if r.get("request_id") == start["request_id"]]
+    return [r for r in mine if r.get("task_id") in (task_id, None)]
+
+
+def hand_off_tokens(web: Any, job_ids: list[str]) -> list[dict[str, str]]:
+    """A real hand-off token of each job id, from guarded requests that ended since."""
+    tokens: list[Any] = []
+    rule = guarded_sender(web, lambda: tokens.append(hand_off()))
+    client = web.test_client()
+    for job_id in job_ids:
+        assert client.post(rule, headers={"X-Job-ID": job_id}).status_code == 202
+    return [dict(t) for t in tokens]
+
+
+def task_ended(log_dir: Path, task_id: str) -> bool:
+    return any(
+        r.get("task_id") == task_id and r["event"] == "job_end" for r in read(log_dir, "jobs")
+    )
+
+
+def test_malformed_lease_and_id_headers_run_unguarded_with_a_warning_naming_the_header(
+    worker: Any, web: Any, env: dict[str, str]
+) -> None:
+    """A lease header that is not a diaglog token, whose ttl is not a lease TTL (huge, infinite,
+    negative), whose replay flag is neither 0 nor 1, that comes without the job id it holds, or
+    with another job's id: the task runs normally, unguarded, after a WARNING line that names
+    ``diaglog_lease`` (and the ids of the other headers when they are valid). A whole number
+    job id is taken as its text, as the guard does."""
+    run = uuid.uuid4().hex[:8]
+    bad = [
+        ("huge", {"ttl": "1e308"}, "ttl='1e308'"),
+        ("inf", {"ttl": "inf"}, "ttl='inf'"),
+        ("negative", {"ttl": "-30.0"}, "ttl='-30.0'"),
+        ("replay", {"replay": "yes"}, "invalid replay 'yes'"),
+    ]
+    jobs = [f"{case}-{uuid.uuid4().hex[:8]}" for case in [b[0] for b in bad] + ["alone", "other"]]
+    tokens = hand_off_tokens(web, jobs)
+    cases: dict[str, tuple[dict[str, Any], str]] = {}
+    for (case, change, why), job_id, token in zip(bad, jobs, tokens, strict=False):
+        lease = {**token, **change}
+        headers = {
+            "diaglog_request_id": f"r-{case}-{run}",
+            "diaglog_job_id": job_id,
+            "diaglog_lease": lease,
+        }
+        cases[case] = (headers, why)
+    cases["alone"] = (
+        {"diaglog_lease": tokens[-2]},
+        f"diaglog_lease (job '{jobs[-2]}') comes without a valid diaglog_job_id",
+    )
+    cases["other"] = (
+        {
+            "diaglog_request_id": f"r-other-{run}",
+            "diaglog_job_id": "someone-else",
+            "diaglog_lease": tokens[-1],
+        },
+        f"diaglog_lease holds job '{jobs[-1]}', not diaglog_job_id='someone-else'",
+    )
+    cases["text"] = (
+        {"diaglog_request_id": f"r-text-{run}", "diaglog_job_id": "t1", "diaglog_lease": "a token"},
+        "diaglog_lease is not a job lease token (a str)",
+    )
+    cases["number"] = ({"diaglog_request_id": f"r-number-{run}", "diaglog_job_id": 5}, "")
+    ids = dict(
+        zip(
+            cases,
+            send_raw(env, "workers_celery_app.render", [h for h, _ in cases.values()]),
+            strict=True,
+        )
+    )
+    for case, (headers, why) in cases.items():
+        task_id = ids[case]
+        wait_for(lambda: task_ended(worker.log_dir, task_id))  # noqa: B023
+        lines = lines_of_task(worker.log_dir, task_id)
+        warnings = [r["msg"] for r in lines if r["level"] == "WARNING"]
+        assert [r["ok"] for r in lines if r["event"] == "job_end"] == [True], case
+        if case == "alone":
+            assert not lines[0]["request_id"].startswith("r-")
+            assert all("job_id" not in r for r in lines)
+        elif case == "number":
+            assert warnings == []
+            assert {r.get("job_id") for r in lines} == {"5"}
+            continue
+        else:
+            assert {(r["request_id"], r.get("job_id")) for r in lines} == {
+                (headers["diaglog_request_id"], headers["diaglog_job_id"])
+            }, case
+        assert [w for w in warnings if "header diaglog_lease" in w and why in w
+                and w.endswith("it runs unguarded")], (case, warnings)  # fmt: skip
 
 
 def test_a_worker_without_a_shared_job_store_fails_at_startup(

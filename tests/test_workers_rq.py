@@ -4,7 +4,6 @@ stopped and cancelled jobs, live events and hang reports."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -22,10 +21,17 @@ from redis import Redis
 from rq import Retry
 from rq.command import send_stop_job_command
 from servers import RedisServer
-from workers_servers import TESTS, live_events_of_a_slow_task, run_worker, wait_for, worker_env
+from workers_servers import (
+    TESTS,
+    live_events_of_a_slow_task,
+    log_lines,
+    run_worker,
+    wait_for,
+    worker_env,
+)
 
 from flask_diaglog import guard_job
-from flask_diaglog.workers.rq import Queue, init_rq
+from flask_diaglog.workers.rq import ATTEMPTS, Queue, init_rq
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +45,7 @@ def rq_cmd(worker_class: str = "workers_rq_app.ReadyWorker") -> list[str]:
 
 def jobs_of(log_dir: Path, request_id: str) -> list[dict[str, Any]]:
     path = log_dir / "jobs.log"
-    lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-    return [r for r in lines if r.get("request_id") == request_id]
+    return [r for r in log_lines(path) if r.get("request_id") == request_id]
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +163,7 @@ def test_rqs_own_line_about_a_failed_job_carries_the_senders_ids(worker: Any, we
 
     def rq_line() -> dict[str, Any] | None:
         path = worker.log_dir / "errors.log"
-        lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-        found = [r for r in lines if r["logger"] == "rq.worker" and rq_id in r["msg"]]
+        found = [r for r in log_lines(path) if r["logger"] == "rq.worker" and rq_id in r["msg"]]
         return found[0] if found else None
 
     wait_for(lambda: rq_line() is not None)
@@ -182,6 +186,34 @@ def test_an_rq_worker_without_a_shared_job_store_fails_at_startup(
     )
     assert proc.returncode != 0
     assert "Set DIAGLOG_JOB_STORE" in proc.stderr
+
+
+def test_a_malformed_attempts_meta_runs_the_job_after_a_warning_naming_it(
+    worker: Any, web: Any
+) -> None:
+    """``diaglog_attempts`` in a job's meta that is not a whole number of runs from 1 (a
+    boolean, 0, negative, text, a float, thousands of digits): the job runs normally as its
+    first attempt, without ``attempts``, after a WARNING line that names the key."""
+    values: list[Any] = [True, 0, -1, "3", 2.5, 10**400]
+    sent: list[Any] = []
+
+    @web.post("/bad-attempts")
+    def send() -> Any:
+        queue = Queue(connection=web.rq)
+        sent.extend(queue.enqueue(workers_rq_app.render, 1, meta={ATTEMPTS: v}) for v in values)
+        return "", 202
+
+    rid = web.test_client().post("/bad-attempts").headers["X-Request-ID"]
+    wait_for(lambda: len(job_lines(worker.log_dir, rid, "job_end")) == len(values))
+    lines = jobs_of(worker.log_dir, rid)
+    for job, value in zip(sent, values, strict=True):
+        mine = [r for r in lines if r.get("task_id") == job.id]
+        (warning,) = [r["msg"] for r in mine if r["level"] == "WARNING"]
+        assert f"header {ATTEMPTS}=" in warning, value
+        assert "is not a number of runs" in warning
+        (start,) = [r for r in mine if r["event"] == "job_start"]
+        assert (start["attempt"], "attempts" in start) == (1, False)
+        assert [r["ok"] for r in mine if r["event"] == "job_end"] == [True]
 
 
 def job_lines(log_dir: Path, rid: str, event: str) -> list[dict[str, Any]]:

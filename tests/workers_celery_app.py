@@ -23,6 +23,9 @@ celery_app.conf.update(
     worker_hijack_root_logger=False,
     worker_prefetch_multiplier=1,
     task_acks_late=False,
+    # A pool process killed from outside fails its task (WorkerLostError) this long after it
+    # exited (Celery's default is 10 s): the tests need not wait that long.
+    worker_lost_wait=1.0,
 )
 
 

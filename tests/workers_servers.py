@@ -4,6 +4,7 @@ started in their own session and stopped (warm shutdown, then SIGKILL) by the fi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -37,6 +38,15 @@ class Worker:
 
     def errors(self) -> str:
         return self.stderr.read_text(errors="replace") if self.stderr.exists() else ""
+
+
+def log_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a worker's log file written so far: a last line still being written
+    (no newline yet) is left for the next read."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line]
 
 
 def worker_env(env: Mapping[str, str]) -> dict[str, str]:

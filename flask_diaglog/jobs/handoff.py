@@ -34,13 +34,13 @@ token), ``party`` (this hand-off's party name), ``store`` (:meth:`~.stores.JobSt
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from ..context import current_trace, is_valid_id
 from ..problems import JobStoreUnavailable
+from ..values import ConfigError, parse_ttl
 from .guard import JobGuard, get_job_guard
 from .leases import JobLease, Leases
 from .stores import LOST, RETAKEN
@@ -211,12 +211,12 @@ def _parse(token: Mapping[str, Any], guard: JobGuard) -> tuple[str, str, str, fl
     job_id = token["job_id"]
     if not is_valid_id(job_id) or not is_valid_id(token["party"]) or not token["lease"]:
         raise HandOffError("the hand-off token has an invalid job id, party or lease")
-    try:
-        ttl = float(token["ttl"])
-    except ValueError:
-        ttl = math.nan
-    if not (ttl > 0 and math.isfinite(ttl)):
-        raise HandOffError(f"the hand-off token has an invalid ttl {token['ttl']!r}")
+    try:  # the lease TTL, DIAGLOG_JOB_TTL's: what its key takes, a token takes
+        ttl = parse_ttl(token["ttl"], "ttl", "the hand-off token")
+    except ConfigError as exc:
+        raise HandOffError(str(exc)) from None
+    if token["replay"] not in ("0", "1"):
+        raise HandOffError(f"the hand-off token has an invalid replay {token['replay']!r}")
     mine, theirs = guard.store.handoff_name(), token["store"]
     if mine != theirs and (mine.startswith("memory:") or theirs.startswith("memory:")):
         raise HandOffError(

@@ -14,6 +14,9 @@ In every process that imports it (web and worker alike, as Flask's Celery patter
   worker's main process (``outcome`` ``revoked``, ``expired`` or ``time_limit``), which also
   frees its lease: at once for a task that never ran, once its pool process has exited for a
   running one (:mod:`.terminate`, whose ``job_end`` says why it ended);
+* a task whose pool process was killed from outside (SIGKILL, the OOM killer: Celery fails it
+  with ``WorkerLostError``) ends with a line from the main process (``outcome`` ``killed``),
+  which frees its lease first;
 * at worker startup (``worker_init``) the configuration is checked, and a worker that lacks what
   it needs exits naming what to set; a live emitter is started when ``DIAGLOG_LIVE_QUEUE`` is
   set; Celery's own line about a failed task gets the sender's ids.
@@ -30,13 +33,13 @@ from celery import Celery, Task, current_task, signals
 from celery.exceptions import (
     Retry,
     TimeLimitExceeded,
+    WorkerLostError,
 )
 from flask import Flask
 
 from ..config import ConfigError
 from ..context import current_trace
 from .common import (
-    LEASE,
     REQUEST_ID,
     Binding,
     TaskInfo,
@@ -44,13 +47,14 @@ from .common import (
     end_outside,
     fail_startup,
     header_getter,
+    lease_of,
     note,
     outgoing_headers,
     parent_from,
     run_task,
     start_worker,
 )
-from .lease import Holding, current_holding, give_up
+from .lease import LEASE, Holding, current_holding, give_up
 from .terminate import note_time_limit, share_notes, signal_name, terminated_exit, when_gone
 
 __all__ = ["DiagLogTask", "init_celery"]
@@ -342,6 +346,8 @@ def _on_revoked(
 def _on_failure(
     sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
 ) -> None:
+    if isinstance(exception, WorkerLostError) and task_id is not None:
+        _on_lost(sender, task_id, exception)
     if not isinstance(exception, TimeLimitExceeded) or task_id is None:
         return
     req = _limited.pop(task_id, None)
@@ -354,6 +360,23 @@ def _on_failure(
     limit = exception.args[0] if exception.args else _hard_limit(req)
     what = f"was killed by its hard time limit ({limit}s)"
     _end_outside(b, sender.name, task_id, get, what, "time_limit", _ERROR, req.worker_pid, True)
+
+
+def _on_lost(sender: Any, task_id: str, exception: WorkerLostError) -> None:
+    """Main worker process: the pool process running the task exited before it answered
+    (SIGKILL from outside, the OOM killer), and Celery failed the task with ``WorkerLostError``
+    (after ``worker_lost_wait``). The process is gone, and wrote nothing more: its part of the
+    job is given up first, then the task's last line (``outcome`` ``killed``) says so."""
+    b = _bindings.get(getattr(sender, "app", None))
+    if b is None:
+        return
+    _limited.pop(task_id, None)
+    req = _requests.get(task_id)
+    ctx = req.request_dict if req is not None else vars(sender.request)
+    get = header_getter(ctx.get("headers") or {}, ctx)
+    give_up(b, lease_of(get))  # first: a new request for the job is accepted once the line is out
+    what = f"ended outside its run: its pool process exited ({exception})"
+    end_outside(b, sender.name, task_id, get, what, "killed", _ERROR, free=False)
 
 
 def _end_outside(
@@ -374,5 +397,5 @@ def _end_outside(
         _limited.pop(task_id, None)
     end_outside(b, name, task_id, get, what, outcome, level, free=not ran)
     if ran:
-        token = get(LEASE)
+        token = lease_of(get)
         when_gone(pid, lambda: give_up(b, token))

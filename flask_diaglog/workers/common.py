@@ -12,7 +12,8 @@ Headers (names are the same for Celery and RQ; RQ keeps them in ``job.meta``):
 * ``diaglog_lease``: the job guard's hand-off token, when sent from a guarded request.
 
 A task whose headers are missing or malformed still runs, with fresh ids and a WARNING line that
-says which header was wrong.
+says which header was wrong; a malformed lease, or one that does not come with the id of the job
+it holds, is not held (:func:`lease_from`): the task runs unguarded.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..background import run_job
 from ..config import ConfigError
-from ..context import Trace, current_trace, is_valid_id, new_request_id, traceparent_id
-from .lease import Holding, give_up, hand_off_current, hold
+from ..context import Trace, as_id, current_trace, is_valid_id, new_request_id, traceparent_id
+from .lease import LEASE, Holding, give_up, hand_off_current, hold
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -44,9 +45,11 @@ __all__ = [
     "LOGGER_WORKER",
     "Binding",
     "TaskInfo",
+    "bad_header",
     "binding",
     "end_outside",
     "job_of",
+    "lease_from",
     "outgoing_headers",
     "parent_from",
     "run_task",
@@ -58,7 +61,6 @@ R = TypeVar("R")
 REQUEST_ID = "diaglog_request_id"
 JOB_ID = "diaglog_job_id"
 ORIGIN = "diaglog_origin"
-LEASE = "diaglog_lease"
 TRACEPARENT = "traceparent"
 #: Every header diaglog puts on a task message.
 HEADERS = (REQUEST_ID, JOB_ID, ORIGIN, TRACEPARENT, LEASE)
@@ -198,13 +200,18 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def bad_header(name: str, value: object, why: str) -> str:
+    """What is wrong with a task's header, for its WARNING line: ``header NAME=<value> why``."""
+    return f"header {name}={_short(value)} {why}"
+
+
 def parent_from(get: Callable[[str], Any]) -> tuple[Trace, list[str]]:
     """The trace that sent a task, read from its headers (``get(name)`` gives one or ``None``),
     and what was wrong with them. Invalid or missing ids are replaced by fresh ones."""
     problems: list[str] = []
-    rid = get(REQUEST_ID)
+    rid = as_id(get(REQUEST_ID))  # a whole number is taken as its text, as the guard does
     tp = get(TRACEPARENT)
-    jid = get(JOB_ID)
+    jid = as_id(get(JOB_ID))
     origin = get(ORIGIN)
     if rid is None and tp is None and jid is None:
         problems.append(
@@ -212,29 +219,53 @@ def parent_from(get: Callable[[str], Any]) -> tuple[Trace, list[str]]:
             "queue integration); it runs with a fresh request id"
         )
     if rid is not None and not is_valid_id(rid):
-        problems.append(
-            f"header {REQUEST_ID}={_short(rid)} is not a valid id; it runs with a fresh one"
-        )
+        problems.append(bad_header(REQUEST_ID, rid, "is not a valid id; it runs with a fresh one"))
         rid = None
     if tp is not None:
         trace_id = traceparent_id(tp) if isinstance(tp, str) else None
         if trace_id is None:
-            problems.append(f"header {TRACEPARENT}={_short(tp)} is not a W3C traceparent")
+            problems.append(bad_header(TRACEPARENT, tp, "is not a W3C traceparent"))
         elif rid is None:
             rid = trace_id
     if rid is None:
         rid = new_request_id()
     if jid is not None and not is_valid_id(jid):
-        problems.append(f"header {JOB_ID}={_short(jid)} is not a valid id; it runs without one")
+        problems.append(bad_header(JOB_ID, jid, "is not a valid id; it runs without one"))
         jid = None
     method = path = None
     if origin is not None:
         m = _ORIGIN.fullmatch(origin) if isinstance(origin, str) else None
         if m is None:
-            problems.append(f"header {ORIGIN}={_short(origin)} is not 'METHOD /path'")
+            problems.append(bad_header(ORIGIN, origin, "is not 'METHOD /path'"))
         else:
             method, path = m["method"], m["path"]
     return Trace(None, "request", rid, jid, method, path), problems
+
+
+def lease_from(get: Callable[[str], Any], parent: Trace) -> tuple[Mapping[str, Any] | None, str]:
+    """The job lease token of a task (header ``diaglog_lease``) to hold, given the ``parent``
+    :func:`parent_from` read; or ``None`` and what was wrong with it (``""``: no token).
+
+    A token comes with the job id of the job it holds (``diaglog_job_id``): one without it, or
+    for another job, is not held (nor given up): the task runs unguarded. What else a token
+    needs, :func:`~flask_diaglog.jobs.adopt` checks when it is held."""
+    token = get(LEASE)
+    if token is None:
+        return None, ""
+    if not isinstance(token, Mapping):
+        return None, f"header {LEASE} is not a job lease token (a {type(token).__name__})"
+    held = token.get("job_id")
+    if parent.job_id is None:
+        return None, f"header {LEASE} (job {_short(held)}) comes without a valid {JOB_ID}"
+    if held != parent.job_id:
+        return None, f"header {LEASE} holds job {_short(held)}, not {JOB_ID}={parent.job_id!r}"
+    return token, ""
+
+
+def lease_of(get: Callable[[str], Any]) -> Mapping[str, Any] | None:
+    """The lease token of a task that ended outside its run, to give up: only one
+    :func:`lease_from` would hold."""
+    return lease_from(get, parent_from(get)[0])[0]
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -261,6 +292,7 @@ def run_task(
     *,
     keep_lease: Callable[[BaseException, Holding], bool] | None = None,
     retried: Callable[[BaseException], BaseException | None] | None = None,
+    bad: tuple[str, ...] = (),
 ) -> R:
     """Run one task as a diaglog job: its ``job_start`` and ``job_end`` lines (with the fields of
     :meth:`TaskInfo.fields`: task id, attempt, attempts, queue), its stages and log records in
@@ -272,6 +304,8 @@ def run_task(
         that hands the job on to a retry with the same lease: the lease is then not freed.
     :param retried: ``retried(exc)`` is the error of a run the queue will run again (its
         ``job_end`` says ``retried``, a WARNING: see :func:`~flask_diaglog.background.run_job`).
+    :param bad: what was wrong with the queue's own diaglog headers (:func:`bad_header`), for
+        WARNING lines with the others.
     """
     rec = b.rec
     if rec is None:
@@ -284,7 +318,10 @@ def run_task(
         token = None
     else:
         parent, problems = parent_from(get)
-        token = get(LEASE)
+        token, wrong = lease_from(get, parent)
+        if wrong:
+            problems.append(f"{wrong}; it runs unguarded")
+        problems.extend(bad)
 
     # The lease is freed after the run's job_end, outside it: with the sender's ids still.
     ids = None
@@ -339,7 +376,7 @@ def end_outside(
         ids=(parent.request_id, parent.job_id),
     )
     if free:
-        give_up(b, get(LEASE))
+        give_up(b, lease_from(get, parent)[0])
 
 
 # -- worker startup ----------------------------------------------------------------------------

@@ -35,8 +35,10 @@ if TYPE_CHECKING:
     from ..jobs import JobLease
     from .common import Binding
 
-__all__ = ["Holding", "current_holding", "give_up", "hand_off_current", "hold"]
+__all__ = ["LEASE", "Holding", "current_holding", "give_up", "hand_off_current", "hold"]
 
+#: The header (Celery) or ``job.meta`` key (RQ) of the hand-off token a task holds.
+LEASE = "diaglog_lease"
 _WARNING = logging.WARNING
 
 
@@ -141,9 +143,12 @@ def hold(
         try:
             held.lease = adopt(token, b.app)
         except HandOffError as exc:
-            held.problem = f"its job lease cannot be held here ({exc}); it runs unguarded"
+            held.problem = f"header {LEASE} cannot be held here ({exc}); it runs unguarded"
     elif token is not None:
-        held.problem = "it carries a job lease, but diaglog is disabled here; it runs unguarded"
+        held.problem = (
+            f"it carries a job lease (header {LEASE}), but diaglog is disabled here; it runs "
+            "unguarded"
+        )
     ctx = _holding.set(held)
     lease = held.lease
     try:

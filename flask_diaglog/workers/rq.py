@@ -35,9 +35,11 @@ from rq.job import JobStatus
 
 from ..config import ConfigError
 from ..context import current_trace, trace_current
+from ..linecheck import finite_number
 from .common import (
     Binding,
     TaskInfo,
+    bad_header,
     binding,
     end_outside,
     fail_startup,
@@ -77,14 +79,27 @@ def _current() -> Binding | None:
     return _binding[0] if _binding else None
 
 
+def _whole(value: Any) -> bool:
+    """A whole number a float holds (not a boolean, not thousands of digits long)."""
+    return type(value) is int and finite_number(value)
+
+
 class Job(_Job):
     """An RQ job that runs its function as a diaglog job."""
+
+    def _bad_attempts(self) -> str | None:
+        """What is wrong with ``diaglog_attempts`` in the job's meta (a whole number from 1), or
+        ``None``."""
+        attempts = (self.meta or {}).get(ATTEMPTS)
+        if attempts is None or (_whole(attempts) and attempts > 0):
+            return None
+        return bad_header(ATTEMPTS, attempts, "is not a number of runs; its attempt is not known")
 
     def task_info(self, *, eager: bool = False) -> TaskInfo:
         """What this run is: its function, id, queue, and its attempt out of how many (from
         ``diaglog_attempts`` in its meta and RQ's ``retries_left``)."""
         attempts = (self.meta or {}).get(ATTEMPTS)
-        if not (isinstance(attempts, int) and attempts > 0):
+        if self._bad_attempts() is not None:
             attempts = None
         left = self.retries_left
         attempt = 1
@@ -124,7 +139,11 @@ class Job(_Job):
             return exc if retried(exc) else None
 
         meta = self.meta or {}
-        return run_task(b, info, meta.get, run, (), {}, keep_lease=retried, retried=again)
+        bad = self._bad_attempts()
+        return run_task(
+            b, info, meta.get, run, (), {}, keep_lease=retried, retried=again,
+            bad=() if bad is None or eager else (bad,),
+        )  # fmt: skip
 
     def cancel(self, *args: Any, **kwargs: Any) -> Any:
         """Cancel the job (RQ's ``Job.cancel``) and end its trail with a line in this process's
