@@ -321,13 +321,16 @@ class Index:
                 break
         return self._new("request", rid, jid)
 
-    def _job(self, rid: str | None, jid: str | None, name: str | None, ev: str) -> Item:
+    def _job(self, rec: LogRecord, name: str | None) -> Item:
         """The run a ``jobs.log`` line belongs to: a ``job_start`` opens one, a ``job_end``
-        closes the oldest open run of that function, other lines go to the oldest open run."""
+        closes the oldest open run of that function, other lines go to the oldest open run, or
+        when none is open, to the last run if its process wrote them after its end (RQ's report
+        of a failed job)."""
+        rid, jid, ev = rec.request_id, rec.job_id, rec.event
         key = (rid, jid)
         runs = self._open_jobs.get(key)
+        table = self.by_request.get(rid, ()) if rid else self.by_job.get(jid or "", ())
         if ev == "job_start":
-            table = self.by_request.get(rid, ()) if rid else self.by_job.get(jid or "", ())
             for item in table:
                 if item.kind == "job" and not item.opened and item.name in (None, name):
                     return item  # its end (or a later line) was read first
@@ -340,6 +343,13 @@ class Index:
                     if not runs:
                         del self._open_jobs[key]
                     return item
+        elif ev != "job_end":
+            pid = rec.data.get("pid")
+            for last in reversed(table):
+                if last.kind == "job" and (last.request_id, last.job_id) == key:
+                    if last.end is not None and last.end <= rec.ts and last.pid == pid:
+                        return last
+                    break
         item = self._new("job", rid, jid)
         if ev != "job_end":
             self._open_jobs.setdefault(key, []).append(item)
@@ -368,8 +378,7 @@ class Index:
                 return
             item = self._request(rid, jid, ev == "request_start")
         else:
-            name = d.get("name") if ev in ("job_start", "job_end") else None
-            item = self._job(rid, jid, name, ev)
+            item = self._job(rec, d.get("name") if ev in ("job_start", "job_end") else None)
         self._set_job(item, jid)
         if level > item.level:
             item.level = level
