@@ -34,7 +34,7 @@ import time
 import zlib
 from typing import Any
 
-from ..logread import NO_ROUTE, LogRecord, iter_files, parse_line, route_of
+from ..logread import NO_ROUTE, LogRecord, iter_files, job_outcome, parse_line, route_of
 from ..readfile import MAX_LINE, open_log
 from ..trail import LEVELS
 from .item import Item
@@ -408,7 +408,7 @@ class Index:
                 self._where(item, d)
             else:
                 item.name = _intern(d.get("name")) or item.name
-                item.ok = d.get("ok") is not False
+                item.outcome = job_outcome(d)
                 if d.get("error"):
                     item.error = str(d["error"])
         elif ev == "request_error":
