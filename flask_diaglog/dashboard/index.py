@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 import time
 import zlib
 from typing import Any
 
-from ..logread import NO_ROUTE, LogRecord, iter_files, job_outcome, parse_line, route_of
+from ..logread import LogRecord, iter_files, job_outcome, parse_line
 from ..readfile import MAX_LINE, open_log
 from ..trail import LEVELS
-from .item import Item
+from .item import Item, interned
 
 __all__ = ["Index", "Item"]
 
@@ -73,11 +72,6 @@ class _File:
         self.size = 0
         self.done = False
         self.seen = 0.0
-
-
-def _intern(value: Any) -> Any:
-    """One copy of a string many items share (methods, routes, stage and job names, hosts)."""
-    return sys.intern(value) if type(value) is str else value
 
 
 def _first_line(path: str) -> bytes | None:
@@ -386,11 +380,11 @@ class Index:
             item.opened = True
             item.ts = rec.ts
             item.pid = d.get("pid")
-            item.host = _intern(d.get("host"))
+            item.host = interned(d.get("host"))
             if ev == "job_start":
-                item.name = _intern(d.get("name"))
+                item.name = interned(d.get("name"))
             else:
-                self._where(item, d)
+                item.where(d)
         elif ev in ("request_end", "job_end"):
             item.end = rec.ts
             ms = d.get("duration_ms")
@@ -398,22 +392,22 @@ class Index:
             if not item.ts:
                 item.ts = rec.ts - (item.duration_ms or 0.0) / 1000.0
             if isinstance(d.get("stages"), dict):
-                item.stages = {_intern(k): v for k, v in d["stages"].items()}
+                item.stages = {interned(k): v for k, v in d["stages"].items()}
             item.aborted = bool(d.get("aborted"))
             item.slow = bool(d.get("slow"))
             item.hung = max(item.hung, int(d.get("hung") or 0))
             if ev == "request_end":
                 status = d.get("status")
                 item.status = status if isinstance(status, int) else None
-                self._where(item, d)
+                item.where(d)
             else:
-                item.name = _intern(d.get("name")) or item.name
+                item.name = interned(d.get("name")) or item.name
                 item.outcome = job_outcome(d)
                 if d.get("error"):
                     item.error = str(d["error"])
         elif ev == "request_error":
             item.error = str(d.get("error") or d.get("msg") or "")
-            self._where(item, d)
+            item.where(d)
         elif ev == "job_rejected":
             item.rejected = str(d.get("reason") or "rejected")
         elif ev == "hang":
@@ -428,20 +422,6 @@ class Index:
                 notes.append(str(d.get("msg", ""))[:200])
         if not item.ts:
             item.ts = rec.ts
-
-    @staticmethod
-    def _where(item: Item, d: dict[str, Any]) -> None:
-        """Method, path and route: the URL rule the end line names, one row for every path that
-        matched no rule (a 404), else the path with its ids folded (older lines)."""
-        if item.path is None and isinstance(d.get("path"), str):
-            item.method = _intern(str(d.get("method")))
-            item.path = d["path"]
-        if isinstance(d.get("route"), str):
-            item.route = _intern(f"{item.method} {d['route']}")
-        elif d.get("status") == 404:
-            item.route = NO_ROUTE
-        elif item.path is not None:  # no rule word: the rule is the path (or an older line)
-            item.route = _intern(f"{item.method} {route_of(item.path, item.job_id)}")
 
     def _drop_oldest(self) -> None:
         keep = sorted(self.items, key=lambda i: i.ts)[-(self.max_items * 9 // 10) :]

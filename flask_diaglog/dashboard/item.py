@@ -3,11 +3,18 @@ log files: :class:`Item`, whether it failed, and its JSON form."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+from ..logread import NO_ROUTE, route_of
 from ..trail import level_name
 
-__all__ = ["Item"]
+__all__ = ["Item", "interned"]
+
+
+def interned(value: Any) -> Any:
+    """One copy of a string many items share (methods, routes, stage and job names, hosts)."""
+    return sys.intern(value) if type(value) is str else value
 
 
 class Item:
@@ -75,6 +82,20 @@ class Item:
     def trace_id(self) -> str | None:
         """The id the detail page of this item is found under."""
         return self.request_id or self.job_id
+
+    def where(self, d: dict[str, Any]) -> None:
+        """Method, path and route from a request's line ``d``: the URL rule the end line names,
+        one row for every path that matched no rule (a 404), else the path with its ids folded
+        (older lines)."""
+        if self.path is None and isinstance(d.get("path"), str):
+            self.method = interned(str(d.get("method")))
+            self.path = d["path"]
+        if isinstance(d.get("route"), str):
+            self.route = interned(f"{self.method} {d['route']}")
+        elif d.get("status") == 404:
+            self.route = NO_ROUTE
+        elif self.path is not None:  # no rule word: the rule is the path (or an older line)
+            self.route = interned(f"{self.method} {route_of(self.path, self.job_id)}")
 
     @property
     def failed(self) -> bool:
