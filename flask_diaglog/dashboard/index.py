@@ -16,7 +16,8 @@ of a big log set: it shows what is indexed so far and says how far the index is.
 
 **Bad data.** A line that is not a diaglog line of either layout (torn, garbled, foreign, or
 with a known field of the wrong type) is skipped and counted in :attr:`Index.skipped`; so is a
-line that fails to fold in, and the index reads on past it. A missing or unreadable log
+line that fails to fold in, and the index reads on past it. A name in the set that it cannot
+read (a FIFO, a dangling link) is named in :attr:`Index.unreadable`. A missing or unreadable log
 directory is reported in :attr:`Index.problem`, never raised.
 
 **Where the lines are.** For the detail page each trace (a request id, or ``job:<id>`` for a job
@@ -34,7 +35,7 @@ import zlib
 from typing import Any
 
 from ..logread import LogRecord, iter_files, job_outcome, parse_line
-from ..readfile import MAX_LINE, open_log
+from ..readfile import MAX_LINE, NotRegular, open_log, reason
 from ..trail import LEVELS
 from .item import Item, interned
 
@@ -76,12 +77,15 @@ class _File:
 
 def _first_line(path: str) -> bytes | None:
     """The first line (the file's key); empty while it has none, ``None`` when it cannot be read
-    (a damaged ``.gz``)."""
+    (a damaged ``.gz``). :class:`OSError` when it cannot be opened: gone, not a regular file (a
+    FIFO would block, a device never end), not this process's to read."""
     try:
-        with open_log(path) as fh:  # a regular file: a FIFO would block, a device never end
+        with open_log(path) as fh:
             head: bytes = fh.read(4096)
-    except FileNotFoundError:
-        return b""  # renamed since the listing
+    except OSError as exc:
+        if exc.errno is not None or isinstance(exc, NotRegular):
+            raise
+        return None  # not gzip at all
     except _UNREADABLE:
         return None
     nl = head.find(b"\n")
@@ -109,6 +113,8 @@ class Index:
         self.lines = 0
         #: Why the log directory cannot be read, or ``None``.
         self.problem: str | None = None
+        #: The names in the set it cannot read, with why (``jobs.log.1 (not a regular file)``).
+        self.unreadable: list[str] = []
         #: Compressed backups that cannot be read to their end, by inode: their current names.
         self._damaged: dict[tuple[int, int], str] = {}
         #: Changes whenever items change (cache key for queries).
@@ -146,6 +152,7 @@ class Index:
 
     def _scan(self) -> list[_File]:
         """The files of the set, oldest first per name, keyed; forgets files that are gone."""
+        self.unreadable = []
         try:
             if not os.path.isdir(self.log_dir):
                 exists = os.path.exists(self.log_dir)
@@ -163,20 +170,23 @@ class Index:
         self.problem = None
         found: list[_File] = []
         listed: dict[tuple[int, int], str] = {}
+        unreadable: list[str] = []
         now = time.monotonic()
         for name, path in iter_files(self.log_dir, NAMES):
             gz = path.endswith(".gz")
             try:
                 st = os.stat(path)
-            except OSError:
+                key = _first_line(path)  # read each time: an inode may be reused
+            except OSError as exc:
+                if os.path.lexists(path):  # not renamed since the listing: a file it cannot read
+                    unreadable.append(f"{os.path.basename(path)} ({reason(exc)})")
                 continue
             size = st.st_size
             listed[(st.st_dev, st.st_ino)] = os.path.basename(path)
-            key = _first_line(path)  # read each time: an inode may be reused
             if key is None and gz:
                 self._damage(path)
             if not key:
-                continue  # empty so far, unreadable, or renamed since the listing
+                continue  # empty so far, or damaged
             f = self._files.get(key)
             if f is None:
                 f = self._files[key] = _File(key, name)
@@ -186,6 +196,7 @@ class Index:
             if f not in found:
                 found.append(f)
         self._damaged = {k: listed[k] for k in self._damaged if k in listed}
+        self.unreadable = unreadable
         # A file missing from one listing may be mid-compression: forget it only much later.
         for key in [k for k, f in self._files.items() if now - f.seen > FORGET_AFTER]:
             del self._files[key]
