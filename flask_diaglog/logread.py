@@ -317,20 +317,30 @@ def _stat(table: dict[str, Stats], key: str) -> Stats:
     return table.setdefault(new, Stats()) if new not in table else table[new]
 
 
+def job_outcome(data: dict[str, Any]) -> str:
+    """How the run a ``job_end`` line ends went: ``"ok"``, ``"failed"``, or ``"retried"``: it
+    failed, and its task queue runs it again (``retried: true``), so it is not a failed job.
+    The one rule for :func:`summarize` and the dashboard."""
+    if data.get("ok") is not False:
+        return "ok"
+    return "retried" if data.get("retried") is True else "failed"
+
+
 def summarize(
     records: Iterable[LogRecord], since: float = 0.0, until: float | None = None, *,
     slowest: int = 10, failed: int = 50,
 ) -> dict[str, Any]:  # fmt: skip
     """``routes`` (see :func:`route_of`; 404s are one :data:`NO_ROUTE` row; ``errors`` are 5xx),
-    ``stages`` and ``jobs`` (by function; ``errors`` are failures): :meth:`Stats.to_dict` each,
-    by total time. ``failed_jobs``: their count; ``failed``: the last ``failed`` of them (ids,
-    name, error); ``slowest``: the ``slowest`` requests, slowest first."""
+    ``stages`` and ``jobs`` (by function; ``errors`` are failures, see :func:`job_outcome`):
+    :meth:`Stats.to_dict` each, by total time. ``failed_jobs``: their count; ``failed``: the last
+    ``failed`` of them (ids, name, error); ``retried_jobs``: the count of failed attempts that
+    their queue ran again; ``slowest``: the ``slowest`` requests, slowest first."""
     routes: dict[str, Stats] = {}
     stages: dict[str, Stats] = {}
     jobs: dict[str, Stats] = {}
     failures: deque[dict[str, Any]] = deque(maxlen=failed)
     slow: list[tuple[float, int, LogRecord]] = []
-    failed_jobs = n = 0
+    failed_jobs = retried_jobs = n = 0
     for rec in records:
         if rec.ts < since or (until is not None and rec.ts > until):
             continue
@@ -348,10 +358,12 @@ def summarize(
             ok = d.get("ok") is not False
             _stat(stages, str(d.get("stage"))).add(float(d.get("duration_ms", 0.0)), not ok)
         elif event == "job_end" and rec.file == "jobs":
-            # a failed attempt its task queue runs again is not a failed job
-            ok = d.get("ok") is not False or d.get("retried") is True
-            _stat(jobs, str(d.get("name"))).add(float(d.get("duration_ms", 0.0)), not ok)
-            if not ok:
+            outcome = job_outcome(d)
+            ms = float(d.get("duration_ms", 0.0))
+            _stat(jobs, str(d.get("name"))).add(ms, outcome == "failed")
+            if outcome == "retried":
+                retried_jobs += 1
+            elif outcome == "failed":
                 failed_jobs += 1
                 failures.append(_pick(rec, "job_id", "name", "error", "request_id"))
     tables = {"routes": routes, "stages": stages, "jobs": jobs}
@@ -362,6 +374,7 @@ def summarize(
         },
         "failed_jobs": failed_jobs,
         "failed": list(failures),
+        "retried_jobs": retried_jobs,
         "slowest": [  # duration_ms as counted: 0.0 for a line without one
             {**_pick(r, "request_id", "job_id", "method", "path", "status"), "duration_ms": ms}
             for ms, _, r in sorted(slow, key=lambda t: (-t[0], t[1]))

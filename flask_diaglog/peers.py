@@ -17,8 +17,9 @@ answers the dashboard shows the work of all of them.
   file not rewritten for :data:`STALE_AFTER` seconds (a frozen process, another host that
   stopped) is ignored.
 * **Bad files.** A state file that is not what :meth:`Peers.publish` writes (not a regular
-  file, over :data:`MAX_STATE` bytes, not JSON, nested too deep, an entry of the wrong shape)
-  is ignored and named in :attr:`Peers.ignored`; it never reaches a page. Text is read as
+  file, a dangling link, over :data:`MAX_STATE` bytes, not JSON, nested too deep, an entry of
+  the wrong shape) is ignored and named in :attr:`Peers.ignored`; it never reaches a page, which
+  names it instead. Text is read as
   :mod:`~flask_diaglog.linecheck` reads lines: a lone surrogate becomes the text ``\\udXXX``.
 """
 
@@ -38,7 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .linecheck import finite_number, well_formed, without_surrogates
-from .readfile import NotRegular, open_regular
+from .readfile import open_regular
 
 __all__ = ["MAX_STATE", "STALE_AFTER", "Peers"]
 
@@ -194,11 +195,11 @@ class Peers:
             try:
                 with open_regular(path) as fh:
                     data = fh.read(MAX_STATE + 1)
-            except NotRegular:
-                data = b""  # a FIFO, a device, a directory: not a state file
-            except OSError:
-                continue  # removed or being replaced since the listing: next time
-            state = _state(data)
+            except OSError:  # a FIFO, a device, a dangling link: not a state file
+                data = None
+                if not os.path.lexists(path):
+                    continue  # removed since the listing
+            state = None if data is None else _state(data)
             if state is None:
                 ignored.append(name)
                 continue

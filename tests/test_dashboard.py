@@ -7,6 +7,7 @@ cross-worker in-flight work in test_dashboard_peers.py.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -378,9 +379,10 @@ def test_garbled_lines_are_skipped_and_counted(
     client = app.test_client()
     for url in ("/_diaglog/", "/_diaglog/requests?q=junk", "/_diaglog/route?route=GET%20/boom"):
         assert client.get(url).status_code == 200
-    state = _api(client, "/_diaglog/api/state")
-    assert state["index"]["skipped_lines"] == len(GARBAGE)
-    assert b"6 lines skipped" in client.get("/_diaglog/").data
+    index = _api(client, "/_diaglog/api/state")["index"]
+    assert index["skipped_lines"] == len(GARBAGE)
+    said = f"6 of {index['lines'] + 6} lines were not diaglog lines and were skipped"
+    assert said.encode() in client.get("/_diaglog/").data
 
 
 _END = '"event":"request_end","request_id":"bad-end","method":"GET","path":"/boom","status":200'
@@ -690,3 +692,67 @@ def test_a_fifo_in_the_log_directory_is_never_opened(
     client = app.test_client()
     assert client.get("/_diaglog/").status_code == 200
     assert len(_api(client, "/_diaglog/api/state?limit=500")["recent"]) == 14
+
+
+def _not_shown(html: bytes) -> str:
+    """The text of the page's notice of what it does not show."""
+    m = re.search(rb'<div class="notice warn" id="not-shown">(.*?)</div>', html, re.S)
+    return " ".join(re.sub(rb"<[^>]+>", b" ", m[1]).decode().split()) if m else ""
+
+
+def test_files_it_cannot_read_are_named_with_why(
+    make_app: Callable[..., Flask], log_dir: Path
+) -> None:
+    """A FIFO and a dangling symlink named like log files, and a line no reader can take: the
+    API's ``index`` and every page say what was skipped and why, in the CLI's words."""
+    app = _busy_app(make_app)
+    os.mkfifo(log_dir / "jobs.log.1")
+    os.symlink(log_dir / "nowhere", log_dir / "requests.log.3")
+    with open(log_dir / "requests.log", "ab") as fh:
+        fh.write(GARBAGE[1] + b"\n")
+    client = app.test_client()
+    for url in ("/_diaglog/api/state", "/_diaglog/api/requests", "/_diaglog/api/inflight"):
+        index = _api(client, url)["index"]
+        assert index["unreadable_files"] == [
+            "requests.log.3 (No such file or directory)",
+            "jobs.log.1 (not a regular file)",
+        ]
+        assert index["skipped_lines"] == 1 and index["complete"]
+    lines = index["lines"] + 1
+    for url in ("/_diaglog/", "/_diaglog/requests", "/_diaglog/trace/J-bad"):
+        assert _not_shown(client.get(url).data) == (
+            f"Not shown here: 1 of {lines} lines were not diaglog lines and were skipped (torn, "
+            "garbled or foreign) skipped, cannot be read: requests.log.3 (No such file or "
+            "directory), jobs.log.1 (not a regular file)"
+        )
+    assert len(_api(client, "/_diaglog/api/state?limit=500")["recent"]) == 14
+
+
+def test_state_files_it_ignores_are_named(make_app: Callable[..., Flask], log_dir: Path) -> None:
+    """Other workers' state files that are not what a worker writes (garbled, a dangling
+    symlink) are named in every answer's ``index`` and on every page, not only where in-flight
+    work is shown; a page polled with its ETag is rendered again when one appears."""
+    app = make_app({"DIAGLOG_DASHBOARD": True})
+    log_dir.mkdir(exist_ok=True)
+    client = app.test_client()
+    tag = client.get("/_diaglog/requests").headers["ETag"]
+    (log_dir / "inflight-evil-2.json").write_text("[" * 100_000)
+    os.symlink(log_dir / "gone", log_dir / "inflight-gone-3.json")
+    polled = client.get("/_diaglog/requests", headers={"If-None-Match": tag})
+    assert polled.status_code == 200
+    said = "ignored, not a worker's in-flight state file: "
+    said += "inflight-evil-2.json, inflight-gone-3.json"
+    assert _not_shown(polled.data) == f"Not shown here: {said}"
+    assert _not_shown(client.get("/_diaglog/").data) == f"Not shown here: {said}"
+    for url in ("/_diaglog/api/requests", "/_diaglog/api/route?route=GET%20/"):
+        ignored = _api(client, url)["index"]["ignored_state_files"]
+        assert ignored == ["inflight-evil-2.json", "inflight-gone-3.json"]
+
+
+def test_a_clean_log_set_has_no_notice(make_app: Callable[..., Flask]) -> None:
+    """Nothing skipped, nothing said: the notice is not on the page, the lists are empty."""
+    app = _busy_app(make_app)
+    client = app.test_client()
+    index = _api(client, "/_diaglog/api/state")["index"]
+    assert (index["unreadable_files"], index["ignored_state_files"]) == ([], [])
+    assert b'id="not-shown"' not in client.get("/_diaglog/").data

@@ -242,6 +242,40 @@ def test_live_updates_survive_rotation(tmp_path: Path, browser: Browser) -> None
         assert sorted(paths) == sorted(f"/orders/{n}" for n in range(40))
 
 
+def test_what_the_page_cannot_show_is_said_without_reload(site: Site, browser: Browser) -> None:
+    """A FIFO named like a backup and a garbled state file of another worker, appearing while
+    the list is open, are named in the notice at the top of the page, without a reload."""
+    page = _page(browser)
+    page.goto(site.base + "/_diaglog/requests")
+    assert page.locator("#not-shown").count() == 0
+    page.evaluate("window.__loaded_once = true")
+    os.mkfifo(site.log_dir / "jobs.log.1")
+    (site.log_dir / "inflight-evil-2.json").write_text("{")
+    page.locator("#not-shown #unreadable").wait_for(timeout=15_000)
+    page.locator("#not-shown #ignored").wait_for(timeout=15_000)
+    text = page.locator("#not-shown").inner_text()
+    assert "skipped, cannot be read: jobs.log.1 (not a regular file)" in text
+    assert "ignored, not a worker's in-flight state file: inflight-evil-2.json" in text
+    assert page.locator("#items tbody tr").count() == 29  # the rows are all still there
+    assert page.evaluate("window.__loaded_once") is True
+
+
+def test_the_page_of_an_id_not_logged_yet_fills_in(site: Site, browser: Browser) -> None:
+    """The trace page of an id no line names is a 404 page that says so; it keeps refreshing
+    without claiming it cannot, and shows the request once one with that id is logged."""
+    page = _page(browser)
+    answer = page.goto(site.base + "/_diaglog/trace/later-1")
+    assert answer is not None and answer.status == 404
+    assert page.locator("#not-found").inner_text() == "No line of the log files names later-1."
+    page.evaluate("window.__loaded_once = true")
+    page.locator("#status", has_text="live, checked").wait_for(timeout=15_000)
+    assert page.locator("#status").get_attribute("class") == "muted"
+    site.get("/orders/7", **{"X-Request-ID": "later-1"})
+    page.locator("section.item.request").wait_for(timeout=15_000)
+    assert "GET /orders/7" in page.locator("section.item.request h3").inner_text()
+    assert page.evaluate("window.__loaded_once") is True
+
+
 def test_no_script_runs_from_logged_values(site: Site, browser: Browser) -> None:
     """Script and attribute payloads in paths, headers, ids, messages and stacks stay text."""
     quoted = urllib.parse.quote(XSS_SCRIPT + XSS_IMG, safe="")

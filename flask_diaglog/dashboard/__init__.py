@@ -113,26 +113,37 @@ def create_blueprint(
             peers.start()  # it stops when it is discarded with the app (see peers.py)
 
         bp.record_once(start)
-    all_inflight = peers.merged
     index = Index(settings.log_dir)
     token = settings.dashboard_token
     socket_path = live["path"] if live else None
 
+    def all_inflight() -> list[dict[str, Any]]:
+        """Every worker's in-flight entries, read once per request."""
+        entries: list[dict[str, Any]] | None = g.get("diaglog_inflight")
+        if entries is None:
+            entries = g.diaglog_inflight = peers.merged()
+        return entries
+
     def status() -> dict[str, Any]:
+        """How far the log files are read, and what of them (and of the other workers' state
+        files) cannot be shown."""
         total = index.total or 1
+        all_inflight()  # which state files it ignores
         return {
             "complete": index.complete,
             "indexed": round(1.0 - index.pending / total, 4) if index.total else 1.0,
             "lines": index.lines,
             "skipped_lines": index.skipped,
             "damaged_files": index.damaged,
+            "unreadable_files": index.unreadable,
+            "ignored_state_files": sorted(peers.ignored),
             "problem": index.problem,
         }
 
     def unchanged(*shown: object) -> Response | None:
         """A 304 for a live poll when the page would be what the browser already has: the
         index has not changed, nor the minute, nor what else the page shows (``shown``)."""
-        state = (request.full_path, index.version, index.skipped, index.problem, index.pending)
+        state = (request.full_path, index.version, status())
         key = repr((*state, int(time.time() // 60), shown)).encode()
         tag = hashlib.sha256(key).hexdigest()[:24]
         g.diaglog_etag = tag

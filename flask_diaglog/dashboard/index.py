@@ -16,7 +16,8 @@ of a big log set: it shows what is indexed so far and says how far the index is.
 
 **Bad data.** A line that is not a diaglog line of either layout (torn, garbled, foreign, or
 with a known field of the wrong type) is skipped and counted in :attr:`Index.skipped`; so is a
-line that fails to fold in, and the index reads on past it. A missing or unreadable log
+line that fails to fold in, and the index reads on past it. A name in the set that it cannot
+read (a FIFO, a dangling link) is named in :attr:`Index.unreadable`. A missing or unreadable log
 directory is reported in :attr:`Index.problem`, never raised.
 
 **Where the lines are.** For the detail page each trace (a request id, or ``job:<id>`` for a job
@@ -28,16 +29,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 import time
 import zlib
 from typing import Any
 
-from ..logread import NO_ROUTE, LogRecord, iter_files, parse_line, route_of
-from ..readfile import MAX_LINE, open_log
+from ..logread import LogRecord, iter_files, job_outcome, parse_line
+from ..readfile import MAX_LINE, NotRegular, open_log, reason
 from ..trail import LEVELS
-from .item import Item
+from .item import Item, interned
 
 __all__ = ["Index", "Item"]
 
@@ -75,19 +75,17 @@ class _File:
         self.seen = 0.0
 
 
-def _intern(value: Any) -> Any:
-    """One copy of a string many items share (methods, routes, stage and job names, hosts)."""
-    return sys.intern(value) if type(value) is str else value
-
-
 def _first_line(path: str) -> bytes | None:
     """The first line (the file's key); empty while it has none, ``None`` when it cannot be read
-    (a damaged ``.gz``)."""
+    (a damaged ``.gz``). :class:`OSError` when it cannot be opened: gone, not a regular file (a
+    FIFO would block, a device never end), not this process's to read."""
     try:
-        with open_log(path) as fh:  # a regular file: a FIFO would block, a device never end
+        with open_log(path) as fh:
             head: bytes = fh.read(4096)
-    except FileNotFoundError:
-        return b""  # renamed since the listing
+    except OSError as exc:
+        if exc.errno is not None or isinstance(exc, NotRegular):
+            raise
+        return None  # not gzip at all
     except _UNREADABLE:
         return None
     nl = head.find(b"\n")
@@ -115,6 +113,8 @@ class Index:
         self.lines = 0
         #: Why the log directory cannot be read, or ``None``.
         self.problem: str | None = None
+        #: The names in the set it cannot read, with why (``jobs.log.1 (not a regular file)``).
+        self.unreadable: list[str] = []
         #: Compressed backups that cannot be read to their end, by inode: their current names.
         self._damaged: dict[tuple[int, int], str] = {}
         #: Changes whenever items change (cache key for queries).
@@ -152,6 +152,7 @@ class Index:
 
     def _scan(self) -> list[_File]:
         """The files of the set, oldest first per name, keyed; forgets files that are gone."""
+        self.unreadable = []
         try:
             if not os.path.isdir(self.log_dir):
                 exists = os.path.exists(self.log_dir)
@@ -169,20 +170,23 @@ class Index:
         self.problem = None
         found: list[_File] = []
         listed: dict[tuple[int, int], str] = {}
+        unreadable: list[str] = []
         now = time.monotonic()
         for name, path in iter_files(self.log_dir, NAMES):
             gz = path.endswith(".gz")
             try:
                 st = os.stat(path)
-            except OSError:
+                key = _first_line(path)  # read each time: an inode may be reused
+            except OSError as exc:
+                if os.path.lexists(path):  # not renamed since the listing: a file it cannot read
+                    unreadable.append(f"{os.path.basename(path)} ({reason(exc)})")
                 continue
             size = st.st_size
             listed[(st.st_dev, st.st_ino)] = os.path.basename(path)
-            key = _first_line(path)  # read each time: an inode may be reused
             if key is None and gz:
                 self._damage(path)
             if not key:
-                continue  # empty so far, unreadable, or renamed since the listing
+                continue  # empty so far, or damaged
             f = self._files.get(key)
             if f is None:
                 f = self._files[key] = _File(key, name)
@@ -192,6 +196,7 @@ class Index:
             if f not in found:
                 found.append(f)
         self._damaged = {k: listed[k] for k in self._damaged if k in listed}
+        self.unreadable = unreadable
         # A file missing from one listing may be mid-compression: forget it only much later.
         for key in [k for k, f in self._files.items() if now - f.seen > FORGET_AFTER]:
             del self._files[key]
@@ -321,13 +326,16 @@ class Index:
                 break
         return self._new("request", rid, jid)
 
-    def _job(self, rid: str | None, jid: str | None, name: str | None, ev: str) -> Item:
+    def _job(self, rec: LogRecord, name: str | None) -> Item:
         """The run a ``jobs.log`` line belongs to: a ``job_start`` opens one, a ``job_end``
-        closes the oldest open run of that function, other lines go to the oldest open run."""
+        closes the oldest open run of that function, other lines go to the oldest open run, or
+        when none is open, to the last run if its process wrote them after its end (RQ's report
+        of a failed job)."""
+        rid, jid, ev = rec.request_id, rec.job_id, rec.event
         key = (rid, jid)
         runs = self._open_jobs.get(key)
+        table = self.by_request.get(rid, ()) if rid else self.by_job.get(jid or "", ())
         if ev == "job_start":
-            table = self.by_request.get(rid, ()) if rid else self.by_job.get(jid or "", ())
             for item in table:
                 if item.kind == "job" and not item.opened and item.name in (None, name):
                     return item  # its end (or a later line) was read first
@@ -340,6 +348,13 @@ class Index:
                     if not runs:
                         del self._open_jobs[key]
                     return item
+        elif ev != "job_end":
+            pid = rec.data.get("pid")
+            for last in reversed(table):
+                if last.kind == "job" and (last.request_id, last.job_id) == key:
+                    if last.end is not None and last.end <= rec.ts and last.pid == pid:
+                        return last
+                    break
         item = self._new("job", rid, jid)
         if ev != "job_end":
             self._open_jobs.setdefault(key, []).append(item)
@@ -368,8 +383,7 @@ class Index:
                 return
             item = self._request(rid, jid, ev == "request_start")
         else:
-            name = d.get("name") if ev in ("job_start", "job_end") else None
-            item = self._job(rid, jid, name, ev)
+            item = self._job(rec, d.get("name") if ev in ("job_start", "job_end") else None)
         self._set_job(item, jid)
         if level > item.level:
             item.level = level
@@ -377,11 +391,11 @@ class Index:
             item.opened = True
             item.ts = rec.ts
             item.pid = d.get("pid")
-            item.host = _intern(d.get("host"))
+            item.host = interned(d.get("host"))
             if ev == "job_start":
-                item.name = _intern(d.get("name"))
+                item.name = interned(d.get("name"))
             else:
-                self._where(item, d)
+                item.where(d)
         elif ev in ("request_end", "job_end"):
             item.end = rec.ts
             ms = d.get("duration_ms")
@@ -389,22 +403,22 @@ class Index:
             if not item.ts:
                 item.ts = rec.ts - (item.duration_ms or 0.0) / 1000.0
             if isinstance(d.get("stages"), dict):
-                item.stages = {_intern(k): v for k, v in d["stages"].items()}
+                item.stages = {interned(k): v for k, v in d["stages"].items()}
             item.aborted = bool(d.get("aborted"))
             item.slow = bool(d.get("slow"))
             item.hung = max(item.hung, int(d.get("hung") or 0))
             if ev == "request_end":
                 status = d.get("status")
                 item.status = status if isinstance(status, int) else None
-                self._where(item, d)
+                item.where(d)
             else:
-                item.name = _intern(d.get("name")) or item.name
-                item.ok = d.get("ok") is not False
+                item.name = interned(d.get("name")) or item.name
+                item.outcome = job_outcome(d)
                 if d.get("error"):
                     item.error = str(d["error"])
         elif ev == "request_error":
             item.error = str(d.get("error") or d.get("msg") or "")
-            self._where(item, d)
+            item.where(d)
         elif ev == "job_rejected":
             item.rejected = str(d.get("reason") or "rejected")
         elif ev == "hang":
@@ -419,20 +433,6 @@ class Index:
                 notes.append(str(d.get("msg", ""))[:200])
         if not item.ts:
             item.ts = rec.ts
-
-    @staticmethod
-    def _where(item: Item, d: dict[str, Any]) -> None:
-        """Method, path and route: the URL rule the end line names, one row for every path that
-        matched no rule (a 404), else the path with its ids folded (older lines)."""
-        if item.path is None and isinstance(d.get("path"), str):
-            item.method = _intern(str(d.get("method")))
-            item.path = d["path"]
-        if isinstance(d.get("route"), str):
-            item.route = _intern(f"{item.method} {d['route']}")
-        elif d.get("status") == 404:
-            item.route = NO_ROUTE
-        elif item.path is not None:  # no rule word: the rule is the path (or an older line)
-            item.route = _intern(f"{item.method} {route_of(item.path, item.job_id)}")
 
     def _drop_oldest(self) -> None:
         keep = sorted(self.items, key=lambda i: i.ts)[-(self.max_items * 9 // 10) :]

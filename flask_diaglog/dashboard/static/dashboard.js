@@ -65,7 +65,9 @@
     fetch(window.location.href, { credentials: "same-origin", cache: "no-store", headers: headers })
       .then(function (r) {
         if (r.status === 304) return null;  // nothing new: the server did not render the page
-        if (!r.ok) throw new Error("HTTP " + r.status);
+        // A page of an id no line names yet is a 404 page: it is swapped in like any other.
+        var page = (r.headers.get("Content-Type") || "").indexOf("text/html") === 0;
+        if (!r.ok && !(r.status === 404 && page)) throw new Error("HTTP " + r.status);
         etag = r.headers.get("ETag");
         return r.text();
       })
