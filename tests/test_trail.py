@@ -165,6 +165,46 @@ def test_streamed_response_ends_when_closed(make_app: Callable[..., Flask], logs
     assert "aborted" not in end[0]
 
 
+@pytest.mark.parametrize("context", [False, True], ids=["plain", "stream_with_context"])
+def test_a_generator_with_its_own_content_length_is_streamed(
+    make_app: Callable[..., Flask], logs: object, context: bool
+) -> None:
+    """A generator body is streamed even when the view gives its length (a proxied download of
+    known size): the end line waits for its close, the generator's lines carry the request's
+    ids, and its job stays held meanwhile."""
+    app = make_app({"DIAGLOG_FORMAT": "json"})
+
+    @app.get("/jobs/<job_id>/download")
+    @guard_job
+    def download(job_id: str) -> Response:
+        def gen() -> Iterator[bytes]:
+            with stage("render"):
+                logging.getLogger("app.download").warning("chunk for %s", job_id)
+                yield b"12345"
+                yield b"67890"
+
+        body = stream_with_context(gen()) if context else gen()
+        return Response(body, headers={"Content-Length": "10"})
+
+    client = app.test_client()
+    r = client.get("/jobs/j1/download", headers={"X-Request-ID": "dl-1"}, buffered=False)
+    chunks = iter(r.response)
+    first = next(chunks)
+    ends = logs.events("requests", "request_end")  # type: ignore[attr-defined]
+    assert [e for e in ends if e["request_id"] == "dl-1"] == []
+    assert client.get("/jobs/j1/download").status_code == 409
+    assert first + b"".join(chunks) == b"1234567890"
+    r.close()
+    ends = logs.events("requests", "request_end")  # type: ignore[attr-defined]
+    mine = [e for e in ends if e["request_id"] == "dl-1"]
+    assert len(mine) == 1 and mine[0]["stages"].keys() == {"render"}, mine
+    logged = logs.events("requests", "log")  # type: ignore[attr-defined]
+    assert [(e["request_id"], e["job_id"], e["msg"]) for e in logged] == [
+        ("dl-1", "j1", "chunk for j1")
+    ]
+    assert client.get("/jobs/j1/download").status_code == 200
+
+
 def test_stream_closed_early_is_marked_aborted(
     make_app: Callable[..., Flask], logs: object
 ) -> None:

@@ -28,9 +28,9 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from ..config import ConfigError
+from ..values import mask_url
 from .scripts import CLAIM, LEAVE, RENEW, SHARE
 
 __all__ = [
@@ -347,17 +347,6 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-def _safe_url(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 class RedisJobStore(JobStore):
     """Redis store shared by every worker process and host that uses the same Redis.
 
@@ -387,11 +376,11 @@ class RedisJobStore(JobStore):
             from redis.retry import Retry
         except ImportError as exc:
             raise ConfigError(
-                f"DIAGLOG_JOB_STORE={_safe_url(url)!r} needs the 'redis' package, which is not "
+                f"DIAGLOG_JOB_STORE={mask_url(url)!r} needs the 'redis' package, which is not "
                 "installed: pip install 'flask-diaglog[redis]' (or set DIAGLOG_JOB_STORE=memory "
                 "for a single process)"
             ) from exc
-        self.url = _safe_url(url)
+        self.url = mask_url(url)
         self.prefix = prefix
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         if client is None:
