@@ -9,9 +9,10 @@ carries the same fields as a successful one.
 **Shutdown.** Every running job is known to one process-wide :class:`Running` set. When the
 interpreter stops (Ctrl-C, ``sys.exit``, a gunicorn worker's graceful exit, SIGTERM under a
 server that has no handler of its own), it waits up to ``DIAGLOG_SHUTDOWN_GRACE`` seconds for
-them, before Python joins its threads. A job still running then gets a ``job_end`` line marked
-``aborted``, naming the stage it was in, and the process exits (status 1) instead of waiting for
-it for ever.
+them, before Python joins its threads. It waits as long for the requests that daemon threads are
+serving (``flask run``'s), which Python would end without a word. A job or request still running
+then gets its end line marked ``aborted`` (a job's names the stage it was in), the console is
+given its queued lines, and the process exits (status 1) instead of waiting for it for ever.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .context import Lease, Trace, reset_trace, set_trace
+from .files.console import flush_all
 from .trail import job_end_msg, job_start_msg
 
 if TYPE_CHECKING:
@@ -55,13 +58,28 @@ class _Job:
         self.lock = threading.Lock()
 
 
+class Requests(Protocol):
+    """What shutdown needs of an app's request trail (:class:`~flask_diaglog.wsgi.RequestTrail`):
+    its recorder (the registry of what is in flight, the grace) and how to end a request."""
+
+    rec: Recorder
+
+    def finish(self, trace: Trace, exc: BaseException | None, aborted: bool = False) -> None: ...
+
+
 class Running:
-    """The jobs running in this process, and the wait for them at interpreter shutdown."""
+    """The jobs running in this process, and the wait for them (and for requests served by
+    daemon threads) at interpreter shutdown."""
 
     def __init__(self) -> None:
         self._jobs: set[_Job] = set()
         self._cond = threading.Condition()
         self._hooked = False
+        self._trails: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def serve(self, trail: Requests) -> None:
+        """Wait at shutdown for ``trail``'s requests that daemon threads serve too."""
+        self._trails.add(trail)
 
     def add(
         self, rec: Recorder, trace: Trace, name: str, fields: Mapping[str, Any] | None = None
@@ -97,19 +115,45 @@ class Running:
     def __len__(self) -> int:
         return len(self._jobs)
 
+    def _served(self) -> list[tuple[Requests, Trace]]:
+        """Requests in flight on daemon threads other than this one: Python ends those threads
+        at exit without waiting (werkzeug's development server serves each request in one)."""
+        me = threading.get_ident()
+        daemons = {t.ident for t in threading.enumerate() if t.daemon and t.ident != me}
+        out: list[tuple[Requests, Trace]] = []
+        if daemons:
+            for trail in list(self._trails):
+                registry = trail.rec.registry
+                if registry is not None:
+                    out.extend(
+                        (trail, t)
+                        for t in registry.traces()
+                        if t.kind == "request" and t.thread in daemons
+                    )
+        return out
+
     def shutdown(self) -> None:
-        """Wait for running jobs up to the longest grace of their apps; then write an aborted
-        ``job_end`` for each one left, and leave without waiting for them."""
+        """Wait for running jobs, and for requests that daemon threads serve, up to the longest
+        grace of their apps; then write an aborted end line for each one left, and leave without
+        waiting for them."""
         with self._cond:
             jobs = list(self._jobs)
-        if not jobs:
+        served = self._served()
+        if not jobs and not served:
             return
-        grace = max(job.rec.shutdown_grace for job in jobs)
+        recs = [job.rec for job in jobs] + [trail.rec for trail, _ in served]
+        grace = max(rec.shutdown_grace for rec in recs)
         deadline = time.monotonic() + grace
-        with self._cond:
-            while self._jobs and (left := deadline - time.monotonic()) > 0:
-                self._cond.wait(left)
-            jobs = list(self._jobs)
+        while True:
+            left = deadline - time.monotonic()
+            with self._cond:
+                if left <= 0 or not (self._jobs or served):
+                    jobs = list(self._jobs)
+                    break
+                # A job's end notifies; a request's does not: look again every 50 ms.
+                self._cond.wait(min(left, 0.05) if served else left)
+            served = self._served()
+        served = self._served()  # as late as possible: a request that ended has its own line
         aborted = 0
         for job in jobs:
             with job.lock:
@@ -118,8 +162,15 @@ class Running:
                 job.ended = True
                 aborted += 1
                 _aborted_end(job)
+        for trail, trace in served:
+            aborted += 1
+            try:
+                trail.finish(trace, None, aborted=True)
+            except Exception as e:  # the others still get theirs, and the process still exits
+                trail.rec.failed("shutdown", e)
         if aborted:
             try:
+                flush_all()  # the console's queued lines: the aborted ones above among them
                 sys.stdout.flush()
                 sys.stderr.flush()
             finally:

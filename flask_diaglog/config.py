@@ -297,10 +297,12 @@ KEYS: tuple[Key, ...] = (
     Key(
         "DIAGLOG_SHUTDOWN_GRACE",
         "shutdown_grace",
-        30.0,
+        25.0,
         parse_float,
-        "Seconds a stopping process waits for running background jobs (`0` = no wait). A job "
-        "still running after it gets a `job_end` line marked aborted.",
+        "Seconds a stopping process waits for running background jobs, and for requests that "
+        "daemon threads serve (`flask run`), `0` = no wait. One still running after it gets its "
+        "end line marked aborted. Keep it below your server's own limit (gunicorn's "
+        "`--graceful-timeout`, 30 s by default).",
     ),
     Key(
         "DIAGLOG_STRICT_IDS",

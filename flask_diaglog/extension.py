@@ -258,6 +258,8 @@ class DiagLog:
         state.exception_receiver = register(app, trail, self.job_id_getter, strict=s.strict_ids)
         state.wsgi_app = app.wsgi_app
         app.wsgi_app = trail  # type: ignore[method-assign]
+        if s.shutdown_grace > 0 and not s.testing:
+            running().serve(trail)  # requests on daemon threads are waited for too
 
     # -- background work --------------------------------------------------------------------
 

@@ -257,7 +257,8 @@ class RequestTrail:
             else:  # the common case
                 msg = request_end_msg(method, path, status, ms, route)
                 fields = (method, path, route, status, ms)
-            level = _WARNING if (status is not None and status >= 500) or is_slow else _INFO
+            # No status: cut off before it answered (the process stopped, see background.py).
+            level = _WARNING if (status is None or status >= 500) or is_slow else _INFO
             self.rec.record("request_end", trace, level, msg, fields)
         finally:
             lease = trace.lease

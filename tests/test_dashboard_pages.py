@@ -175,6 +175,7 @@ def test_filters_change_the_rows(site: Site, browser: Browser) -> None:
     page.goto(site.base + "/_diaglog/requests?per_page=10&page=3")
     assert page.locator("#items tbody tr").count() == 9
     page.click("#prev")
+    page.wait_for_url("**page=2**")  # loaded: count() does not wait for the new page
     assert page.locator("#items tbody tr").count() == 10
 
 

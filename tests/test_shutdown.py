@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,13 @@ APP = textwrap.dedent(
     def start(job_id):
         t = diaglog.spawn(generate, float(__import__("flask").request.args["seconds"]))
         return {"daemon": t.daemon, "parent_daemon": threading.current_thread().daemon}, 202
+
+
+    @app.get("/slow")
+    def slow():
+        with stage("render"):
+            time.sleep(float(__import__("flask").request.args["seconds"]))
+        return "done"
     """
 )
 
@@ -90,17 +98,39 @@ def _job_lines(app_dir: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+def _request_lines(app_dir: Path) -> list[dict[str, object]]:
+    path = app_dir / "logs" / "requests.log"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def _get_in_background(url: str) -> list[object]:
+    """GET ``url`` from another thread; the list gets the status, or the error."""
+    got: list[object] = []
+
+    def run() -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                got.append(r.status)
+        except OSError as e:
+            got.append(e)
+
+    threading.Thread(target=run, daemon=True).start()
+    return got
+
+
 @pytest.fixture
 def flask_run(app_dir: Path) -> Iterator[object]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(**env: str) -> tuple[subprocess.Popen[bytes], str]:
+    def start(stdout: int = subprocess.DEVNULL, **env: str) -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "flask", "--app", "shutdown_app", "run", "--port", str(port)],
             cwd=app_dir,
             env=_env(app_dir, **env),
-            stdout=subprocess.DEVNULL,
+            stdout=stdout,
             stderr=subprocess.DEVNULL,
         )
         procs.append(proc)
@@ -152,6 +182,62 @@ def test_a_job_past_the_grace_period_ends_with_an_aborted_line(
     assert "in stage render" in str(end["error"])
     errors = (app_dir / "logs" / "errors.log").read_text()
     assert "j-long" in errors and "aborted" in errors
+
+
+def test_a_stopping_flask_run_waits_for_the_request_it_serves(
+    flask_run: object, app_dir: Path
+) -> None:
+    """werkzeug serves each request in a daemon thread, which Python ends at exit without
+    waiting: the request in flight is waited for, and answered, within the grace."""
+    proc, base = flask_run()  # type: ignore[operator]
+    got = _get_in_background(base + "/slow?seconds=1.5")
+    wait_until(
+        lambda: any(r.get("path") == "/slow" for r in _request_lines(app_dir)),
+        "the request to start",
+        20.0,
+    )
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    wait_until(lambda: got, "the answer", 10.0)
+    assert got == [200]
+    (end,) = [
+        r for r in _request_lines(app_dir) if r["event"] == "request_end" and r["path"] == "/slow"
+    ]
+    assert end["status"] == 200 and "aborted" not in end
+    assert end["stages"] == {"render": pytest.approx(1500, abs=1000)}
+
+
+def test_a_request_past_the_grace_ends_with_an_aborted_line_on_file_and_console(
+    flask_run: object, app_dir: Path
+) -> None:
+    """A request and a job still running after the grace get their aborted end lines, in the
+    files and on the console (DIAGLOG_CONSOLE), before the process exits with status 1."""
+    proc, base = flask_run(  # type: ignore[operator]
+        stdout=subprocess.PIPE, DIAGLOG_SHUTDOWN_GRACE="0.5", DIAGLOG_CONSOLE="1"
+    )
+    _post(base + "/jobs/j-long?seconds=60")
+    _get_in_background(base + "/slow?seconds=60")
+    wait_until(
+        lambda: any(r["event"] == "request_start" and r["path"] == "/slow"
+                    for r in _request_lines(app_dir)),
+        "the request to start",
+        20.0,
+    )  # fmt: skip
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)  # it did not wait the 60 s
+    assert proc.returncode == 1
+    (end,) = [
+        r for r in _request_lines(app_dir) if r["event"] == "request_end" and r["path"] == "/slow"
+    ]
+    assert end["aborted"] is True and end["level"] == "WARNING" and "status" not in end
+    console = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    ends = {
+        (r["event"], r.get("path") or r.get("name")): r
+        for r in console
+        if r["event"].endswith("_end")
+    }
+    assert ends[("request_end", "/slow")]["aborted"] is True
+    assert ends[("job_end", "generate")]["aborted"] is True
 
 
 LATE = textwrap.dedent(

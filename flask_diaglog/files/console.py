@@ -45,6 +45,7 @@ __all__ = [
     "ConsoleSink",
     "EchoHandler",
     "LineQueue",
+    "flush_all",
     "is_access_line",
     "muted",
     "put_back",
@@ -137,7 +138,7 @@ class LineQueue:
             threading.Thread(target=self._run, name=f"diaglog-{self.target}", daemon=True).start()
             if not _exit_hook:
                 _exit_hook.append(True)
-                atexit.register(_flush_all)
+                atexit.register(flush_all)
 
     def _run(self) -> None:
         q = self._q
@@ -320,7 +321,7 @@ def _say(text: str) -> None:
         sys.stderr.flush()
 
 
-def _flush_all() -> None:
+def flush_all() -> None:
     """At interpreter exit: give queued lines up to a second in all to reach their stream."""
     deadline = time.monotonic() + 1.0
     for q in list(_queues):
