@@ -4,7 +4,9 @@ For each request it creates the :class:`~flask_diaglog.context.Trace` (request i
 and records the start line, which registers the request in flight, before Flask matches the URL
 and before anything reads the body; adds ``X-Request-ID`` and ``Server-Timing`` to the response
 headers (merged with the app's own, never duplicated); and records the end line when Flask
-returns or, for a streamed body, when the server closes the body. The job id is resolved by
+returns or, for a streamed body, when the server closes the body; a file body (``send_file``)
+stays in the server's own ``wsgi.file_wrapper``, so the server still sends it its own way
+(gunicorn: ``os.sendfile``), and only the file inside it is wrapped. The job id is resolved by
 :class:`~flask_diaglog.jobids.JobIds`; the Flask-side hooks are in :mod:`.hooks`.
 
 Wrapping ``wsgi_app`` rather than using Flask hooks keeps most of the per-request work out of
@@ -16,6 +18,7 @@ to call it; so the URL's job id and rule are taken lazily, from the first line a
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable, Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -220,7 +223,13 @@ class RequestTrail:
         finally:
             reset_trace(token)
         if trace.streamed or trace.status is None or type(body) not in BUFFERED:
-            # Streamed, not started yet, or passed through as it is (send_file's file wrapper).
+            # Streamed or not started yet: the end line when the server closes the body. A file
+            # (send_file) stays in the server's own wrapper, which the server may send with
+            # sendfile; only the file inside is wrapped.
+            if type(body) is environ.get("wsgi.file_wrapper"):
+                rewrapped = _file_body(body, trace, self)
+                if rewrapped is not None:
+                    return rewrapped
             return _StreamedBody(body, trace, self)
         self.finish(trace, None)
         return body
@@ -336,4 +345,80 @@ class _StreamedBody:
         finally:
             reset_trace(token)
             aborted = not self._exhausted and self._error is None
+            self._owner.finish(self._trace, self._error, aborted=aborted)
+
+
+def _file_body(body: Any, trace: Trace, owner: RequestTrail) -> Iterable[bytes] | None:
+    """A new instance of the server's ``wsgi.file_wrapper`` class around the file of ``body``,
+    wrapped in a :class:`_ClosingFile`; ``None`` for a wrapper this does not know.
+
+    Known: the wrapper of PEP 3333's example, which keeps the file as ``filelike`` and the block
+    size as ``blksize`` (gunicorn's and ``wsgiref``'s). The server sees its own class, so it
+    takes its own path for files (gunicorn: ``os.sendfile`` when the file has a ``fileno``).
+    """
+    filelike = getattr(body, "filelike", None)
+    blksize = getattr(body, "blksize", None)
+    if filelike is None or type(blksize) is not int:
+        return None
+    try:
+        wrapped: Iterable[bytes] = type(body)(_ClosingFile(filelike, trace, owner), blksize)
+    except Exception:  # a wrapper of another shape: streamed as any other body
+        return None
+    return wrapped
+
+
+class _ClosingFile:
+    """The file inside a server's file wrapper: the file's own attributes (``fileno``, ``seek``,
+    ``tell``, ``mode``, ...), except that ``close()`` closes the file, then writes the request's
+    end line and frees its job.
+
+    ``aborted``: when the server read the file (no sendfile), as for a streamed body, closed
+    before the end of the file; when it did not (sendfile sends from the ``fileno``), closed
+    while an exception was on its way out, as the server's ``finally`` does when the client has
+    gone (its send failed).
+    """
+
+    __slots__ = ("_done", "_eof", "_error", "_file", "_owner", "_read", "_trace")
+
+    def __init__(self, file: Any, trace: Trace, owner: RequestTrail) -> None:
+        self._file = file
+        self._trace = trace
+        self._owner = owner
+        self._read = False
+        self._eof = False
+        self._done = False
+        self._error: BaseException | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _ClosingFile.__slots__:  # not set (a copy made without __init__)
+            raise AttributeError(name)
+        return getattr(self._file, name)
+
+    def read(self, *args: Any) -> Any:
+        self._read = True
+        token = set_trace(self._trace)
+        try:
+            data = self._file.read(*args)
+        except BaseException as exc:
+            self._error = exc
+            raise
+        finally:
+            reset_trace(token)
+        if not data:
+            self._eof = True
+        return data
+
+    def close(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        failing = sys.exc_info()[1] is not None  # read before anything below handles its own
+        token = set_trace(self._trace)
+        try:
+            close = getattr(self._file, "close", None)
+            if close is not None:
+                close()
+        finally:
+            reset_trace(token)
+            aborted = self._error is None and not self._eof and (self._read or failing)
             self._owner.finish(self._trace, self._error, aborted=aborted)
