@@ -107,15 +107,18 @@ def gunicorn(
 ) -> Iterator[str]:
     """Run ``gunicorn app_spec`` with real worker processes on a free port; yields the base URL.
 
-    ``pythonpath`` is prepended so an app module written by the test can be imported.
+    ``pythonpath`` is prepended so an app module written by the test can be imported; the
+    checkout these tests belong to comes next, so the workers run its ``flask_diaglog`` (not the
+    one the virtualenv was installed from, when the tests run from another worktree).
     """
     port = free_port()
     full_env = dict(os.environ)
     full_env.update(env or {})
-    if pythonpath is not None:
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            [str(pythonpath), full_env.get("PYTHONPATH", "")]
-        ).rstrip(os.pathsep)
+    paths = [str(pythonpath)] if pythonpath is not None else []
+    paths.append(str(Path(__file__).resolve().parent.parent))
+    full_env["PYTHONPATH"] = os.pathsep.join([*paths, full_env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
     cmd = [
         sys.executable,
         "-m",
