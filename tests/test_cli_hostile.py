@@ -205,3 +205,19 @@ def test_tail_records_reads_regular_files_only(tmp_path: Path, make: str) -> Non
     path = tmp_path / "requests.log"
     os.mkfifo(path) if make == "fifo" else path.symlink_to("/dev/zero")
     assert tail_records(str(tmp_path), "requests") == []
+
+
+@pytest.mark.parametrize("args", [["tail", "--json"], ["trace", "w22", "--json"]])
+def test_a_lines_own_ts_and_file_keys_do_not_replace_the_readers(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """``--json`` gives ``ts`` (ISO 8601 with milliseconds and offset), ``host`` and ``file`` as
+    read: a line's own ``ts`` (another spelling of its time) and ``file`` (crafted: ``errors``)
+    do not replace them."""
+    line = "{" + _END_W22 + ', "ts": "2026-11-22T10:00:00", "file": "errors", "host": "web1"}\n'
+    write_log(tmp_path, "requests", [line])
+    code, out = _run(tmp_path, *args)
+    assert code == 0, out
+    (record,) = [json.loads(x) for x in out.splitlines()]
+    assert (record["ts"], record["file"], record["host"]) == (ISO, "requests", "web1")
+    assert list(record)[:3] == ["ts", "host", "file"]
