@@ -137,8 +137,14 @@ def _scan(
         with click.progressbar(length=total, label="reading logs", file=sys.stderr) as bar:
             scan = Scan(progress=bar.update)
             yield scan
+    if say:
+        _say_once(_unread(scan))
+
+
+def _say_once(texts: Iterable[str]) -> None:
+    """Each text on stderr, once per command."""
     said = click.get_current_context().meta.setdefault("flask_diaglog.said", set())
-    for text in _unread(scan) if say else ():
+    for text in texts:
         if text not in said:
             said.add(text)
             click.echo(text, err=True)
@@ -287,9 +293,26 @@ def tail_cmd(
         last = deque((r for r in records if keep(r)), maxlen=count)
     for rec in last:
         show(rec)
+    told = _tell_skipped(scan, 0)
     if follow:
+        follower.scan = scan  # one count for the whole command
+
+        def tell() -> None:
+            nonlocal told
+            told = _tell_skipped(scan, told)
+
         with contextlib.suppress(KeyboardInterrupt):
-            follower.run()
+            follower.run(after=tell)
+
+
+def _tell_skipped(scan: Scan, told: int) -> int:
+    """When more lines were skipped than ``told``, say on stderr how many of those read were (as
+    ``summary`` says it); the files not read are said once each. The count told."""
+    _say_once(_unread(scan))
+    if scan.skipped > told:
+        what = f"{scan.skipped} of {scan.lines} lines were not diaglog lines and were skipped"
+        click.echo(what, err=True)
+    return scan.skipped
 
 
 # -- trace -------------------------------------------------------------------------------------

@@ -221,3 +221,13 @@ def test_a_lines_own_ts_and_file_keys_do_not_replace_the_readers(
     (record,) = [json.loads(x) for x in out.splitlines()]
     assert (record["ts"], record["file"], record["host"]) == (ISO, "requests", "web1")
     assert list(record)[:3] == ["ts", "host", "file"]
+
+
+def test_tail_says_how_many_lines_it_skipped(tmp_path: Path) -> None:
+    """tail says on stderr, as summary says it, how many of the lines it read were skipped."""
+    write_log(tmp_path, "requests", [_ok_end("w22"), "garbled\n", "x" * MAX_LINE + "\n"])
+    code, out = _run(tmp_path, "tail")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert "req=w22" in lines[0]
+    assert lines[1:] == ["2 of 3 lines were not diaglog lines and were skipped"]

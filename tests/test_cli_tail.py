@@ -12,6 +12,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import IO
 
 import pytest
 from flask import Flask
@@ -20,7 +21,8 @@ from test_cli import render, write_log
 from flask_diaglog.cli import diaglog_cli
 from flask_diaglog.files import LogFile
 from flask_diaglog.follow import Follower
-from flask_diaglog.logread import label_dirs
+from flask_diaglog.logread import Scan, label_dirs
+from flask_diaglog.readfile import MAX_LINE
 
 T0 = datetime(2026, 11, 22, 10, 0, 0).timestamp()
 MAIN = "from flask_diaglog.cli import main; main()"
@@ -176,20 +178,21 @@ def test_table_mode_shows_json_lines_as_the_plain_rows(tmp_path: Path) -> None:
 
 
 class _Reader:
-    """Lines of a child's stdout, waiting at most ``timeout`` seconds for each."""
+    """Lines of a child's stdout (or ``stream``), waiting at most ``timeout`` seconds for each."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], stream: IO[bytes] | None = None) -> None:
         self.proc, self.buf = proc, b""
+        self.stream = stream if stream is not None else proc.stdout
 
     def line(self, timeout: float = 30.0) -> str:
-        assert self.proc.stdout is not None
+        assert self.stream is not None
         deadline = time.monotonic() + timeout
         while b"\n" not in self.buf:
             left = deadline - time.monotonic()
-            ready, _, _ = select.select([self.proc.stdout], [], [], max(left, 0))
+            ready, _, _ = select.select([self.stream], [], [], max(left, 0))
             if not ready:
                 raise AssertionError(f"no line from tail -f; so far {self.buf!r}")
-            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            chunk = os.read(self.stream.fileno(), 65536)
             if not chunk:
                 raise AssertionError(f"tail -f ended; so far {self.buf!r}")
             self.buf += chunk
@@ -254,3 +257,60 @@ def test_follow_prints_every_line_once_across_several_rotations(
     finally:
         writer.close()
     assert got == [line.rstrip("\n") for line in sent]
+
+
+def test_follow_skips_and_counts_a_line_over_the_limit(tmp_path: Path) -> None:
+    """A line over MAX_LINE in the followed file, written across two polls, is skipped without
+    being held and counted as every reader counts it, its end (a well-formed line after the
+    limit) included; so is one in a backup read after a rotation."""
+    path = tmp_path / "requests.log"
+    path.write_text(_msg(0))
+    got: list[str] = []
+    scan = Scan()
+    dirs = label_dirs([str(tmp_path)])
+    follower = Follower(dirs, ["requests"], lambda r: got.append(r.raw), scan)
+    follower.mark()
+    with open(path, "a") as fh:
+        fh.write(_msg(1) + "x" * MAX_LINE)
+    follower.poll()
+    with open(path, "a") as fh:
+        fh.write(_msg(2) + _msg(3) + "not a diaglog line\n")
+    follower.poll()
+    assert [line[-6:] for line in got] == ["line 1", "line 3"]
+    assert (scan.lines, scan.skipped) == (4, 2)
+    with open(path, "a") as fh:
+        fh.write("y" * (MAX_LINE + 10) + "\n" + _msg(4))
+    os.rename(path, tmp_path / "requests.log.1")
+    path.write_text(_msg(5))
+    follower.poll()
+    assert [line[-6:] for line in got] == ["line 1", "line 3", "line 4", "line 5"]
+    assert (scan.lines, scan.skipped) == (7, 3)
+
+
+def test_tail_f_says_how_many_lines_it_skipped(tmp_path: Path) -> None:
+    """tail -f says on stderr, as summary says it, how many of the lines read were skipped (a
+    line over MAX_LINE, a line that is not a diaglog line), once more lines were."""
+    log = tmp_path / "requests.log"
+    log.write_text(_msg(1))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MAIN, "--log-dir", str(tmp_path), "tail", "-f", "-n", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = _Reader(proc), _Reader(proc, proc.stderr)
+        assert out.line().endswith("line 1")
+        with open(log, "a") as fh:
+            fh.write("x" * (MAX_LINE + 1) + "\n" + _msg(2))
+        assert out.line().endswith("line 2")
+        assert err.line() == "1 of 3 lines were not diaglog lines and were skipped"
+        with open(log, "a") as fh:
+            fh.write("garbled\n" + _msg(3))
+        assert out.line().endswith("line 3")
+        assert err.line() == "2 of 5 lines were not diaglog lines and were skipped"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            assert stream is not None
+            stream.close()
