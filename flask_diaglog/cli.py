@@ -285,24 +285,24 @@ def tail_cmd(
             text = _safe(rec.text())  # a plain line as read: a crafted one may hold controls
             click.echo(f"{_safe(rec.host)}  {text}" if several else text)
 
-    follower = Follower(dirs, names, lambda rec: show(rec) if keep(rec) else None)
-    if follow:
-        follower.mark()  # before the scan: no line falls in between
-    with _scan(dirs, names, since) as scan:
-        records = merge_records(dirs, names, since=since, until=until, scan=scan)
-        last = deque((r for r in records if keep(r)), maxlen=count)
-    for rec in last:
-        show(rec)
-    told = _tell_skipped(scan, 0)
-    if follow:
-        follower.scan = scan  # one count for the whole command
+    with Follower(dirs, names, lambda rec: show(rec) if keep(rec) else None) as follower:
+        if follow:
+            follower.mark()  # before the scan: no line falls in between
+        with _scan(dirs, names, since) as scan:
+            records = merge_records(dirs, names, since=since, until=until, scan=scan)
+            last = deque((r for r in records if keep(r)), maxlen=count)
+        for rec in last:
+            show(rec)
+        told = _tell_skipped(scan, 0)
+        if follow:
+            follower.scan = scan  # one count for the whole command
 
-        def tell() -> None:
-            nonlocal told
-            told = _tell_skipped(scan, told)
+            def tell() -> None:
+                nonlocal told
+                told = _tell_skipped(scan, told)
 
-        with contextlib.suppress(KeyboardInterrupt):
-            follower.run(after=tell)
+            with contextlib.suppress(KeyboardInterrupt):
+                follower.run(after=tell)
 
 
 def _tell_skipped(scan: Scan, told: int) -> int:

@@ -4,15 +4,18 @@ follower's poll step driven by the test while a real writer rotates and compress
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 from flask import Flask
@@ -250,12 +253,79 @@ def test_follow_prints_every_line_once_across_several_rotations(
             writer.write(sent[-1].encode())
         assert writer.wait_compressed()
 
-    try:
+    with follower, contextlib.closing(writer):
         for count in (60, 5, 60, 45):  # 60-byte lines: 60 of them are three or four rotations
             write(count)
             follower.poll()
-    finally:
-        writer.close()
+    assert got == [line.rstrip("\n") for line in sent]
+
+
+#: The first line every file of a crash-looping worker starts with: the same, to the millisecond.
+_STARTED = render("plain", T0, "log", "worker started", "R", logger="app")
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+def test_follow_tells_apart_files_with_the_same_first_line(tmp_path: Path, compress: bool) -> None:
+    """Files whose first lines are the same (each starts with the same line, written in the
+    same millisecond), rotated by the real writer several times between two polls, compressed
+    or not: each line is printed once, in order."""
+    path = tmp_path / "requests.log"
+    writer = LogFile(str(path), max_bytes=1024, backup_count=50, compress=compress)
+    got: list[str] = []
+    follower = Follower(label_dirs([str(tmp_path)]), ["requests"], lambda r: got.append(r.raw))
+    sent: list[str] = []
+
+    def write(count: int) -> None:
+        for _ in range(count):
+            sent.append(_STARTED if path.stat().st_size == 0 else _msg(len(sent)))
+            writer.write(sent[-1].encode())
+        assert writer.wait_compressed()
+
+    with follower, contextlib.closing(writer):
+        write(3)
+        follower.mark()
+        del sent[:]
+        for count in (40, 5, 40, 3, 30):  # 60-byte lines: 40 of them are two or three rotations
+            write(count)
+            follower.poll()
+    firsts = {p.name: _first_line(p) for p in tmp_path.glob("requests.log*")}
+    assert len(firsts) > 5 and set(firsts.values()) == {_STARTED}, firsts
+    assert got == [line.rstrip("\n") for line in sent]
+
+
+def _first_line(path: Path) -> str:
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as fh:
+        return str(fh.readline())
+
+
+@pytest.mark.parametrize("regrown", [False, True], ids=["emptied", "regrown"])
+def test_follow_across_a_copytruncate(tmp_path: Path, regrown: bool) -> None:
+    """A rotation that copies the file to .1 and empties it in place (logrotate's copytruncate):
+    the lines written before the copy come from the copy, then the file's new lines, also when
+    it has grown past where it was read (from the same first line) before the next poll."""
+    path = tmp_path / "requests.log"
+    sent = [_STARTED, _msg(1)]
+    path.write_text("".join(sent))
+    got: list[str] = []
+    with Follower(label_dirs([str(tmp_path)]), ["requests"], lambda r: got.append(r.raw)) as f:
+        f.mark()
+        del sent[:]
+        for n in range(2, 5):
+            sent.append(_msg(n))
+            with open(path, "a") as fh:
+                fh.write(sent[-1])
+            f.poll()
+        sent += [_msg(5), _msg(6)]
+        with open(path, "a") as fh:
+            fh.write(sent[-2] + sent[-1])
+        shutil.copyfile(path, tmp_path / "requests.log.1")
+        with open(path, "r+") as fh:
+            fh.truncate(0)
+        new = [_STARTED, *(_msg(n) for n in range(7, 12 if regrown else 8))]
+        path.write_text("".join(new))
+        sent += new
+        f.poll()
     assert got == [line.rstrip("\n") for line in sent]
 
 
@@ -268,21 +338,21 @@ def test_follow_skips_and_counts_a_line_over_the_limit(tmp_path: Path) -> None:
     got: list[str] = []
     scan = Scan()
     dirs = label_dirs([str(tmp_path)])
-    follower = Follower(dirs, ["requests"], lambda r: got.append(r.raw), scan)
-    follower.mark()
-    with open(path, "a") as fh:
-        fh.write(_msg(1) + "x" * MAX_LINE)
-    follower.poll()
-    with open(path, "a") as fh:
-        fh.write(_msg(2) + _msg(3) + "not a diaglog line\n")
-    follower.poll()
-    assert [line[-6:] for line in got] == ["line 1", "line 3"]
-    assert (scan.lines, scan.skipped) == (4, 2)
-    with open(path, "a") as fh:
-        fh.write("y" * (MAX_LINE + 10) + "\n" + _msg(4))
-    os.rename(path, tmp_path / "requests.log.1")
-    path.write_text(_msg(5))
-    follower.poll()
+    with Follower(dirs, ["requests"], lambda r: got.append(r.raw), scan) as follower:
+        follower.mark()
+        with open(path, "a") as fh:
+            fh.write(_msg(1) + "x" * MAX_LINE)
+        follower.poll()
+        with open(path, "a") as fh:
+            fh.write(_msg(2) + _msg(3) + "not a diaglog line\n")
+        follower.poll()
+        assert [line[-6:] for line in got] == ["line 1", "line 3"]
+        assert (scan.lines, scan.skipped) == (4, 2)
+        with open(path, "a") as fh:
+            fh.write("y" * (MAX_LINE + 10) + "\n" + _msg(4))
+        os.rename(path, tmp_path / "requests.log.1")
+        path.write_text(_msg(5))
+        follower.poll()
     assert [line[-6:] for line in got] == ["line 1", "line 3", "line 4", "line 5"]
     assert (scan.lines, scan.skipped) == (7, 3)
 
