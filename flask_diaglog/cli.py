@@ -138,16 +138,22 @@ def _scan(
             scan = Scan(progress=bar.update)
             yield scan
     if say:
-        _say_once(_unread(scan))
+        _say(scan)
 
 
-def _say_once(texts: Iterable[str]) -> None:
-    """Each text on stderr, once per command."""
-    said = click.get_current_context().meta.setdefault("flask_diaglog.said", set())
-    for text in texts:
+def _say(scan: Scan, skipped: bool = False) -> None:
+    """Name on stderr the files ``scan`` could not read (each once per command); with
+    ``skipped``, say how many of its lines were skipped, in ``summary``'s words, when more were
+    than when it last said so."""
+    meta = click.get_current_context().meta
+    said = meta.setdefault("flask_diaglog.said", set())
+    for text in _unread(scan):
         if text not in said:
             said.add(text)
             click.echo(text, err=True)
+    if skipped and scan.skipped > meta.get("flask_diaglog.told", 0):
+        meta["flask_diaglog.told"] = scan.skipped
+        click.echo(scan.skipped_note(), err=True)
 
 
 def _unread(scan: Scan) -> list[str]:
@@ -293,26 +299,11 @@ def tail_cmd(
             last = deque((r for r in records if keep(r)), maxlen=count)
         for rec in last:
             show(rec)
-        told = _tell_skipped(scan, 0)
+        _say(scan, skipped=True)
         if follow:
             follower.scan = scan  # one count for the whole command
-
-            def tell() -> None:
-                nonlocal told
-                told = _tell_skipped(scan, told)
-
             with contextlib.suppress(KeyboardInterrupt):
-                follower.run(after=tell)
-
-
-def _tell_skipped(scan: Scan, told: int) -> int:
-    """When more lines were skipped than ``told``, say on stderr how many of those read were (as
-    ``summary`` says it); the files not read are said once each. The count told."""
-    _say_once(_unread(scan))
-    if scan.skipped > told:
-        what = f"{scan.skipped} of {scan.lines} lines were not diaglog lines and were skipped"
-        click.echo(what, err=True)
-    return scan.skipped
+                follower.run(after=lambda: _say(scan, skipped=True))
 
 
 # -- trace -------------------------------------------------------------------------------------

@@ -211,6 +211,10 @@ class Scan:
     damaged: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
 
+    def skipped_note(self) -> str:
+        """What the commands say of the lines skipped."""
+        return f"{self.skipped} of {self.lines} lines were not diaglog lines and were skipped"
+
 
 def _lines(path: str, scan: Scan | None) -> Iterator[str | None]:
     """The lines of a file (gzipped or not), ``None`` for one over the limit (see
