@@ -137,11 +137,23 @@ def _scan(
         with click.progressbar(length=total, label="reading logs", file=sys.stderr) as bar:
             scan = Scan(progress=bar.update)
             yield scan
-    said = click.get_current_context().meta.setdefault("flask_diaglog.said", set())
-    for text in _unread(scan) if say else ():
+    if say:
+        _say(scan)
+
+
+def _say(scan: Scan, skipped: bool = False) -> None:
+    """Name on stderr the files ``scan`` could not read (each once per command); with
+    ``skipped``, say how many of its lines were skipped, in ``summary``'s words, when more were
+    than when it last said so."""
+    meta = click.get_current_context().meta
+    said = meta.setdefault("flask_diaglog.said", set())
+    for text in _unread(scan):
         if text not in said:
             said.add(text)
             click.echo(text, err=True)
+    if skipped and scan.skipped > meta.get("flask_diaglog.told", 0):
+        meta["flask_diaglog.told"] = scan.skipped
+        click.echo(scan.skipped_note(), err=True)
 
 
 def _unread(scan: Scan) -> list[str]:
@@ -279,17 +291,19 @@ def tail_cmd(
             text = _safe(rec.text())  # a plain line as read: a crafted one may hold controls
             click.echo(f"{_safe(rec.host)}  {text}" if several else text)
 
-    follower = Follower(dirs, names, lambda rec: show(rec) if keep(rec) else None)
-    if follow:
-        follower.mark()  # before the scan: no line falls in between
-    with _scan(dirs, names, since) as scan:
-        records = merge_records(dirs, names, since=since, until=until, scan=scan)
-        last = deque((r for r in records if keep(r)), maxlen=count)
-    for rec in last:
-        show(rec)
-    if follow:
-        with contextlib.suppress(KeyboardInterrupt):
-            follower.run()
+    with Follower(dirs, names, lambda rec: show(rec) if keep(rec) else None) as follower:
+        if follow:
+            follower.mark()  # before the scan: no line falls in between
+        with _scan(dirs, names, since) as scan:
+            records = merge_records(dirs, names, since=since, until=until, scan=scan)
+            last = deque((r for r in records if keep(r)), maxlen=count)
+        for rec in last:
+            show(rec)
+        _say(scan, skipped=True)
+        if follow:
+            follower.scan = scan  # one count for the whole command
+            with contextlib.suppress(KeyboardInterrupt):
+                follower.run(after=lambda: _say(scan, skipped=True))
 
 
 # -- trace -------------------------------------------------------------------------------------

@@ -1,13 +1,23 @@
 """``tail -f``: the lines appended to log files from a given moment on, each printed once, in
-order, across any number of rotations between two looks.
+order, across any number of rotations between two looks, and counted as every reader counts.
 
-:class:`Follower` owns what has been read of each followed file: its inode, the position after
-the last whole line read, its first line, and the file rotated just before it. After a rotation
-it finds the lines that moved away among the backups :func:`~flask_diaglog.logread.iter_files`
-lists (plain or gzipped, as the writer names them): the rest of the file it was reading, then
-every backup rotated after that one, then the new file from its start. A file is known by its
-first line (a millisecond timestamp and more), as compression gives a backup a new inode and
-frees the old inode number for the next new file; by its inode only while it has no line yet.
+:class:`Follower` keeps open the file it reads and the backup rotated just before it: an open
+file's inode is never another file's, so device and inode tell exactly whether the name still
+holds the file. The name holding another inode is a rotation by rename (diaglog's writer,
+logrotate's default); the same inode shorter than what was read, or no longer holding the bytes
+read last, was emptied in place (logrotate's ``copytruncate``). Either way it prints the rest of
+the file it read, then every backup rotated after it, oldest first, then the new file from its
+start.
+
+Among the backups (:func:`~flask_diaglog.logread.iter_files`, plain or gzipped, as the writer
+names them) a file is found by its inode while it is plain; a compressed backup (a new file) or a
+copy is known by its content: it holds the file's last bytes, up to 4 KiB, at the same offset.
+So only two backups alike to their last 4 KiB, timestamps included, could be taken for each other.
+
+Lines are counted in a :class:`~flask_diaglog.logread.Scan` as the other readers count them: a
+line over :data:`~flask_diaglog.readfile.MAX_LINE` (never held whole) or that is not a diaglog
+line is skipped and counted in ``skipped``; a backup that cannot be read to its end is named in
+``damaged``, one that cannot be opened in ``unreadable``.
 """
 
 from __future__ import annotations
@@ -15,22 +25,24 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
-from .logread import LogRecord, iter_files, parse_line
-from .readfile import MAX_LINE, open_log, open_regular, read_lines
+from .logread import LogRecord, Scan, iter_files, parse_line
+from .readfile import MAX_LINE, open_log, open_regular, read_lines, reason
 
 __all__ = ["Follower"]
 
 Out = Callable[[LogRecord], None]
-#: A file's first line is read up to this many bytes: enough to tell two files apart (it starts
-#: with a millisecond timestamp), without reading a long traceback line whole.
-_HEAD = 4096
+#: The last bytes of a file that tell it from the others (they hold millisecond timestamps).
+_TAIL = 4096
 #: Looks at the backups after a rotation while they keep moving (the last one is kept).
 _ATTEMPTS = 20
+#: What reading a damaged ``.gz`` raises.
+_DAMAGED = (OSError, EOFError, zlib.error)
 
 
 def _backups(path: str, name: str) -> list[str]:
@@ -38,58 +50,133 @@ def _backups(path: str, name: str) -> list[str]:
     return [p for _, p in iter_files(os.path.dirname(path), [name]) if p != path]
 
 
-def _head(fh: IO[bytes]) -> bytes:
-    """The first line of an open file (at most :data:`_HEAD` bytes); empty while it has none."""
-    fh.seek(0)
-    line = fh.readline(_HEAD)
-    return line if line.endswith(b"\n") or len(line) == _HEAD else b""
+def _ident(fh: IO[bytes]) -> tuple[int, int]:
+    """The device and inode of an open file."""
+    st = os.fstat(fh.fileno())
+    return st.st_dev, st.st_ino
 
 
-@dataclass
+def _end(fh: IO[bytes]) -> tuple[int, bytes]:
+    """Where the last bytes (up to :data:`_TAIL`) of the plain file ``fh`` start, and them."""
+    size = os.fstat(fh.fileno()).st_size
+    at = max(0, size - _TAIL)
+    return at, os.pread(fh.fileno(), size - at, at)
+
+
+@dataclass(eq=False)
 class _File:
-    """A file as it was read: its inode, and its first line once it has one."""
+    """A file held open (so that its inode stays its own), known by device and inode, and by
+    content: ``tail``, the bytes it holds at offset ``at``, which a copy of it (a compressed
+    backup, a ``copytruncate`` copy) holds at the same offset."""
 
+    fh: IO[bytes]
+    dev: int
     ino: int
-    head: bytes = b""
+    at: int = 0
+    tail: bytes = b""
 
-    def of(self, fh: IO[bytes]) -> bool:
-        """Is the open file ``fh`` this file, plain or compressed since? Known by its first line
-        when it had one: compressing gives a backup a new inode, and removing the plain copy
-        frees the old inode number for the next new file."""
-        if self.head:
-            return _head(fh) == self.head
-        return os.fstat(fh.fileno()).st_ino == self.ino
+    def same(self, st: os.stat_result) -> bool:
+        return st.st_ino == self.ino and st.st_dev == self.dev
+
+    def is_in(self, fh: Any, st: os.stat_result) -> bool:
+        """Is the open backup ``fh`` (``st`` its ``fstat``) this file, or a copy of it?"""
+        if self.same(st):
+            return True
+        if not self.tail:
+            return False  # an empty file: known by its inode only
+        fh.seek(self.at)
+        return bool(fh.read(len(self.tail)) == self.tail)
+
+
+@dataclass(eq=False)
+class _Reading(_File):
+    """The file being followed: ``pos`` is after its last whole line read, ``tail`` the bytes
+    just before it; ``skipping`` while ``pos`` is inside a line over the limit."""
+
+    pos: int = 0
+    skipping: bool = False
+
+    def advance(self, pos: int) -> None:
+        self.pos = pos
+        self.at = max(0, pos - _TAIL)
+        self.tail = os.pread(self.fh.fileno(), pos - self.at, self.at)
+
+    def emptied(self, size: int) -> bool:
+        """Was it emptied in place since it was read (``copytruncate``): is it shorter than what
+        was read, or no longer holding the bytes read last?"""
+        if size < self.pos:
+            return True
+        return bool(self.tail) and os.pread(self.fh.fileno(), len(self.tail), self.at) != self.tail
+
+
+def _held(fh: Any, path: str) -> _File:
+    """The open backup ``fh`` (at ``path``) held on its own descriptor: a ``.gz`` is known by its
+    inode (it is never compressed again), a plain one by its last bytes too."""
+    own = os.fdopen(os.dup(fh.fileno()), "rb")
+    held = _File(own, *_ident(own))
+    if not path.endswith(".gz"):
+        held.at, held.tail = _end(held.fh)
+    return held
 
 
 class Follower:
     """Follows ``<name>.log`` in each ``(label, directory)`` of ``dirs``, handing every new
-    record to ``out``. :meth:`mark` sets the starting point, each :meth:`poll` prints what was
-    written since the previous one, :meth:`run` polls until interrupted."""
+    record to ``out`` and counting the lines in ``scan``. :meth:`mark` sets the starting point,
+    each :meth:`poll` prints what was written since the previous one, :meth:`run` polls until
+    interrupted. It holds files open: :meth:`close` it (or use it as a context manager)."""
 
-    def __init__(self, dirs: Sequence[tuple[str, str]], names: Sequence[str], out: Out) -> None:
+    def __init__(
+        self,
+        dirs: Sequence[tuple[str, str]],
+        names: Sequence[str],
+        out: Out,
+        scan: Scan | None = None,
+    ) -> None:
         self.out = out
+        #: The lines read, and the ones skipped, as every reader counts them.
+        self.scan = scan if scan is not None else Scan()
         self._files = [
             (label, name, os.path.join(log_dir, f"{name}.log"))
             for label, log_dir in dirs
             for name in names
         ]
-        #: path: the current file and the position after its last whole line read.
-        self._at: dict[str, tuple[_File, int]] = {}
-        #: path: the file rotated just before the current one (where a backup walk stops).
+        #: path: the file being followed (open).
+        self._at: dict[str, _Reading] = {}
+        #: path: the file rotated just before it (open), where a backup walk stops.
         self._before: dict[str, _File | None] = {}
+
+    def __enter__(self) -> Follower:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Let go of the files held open."""
+        for held in [*self._at.values(), *self._before.values()]:
+            if held is not None:
+                held.fh.close()
+        self._at.clear()
+        self._before.clear()
 
     def mark(self) -> None:
         """Start at the current ends: lines written from now on are printed."""
         for _, name, path in self._files:
-            with contextlib.suppress(OSError), open_regular(path) as fh:
-                size = os.fstat(fh.fileno()).st_size
-                self._at[path] = (_File(os.fstat(fh.fileno()).st_ino, _head(fh)), size)
-                self._before[path] = self._newest_backup(path, name)
+            try:
+                fh = open_regular(path)
+            except OSError:
+                continue
+            cur = _Reading(fh, *_ident(fh))
+            cur.advance(os.fstat(fh.fileno()).st_size)
+            self._at[path] = cur
+            self._before[path] = self._newest_backup(path, name)
 
-    def run(self, interval: float = 0.25) -> None:
-        """Poll every ``interval`` seconds, until interrupted (Ctrl-C)."""
+    def run(self, interval: float = 0.25, after: Callable[[], None] | None = None) -> None:
+        """Poll every ``interval`` seconds, until interrupted (Ctrl-C); ``after()`` after each."""
         while True:
             self.poll()
+            if after is not None:
+                after()
             time.sleep(interval)
 
     def poll(self) -> None:
@@ -99,72 +186,113 @@ class Follower:
                 fh = open_regular(path)  # a FIFO or a device is never read
             except OSError:
                 continue  # between a rotation and the new file: next round
-            with fh:
-                self._read(label, name, path, fh)
+            st = os.fstat(fh.fileno())
+            cur: _Reading | None = self._at.get(path)
+            if cur is None:  # appeared after mark(): all of it is new
+                cur = self._at[path] = _Reading(fh, *_ident(fh))
+                if path not in self._before:
+                    self._before[path] = self._newest_backup(path, name)
+            elif cur.same(st) and not cur.emptied(st.st_size):
+                fh.close()
+            else:
+                fh.close()
+                cur = self._rotated(label, name, path, cur, emptied=cur.same(st))
+                if cur is None:
+                    continue
+            self._read(cur, name, label)
 
-    def _read(self, label: str, name: str, path: str, fh: IO[bytes]) -> None:
-        st = os.fstat(fh.fileno())
-        seen = self._at.get(path)
-        if seen is None:
-            cur, pos = _File(st.st_ino), 0  # appeared after mark(): all of it is new
-        elif not seen[0].of(fh) or (not seen[0].head and self._backed_up(path, name)):
-            # (A file that had no line yet is known by its inode, which a rotation may have
-            # freed for the new file: then a new backup says it rotated.)
-            self._rotated(label, name, path, seen, _File(st.st_ino, _head(fh)))
-            cur, pos = _File(st.st_ino), 0
-        else:
-            cur, pos = seen
-            if st.st_size < pos:
-                pos = 0  # truncated
-        while True:  # MAX_LINE at a time: a longer line is dropped, never held
+    def _read(self, cur: _Reading, name: str, label: str) -> None:
+        """Print the whole lines after ``cur.pos``; a line still being written waits."""
+        fh, pos, skipping = cur.fh, cur.pos, cur.skipping
+        while True:  # MAX_LINE at a time: a longer line is skipped, never held
             fh.seek(pos)
             data = fh.read(MAX_LINE)
-            end = data.rfind(b"\n") + 1  # a line still being written waits for the next round
-            if not end and len(data) == MAX_LINE:
-                pos += MAX_LINE  # a line over MAX_LINE: dropped; its rest is no line either
+            if skipping:  # the rest of a line over MAX_LINE (counted when it was found)
+                nl = data.find(b"\n")
+                if nl < 0:
+                    pos += len(data)
+                    if len(data) < MAX_LINE:
+                        break
+                    continue
+                pos, skipping = pos + nl + 1, False
+                continue
+            end = data.rfind(b"\n") + 1
+            if not end:
+                if len(data) < MAX_LINE:
+                    break  # a line being written
+                self._emit([None], name, label)
+                pos, skipping = pos + len(data), True
                 continue
             self._emit(data[:end].split(b"\n"), name, label)
             pos += end
             if len(data) < MAX_LINE:
                 break
-        if not cur.head:
-            cur.head = _head(fh)
-        self._at[path] = (cur, pos)
+        cur.skipping = skipping
+        if pos != cur.pos:
+            cur.advance(pos)
 
     def _rotated(
-        self, label: str, name: str, path: str, seen: tuple[_File, int], current: _File
-    ) -> None:
-        """Print the unread rest of the rotated file ``seen``, then every backup rotated after
-        it, oldest first; the ``current`` file (read next) and what was rotated after it are
-        left for later rounds."""
-        old, pos = seen
+        self, label: str, name: str, path: str, old: _Reading, emptied: bool
+    ) -> _Reading | None:
+        """``old`` was rotated away from ``path``, or ``emptied`` in place: print its rest (from
+        its descriptor, or from its copy), then every backup rotated after it, oldest first.
+        Returns the file ``path`` holds now, to be read from its start (``None``: none yet)."""
+        before = self._before.get(path)
+        if not emptied:  # its content is whole: known by its end, and read from its descriptor
+            old.at, old.tail = _end(old.fh)
         for attempt in range(_ATTEMPTS):
             with ExitStack() as stack:
-                unread, still = self._unread(path, name, old, pos, current, stack)
+                try:
+                    fh = open_regular(path)
+                    cur = _Reading(fh, *_ident(fh))
+                except OSError:
+                    cur = None
+                found, still = self._unread(path, name, old, emptied, before, cur, stack)
                 if not still and attempt < _ATTEMPTS - 1:
+                    if cur is not None:
+                        cur.fh.close()
                     continue  # the backups moved while they were opened: look again
-                self._before[path] = old
-                for fh, start in reversed(unread):
-                    with contextlib.suppress(OSError, EOFError):
-                        newest = _File(os.fstat(fh.fileno()).st_ino, _head(fh))
-                        fh.seek(start)
-                        self._emit(read_lines(fh), name, label)
-                        self._before[path] = newest
-                return
+                if not emptied:
+                    old.fh.seek(old.pos)
+                    self._emit(read_lines(old.fh, old.skipping), name, label)
+                for fh, start, skipping, backup in reversed(found):
+                    self._print(fh, start, skipping, backup, name, label)
+                newest: _File | None = None
+                if found:  # the file just before cur: the newest one printed
+                    newest = _held(found[0][0], found[0][3])
+                elif not emptied:
+                    newest, old.at, old.tail = old, *_end(old.fh)
+                if newest is not old:
+                    old.fh.close()
+                if newest is not None:
+                    if before is not None:
+                        before.fh.close()
+                    self._before[path] = newest
+                if cur is None:
+                    del self._at[path]
+                else:
+                    self._at[path] = cur
+                return cur
+        return None  # not reached: the last attempt returns
 
     def _unread(
-        self, path: str, name: str, old: _File, pos: int, current: _File, stack: ExitStack
-    ) -> tuple[list[tuple[IO[bytes], int]], bool]:
-        """The backups still to print, newest first, each open (on ``stack``) with where to
-        start reading: opened newest first until the rotated file ``old``, or the one before it,
-        is reached. False with them when a rotation or a compression moved the backups
-        meanwhile (a name gone, or holding another file than the one opened under it)."""
-        before = self._before.get(path)
-        backups = _backups(path, name)
-        unread: list[tuple[IO[bytes], int]] = []
-        opened: list[tuple[str, int]] = []
+        self,
+        path: str,
+        name: str,
+        old: _Reading,
+        emptied: bool,
+        before: _File | None,
+        cur: _Reading | None,
+        stack: ExitStack,
+    ) -> tuple[list[tuple[Any, int, bool, str]], bool]:
+        """The backups to print, newest first, each open (on ``stack``) with where to start:
+        opened newest first until the rotated file ``old`` (printed from where it was read when
+        it was ``emptied``: its copy), or the one ``before`` it, is reached. False with them
+        when a rotation or a compression moved the backups or the current file meanwhile."""
+        unread: list[tuple[Any, int, bool, str]] = []
+        opened: list[tuple[str, _File]] = []
         last = ""
-        for backup in reversed(backups):
+        for backup in reversed(_backups(path, name)):
             if backup.removesuffix(".gz") == last:
                 continue  # its plain and compressed copies both exist for a moment
             last = backup.removesuffix(".gz")
@@ -172,43 +300,62 @@ class Follower:
                 fh = stack.enter_context(open_log(backup))
             except FileNotFoundError:
                 return unread, False
-            except OSError:
+            except OSError as exc:
+                self._note(self.scan.unreadable, f"{backup} ({reason(exc)})")
                 continue
-            opened.append((backup, os.fstat(fh.fileno()).st_ino))
+            st = os.fstat(fh.fileno())
+            opened.append((backup, _File(fh, st.st_dev, st.st_ino)))
             try:
-                if current.of(fh):
+                if cur is not None and cur.same(st):
                     unread.clear()  # the current file was rotated too: newer ones wait
                     continue
-                if old.head and old.of(fh):
-                    unread.append((fh, pos))
+                if old.is_in(fh, st):
+                    if emptied:
+                        unread.append((fh, old.pos, old.skipping, backup))
                     break
-                # A rotated file that had no line is read whole (pos is 0): it is not looked
-                # for by its inode, which a newer backup may have taken since.
-                if before is not None and before.of(fh):
+                if before is not None and before.is_in(fh, st):
                     break
-            except (OSError, EOFError):
-                continue  # a damaged gzip
-            unread.append((fh, 0))
+            except _DAMAGED:
+                pass  # a damaged gzip: printed as far as it reads
+            unread.append((fh, 0, False, backup))
         try:
-            return unread, all(os.stat(p).st_ino == ino for p, ino in opened)
+            moved = any(not f.same(os.stat(p)) for p, f in opened)
+            return unread, not moved and (cur is None or cur.same(os.stat(path)))
         except OSError:
             return unread, False
 
-    def _backed_up(self, path: str, name: str) -> bool:
-        """Whether a backup appeared since the one :meth:`mark` or the last rotation saw."""
-        newest, before = self._newest_backup(path, name), self._before.get(path)
-        return newest is not None and (before is None or newest.head != before.head)
+    def _print(
+        self, fh: Any, start: int, skipping: bool, backup: str, name: str, label: str
+    ) -> None:
+        """Print the lines of an open backup from ``start``; a damaged one as far as it reads."""
+        try:
+            fh.seek(start)
+            self._emit(read_lines(fh, skipping), name, label)
+        except _DAMAGED:  # counted as one line, skipped, as every reader does
+            scan = self.scan
+            scan.lines, scan.skipped = scan.lines + 1, scan.skipped + 1
+            self._note(scan.damaged, backup)
 
     def _newest_backup(self, path: str, name: str) -> _File | None:
         for backup in reversed(_backups(path, name)):
-            with contextlib.suppress(OSError, EOFError), open_log(backup) as fh:
-                return _File(os.fstat(fh.fileno()).st_ino, _head(fh))
+            with contextlib.suppress(OSError), open_log(backup) as fh:
+                return _held(fh, backup)
         return None
 
+    @staticmethod
+    def _note(notes: list[str], text: str) -> None:
+        if text not in notes:
+            notes.append(text)
+
     def _emit(self, lines: Iterable[bytes | None], name: str, label: str) -> None:
+        scan = self.scan
         for line in lines:
-            if not line:
-                continue  # an empty line, or one over MAX_LINE
-            rec = parse_line(line.decode("utf-8", "replace"), name, label)
-            if rec is not None:
-                self.out(rec)
+            if line == b"":
+                continue  # empty lines are left out, as every reader does
+            rec = None if line is None else parse_line(line.decode("utf-8", "replace"), name, label)
+            scan.lines += 1
+            if rec is None:
+                if line is None or line.strip():
+                    scan.skipped += 1
+                continue
+            self.out(rec)

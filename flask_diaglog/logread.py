@@ -82,10 +82,16 @@ class LogRecord:
         return line.decode("utf-8", "replace").rstrip("\n")
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as a JSON object: ``ts`` (ISO 8601), ``host``, ``file`` and every key."""
+        """The record as a JSON object: ``ts`` (ISO 8601 with milliseconds and offset), ``host``
+        and ``file`` as read, then every other key of the line. The line's own keys of these
+        names never replace them: its ``ts`` is the same time, its ``host`` is ``host`` already,
+        and a ``file`` key is no writer's (a crafted line could claim another file)."""
         ts = datetime.fromtimestamp(self.ts + 5e-7)  # times are whole ms: no float truncation
         iso = ts.astimezone().isoformat(timespec="milliseconds")
-        return {"ts": iso, "host": self.host, "file": self.file, **self.data}
+        out = {"ts": iso, "host": self.host, "file": self.file}
+        out.update(self.data)
+        out.update(ts=iso, host=self.host, file=self.file)
+        return out
 
 
 def parse_line(line: str, file: str = "", host: str = "") -> LogRecord | None:
@@ -204,6 +210,10 @@ class Scan:
     skipped: int = 0
     damaged: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+
+    def skipped_note(self) -> str:
+        """What the commands say of the lines skipped."""
+        return f"{self.skipped} of {self.lines} lines were not diaglog lines and were skipped"
 
 
 def _lines(path: str, scan: Scan | None) -> Iterator[str | None]:

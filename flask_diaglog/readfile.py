@@ -79,12 +79,12 @@ class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
-def read_lines(fh: Readable) -> Iterator[bytes | None]:
+def read_lines(fh: Readable, skipping: bool = False) -> Iterator[bytes | None]:
     """The lines of ``fh`` from where it is, without their line feeds (the last one may have
     none); ``None`` for each line over :data:`MAX_LINE`, which is skipped; empty lines left
-    out. Reads 8 KiB at a time, holding at most one line and one block."""
+    out. Reads 8 KiB at a time, holding at most one line and one block. ``skipping``: ``fh``
+    is inside a line over the limit (already counted), dropped up to its line feed."""
     rest = b""
-    skipping = False  # inside a line over MAX_LINE: drop bytes up to its line feed
     # read1: one read of the file below, so the lines before a damaged .gz's damage come out
     # before the error does (read() would drop the block it was filling).
     read = getattr(fh, "read1", fh.read)

@@ -4,8 +4,9 @@ Every line of the trail, whoever produces it (the request hooks, stages, backgro
 logging bridge, the job guard, the watchdog, diaglog's own reports), goes through
 :meth:`Recorder.record`. It always:
 
-1. renders the line once from its parts and writes it to the files (one ``write(2)``), and
-2. opens or closes the entry of the in-flight registry (request and job start and end);
+1. opens or closes the entry of the in-flight registry (request and job start and end), before
+   the line is written, so that no hang report can follow an end line, and
+2. renders the line once from its parts and writes it to the files (one ``write(2)``);
 
 and only when somebody listens (a signal receiver, the console, the live bridge, a capture
 helper) does it build an :class:`Event` and hand it to them. Nothing on the request path chooses a
@@ -326,17 +327,8 @@ class Recorder:
             rid, jid = ids if ids is not None else (None, None)
             if target is None:
                 target = "requests"
-        if level >= self.level:
-            render = self.render  # an attribute read, then a plain call: no method lookup
-            try:
-                data = render(ts, level, kind, logger, rid, jid, msg, fields, exc, thread)
-                self._targets[target].write(data)
-                if level >= ERRORS_FROM:
-                    errors = self._errors
-                    if errors is not None:
-                        errors.write(data)
-            except Exception as e:  # never into the request: counted like a failing sink
-                self.failed("files", e)
+        # The registry first: a trace whose end line is out is no longer in flight, so no hang
+        # report can follow that line (see flask_diaglog.watchdog).
         if opens is not None and trace is not None:
             registry = self.registry
             if registry is not None:
@@ -348,6 +340,17 @@ class Recorder:
                         registry.discard(trace)
                 except Exception as e:
                     self.failed("inflight", e)
+        if level >= self.level:
+            render = self.render  # an attribute read, then a plain call: no method lookup
+            try:
+                data = render(ts, level, kind, logger, rid, jid, msg, fields, exc, thread)
+                self._targets[target].write(data)
+                if level >= ERRORS_FROM:
+                    errors = self._errors
+                    if errors is not None:
+                        errors.write(data)
+            except Exception as e:  # never into the request: counted like a failing sink
+                self.failed("files", e)
         subs = self._subscribers
         if subs or sig.receivers:
             flag = self._flag

@@ -1,11 +1,12 @@
 """The in-flight registry and the hang watchdog: "where is it stuck?" answered by diaglog itself.
 
 **Registry.** :class:`InFlight` is kept by the recorder: it adds a trace on
-``request_start``/``job_start`` and removes it on ``request_end``/``job_end``. Those end records
-are written on every path (normal end, exception, propagated exception in ``TESTING``, a streamed
-body closed early, a 400/403 raised in ``before_request``, background work that raises), so the
-registry empties itself. Per request it costs one dict insert and one dict pop. It holds at most
-``maxsize`` entries; beyond that, new work is counted in ``overflow`` and reported once.
+``request_start``/``job_start`` and removes it on ``request_end``/``job_end``, before the line is
+written. Those end records are written on every path (normal end, exception, propagated exception
+in ``TESTING``, a streamed body closed early, a 400/403 raised in ``before_request``, background
+work that raises), so the registry empties itself. Per request it costs one dict insert and one
+dict delete, and no lock. It holds at most ``maxsize`` entries; beyond that, new work is counted
+in ``overflow`` and reported once.
 
 **Watchdog.** One daemon thread per process watches every registry of the process. It is started
 lazily by the first trace that needs watching (so a gunicorn worker forked from a master starts
@@ -19,6 +20,16 @@ Work running longer than ``DIAGLOG_HANG_AFTER`` seconds gets a WARNING
 the report repeats at 2x, 4x, 8x ... that time while the work keeps running. ``trace.hung`` counts
 the reports, and the end line of the work notes ``was_hung(N)``. ``DIAGLOG_HANG_AFTER=0`` turns
 the watchdog off (the registry still answers :func:`inflight`).
+
+**A hang line never follows the end line.** The watchdog takes the trace out of the registry
+while it records the report (:meth:`InFlight.reporting`), under the registry's lock, and puts it
+back after; the recorder removes a trace before it writes the end line. So either the end comes
+first, and the watchdog finds the trace gone and reports nothing, or the report does, and the
+end, whose delete then misses, waits for the report in :meth:`InFlight.discard` (only then: the
+common end takes no lock). The app's code that a report runs before its line (the job-id
+callable) runs before the trace is taken; the receivers of the report run after its line, so an
+end waits for them at most :data:`SETTLE_WAIT` seconds, and not at all in the watchdog's own
+thread (a receiver that ends the work itself).
 
 **Access.** :func:`inflight` lists the in-flight work (for the dashboard, an admin endpoint or a
 debugger).
@@ -34,6 +45,7 @@ import sys
 import threading
 import traceback
 import weakref
+from collections.abc import Iterator
 from time import perf_counter
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -50,6 +62,23 @@ __all__ = ["InFlight", "entries"]
 _INF = float("inf")
 #: Innermost frames shown in a hang report (a stack deeper than this is cut at the outer end).
 STACK_LIMIT = 100
+#: Longest an end waits for the hang report of its own work being recorded meanwhile (the
+#: report's line is out within microseconds; what may take longer is its signal receivers).
+SETTLE_WAIT = 1.0
+
+
+class _Report:
+    """A trace the watchdog is reporting: out of the registry meanwhile (see
+    :meth:`InFlight.reporting`)."""
+
+    __slots__ = ("done", "ended", "name", "owner")
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+        self.owner = threading.get_ident()
+        #: The work ended during the report: it is not put back.
+        self.ended = False
+        self.done = threading.Event()
 
 
 class InFlight:
@@ -70,6 +99,11 @@ class InFlight:
         self.overflow = 0
         self.overflow_reported = 0
         self._items: dict[Trace, str | None] = {}
+        #: The traces being reported right now, out of ``_items`` meanwhile.
+        self._reports: dict[Trace, _Report] = {}
+        #: Taken by the watchdog around a report, by the listings, and by an end only when its
+        #: trace is not in ``_items`` (being reported, or not tracked): never by a common end.
+        self._lock = threading.Lock()
         _watchdog.registries.add(self)
 
     def add(self, trace: Trace, name: str | None = None) -> None:
@@ -86,24 +120,67 @@ class InFlight:
             _watchdog.poke()
 
     def discard(self, trace: Trace) -> None:
-        """Stop tracking ``trace`` (the recorder calls this for its end record)."""
-        self._items.pop(trace, None)
+        """Stop tracking ``trace`` (the recorder calls this for its end record, before its line
+        is written). Returns once no hang report of it can be written any more."""
+        try:
+            del self._items[trace]  # a delete costs less than pop(); try costs nothing
+        except KeyError:  # being reported right now, or never tracked (the registry was full)
+            self._settle(trace)
+
+    def _settle(self, trace: Trace) -> None:
+        """End ``trace`` while the watchdog may be reporting it: wait for the report's line."""
+        with self._lock:
+            report = self._reports.get(trace)
+            if report is None:
+                self._items.pop(trace, None)  # put back by a report that ended meanwhile
+                return
+            report.ended = True
+        if report.owner != threading.get_ident():  # else a receiver of the report ends it
+            report.done.wait(SETTLE_WAIT)
+
+    @contextlib.contextmanager
+    def reporting(self, trace: Trace) -> Iterator[bool]:
+        """Hold ``trace`` out of the registry while its hang report is recorded: true when it was
+        still in flight (else it ended: report nothing). It is put back after, unless it ended
+        meanwhile; its end waits for the report (see :meth:`discard`)."""
+        with self._lock:
+            try:
+                report = self._reports[trace] = _Report(self._items.pop(trace))
+            except KeyError:  # its end took it out
+                report = None
+        if report is None:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with self._lock:
+                del self._reports[trace]
+                if not report.ended:
+                    self._items[trace] = report.name
+            report.done.set()
 
     def items(self) -> list[tuple[Trace, str | None]]:
-        """A consistent copy of (trace, job name) pairs."""
-        return list(self._items.copy().items())
+        """A consistent copy of (trace, job name) pairs, the ones being reported included."""
+        with self._lock:
+            pairs = list(self._items.copy().items())
+            pairs += [(t, r.name) for t, r in self._reports.items()]
+        return pairs
 
     def traces(self) -> list[Trace]:
-        return list(self._items.copy())
+        return [t for t, _ in self.items()]
 
     def __contains__(self, trace: object) -> bool:
-        return trace in self._items
+        return trace in self._items or trace in self._reports
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + len(self._reports)
 
     def clear(self) -> None:
+        """Forget every trace (in a forked child: the parent's work does not run there)."""
         self._items.clear()
+        self._reports.clear()
+        self._lock = threading.Lock()  # the fork may have copied it taken by a report
 
 
 class _Watchdog:
@@ -231,7 +308,7 @@ class _Watchdog:
             names = _thread_names()
             try:
                 for reg, trace, name in due:
-                    if trace in reg:  # it may have ended a moment ago
+                    if trace in reg:  # it may have ended a moment ago (checked again, held)
                         _report(reg, trace, name, frames.get(trace.thread), names)
             finally:
                 del frames  # frames reference every thread's locals: do not keep them
@@ -277,10 +354,12 @@ def _report(
     names: dict[int, str],
 ) -> None:
     rec = reg.recorder
-    trace.hung += 1  # before the line: an end line written meanwhile already says was_hung
     if rec is None:
+        trace.hung += 1
         return
-    n = trace.hung
+    resolve = trace.resolve
+    if resolve is not None:  # the app's job-id callable, if any: before the trace is held
+        resolve(trace, False)
     ms = trace.elapsed_ms()
     current = trace.current_stage
     thread_name = names.get(trace.thread, str(trace.thread))
@@ -290,25 +369,31 @@ def _report(
             what += f" (from {trace.method} {trace.path})"
     else:
         what = f"{trace.method} {trace.path}"
-    fields: dict[str, Any] = {
-        "method": trace.method,
-        "path": trace.path,
-        "name": name,
-        "duration_ms": round(ms, 3),
-        "stage": current,
-        "stages": dict(trace.stage_totals()) or None,  # a copy: receivers may change it
-        "hung": n,
-        "thread_id": trace.thread,
-    }
-    rec.record(
-        "hang",
-        trace,
-        logging.WARNING,
-        hang_msg(what, ms, current, n, thread_name),
-        fields,
-        exc=rec.redact(format_stack(frame, trace.thread, names)),
-        thread=thread_name,  # the thread that is stuck, not the watchdog's own
-    )
+    stack = rec.redact(format_stack(frame, trace.thread, names))
+    with reg.reporting(trace) as in_flight:
+        if not in_flight:
+            return  # it ended meanwhile: its end line is out, no report may follow it
+        trace.hung += 1  # before the line: an end line built from now on says was_hung
+        n = trace.hung
+        fields: dict[str, Any] = {
+            "method": trace.method,
+            "path": trace.path,
+            "name": name,
+            "duration_ms": round(ms, 3),
+            "stage": current,
+            "stages": dict(trace.stage_totals()) or None,  # a copy: receivers may change it
+            "hung": n,
+            "thread_id": trace.thread,
+        }
+        rec.record(
+            "hang",
+            trace,
+            logging.WARNING,
+            hang_msg(what, ms, current, n, thread_name),
+            fields,
+            exc=stack,
+            thread=thread_name,  # the thread that is stuck, not the watchdog's own
+        )
 
 
 def _report_overflow(reg: InFlight) -> None:

@@ -205,3 +205,29 @@ def test_tail_records_reads_regular_files_only(tmp_path: Path, make: str) -> Non
     path = tmp_path / "requests.log"
     os.mkfifo(path) if make == "fifo" else path.symlink_to("/dev/zero")
     assert tail_records(str(tmp_path), "requests") == []
+
+
+@pytest.mark.parametrize("args", [["tail", "--json"], ["trace", "w22", "--json"]])
+def test_a_lines_own_ts_and_file_keys_do_not_replace_the_readers(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """``--json`` gives ``ts`` (ISO 8601 with milliseconds and offset), ``host`` and ``file`` as
+    read: a line's own ``ts`` (another spelling of its time) and ``file`` (crafted: ``errors``)
+    do not replace them."""
+    line = "{" + _END_W22 + ', "ts": "2026-11-22T10:00:00", "file": "errors", "host": "web1"}\n'
+    write_log(tmp_path, "requests", [line])
+    code, out = _run(tmp_path, *args)
+    assert code == 0, out
+    (record,) = [json.loads(x) for x in out.splitlines()]
+    assert (record["ts"], record["file"], record["host"]) == (ISO, "requests", "web1")
+    assert list(record)[:3] == ["ts", "host", "file"]
+
+
+def test_tail_says_how_many_lines_it_skipped(tmp_path: Path) -> None:
+    """tail says on stderr, as summary says it, how many of the lines it read were skipped."""
+    write_log(tmp_path, "requests", [_ok_end("w22"), "garbled\n", "x" * MAX_LINE + "\n"])
+    code, out = _run(tmp_path, "tail")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert "req=w22" in lines[0]
+    assert lines[1:] == ["2 of 3 lines were not diaglog lines and were skipped"]

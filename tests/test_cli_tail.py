@@ -4,14 +4,18 @@ follower's poll step driven by the test while a real writer rotates and compress
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 from flask import Flask
@@ -20,7 +24,8 @@ from test_cli import render, write_log
 from flask_diaglog.cli import diaglog_cli
 from flask_diaglog.files import LogFile
 from flask_diaglog.follow import Follower
-from flask_diaglog.logread import label_dirs
+from flask_diaglog.logread import Scan, label_dirs
+from flask_diaglog.readfile import MAX_LINE
 
 T0 = datetime(2026, 11, 22, 10, 0, 0).timestamp()
 MAIN = "from flask_diaglog.cli import main; main()"
@@ -176,20 +181,21 @@ def test_table_mode_shows_json_lines_as_the_plain_rows(tmp_path: Path) -> None:
 
 
 class _Reader:
-    """Lines of a child's stdout, waiting at most ``timeout`` seconds for each."""
+    """Lines of a child's stdout (or ``stream``), waiting at most ``timeout`` seconds for each."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], stream: IO[bytes] | None = None) -> None:
         self.proc, self.buf = proc, b""
+        self.stream = stream if stream is not None else proc.stdout
 
     def line(self, timeout: float = 30.0) -> str:
-        assert self.proc.stdout is not None
+        assert self.stream is not None
         deadline = time.monotonic() + timeout
         while b"\n" not in self.buf:
             left = deadline - time.monotonic()
-            ready, _, _ = select.select([self.proc.stdout], [], [], max(left, 0))
+            ready, _, _ = select.select([self.stream], [], [], max(left, 0))
             if not ready:
                 raise AssertionError(f"no line from tail -f; so far {self.buf!r}")
-            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            chunk = os.read(self.stream.fileno(), 65536)
             if not chunk:
                 raise AssertionError(f"tail -f ended; so far {self.buf!r}")
             self.buf += chunk
@@ -247,10 +253,134 @@ def test_follow_prints_every_line_once_across_several_rotations(
             writer.write(sent[-1].encode())
         assert writer.wait_compressed()
 
-    try:
+    with follower, contextlib.closing(writer):
         for count in (60, 5, 60, 45):  # 60-byte lines: 60 of them are three or four rotations
             write(count)
             follower.poll()
-    finally:
-        writer.close()
     assert got == [line.rstrip("\n") for line in sent]
+
+
+#: The first line every file of a crash-looping worker starts with: the same, to the millisecond.
+_STARTED = render("plain", T0, "log", "worker started", "R", logger="app")
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+def test_follow_tells_apart_files_with_the_same_first_line(tmp_path: Path, compress: bool) -> None:
+    """Files whose first lines are the same (each starts with the same line, written in the
+    same millisecond), rotated by the real writer several times between two polls, compressed
+    or not: each line is printed once, in order."""
+    path = tmp_path / "requests.log"
+    writer = LogFile(str(path), max_bytes=1024, backup_count=50, compress=compress)
+    got: list[str] = []
+    follower = Follower(label_dirs([str(tmp_path)]), ["requests"], lambda r: got.append(r.raw))
+    sent: list[str] = []
+
+    def write(count: int) -> None:
+        for _ in range(count):
+            sent.append(_STARTED if path.stat().st_size == 0 else _msg(len(sent)))
+            writer.write(sent[-1].encode())
+        assert writer.wait_compressed()
+
+    with follower, contextlib.closing(writer):
+        write(3)
+        follower.mark()
+        del sent[:]
+        for count in (40, 5, 40, 3, 30):  # 60-byte lines: 40 of them are two or three rotations
+            write(count)
+            follower.poll()
+    firsts = {p.name: _first_line(p) for p in tmp_path.glob("requests.log*")}
+    assert len(firsts) > 5 and set(firsts.values()) == {_STARTED}, firsts
+    assert got == [line.rstrip("\n") for line in sent]
+
+
+def _first_line(path: Path) -> str:
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as fh:
+        return str(fh.readline())
+
+
+@pytest.mark.parametrize("regrown", [False, True], ids=["emptied", "regrown"])
+def test_follow_across_a_copytruncate(tmp_path: Path, regrown: bool) -> None:
+    """A rotation that copies the file to .1 and empties it in place (logrotate's copytruncate):
+    the lines written before the copy come from the copy, then the file's new lines, also when
+    it has grown past where it was read (from the same first line) before the next poll."""
+    path = tmp_path / "requests.log"
+    sent = [_STARTED, _msg(1)]
+    path.write_text("".join(sent))
+    got: list[str] = []
+    with Follower(label_dirs([str(tmp_path)]), ["requests"], lambda r: got.append(r.raw)) as f:
+        f.mark()
+        del sent[:]
+        for n in range(2, 5):
+            sent.append(_msg(n))
+            with open(path, "a") as fh:
+                fh.write(sent[-1])
+            f.poll()
+        sent += [_msg(5), _msg(6)]
+        with open(path, "a") as fh:
+            fh.write(sent[-2] + sent[-1])
+        shutil.copyfile(path, tmp_path / "requests.log.1")
+        with open(path, "r+") as fh:
+            fh.truncate(0)
+        new = [_STARTED, *(_msg(n) for n in range(7, 12 if regrown else 8))]
+        path.write_text("".join(new))
+        sent += new
+        f.poll()
+    assert got == [line.rstrip("\n") for line in sent]
+
+
+def test_follow_skips_and_counts_a_line_over_the_limit(tmp_path: Path) -> None:
+    """A line over MAX_LINE in the followed file, written across two polls, is skipped without
+    being held and counted as every reader counts it, its end (a well-formed line after the
+    limit) included; so is one in a backup read after a rotation."""
+    path = tmp_path / "requests.log"
+    path.write_text(_msg(0))
+    got: list[str] = []
+    scan = Scan()
+    dirs = label_dirs([str(tmp_path)])
+    with Follower(dirs, ["requests"], lambda r: got.append(r.raw), scan) as follower:
+        follower.mark()
+        with open(path, "a") as fh:
+            fh.write(_msg(1) + "x" * MAX_LINE)
+        follower.poll()
+        with open(path, "a") as fh:
+            fh.write(_msg(2) + _msg(3) + "not a diaglog line\n")
+        follower.poll()
+        assert [line[-6:] for line in got] == ["line 1", "line 3"]
+        assert (scan.lines, scan.skipped) == (4, 2)
+        with open(path, "a") as fh:
+            fh.write("y" * (MAX_LINE + 10) + "\n" + _msg(4))
+        os.rename(path, tmp_path / "requests.log.1")
+        path.write_text(_msg(5))
+        follower.poll()
+    assert [line[-6:] for line in got] == ["line 1", "line 3", "line 4", "line 5"]
+    assert (scan.lines, scan.skipped) == (7, 3)
+
+
+def test_tail_f_says_how_many_lines_it_skipped(tmp_path: Path) -> None:
+    """tail -f says on stderr, as summary says it, how many of the lines read were skipped (a
+    line over MAX_LINE, a line that is not a diaglog line), once more lines were."""
+    log = tmp_path / "requests.log"
+    log.write_text(_msg(1))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", MAIN, "--log-dir", str(tmp_path), "tail", "-f", "-n", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = _Reader(proc), _Reader(proc, proc.stderr)
+        assert out.line().endswith("line 1")
+        with open(log, "a") as fh:
+            fh.write("x" * (MAX_LINE + 1) + "\n" + _msg(2))
+        assert out.line().endswith("line 2")
+        assert err.line() == "1 of 3 lines were not diaglog lines and were skipped"
+        with open(log, "a") as fh:
+            fh.write("garbled\n" + _msg(3))
+        assert out.line().endswith("line 3")
+        assert err.line() == "2 of 5 lines were not diaglog lines and were skipped"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            assert stream is not None
+            stream.close()

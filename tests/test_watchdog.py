@@ -24,7 +24,7 @@ from conftest import Logs
 from flask import Flask
 
 from flask_diaglog import DiagLog, inflight, stage
-from flask_diaglog.signals import hang_detected
+from flask_diaglog.signals import diaglog_request_finished, hang_detected
 
 HANG = 0.1  # DIAGLOG_HANG_AFTER in these tests
 JSON_HANG = {"DIAGLOG_FORMAT": "json", "DIAGLOG_HANG_AFTER": HANG}
@@ -470,3 +470,76 @@ def test_watchdog_restarts_in_forked_gunicorn_worker(tmp_path: Path, logs: Logs)
     assert hangs, logs.text("requests")
     assert all(h["pid"] == worker_pid for h in hangs)
     assert hangs[0]["stage"] == "backend" and "wait_for_backend" in hangs[0]["exc"]
+
+
+def _order(logs: Logs, name: str) -> list[tuple[str, int | None]]:
+    """``(event, hung)`` of the hang and end lines of ``name``.log, in the order written."""
+    kinds = ("hang", "request_end", "job_end")
+    return [(r["event"], r.get("hung")) for r in logs.json(name) if r["event"] in kinds]
+
+
+def test_no_hang_line_after_the_end_line(make_app: Callable[..., Flask], logs: Logs) -> None:
+    """Work that ends while the watchdog is about to report it gets no hang line after its end
+    line. Made certain here: the report asks the app's job-id callable for the URL's job id (in
+    the watchdog's thread, the request having written no line since its URL matched), and that
+    call lets the view return and waits until the request's end line is out."""
+    reporting, ended = threading.Event(), threading.Event()
+    me = threading.current_thread()
+
+    def job_id(req: Any) -> str:
+        if threading.current_thread() is not me:  # the watchdog's report
+            reporting.set()
+            ended.wait(10)
+        return "J1"
+
+    app = make_app(JSON_HANG, job_id=job_id)
+
+    @app.get("/jobs/<job_id>/export")
+    def export(job_id: str) -> str:
+        reporting.wait(10)  # past the threshold: the watchdog is reporting this request
+        return "ok"
+
+    def on_end(sender: Flask, event: Any) -> None:
+        ended.set()
+
+    with diaglog_request_finished.connected_to(on_end, app):
+        app.test_client().get("/jobs/J1/export")
+    assert reporting.is_set()
+    # Without the fix: [("request_end", 1), ("hang", 1)], the report written after the end.
+    assert _order(logs, "requests") == [("request_end", None)]
+
+
+@pytest.mark.parametrize("kind", ["request", "job"])
+def test_work_that_ends_during_its_hang_report_ends_after_it(
+    make_app: Callable[..., Flask], logs: Logs, kind: str
+) -> None:
+    """Work that ends while its hang report is being sent (a hang_detected receiver lets it end,
+    then takes a while): the hang line is first, and the end line counts it."""
+    app = make_app(JSON_HANG, init=False)
+    diaglog = DiagLog(app)
+    reported = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def on_hang(sender: Flask, event: Any) -> None:
+        reported.set()
+        time.sleep(0.3)  # the work ends meanwhile: its end line waits for the report
+
+    def work() -> None:
+        reported.wait(10)
+
+    @app.get("/work")
+    def view() -> str:
+        if kind == "job":
+            threads.append(diaglog.spawn(work))
+        else:
+            work()
+        return "ok"
+
+    with hang_detected.connected_to(on_hang, app):
+        app.test_client().get("/work")
+        for t in threads:
+            t.join(10)
+    assert reported.is_set()
+    end = "job_end" if kind == "job" else "request_end"
+    assert _order(logs, f"{kind}s") == [("hang", 1), (end, 1)]
+    assert inflight(app) == []
