@@ -117,10 +117,10 @@ class RequestTrail:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         # The hot path of every request: kept to plain attribute and dict operations.
         path = environ.get("PATH_INFO", "")
+        if not path.isascii() or path[:1] != "/" or path[:2] == "//":
+            path = _path(path)  # first: //_diaglog is Flask's /_diaglog, so excluded too
         if self._under and (path in self._exact or path.startswith(self._under)):
             return self.wsgi_app(environ, start_response)
-        if not path.isascii() or path[:1] != "/" or path[:2] == "//":
-            path = _path(path)
         if "=" in path or "%" in path:  # Redactor.path's own first test, without the call
             path = self.redactor.path(path)  # /reset/token=X: the path is written, so redacted
         if self.trust_request_id:

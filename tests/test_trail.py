@@ -222,6 +222,19 @@ def test_stream_closed_early_is_marked_aborted(
     assert len(end) == 1 and end[0]["aborted"] is True
 
 
+@pytest.mark.parametrize("raw", ["//healthz", "///healthz", "//static/app.css"])
+def test_an_excluded_path_written_with_more_slashes_is_excluded_too(
+    make_app: Callable[..., Flask], logs: object, raw: str
+) -> None:
+    """A server may pass ``//healthz`` on as it came (gunicorn does); Flask routes it as
+    ``/healthz``, and diaglog excludes it as ``/healthz``: no line, no header."""
+    app = make_app({"DIAGLOG_EXCLUDE": "/healthz,/static"})
+    app.add_url_rule("/healthz", "healthz", lambda: "ok")
+    r = app.test_client().get("/", environ_overrides={"PATH_INFO": raw})
+    assert "X-Request-ID" not in r.headers
+    assert logs.text("requests") == ""  # type: ignore[attr-defined]
+
+
 def test_exclude_logs_nothing_for_matching_paths(
     make_app: Callable[..., Flask], logs: object
 ) -> None:
