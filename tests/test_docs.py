@@ -141,12 +141,23 @@ RUNNER = textwrap.dedent(
 )
 
 
+def _env() -> dict[str, str]:
+    """The environment of an example's process: no DIAGLOG_ or TESTING variable of ours, and
+    this checkout first on the path (not the one the virtualenv was installed from, when the
+    tests run from another worktree)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIAGLOG_") and k != "TESTING"}
+    env["PYTHONPATH"] = os.pathsep.join([str(docs.ROOT), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
+    return env
+
+
 def run_blocks(blocks: list[Block], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """Run ``blocks`` in order in one namespace, in a fresh process working in ``tmp_path``."""
     for block in docs.blocks(blocks[0].page, lang="python"):
         if block.filename:
             (tmp_path / block.filename).write_text(block.code)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIAGLOG_") and k != "TESTING"}
+    env = _env()
     env["DIAGLOG_LOG_DIR"] = str(tmp_path / "logs")
     payload = [{"line": b.line, "code": b.code, "path": b.path} for b in blocks]
     return subprocess.run(
@@ -293,7 +304,7 @@ def test_quick_start_runs_as_written(page: str, tmp_path: Path) -> None:
     (tmp_path / "quickstart.py").write_text(block.code)
     port = free_port()
     argv = [str(Path(sys.executable).with_name("flask")), *commands[0].split()[1:]]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIAGLOG_") and k != "TESTING"}
+    env = _env()
     proc = subprocess.Popen(
         [*argv, "--port", str(port)],
         cwd=tmp_path,
