@@ -7,7 +7,7 @@
 * ``GET /api/jobs/<job_id>``: the job's status, current stage and progress; ``.../result`` the
   mesh (OBJ).
 * ``GET /live``: a page that uploads an image and follows its generation live (Socket.IO), with a
-  progress bar fed by ``progress`` events.
+  progress bar fed by ``progress`` events. A browser follows only the jobs its session uploaded.
 
 Every error is problem+json (:mod:`example_app.errors`). Job records live in memory by default, so
 ``make demo`` needs no Redis; with ``DIAGLOG_JOB_STORE=redis://...`` they live in that Redis, and
@@ -29,13 +29,14 @@ from flask_diaglog import DiagLog, guard_job, set_job_id, stage
 from flask_diaglog.problems import problem_response
 
 from . import errors
-from .live_page import allow_live
+from .live_page import allow_live, allow_room, viewer
 from .live_page import bp as live_bp
 from .pipeline import InvalidImage, decode, image_info, run_generation
 from .store import JobStore, open_store
 
-# Live events: browsers that opened /live may follow jobs; scripts use DIAGLOG_LIVE_TOKEN.
-diaglog = DiagLog(live_auth=allow_live)
+# Live events: browsers that opened /live may follow the jobs they uploaded; scripts use
+# DIAGLOG_LIVE_TOKEN, the dashboard's viewers its token (both: every event).
+diaglog = DiagLog(live_auth=allow_live, live_subscribe=allow_room)
 
 MAX_UPLOAD = 10 * 1024 * 1024
 
@@ -95,7 +96,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
                 return problem_response(exc.status, exc.title, str(exc))
         job_id = uuid.uuid4().hex[:16]
         set_job_id(job_id)  # this request's later lines and its end line carry the new job id
-        record = store.create(job_id, data, info)
+        record = store.create(job_id, data, info, owner=viewer())  # who may follow it live
         app.logger.info("stored upload %s (%s, %d bytes)", job_id, info["format"], len(data))
         return {"job_id": job_id, "status": record["status"], "image": info}, 201
 
@@ -124,6 +125,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         record = store.get(job_id)
         if record is None:
             return problem_response(404, "Unknown job", f"No job has id {job_id}.")
+        record.pop("owner", None)  # the uploading session's viewer id stays on the server
         return record
 
     @app.get("/api/jobs/<job_id>/result")

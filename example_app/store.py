@@ -25,10 +25,12 @@ __all__ = ["JobStore", "MemoryStore", "RedisStore", "open_store"]
 RECORD_TTL = 24 * 3600
 
 
-def new_record(job_id: str, info: dict[str, Any]) -> dict[str, Any]:
-    """The record of a freshly uploaded image."""
+def new_record(job_id: str, info: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
+    """The record of a freshly uploaded image; ``owner``: who may follow it live (the uploading
+    browser session's viewer id, see ``live_page.py``)."""
     return {
         "job_id": job_id,
+        "owner": owner,
         "status": "uploaded",
         "stage": None,
         "progress": None,
@@ -42,7 +44,9 @@ def new_record(job_id: str, info: dict[str, Any]) -> dict[str, Any]:
 class JobStore(Protocol):
     """What the views and the pipeline need from job records."""
 
-    def create(self, job_id: str, data: bytes, info: dict[str, Any]) -> dict[str, Any]:
+    def create(
+        self, job_id: str, data: bytes, info: dict[str, Any], owner: str | None = None
+    ) -> dict[str, Any]:
         """Store a new upload; returns its record."""
 
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -73,8 +77,10 @@ class MemoryStore:
         self._images: dict[str, bytes] = {}
         self._results: dict[str, str] = {}
 
-    def create(self, job_id: str, data: bytes, info: dict[str, Any]) -> dict[str, Any]:
-        record = new_record(job_id, info)
+    def create(
+        self, job_id: str, data: bytes, info: dict[str, Any], owner: str | None = None
+    ) -> dict[str, Any]:
+        record = new_record(job_id, info, owner)
         with self._lock:
             self._jobs[job_id] = record
             self._images[job_id] = data
@@ -136,8 +142,10 @@ class RedisStore:
         base = f"example:{{{job_id}}}"  # braces: one Redis Cluster slot per job
         return base, f"{base}:image", f"{base}:result"
 
-    def create(self, job_id: str, data: bytes, info: dict[str, Any]) -> dict[str, Any]:
-        record = new_record(job_id, info)
+    def create(
+        self, job_id: str, data: bytes, info: dict[str, Any], owner: str | None = None
+    ) -> dict[str, Any]:
+        record = new_record(job_id, info, owner)
         key, image, _ = self._keys(job_id)
         pipe = self._redis.pipeline(transaction=True)
         pipe.set(image, data, ex=self._ttl)

@@ -34,7 +34,7 @@ from .files.writer import LogFile
 from .hooks import register
 from .jobids import JobIdGetter, JobIds
 from .jobs import JobGuard, make_store
-from .live import LiveBridge
+from .live import LiveBridge, LiveSubscribe
 from .logbridge import AppHandler, attach
 from .record import Recorder
 from .redact import Redactor
@@ -142,6 +142,8 @@ class DiagLog:
 
     :param socketio: a ``flask_socketio.SocketIO`` for live events (optional).
     :param live_auth: a callable ``(auth payload) -> bool`` that admits live clients (optional).
+    :param live_subscribe: a callable ``(kind, value) -> bool`` that decides which rooms a client
+        ``live_auth`` admitted may join (optional; see :mod:`flask_diaglog.liverooms`).
     :param job_id: a callable ``(request) -> str | None`` that replaces the built-in job id lookup.
     """
 
@@ -152,11 +154,15 @@ class DiagLog:
         socketio: Any = None,
         job_id: JobIdGetter | None = None,
         live_auth: Callable[[Any], bool] | None = None,
+        live_subscribe: LiveSubscribe | None = None,
     ) -> None:
         #: The Flask-SocketIO object live events go to, if any.
         self.socketio = socketio
         #: ``live_auth(auth) -> bool`` decides which live clients may connect (see live.py).
         self.live_auth = live_auth
+        #: ``live_subscribe(kind, value) -> bool`` decides the rooms of clients ``live_auth``
+        #: admitted (default: job and request rooms, not ``all`` or ``level``).
+        self.live_subscribe = live_subscribe
         #: The job id lookup override, if any.
         self.job_id_getter = job_id
         # The apps this instance is registered on (weakly): background work started outside
@@ -217,7 +223,14 @@ class DiagLog:
             from .dashboard import socket_admission
 
             admit_viewers = socket_admission(s.dashboard_token)  # the dashboard's own rule
-        state.live = live.setup(socketio, s, rec, self.live_auth, admit_extra=admit_viewers)
+        state.live = live.setup(
+            socketio,
+            s,
+            rec,
+            self.live_auth,
+            admit_extra=admit_viewers,
+            subscribe=self.live_subscribe,
+        )
         if state.live is not None:
             exclude.append(live.socketio_path(socketio))
         if s.dashboard:

@@ -19,18 +19,12 @@ How an event travels:
 Recursion: Socket.IO, Engine.IO and Redis clients log while they emit. Events of the emitting task,
 and records of the ``socketio``/``engineio``/``flask_socketio`` loggers, reach only the files.
 
-Rooms a client can join with the ``subscribe`` message (``unsubscribe`` leaves them):
-
-* ``{"job_id": "j1"}``: every event of that job (requests and background work),
-* ``{"request_id": "r1"}``: every event of that request,
-* ``{"level": "WARNING"}``: log records (``event == "log"``) at or above that level, from anywhere,
-* ``{"all": true}``: every event (``all`` must be ``true`` when given).
-
 Clients must authenticate: the token goes in the Socket.IO connect ``auth`` payload
 (``{"token": "..."}``; a ``token=`` query parameter is also accepted) and is compared with
 ``DIAGLOG_LIVE_TOKEN``, or an auth callback (``DiagLog(live_auth=...)``) decides; a feature may
 add its own check (``setup(admit_extra=...)``: the dashboard admits its own viewers). Without any
-of them, every client is refused.
+of them, every client is refused. How a client got in decides which rooms its ``subscribe``
+messages may join (``unsubscribe`` leaves them): see :mod:`flask_diaglog.liverooms`.
 """
 
 from __future__ import annotations
@@ -50,9 +44,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError
-from .context import as_id, is_valid_id
-from .trail import LEVEL_NAMES, LEVELS
-from .values import parse_level
+from .liverooms import MAX_ROOMS, OPERATOR, USER, LiveSubscribe, Subscriber, rooms_for
+from .trail import LEVELS
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -64,6 +57,7 @@ __all__ = [
     "QUEUE_SIZE",
     "LiveAuth",
     "LiveBridge",
+    "LiveSubscribe",
     "emitter",
     "get_bridge",
     "page_options",
@@ -118,50 +112,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def rooms_for(ev: Event) -> list[str]:
-    """The Socket.IO rooms that want ``ev``."""
-    rooms = ["all"]
-    if ev.job_id is not None:
-        rooms.append(f"job:{ev.job_id}")
-    if ev.request_id is not None:
-        rooms.append(f"request:{ev.request_id}")
-    if ev.kind == "log":
-        rooms.extend(f"log:{name}" for name, no in LEVELS.items() if no <= ev.level)
-    return rooms
-
-
-def _requested_rooms(data: Any) -> list[str]:
-    """Rooms named by a ``subscribe``/``unsubscribe`` payload; ``ValueError`` when invalid."""
-    if not isinstance(data, Mapping):
-        raise ValueError(
-            'expected an object such as {"job_id": "..."}, {"request_id": "..."}, '
-            '{"level": "WARNING"} or {"all": true}'
-        )
-    rooms: list[str] = []
-    for key in ("job_id", "request_id"):
-        value = data.get(key)
-        if key == "job_id":
-            value = as_id(value)  # a number, as the guard takes it
-        if value is None:
-            continue
-        if not is_valid_id(value):
-            raise ValueError(f"{key} must be 1 to 128 characters of A-Z a-z 0-9 . _ : -")
-        rooms.append(f"{'job' if key == 'job_id' else 'request'}:{value}")
-    level = data.get("level")
-    if level is not None:
-        try:  # a name in any case or its number, as DIAGLOG_LEVEL takes it
-            rooms.append(f"log:{LEVEL_NAMES[parse_level(level, 'level', 'subscribe')]}")
-        except ConfigError:
-            raise ValueError(f"level must be one of {', '.join(LEVELS)}") from None
-    if data.get("all", False) is not False:
-        if data["all"] is not True:
-            raise ValueError("all must be true")
-        rooms.append("all")
-    if not rooms:
-        raise ValueError("name at least one of job_id, request_id, level or all")
-    return rooms
-
-
 class LiveBridge:
     """The live sink of one app: a bounded queue, a background emitter, and the namespace's
     connect/subscribe handlers.
@@ -179,6 +129,8 @@ class LiveBridge:
         token: str | None = None,
         auth: LiveAuth | None = None,
         admit_extra: LiveAuth | None = None,
+        subscribe: LiveSubscribe | None = None,
+        max_rooms: int = MAX_ROOMS,
         maxsize: int = QUEUE_SIZE,
         on_error: Callable[[str, BaseException | None], None] | None = None,
     ) -> None:
@@ -186,8 +138,13 @@ class LiveBridge:
         self.namespace = namespace
         self.token = token
         self.auth = auth
-        #: Another ``(auth) -> bool`` check that admits clients (e.g. the dashboard's viewers).
+        #: Another ``(auth) -> bool`` check that admits clients as operators (every room; e.g.
+        #: the dashboard's viewers).
         self.admit_extra = admit_extra
+        #: ``subscribe(kind, value) -> bool``: the rooms a client ``auth`` admitted may join.
+        self.subscribe = subscribe
+        #: Rooms one client may be in at once.
+        self.max_rooms = max_rooms
         #: True when events flow to the namespace (``DIAGLOG_LIVE``), not just its handlers.
         self.streaming = False
         self.maxsize = maxsize
@@ -332,9 +289,10 @@ class LiveBridge:
 
     # -- the namespace (Socket.IO handlers) --------------------------------------------------
 
-    def authorized(self, auth: Any) -> bool:
-        """True when the connect payload (or the ``token`` query parameter) carries the token, or
-        the auth callback or ``admit_extra`` allows the client."""
+    def admission(self, auth: Any) -> str | None:
+        """How the client gets in: ``OPERATOR`` when the connect payload (or the ``token`` query
+        parameter) carries the token or ``admit_extra`` allows it, else ``USER`` when the auth
+        callback allows it, else ``None`` (refused)."""
         from flask import request
 
         expected = self.token
@@ -345,34 +303,49 @@ class LiveBridge:
             if isinstance(given, str) and hmac.compare_digest(
                 given.encode("utf-8"), expected.encode("utf-8")
             ):
-                return True
-        return any(bool(check(auth)) for check in (self.auth, self.admit_extra) if check)
+                return OPERATOR
+        if self.admit_extra is not None and self.admit_extra(auth):
+            return OPERATOR
+        return USER if self.auth is not None and self.auth(auth) else None
+
+    def authorized(self, auth: Any) -> bool:
+        """True when :meth:`admission` lets the client in."""
+        return self.admission(auth) is not None
 
     def register(self) -> None:
         """Install the ``connect``, ``subscribe`` and ``unsubscribe`` handlers on the namespace."""
+        from flask import request
         from flask_socketio import ConnectionRefusedError, join_room, leave_room
 
         sio = self.socketio
         ns = self.namespace
+        # The client (how it got in, its rooms), kept in its connection's WSGI environ.
+        key = f"flask_diaglog.live.subscriber:{ns}"
 
         def on_connect(auth: Any = None) -> None:
-            if not self.authorized(auth):
+            admission = self.admission(auth)
+            request.environ[key] = Subscriber(admission)
+            if admission is None:
                 raise ConnectionRefusedError("unauthorized")
 
-        def change_rooms(data: Any, change: Callable[[str], Any]) -> dict[str, Any]:
+        def change_rooms(data: Any, join: bool) -> dict[str, Any]:
+            client = request.environ.setdefault(key, Subscriber(None))
             try:
-                rooms = _requested_rooms(data)
+                if join:
+                    names = client.subscribe(data, self.subscribe, self.max_rooms)
+                else:
+                    names = client.unsubscribe(data)
             except ValueError as exc:
                 return {"ok": False, "error": str(exc)}
-            for room in rooms:
-                change(room)
-            return {"ok": True, "rooms": rooms}
+            for room in names:
+                (join_room if join else leave_room)(room)
+            return {"ok": True, "rooms": names}
 
         def on_subscribe(data: Any = None) -> dict[str, Any]:
-            return change_rooms(data, join_room)
+            return change_rooms(data, True)
 
         def on_unsubscribe(data: Any = None) -> dict[str, Any]:
-            return change_rooms(data, leave_room)
+            return change_rooms(data, False)
 
         sio.on("connect", namespace=ns)(on_connect)
         sio.on("subscribe", namespace=ns)(on_subscribe)
@@ -424,9 +397,11 @@ def setup(
     auth: Callable[[Any], bool] | None = None,
     *,
     admit_extra: Callable[[Any], bool] | None = None,
+    subscribe: LiveSubscribe | None = None,
 ) -> LiveBridge | None:
     """Create the live bridge for ``socketio`` (``None``: there is none) and subscribe it to
-    ``rec``. ``auth`` and ``admit_extra`` may each admit clients (:meth:`LiveBridge.authorized`).
+    ``rec``. ``auth`` and ``admit_extra`` may each admit clients (:meth:`LiveBridge.admission`);
+    ``subscribe`` decides the rooms of those ``auth`` admitted (:mod:`~flask_diaglog.liverooms`).
 
     The namespace handlers are registered whenever there is a SocketIO. Events flow only when
     ``DIAGLOG_LIVE`` is on: by default that is "not in test mode"; ``DIAGLOG_LIVE=True`` forces it
@@ -446,6 +421,7 @@ def setup(
         token=settings.live_token,
         auth=auth,
         admit_extra=admit_extra,
+        subscribe=subscribe,
         maxsize=QUEUE_SIZE,
         on_error=rec.report_internal,
     )

@@ -4,6 +4,7 @@ stages of one job appear while the job runs."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import threading
 import urllib.request
@@ -96,6 +97,92 @@ def test_only_browsers_that_opened_the_page_are_admitted(make_app: Callable[...,
     finally:
         viewer.disconnect(NS)
         bridge.close()
+
+
+def test_example_app_visitors_follow_only_their_own_uploads(tmp_path: Path) -> None:
+    """The example app as ``--host 0.0.0.0`` runs it (a dashboard token): a visitor who opened
+    /live may follow the jobs of images this browser session uploaded, and nothing else: not
+    ``all``, not a level, not another session's job or request. The dashboard token's holder
+    still gets everything."""
+    from example_app import create_app
+    from example_app.__main__ import demo_config
+
+    config = demo_config("0.0.0.0", environ={})
+    app = create_app(
+        {
+            **config,
+            "TESTING": True,
+            "DIAGLOG_CONSOLE": False,
+            "DIAGLOG_LIVE": True,
+            "DIAGLOG_LOG_DIR": str(tmp_path / "logs"),
+            "EXAMPLE_GENERATE_SECONDS": 0.05,
+        }
+    )
+    socketio = app.extensions["socketio"]
+    bridge = get_bridge(app)
+    assert bridge is not None
+    clients = []
+
+    def visitor() -> tuple[Any, Any, str]:
+        """A browser that opened /live, its socket, and the job of the image it uploaded."""
+        http = app.test_client()
+        assert http.get("/live").status_code == 200
+        sock = socketio.test_client(app, namespace=NS, flask_test_client=http)
+        clients.append(sock)
+        assert sock.is_connected(NS)
+        up = http.post("/api/images", data={"image": (io.BytesIO(tiny_png()), "in.png")})
+        assert up.status_code == 201
+        return http, sock, up.json["job_id"]
+
+    def ask(sock: Any, **what: Any) -> Any:
+        return sock.emit("subscribe", what, namespace=NS, callback=True)
+
+    try:
+        alice, alice_sock, alice_job = visitor()
+        _, mallory_sock, mallory_job = visitor()
+        assert ask(alice_sock, job_id=alice_job) == {"ok": True, "rooms": [f"job:{alice_job}"]}
+        assert ask(mallory_sock, job_id=mallory_job)["ok"] is True
+        for what in (
+            {"all": True},
+            {"level": "DEBUG"},
+            {"job_id": alice_job},
+            {"request_id": "any-request"},
+        ):
+            answer = ask(mallory_sock, **what)
+            assert answer["ok"] is False and "not allowed" in answer["error"], what
+        stranger = socketio.test_client(app, namespace=NS, flask_test_client=app.test_client())
+        assert not stranger.is_connected(NS)  # never opened /live
+        operator = socketio.test_client(
+            app,
+            namespace=NS,
+            query_string=f"token={config['DIAGLOG_DASHBOARD_TOKEN']}",
+            flask_test_client=app.test_client(),
+        )
+        clients.append(operator)
+        assert ask(operator, all=True) == {"ok": True, "rooms": ["all"]}
+
+        gen = alice.post(f"/api/jobs/{alice_job}/generate", json={})
+        assert gen.status_code == 202
+        got: list[dict[str, Any]] = []
+        for _ in range(400):
+            assert bridge.flush(10)
+            got += [p["args"][0] for p in alice_sock.get_received(NS)]
+            if any(e["event"] == "job_end" for e in got):
+                break
+            threading.Event().wait(0.05)
+        stages = [e["stage"] for e in got if e["event"] == "stage"]
+        assert [s for s in stages if s in STAGES] == list(STAGES)
+        assert {e["job_id"] for e in got} == {alice_job}
+        assert alice_job in {p["args"][0].get("job_id") for p in operator.get_received(NS)}
+        # Mallory hears her own upload's last line at most, nothing of Alice's job
+        assert {p["args"][0]["job_id"] for p in mallory_sock.get_received(NS)} <= {mallory_job}
+    finally:
+        for sock in clients:
+            if sock.is_connected(NS):
+                sock.disconnect(NS)
+        bridge.close()
+        app.extensions["example_jobs"].close()
+        app.extensions["diaglog"].guard.close()
 
 
 def _close_bridge(app: Flask) -> None:
