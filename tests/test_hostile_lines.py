@@ -29,10 +29,15 @@ from flask_diaglog.testing import capture_events
 from flask_diaglog.trail import ERRORS_FROM
 
 FILES = ("requests", "jobs", "errors")
-#: What no line may carry raw: C0 (the line feed ends a line), DEL, C1, U+2028, U+2029.
-RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
-#: Every character that some reader takes as a line break or a terminal control.
-HOSTILE_CHARS = [chr(c) for c in (*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)]
+#: Bidirectional controls: they reorder what a terminal or a page shows after them.
+BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+#: What no line may carry raw: C0 (the line feed ends a line), DEL, C1, U+2028, U+2029, BIDI.
+RAW_CONTROL = re.compile(
+    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+#: Every character that some reader takes as a line break or a terminal control, or that
+#: reorders the text after it.
+HOSTILE_CHARS = [chr(c) for c in (*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029, *BIDI)]
 HOSTILE_BYTES = [
     b"\r\n", b"\n", b"\r", b"\x1b[2J", b"\x1b]0;x\x07", b"\x85", b"\x9b", b"\xc2\x85",
     b"\xc2\x9b", b"\xe2\x80\xa8", b"\xe2\x80\xa9", b"\x00", b"\x7f", b"\xff", b"%0A", b"%C2%85",

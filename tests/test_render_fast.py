@@ -24,10 +24,14 @@ from hypothesis import strategies as st
 from flask_diaglog.files.render import format_ts, json_line, plain_line, split_json, split_plain
 from flask_diaglog.trail import FIELDS
 
-#: What no line may carry raw: C0 (but the final line feed), DEL, C1, U+2028, U+2029.
-RAW_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: What no line may carry raw: C0 (but the final line feed), DEL, C1, U+2028, U+2029 and the
+#: bidirectional controls.
+RAW_CONTROL = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
 HOSTILE_CHARS = [
-    chr(c) for c in (*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029, 0xD800, 0xAD)
+    chr(c)
+    for c in (*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029, 0xD800, 0xAD, 0x202E, 0x2066)
 ]
 TS = 1_796_016_653.1726475
 
@@ -83,6 +87,12 @@ def _safe(s: str, escapes: dict[int, str]) -> str:
 
 PLAIN_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
 PLAIN_ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+PLAIN_ESCAPES.update(
+    {
+        c: f"\\u{c:04x}"
+        for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+    }
+)
 
 
 @settings(max_examples=150, suppress_health_check=list(HealthCheck), deadline=None)
