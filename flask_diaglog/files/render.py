@@ -119,14 +119,12 @@ _MS = (*(f".{i:03d}" for i in range(1000)), ".999")
 _LEVEL_TAG = {no: f" | {name} | " for no, name in LEVEL_NAMES.items()}
 
 #: Line breaks and terminal controls for every reader (``str.splitlines``, text-mode ``io``,
-#: ``grep``, ``less``): C0, DEL, C1 (NEL included), U+2028 and U+2029; and the bidirectional
-#: controls (U+061C, U+200E, U+200F, U+202A to U+202E, U+2066 to U+2069), which reorder the text
-#: shown after them: a value could make the rest of its line read otherwise ("Trojan Source").
+#: ``grep``, ``less``): C0, DEL, C1 (NEL included), U+2028, U+2029; and the bidirectional controls,
+#: which reorder the text shown after them ("Trojan Source"): U+061C, U+200E/F, U+202A-E, U+2066-9.
 _BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
 _BREAKERS = (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029, *_BIDI)
-#: ``str.translate`` table of every character a plain line escapes (line breaks, terminal
-#: controls, bidirectional controls); readers use it to make text from JSON lines safe for a
-#: terminal.
+#: ``str.translate`` table of every character a plain line escapes (the above); readers use it to
+#: make text from JSON lines safe for a terminal.
 ESCAPES: dict[int, str] = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _BREAKERS}
 _ESCAPES = ESCAPES
 _ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
