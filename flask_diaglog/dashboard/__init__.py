@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, g, jsonify, render_template, request
+from flask import Blueprint, g, jsonify, render_template, request, url_for
 from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException, default_exceptions
 from werkzeug.http import HTTP_STATUS_CODES
@@ -318,7 +318,14 @@ def create_blueprint(
                     and item["kind"] == "request"
                     and other["item"].get("request_id") == item.get("request_id")
                 ]
-        page_html = page("trace.html", "trace", trace_id, d=d, trace_id=trace_id)
+        with index.lock:  # the list has every row the page leaves out
+            named = bool(index.by_request.get(trace_id))
+        list_url = (
+            url_for(".requests_page", request_id=trace_id)
+            if named
+            else url_for(".requests_page", job_id=trace_id)
+        )
+        page_html = page("trace.html", "trace", trace_id, d=d, trace_id=trace_id, list_url=list_url)
         return page_html, 200 if d else 404
 
     @bp.get("/<path:rest>")

@@ -1,0 +1,136 @@
+"""The dashboard against hostile traffic and hostile pages, over HTTP (Flask test client): one id
+on thousands of requests, a token in the address bar, a Host header that names another site.
+
+The address bar in a real browser is in test_dashboard_pages.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from flask_diaglog import DiagLog, current_job_id
+
+#: What one trace answer shows at most (docs/dashboard.md, "Trace page").
+MAX_SECTIONS = 20
+MAX_LINES = 300
+HEAD_LINES = 200
+
+
+def _flooded_app(make_app: Callable[..., Flask]) -> Flask:
+    app = make_app({"DIAGLOG_DASHBOARD": True, "DIAGLOG_FORMAT": "json"}, init=False)
+    diaglog = DiagLog(app)
+
+    @app.post("/generate")
+    def generate() -> tuple[str, int]:
+        diaglog.spawn(lambda: None).join()
+        return "started", 202
+
+    @app.get("/status")
+    def status() -> str:
+        return str(current_job_id())
+
+    @app.get("/n/<int:n>")
+    def numbered(n: int) -> str:
+        return str(n)
+
+    @app.get("/chatty")
+    def chatty() -> str:
+        for n in range(1000):
+            app.logger.warning("line %d", n)
+        return "ok"
+
+    return app
+
+
+def test_one_job_id_on_thousands_of_requests_gives_a_bounded_trace(
+    make_app: Callable[..., Flask],
+) -> None:
+    """Any client may put any job id on its requests. After one request started the job and
+    1 500 others carried the same id, the trace answer holds 20 requests and job runs, the job
+    run and the request that started it among them, and says how many it leaves out; the page
+    says so too, and links to the list that has them all."""
+    app = _flooded_app(make_app)
+    client = app.test_client()
+    job = {"X-Job-ID": "victim-job-42"}
+    start = client.post("/generate", headers=job)
+    assert start.status_code == 202
+    for _ in range(1500):
+        client.get("/status", headers=job)
+
+    trace = client.get("/_diaglog/api/trace/victim-job-42").json
+    assert trace is not None
+    sections = trace["sections"]
+    assert len(sections) == MAX_SECTIONS
+    assert trace["more"] == 1 + 1 + 1500 - MAX_SECTIONS
+    kinds = [(s["item"]["kind"], s["item"].get("path")) for s in sections]
+    assert [k for k in kinds if k[0] == "job"] == [("job", None)]
+    assert ("request", "/generate") in kinds
+    assert sum(len(s["lines"]) for s in sections) < MAX_SECTIONS * 10
+
+    page = client.get("/_diaglog/trace/victim-job-42")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert len(re.findall(r'<section class="item ', html)) == MAX_SECTIONS
+    assert f"{trace['more']} more requests and job runs with this id not shown" in html
+    assert 'href="/_diaglog/requests?job_id=victim-job-42"' in html
+    listed = client.get("/_diaglog/api/requests?job_id=victim-job-42&per_page=1").json
+    assert listed is not None and listed["total"] == 1502
+
+
+def test_one_request_id_on_thousands_of_requests_gives_a_bounded_trace(
+    make_app: Callable[..., Flask],
+) -> None:
+    """A client may send the same X-Request-ID on every request: the trace of that id holds the
+    20 newest of them and counts the rest."""
+    app = _flooded_app(make_app)
+    client = app.test_client()
+    for n in range(1200):
+        client.get(f"/n/{n}", headers={"X-Request-ID": "victim-req-42"})
+    trace = client.get("/_diaglog/api/trace/victim-req-42").json
+    assert trace is not None
+    assert len(trace["sections"]) == MAX_SECTIONS and trace["more"] == 1200 - MAX_SECTIONS
+    paths = [s["item"]["path"] for s in trace["sections"]]
+    assert paths == [f"/n/{n}" for n in range(1200 - MAX_SECTIONS, 1200)]
+    assert all(2 <= len(s["lines"]) <= MAX_LINES for s in trace["sections"])
+    html = client.get("/_diaglog/trace/victim-req-42").get_data(as_text=True)
+    assert 'href="/_diaglog/requests?request_id=victim-req-42"' in html
+
+
+def test_a_request_with_many_lines_shows_its_first_and_last_ones(
+    make_app: Callable[..., Flask],
+) -> None:
+    """A section shows at most 300 lines: the first 200 and the last 100, and says how many
+    between them it leaves out, in the API (``more_lines``, ``more_lines_at``) and the page."""
+    app = _flooded_app(make_app)
+    client = app.test_client()
+    rid = client.get("/chatty").headers["X-Request-ID"]
+    trace = client.get(f"/_diaglog/api/trace/{rid}").json
+    assert trace is not None and trace["more"] == 0
+    (section,) = trace["sections"]
+    lines: list[dict[str, Any]] = section["lines"]
+    assert len(lines) == MAX_LINES
+    assert section["more_lines"] == 1002 - MAX_LINES and section["more_lines_at"] == HEAD_LINES
+    assert lines[0]["event"] == "request_start" and lines[-1]["event"] == "request_end"
+    assert lines[HEAD_LINES - 1]["msg"] == f"line {HEAD_LINES - 2}"
+    assert lines[HEAD_LINES]["msg"] == f"line {1000 - (MAX_LINES - HEAD_LINES) + 1}"
+    html = client.get(f"/_diaglog/trace/{rid}").get_data(as_text=True)
+    assert html.count('<tr class="level-') == MAX_LINES
+    assert f"{1002 - MAX_LINES} more lines not shown" in html
+
+
+@pytest.mark.parametrize("n", [3])
+def test_a_small_trace_is_shown_whole(make_app: Callable[..., Flask], n: int) -> None:
+    """Under the bounds nothing is left out: ``more`` and ``more_lines`` are 0."""
+    app = _flooded_app(make_app)
+    client = app.test_client()
+    for _ in range(n):
+        client.get("/status", headers={"X-Job-ID": "small-job"})
+    trace = client.get("/_diaglog/api/trace/small-job").json
+    assert trace is not None and trace["more"] == 0 and len(trace["sections"]) == n
+    assert all(s["more_lines"] == 0 and "more_lines_at" not in s for s in trace["sections"])
+    assert b"not shown" not in client.get("/_diaglog/trace/small-job").data
