@@ -134,3 +134,68 @@ def test_a_small_trace_is_shown_whole(make_app: Callable[..., Flask], n: int) ->
     assert trace is not None and trace["more"] == 0 and len(trace["sections"]) == n
     assert all(s["more_lines"] == 0 and "more_lines_at" not in s for s in trace["sections"])
     assert b"not shown" not in client.get("/_diaglog/trace/small-job").data
+
+
+# -- a token in the URL -----------------------------------------------------------------------
+
+
+def _token_app(make_app: Callable[..., Flask], **config: object) -> Flask:
+    app = make_app({"DIAGLOG_DASHBOARD": True, "DIAGLOG_DASHBOARD_TOKEN": "s3cret", **config})
+    app.add_url_rule("/fast", "fast", lambda: "ok")
+    return app
+
+
+@pytest.mark.parametrize(
+    ("url", "clean"),
+    [
+        ("/_diaglog/?token=s3cret", "/_diaglog/"),
+        (
+            "/_diaglog/requests?kind=request&token=s3cret&route=GET%20/orders/%3Cint:n%3E&q=a+b",
+            "/_diaglog/requests?kind=request&route=GET%20/orders/%3Cint:n%3E&q=a+b",
+        ),
+        ("/_diaglog/route?token=s3cret&route=GET%20/fast", "/_diaglog/route?route=GET%20/fast"),
+        ("/_diaglog/trace/abc?t%6Fken=s3cret&token=nope", "/_diaglog/trace/abc"),
+    ],
+)
+def test_a_page_opened_with_a_token_redirects_to_its_url_without_it(
+    make_app: Callable[..., Flask], url: str, clean: str
+) -> None:
+    """A page asked for with the right ``?token=`` is a 303 to the same URL without any
+    ``token`` parameter (every other one kept as it came), and the answer sets the cookie that
+    admits the next request."""
+    app = _token_app(make_app)
+    client = app.test_client()
+    r = client.get(url)
+    assert r.status_code == 303
+    assert r.headers["Location"] == clean
+    cookie = "; ".join(r.headers.getlist("Set-Cookie"))
+    assert cookie.startswith("diaglog_dashboard=") and "s3cret" not in cookie
+    assert r.headers["X-Frame-Options"] == "DENY"
+    follow = client.get(clean)
+    assert follow.status_code in (200, 404) and follow.mimetype == "text/html"
+
+
+def test_a_refused_token_is_not_redirected(make_app: Callable[..., Flask]) -> None:
+    """A wrong ``?token=`` is still a 403, not a redirect that says the page is there."""
+    app = _token_app(make_app)
+    r = app.test_client().get("/_diaglog/requests?kind=job&token=nope")
+    assert r.status_code == 403 and "Location" not in r.headers
+
+
+def test_a_cookie_holder_with_a_stale_token_in_the_url_is_redirected(
+    make_app: Callable[..., Flask],
+) -> None:
+    """With the cookie, a ``?token=`` left in a bookmark (right or not) is taken out of the URL."""
+    app = _token_app(make_app)
+    client = app.test_client()
+    client.get("/_diaglog/?token=s3cret")
+    r = client.get("/_diaglog/requests?token=old&per_page=5")
+    assert r.status_code == 303 and r.headers["Location"] == "/_diaglog/requests?per_page=5"
+
+
+def test_the_api_with_a_token_in_the_url_answers_as_asked(make_app: Callable[..., Flask]) -> None:
+    """A script calling the JSON API with ``?token=`` (documented as a credential) gets its answer,
+    not a redirect it would have to follow with a cookie jar."""
+    app = _token_app(make_app)
+    r = app.test_client().get("/_diaglog/api/requests?token=s3cret&per_page=1")
+    assert r.status_code == 200 and r.is_json

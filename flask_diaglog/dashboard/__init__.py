@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, g, jsonify, render_template, request, url_for
+from flask import Blueprint, g, jsonify, redirect, render_template, request, url_for
 from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException, default_exceptions
 from werkzeug.http import HTTP_STATUS_CODES
@@ -31,7 +31,7 @@ from ..peers import Peers
 from ..problems import problem_response
 from ..trail import LEVELS
 from . import charts, queries
-from .access import admitted, remember, security_headers, socket_admission
+from .access import admitted, remember, security_headers, socket_admission, without_token
 from .filters import (
     InvalidParameter,
     parse_filters,
@@ -116,6 +116,7 @@ def create_blueprint(
     index = Index(settings.log_dir)
     token = settings.dashboard_token
     socket_path = live["path"] if live else None
+    prefix = settings.dashboard_url.rstrip("/")
 
     def all_inflight() -> list[dict[str, Any]]:
         """Every worker's in-flight entries, read once per request."""
@@ -179,10 +180,16 @@ def create_blueprint(
             "a ?token= sets).",
         )
 
+    api = prefix + "/api/"
+
     @bp.before_request
     def guard() -> Response | None:
         if not admitted(request, token):
             return refused()
+        if token is not None and not request.path.startswith(api):
+            clean = without_token(request)
+            if clean is not None:  # the cookie is set on the way (headers() below)
+                return redirect(clean, 303)
         if request.endpoint != "diaglog_dashboard.static":
             index.refresh(READ_BUDGET)
         return None
@@ -196,8 +203,6 @@ def create_blueprint(
             response.set_etag(tag)
         response.headers.update(security_headers(request.host if live else None))
         return response
-
-    prefix = settings.dashboard_url.rstrip("/")
 
     @bp.after_app_request
     def unrouted(response: Response) -> Response:

@@ -11,7 +11,9 @@
   ``Authorization: Bearer`` header, ``?token=``); one that matches admits it.
 * The cookie never holds the token: it holds an HMAC of it (:func:`cookie_value`), and it is set
   only when a ``?token=`` was accepted. It is HttpOnly, SameSite=Strict, limited to the
-  dashboard's path, and Secure when the request came over HTTPS.
+  dashboard's path, and Secure when the request came over HTTPS. A page asked for with a
+  ``?token=`` is answered with a redirect to its URL without it (:func:`without_token`), so the
+  token leaves the address bar and is not sent again with every refresh.
 * The live socket (when the app streams events over Socket.IO) is admitted by the same rule
   (:func:`socket_admission`): the page never holds a live token. A second copy of the cookie,
   limited to Socket.IO's path, travels with the same-origin handshake; it is set with the first
@@ -26,6 +28,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote, unquote_plus
 
 from flask import Request, request
 from werkzeug.wrappers import Response
@@ -40,6 +43,7 @@ __all__ = [
     "remember",
     "security_headers",
     "socket_admission",
+    "without_token",
 ]
 
 COOKIE = "diaglog_dashboard"
@@ -144,6 +148,18 @@ def _query_token(request: Request, token: str) -> bool:
     """Whether one of the request's ``?token=`` values is ``token`` (each is tried, as every
     other credential is)."""
     return any(given and _matches(given, token) for given in request.args.getlist("token"))
+
+
+def without_token(request: Request) -> str | None:
+    """The URL of ``request`` without its ``token`` parameters (every other parameter kept as it
+    came, in its order), as a path from the server's root; ``None`` when it has none."""
+    pairs = request.query_string.split(b"&")
+    kept = [p for p in pairs if unquote_plus(p.partition(b"=")[0].decode("latin-1")) != "token"]
+    if len(kept) == len(pairs):
+        return None
+    query = b"&".join(p for p in kept if p).decode("latin-1")
+    path = "/" + quote(request.script_root + request.path).lstrip("/")  # never //host/...
+    return path + ("?" + query if query else "")
 
 
 def socket_admission(token: str | None) -> Callable[[Any], bool]:
