@@ -6,6 +6,7 @@ The address bar in a real browser is in test_dashboard_pages.py.
 
 from __future__ import annotations
 
+import http.client
 import re
 from collections.abc import Callable
 from typing import Any
@@ -199,3 +200,101 @@ def test_the_api_with_a_token_in_the_url_answers_as_asked(make_app: Callable[...
     app = _token_app(make_app)
     r = app.test_client().get("/_diaglog/api/requests?token=s3cret&per_page=1")
     assert r.status_code == 200 and r.is_json
+
+
+# -- the Host header without a token (DNS rebinding) --------------------------------------------
+
+LOOPBACK_HOSTS = [
+    "localhost", "localhost:5055", "LocalHost:5055", "localhost.:5055", "dash.localhost:8080",
+    "127.0.0.1:5055", "127.9.8.7", "[::1]:5055", "[::1]", "[::ffff:127.0.0.1]:80",
+]  # fmt: skip
+OTHER_HOSTS = [
+    "attacker.example:5055", "127.0.0.1.attacker.example", "localhost.attacker.example:5055",
+    "evil-localhost", "127.1", "2130706433", "[::2]:5055", "10.0.0.1", "[fe80::1%eth0]", "",
+    "localhost:80:80", "localhost:http", "local host",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("host", LOOPBACK_HOSTS)
+def test_without_a_token_a_loopback_host_is_admitted(
+    make_app: Callable[..., Flask], host: str
+) -> None:
+    """A loopback client that names a loopback host (any port) sees the dashboard."""
+    app = make_app({"DIAGLOG_DASHBOARD": True})
+    r = app.test_client().get("/_diaglog/api/state", environ_overrides={"HTTP_HOST": host})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("host", OTHER_HOSTS)
+def test_without_a_token_another_host_is_refused_saying_why(
+    make_app: Callable[..., Flask], host: str
+) -> None:
+    """A loopback client whose Host header names another host (a page of a site whose name was
+    rebound to 127.0.0.1) gets a 403 problem+json that says why and what to set, for pages,
+    the API and static files alike."""
+    app = make_app({"DIAGLOG_DASHBOARD": True})
+    client = app.test_client()
+    for url in ("/_diaglog/", "/_diaglog/api/state", "/_diaglog/static/dashboard.js"):
+        r = client.get(url, environ_overrides={"HTTP_HOST": host})
+        assert r.status_code == 403 and r.mimetype == "application/problem+json", url
+        detail = r.json["detail"]  # type: ignore[index]
+        assert "Host" in detail and "DIAGLOG_DASHBOARD_TOKEN" in detail and "rebinding" in detail
+        assert r.headers["X-Frame-Options"] == "DENY"
+
+
+def test_a_request_without_a_host_header_is_refused(make_app: Callable[..., Flask]) -> None:
+    """No Host header at all (HTTP/1.0) names no loopback host either."""
+    app = make_app({"DIAGLOG_DASHBOARD": True})
+    environ = {"HTTP_HOST": None, "SERVER_NAME": "127.0.0.1"}
+    r = app.test_client().get("/_diaglog/api/state", environ_overrides=environ)
+    assert r.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({"X-Forwarded-Host": "attacker.example"}, 403),
+        ({"X-Forwarded-Host": "localhost:5000, attacker.example"}, 403),
+        ({"Forwarded": 'for=127.0.0.1;host="attacker.example:443"'}, 403),
+        ({"X-Forwarded-Host": "localhost:5000"}, 200),
+        ({"Forwarded": "for=127.0.0.1;host=127.0.0.1:5000"}, 200),
+    ],
+)
+def test_without_a_token_a_host_a_local_proxy_named_must_be_loopback_too(
+    make_app: Callable[..., Flask], headers: dict[str, str], code: int
+) -> None:
+    """A proxy on the same host that passes the browser's host on (X-Forwarded-Host, Forwarded)
+    is judged by that host too, with or without ProxyFix."""
+    app = make_app({"DIAGLOG_DASHBOARD": True})
+    assert app.test_client().get("/_diaglog/api/state", headers=headers).status_code == code
+
+
+def test_with_a_token_any_host_is_admitted(make_app: Callable[..., Flask]) -> None:
+    """The token mode is unchanged: a client with the token may name any host."""
+    app = _token_app(make_app)
+    bearer = {"Authorization": "Bearer s3cret"}
+    r = app.test_client().get(
+        "/_diaglog/api/state", headers=bearer, base_url="http://dash.example.org:8080"
+    )
+    assert r.status_code == 200
+    r = app.test_client().get("/_diaglog/api/state", base_url="http://dash.example.org:8080")
+    assert r.status_code == 403 and "rebinding" not in r.json["detail"]  # type: ignore[index]
+
+
+def test_a_real_server_refuses_a_rebound_host(make_app: Callable[..., Flask]) -> None:
+    """Over a real socket, as ``curl -H 'Host: attacker.example:5055' 127.0.0.1:<port>/...``:
+    refused; the same request naming 127.0.0.1 is admitted."""
+    from servers import serve_in_thread
+
+    app = make_app({"DIAGLOG_DASHBOARD": True})
+    with serve_in_thread(app) as base:
+        port = int(base.rsplit(":", 1)[1])
+        answers = {}
+        for host in ("attacker.example:5055", f"127.0.0.1:{port}"):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                conn.request("GET", "/_diaglog/api/state", headers={"Host": host})
+                answers[host] = conn.getresponse().status
+            finally:
+                conn.close()
+    assert answers == {"attacker.example:5055": 403, f"127.0.0.1:{port}": 200}

@@ -31,7 +31,15 @@ from ..peers import Peers
 from ..problems import problem_response
 from ..trail import LEVELS
 from . import charts, queries
-from .access import admitted, remember, security_headers, socket_admission, without_token
+from .access import (
+    admitted,
+    host_is_local,
+    is_local,
+    remember,
+    security_headers,
+    socket_admission,
+    without_token,
+)
 from .filters import (
     InvalidParameter,
     parse_filters,
@@ -172,6 +180,19 @@ def create_blueprint(
         return _time(ts)
 
     def refused() -> Response:
+        if token is None and is_local(request) and not host_is_local(request):
+            host = str(request.environ.get("HTTP_HOST") or "")[:100]
+            return problem_response(
+                403,
+                "Dashboard access denied",
+                "Without DIAGLOG_DASHBOARD_TOKEN the diaglog dashboard answers loopback clients "
+                "that name a loopback host only (Host: localhost, *.localhost, 127.x.y.z or "
+                f"[::1], any port), and this request names {host!r} (or a proxy named another "
+                "host): a page of another site whose name points to 127.0.0.1 (DNS rebinding) "
+                "must not read it. Open it as http://127.0.0.1:<port>/ or "
+                "http://localhost:<port>/, or set DIAGLOG_DASHBOARD_TOKEN to open it under "
+                "any name.",
+            )
         return problem_response(
             403,
             "Dashboard access denied",

@@ -6,7 +6,10 @@
   (``X-Forwarded-For``, ``X-Real-IP`` or ``Forwarded`` naming any address that is not loopback)
   is refused too, with or without ProxyFix: so the live socket's handshake, which reaches
   Flask-SocketIO outside ``app.wsgi_app`` (where ProxyFix usually sits), is judged as the pages
-  are.
+  are. And the ``Host`` header (with every host a proxy named in ``X-Forwarded-Host`` or
+  ``Forwarded``) must name a loopback host (:func:`is_loopback_host`): a browser sends the name
+  it was asked to open, so a page of another site whose name was rebound to 127.0.0.1 (DNS
+  rebinding) is refused although its requests come from loopback.
 * With a token: every credential the request presents is tried (the cookie, an
   ``Authorization: Bearer`` header, ``?token=``); one that matches admits it.
 * The cookie never holds the token: it holds an HMAC of it (:func:`cookie_value`), and it is set
@@ -38,8 +41,10 @@ __all__ = [
     "SECURITY_HEADERS",
     "admitted",
     "cookie_value",
+    "host_is_local",
     "is_local",
     "is_loopback",
+    "is_loopback_host",
     "remember",
     "security_headers",
     "socket_admission",
@@ -122,6 +127,45 @@ def _forwarded_for(environ: Any) -> list[str]:
     return named
 
 
+#: A Host header: a bracketed IPv6 address or a name (or IPv4 address), and an optional port.
+_HOST_HEADER = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+))(?::[0-9]{1,5})?")
+#: ``host=`` of one ``Forwarded`` element, quoted or not.
+_FORWARDED_HOST = re.compile(r'(?:^|;)\s*host\s*=\s*("[^"]*"|[^;,\s]*)', re.IGNORECASE)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """Whether a ``Host`` header value names a loopback host, with any port or none:
+    ``localhost``, a name under ``.localhost``, an address in ``127.0.0.0/8``, ``[::1]`` (or
+    an IPv4-mapped loopback address in brackets)."""
+    m = _HOST_HEADER.fullmatch(host or "")
+    if m is None:
+        return False
+    if m[1] is not None:
+        return is_loopback(m[1])
+    name = m[2].lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    return name.count(".") == 3 and is_loopback(name)  # a dotted IPv4 address, never a name
+
+
+def _named_hosts(environ: Any) -> list[str]:
+    """The ``Host`` header and every host a proxy named for the request (``X-Forwarded-Host``,
+    ``Forwarded: host=``); ProxyFix may have made one of them the ``Host``."""
+    named = [str(environ.get("HTTP_HOST") or "")]
+    value = environ.get("HTTP_X_FORWARDED_HOST")
+    if value is not None:
+        named += [h.strip() for h in str(value).split(",")]
+    for element in str(environ.get("HTTP_FORWARDED") or "").split(","):
+        named += [m[1].strip('"') for m in _FORWARDED_HOST.finditer(element)]
+    return named
+
+
+def host_is_local(request: Request) -> bool:
+    """Whether ``request`` names a loopback host in its ``Host`` header, and in every host a
+    proxy named for it (a missing or empty one counts as not loopback)."""
+    return all(is_loopback_host(h) for h in _named_hosts(request.environ))
+
+
 def is_local(request: Request) -> bool:
     """Whether ``request`` came from a loopback client: its address, and every client address a
     proxy named for it (an empty or unknown one counts as not loopback)."""
@@ -133,7 +177,7 @@ def is_local(request: Request) -> bool:
 def admitted(request: Request, token: str | None) -> bool:
     """Whether ``request`` may see the dashboard (see the module docstring)."""
     if token is None:
-        return is_local(request)
+        return is_local(request) and host_is_local(request)
     cookie = request.cookies.get(COOKIE)
     if cookie and _matches(cookie, cookie_value(token)):
         return True
