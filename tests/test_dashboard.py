@@ -177,7 +177,7 @@ def test_token_is_required_when_configured(make_app: Callable[..., Flask]) -> No
     assert client.get("/_diaglog/").status_code == 403
     assert client.get("/_diaglog/?token=nope").status_code == 403
     assert client.get("/_diaglog/api/state", headers={"Authorization": "Bearer s3cret"}).is_json
-    assert client.get("/_diaglog/?token=s3cret").status_code == 200
+    assert client.get("/_diaglog/?token=s3cret").status_code == 303  # to /_diaglog/
     assert client.get("/_diaglog/api/state").status_code == 200  # the cookie remembers it
 
 
@@ -215,8 +215,8 @@ def test_every_token_in_the_query_is_tried(make_app: Callable[..., Flask]) -> No
     cookie it sets is the right token's; two wrong ones are refused."""
     app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN="s3cret")
     r = app.test_client().get("/_diaglog/?token=nope&token=s3cret")
-    assert r.status_code == 200 and r.headers.getlist("Set-Cookie")
-    assert app.test_client().get("/_diaglog/?token=s3cret&token=nope").status_code == 200
+    assert r.status_code == 303 and r.headers.getlist("Set-Cookie")  # to /_diaglog/
+    assert app.test_client().get("/_diaglog/?token=s3cret&token=nope").status_code == 303
     assert app.test_client().get("/_diaglog/?token=nope&token=&token=x").status_code == 403
 
 

@@ -319,12 +319,33 @@ def test_without_a_token_loopback_clients_are_admitted(
     assert listener.heard("request_end", 15)
 
 
+def test_without_a_token_a_handshake_naming_another_host_is_refused(
+    serve: Callable[..., Site], listener: Listener
+) -> None:
+    """No dashboard token: a loopback client whose handshake names another host (a page of a
+    site whose name was rebound to 127.0.0.1) is refused by the socket as by the pages."""
+    site = serve()
+    rebound = {"Host": "attacker.example:5055"}
+    page = urllib.request.Request(site.base + "/_diaglog/api/state", headers=rebound)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(page, timeout=30).close()
+    refused.value.close()
+    assert refused.value.code == 403
+    with pytest.raises(sio.exceptions.ConnectionError):
+        listener.connect(site.base, None, **rebound)
+    site.app.test_client().get("/orders/11")
+    assert not listener.heard("request_end", 1) and listener.events == []
+
+
 def test_pages_name_the_socket_and_allow_it_in_the_csp(tmp_path: Path) -> None:
     """A page names the socket's path and namespace, loads the vendored client, and its CSP
     allows connections to its own host only, still without inline script."""
-    app, _ = _build(tmp_path)
+    app, _ = _build(tmp_path, DIAGLOG_DASHBOARD_TOKEN=DASH_TOKEN)  # any Host with a token
+    bearer = {"Authorization": f"Bearer {DASH_TOKEN}"}
     try:
-        resp = app.test_client().get("/_diaglog/trace/R1", base_url="http://dash.example:8080")
+        resp = app.test_client().get(
+            "/_diaglog/trace/R1", base_url="http://dash.example:8080", headers=bearer
+        )
         html = resp.get_data(as_text=True)
         assert 'data-live-socket="/socket.io/"' in html and 'data-live-namespace="/diaglog"' in html
         assert 'data-live-follow="R1"' in html and "socket.io.min.js" in html
@@ -332,7 +353,7 @@ def test_pages_name_the_socket_and_allow_it_in_the_csp(tmp_path: Path) -> None:
         assert "connect-src 'self' ws://dash.example:8080 wss://dash.example:8080;" in csp
         assert "script-src 'self';" in csp
         assert LIVE_TOKEN not in html
-        js = app.test_client().get("/_diaglog/static/socket.io.min.js")
+        js = app.test_client().get("/_diaglog/static/socket.io.min.js", headers=bearer)
         assert js.status_code == 200 and b"Socket.IO v4" in js.data
         js.close()
     finally:

@@ -22,6 +22,7 @@ from flask import Flask
 from playwright.sync_api import Browser, Page
 from servers import serve_in_thread
 
+import flask_diaglog.dashboard as dashboard
 from flask_diaglog import DiagLog, progress, stage
 
 pytestmark = pytest.mark.slow
@@ -325,6 +326,34 @@ def test_no_script_runs_from_logged_values(site: Site, browser: Browser) -> None
         site.release.set()
         hung.join(30)
     assert not [m for m in console if "Content Security Policy" in m]  # escaped, not just blocked
+
+
+def test_a_token_leaves_the_address_bar_and_every_fetch(
+    tmp_path: Path, browser: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened with ``?token=`` as the docs say, the page's address bar has no token (the server
+    redirected to its URL without it, the other parameters kept), and none of the page's own
+    fetches carries one, even after a token is put back into the address bar."""
+    monkeypatch.setattr(dashboard, "LIVE_MS", 300)
+    token = "pages-token-1234"
+    app = _build(tmp_path / "logs", tmp_path, threading.Event(), DIAGLOG_DASHBOARD_TOKEN=token)
+    app.test_client().get("/orders/1")
+    with serve_in_thread(app) as base:
+        page = _page(browser)
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url))
+        tokened = base + f"/_diaglog/requests?kind=request&token={token}&per_page=10"
+        page.goto(tokened)
+        assert page.url == base + "/_diaglog/requests?kind=request&per_page=10"
+        assert page.locator("#items tbody tr").count() == 1
+        page.locator("#status", has_text="live").wait_for(timeout=15_000)  # a refresh ran
+        # An address bar with a token again (a page from before this fix, a pasted link):
+        page.evaluate(f"history.replaceState(null, '', location.pathname + '?token={token}')")
+        with page.expect_request(lambda r: "/_diaglog/requests" in r.url, timeout=15_000) as req:
+            pass
+        assert token not in req.value.url and token not in page.url
+        page.wait_for_timeout(700)  # a few more refreshes
+        assert [u for u in asked if token in u] == [tokened]  # the one the test opened
 
 
 def test_screenshots_of_each_page(site: Site, browser: Browser, tmp_path: Path) -> None:

@@ -423,7 +423,8 @@ def test_demo_off_loopback_prints_a_dashboard_url_with_a_working_token(
     assert found.group(1) == f"/_diaglog/?token={token}"
     remote = app.test_client()
     remote.environ_base["REMOTE_ADDR"] = "203.0.113.7"
-    assert remote.get(found.group(1)).status_code == 200
+    opened = remote.get(found.group(1), follow_redirects=True)  # to /_diaglog/, with the cookie
+    assert opened.status_code == 200 and opened.request.path == "/_diaglog/"
     assert (
         app.test_client().get("/_diaglog/", environ_base={"REMOTE_ADDR": "203.0.113.7"}).status_code
         == 403

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, g, jsonify, render_template, request
+from flask import Blueprint, g, jsonify, redirect, render_template, request, url_for
 from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException, default_exceptions
 from werkzeug.http import HTTP_STATUS_CODES
@@ -31,7 +31,15 @@ from ..peers import Peers
 from ..problems import problem_response
 from ..trail import LEVELS
 from . import charts, queries
-from .access import admitted, remember, security_headers, socket_admission
+from .access import (
+    admitted,
+    host_is_local,
+    is_local,
+    remember,
+    security_headers,
+    socket_admission,
+    without_token,
+)
 from .filters import (
     InvalidParameter,
     parse_filters,
@@ -116,6 +124,7 @@ def create_blueprint(
     index = Index(settings.log_dir)
     token = settings.dashboard_token
     socket_path = live["path"] if live else None
+    prefix = settings.dashboard_url.rstrip("/")
 
     def all_inflight() -> list[dict[str, Any]]:
         """Every worker's in-flight entries, read once per request."""
@@ -171,6 +180,19 @@ def create_blueprint(
         return _time(ts)
 
     def refused() -> Response:
+        if token is None and is_local(request) and not host_is_local(request):
+            host = str(request.environ.get("HTTP_HOST") or "")[:100]
+            return problem_response(
+                403,
+                "Dashboard access denied",
+                "Without DIAGLOG_DASHBOARD_TOKEN the diaglog dashboard answers loopback clients "
+                "that name a loopback host only (Host: localhost, *.localhost, 127.x.y.z or "
+                f"[::1], any port), and this request names {host!r} (or a proxy named another "
+                "host): a page of another site whose name points to 127.0.0.1 (DNS rebinding) "
+                "must not read it. Open it as http://127.0.0.1:<port>/ or "
+                "http://localhost:<port>/, or set DIAGLOG_DASHBOARD_TOKEN to open it under "
+                "any name.",
+            )
         return problem_response(
             403,
             "Dashboard access denied",
@@ -179,10 +201,16 @@ def create_blueprint(
             "a ?token= sets).",
         )
 
+    api = prefix + "/api/"
+
     @bp.before_request
     def guard() -> Response | None:
         if not admitted(request, token):
             return refused()
+        if token is not None and not request.path.startswith(api):
+            clean = without_token(request)
+            if clean is not None:  # the cookie is set on the way (headers() below)
+                return redirect(clean, 303)
         if request.endpoint != "diaglog_dashboard.static":
             index.refresh(READ_BUDGET)
         return None
@@ -196,8 +224,6 @@ def create_blueprint(
             response.set_etag(tag)
         response.headers.update(security_headers(request.host if live else None))
         return response
-
-    prefix = settings.dashboard_url.rstrip("/")
 
     @bp.after_app_request
     def unrouted(response: Response) -> Response:
@@ -318,7 +344,14 @@ def create_blueprint(
                     and item["kind"] == "request"
                     and other["item"].get("request_id") == item.get("request_id")
                 ]
-        page_html = page("trace.html", "trace", trace_id, d=d, trace_id=trace_id)
+        with index.lock:  # the list has every row the page leaves out
+            named = bool(index.by_request.get(trace_id))
+        list_url = (
+            url_for(".requests_page", request_id=trace_id)
+            if named
+            else url_for(".requests_page", job_id=trace_id)
+        )
+        page_html = page("trace.html", "trace", trace_id, d=d, trace_id=trace_id, list_url=list_url)
         return page_html, 200 if d else 404
 
     @bp.get("/<path:rest>")

@@ -6,12 +6,17 @@
   (``X-Forwarded-For``, ``X-Real-IP`` or ``Forwarded`` naming any address that is not loopback)
   is refused too, with or without ProxyFix: so the live socket's handshake, which reaches
   Flask-SocketIO outside ``app.wsgi_app`` (where ProxyFix usually sits), is judged as the pages
-  are.
+  are. And the ``Host`` header (with every host a proxy named in ``X-Forwarded-Host`` or
+  ``Forwarded``) must name a loopback host (:func:`is_loopback_host`): a browser sends the name
+  it was asked to open, so a page of another site whose name was rebound to 127.0.0.1 (DNS
+  rebinding) is refused although its requests come from loopback.
 * With a token: every credential the request presents is tried (the cookie, an
   ``Authorization: Bearer`` header, ``?token=``); one that matches admits it.
 * The cookie never holds the token: it holds an HMAC of it (:func:`cookie_value`), and it is set
   only when a ``?token=`` was accepted. It is HttpOnly, SameSite=Strict, limited to the
-  dashboard's path, and Secure when the request came over HTTPS.
+  dashboard's path, and Secure when the request came over HTTPS. A page asked for with a
+  ``?token=`` is answered with a redirect to its URL without it (:func:`without_token`), so the
+  token leaves the address bar and is not sent again with every refresh.
 * The live socket (when the app streams events over Socket.IO) is admitted by the same rule
   (:func:`socket_admission`): the page never holds a live token. A second copy of the cookie,
   limited to Socket.IO's path, travels with the same-origin handshake; it is set with the first
@@ -26,6 +31,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote, unquote_plus
 
 from flask import Request, request
 from werkzeug.wrappers import Response
@@ -35,11 +41,14 @@ __all__ = [
     "SECURITY_HEADERS",
     "admitted",
     "cookie_value",
+    "host_is_local",
     "is_local",
     "is_loopback",
+    "is_loopback_host",
     "remember",
     "security_headers",
     "socket_admission",
+    "without_token",
 ]
 
 COOKIE = "diaglog_dashboard"
@@ -118,6 +127,45 @@ def _forwarded_for(environ: Any) -> list[str]:
     return named
 
 
+#: A Host header: a bracketed IPv6 address or a name (or IPv4 address), and an optional port.
+_HOST_HEADER = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+))(?::[0-9]{1,5})?")
+#: ``host=`` of one ``Forwarded`` element, quoted or not.
+_FORWARDED_HOST = re.compile(r'(?:^|;)\s*host\s*=\s*("[^"]*"|[^;,\s]*)', re.IGNORECASE)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """Whether a ``Host`` header value names a loopback host, with any port or none:
+    ``localhost``, a name under ``.localhost``, an address in ``127.0.0.0/8``, ``[::1]`` (or
+    an IPv4-mapped loopback address in brackets)."""
+    m = _HOST_HEADER.fullmatch(host or "")
+    if m is None:
+        return False
+    if m[1] is not None:
+        return is_loopback(m[1])
+    name = m[2].lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    return name.count(".") == 3 and is_loopback(name)  # a dotted IPv4 address, never a name
+
+
+def _named_hosts(environ: Any) -> list[str]:
+    """The ``Host`` header and every host a proxy named for the request (``X-Forwarded-Host``,
+    ``Forwarded: host=``); ProxyFix may have made one of them the ``Host``."""
+    named = [str(environ.get("HTTP_HOST") or "")]
+    value = environ.get("HTTP_X_FORWARDED_HOST")
+    if value is not None:
+        named += [h.strip() for h in str(value).split(",")]
+    for element in str(environ.get("HTTP_FORWARDED") or "").split(","):
+        named += [m[1].strip('"') for m in _FORWARDED_HOST.finditer(element)]
+    return named
+
+
+def host_is_local(request: Request) -> bool:
+    """Whether ``request`` names a loopback host in its ``Host`` header, and in every host a
+    proxy named for it (a missing or empty one counts as not loopback)."""
+    return all(is_loopback_host(h) for h in _named_hosts(request.environ))
+
+
 def is_local(request: Request) -> bool:
     """Whether ``request`` came from a loopback client: its address, and every client address a
     proxy named for it (an empty or unknown one counts as not loopback)."""
@@ -129,7 +177,7 @@ def is_local(request: Request) -> bool:
 def admitted(request: Request, token: str | None) -> bool:
     """Whether ``request`` may see the dashboard (see the module docstring)."""
     if token is None:
-        return is_local(request)
+        return is_local(request) and host_is_local(request)
     cookie = request.cookies.get(COOKIE)
     if cookie and _matches(cookie, cookie_value(token)):
         return True
@@ -144,6 +192,18 @@ def _query_token(request: Request, token: str) -> bool:
     """Whether one of the request's ``?token=`` values is ``token`` (each is tried, as every
     other credential is)."""
     return any(given and _matches(given, token) for given in request.args.getlist("token"))
+
+
+def without_token(request: Request) -> str | None:
+    """The URL of ``request`` without its ``token`` parameters (every other parameter kept as it
+    came, in its order), as a path from the server's root; ``None`` when it has none."""
+    pairs = request.query_string.split(b"&")
+    kept = [p for p in pairs if unquote_plus(p.partition(b"=")[0].decode("latin-1")) != "token"]
+    if len(kept) == len(pairs):
+        return None
+    query = b"&".join(p for p in kept if p).decode("latin-1")
+    path = "/" + quote(request.script_root + request.path).lstrip("/")  # never //host/...
+    return path + ("?" + query if query else "")
 
 
 def socket_admission(token: str | None) -> Callable[[Any], bool]:

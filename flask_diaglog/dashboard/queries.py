@@ -6,14 +6,16 @@ the HTML pages and the JSON API.
   slowest routes;
 * :func:`route_stats`: one route's latency histogram, percentiles over time, status mix and
   average stage breakdown;
-* :func:`detail`: one request or job id with every line, its stages as a nested waterfall,
-  tracebacks, hang reports, progress and the jobs it started.
+* :func:`detail`: one request or job id with its lines, its stages as a nested waterfall,
+  tracebacks, hang reports, progress and the jobs it started; bounded, since any client may
+  put any id on any number of requests (:data:`MAX_SECTIONS`, :data:`MAX_LINES`).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -28,6 +30,13 @@ __all__ = ["detail", "overview", "percentiles", "route_stats", "select"]
 #: Upper bounds (ms) of the latency histogram's bins; the last bin is open.
 HIST_EDGES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
 _QS = (0.5, 0.95, 0.99)
+#: Requests and job runs one trace answer shows at most (any client may put any id on its
+#: requests, so one id may name thousands); the answer counts the others in ``more``.
+MAX_SECTIONS = 20
+#: Lines one section of a trace answer shows at most: its first :data:`HEAD_LINES` and its last
+#: ones; the section counts those between them in ``more_lines``.
+MAX_LINES = 300
+HEAD_LINES = 200
 
 
 def percentiles(values: Sequence[float], qs: Sequence[float] = _QS) -> list[float]:
@@ -282,19 +291,85 @@ def _line(rec: LogRecord) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _belongs(item: Item, rec: LogRecord) -> bool:
-    if rec.file != ("requests" if item.kind == "request" else "jobs"):
-        return False
-    if item.request_id is not None and rec.request_id != item.request_id:
-        return False
-    if item.request_id is None and rec.job_id != item.job_id:
-        return False
-    end = item.end if item.end is not None else math.inf
-    return item.ts - 0.002 <= rec.ts <= end + 0.002
+def _cut(own: list[LogRecord]) -> tuple[list[LogRecord], int]:
+    """At most :data:`MAX_LINES` of one section's lines (its first :data:`HEAD_LINES` and its
+    last ones), and how many between them are left out."""
+    more = len(own) - MAX_LINES
+    if more <= 0:
+        return own, 0
+    return own[:HEAD_LINES] + own[len(own) - (MAX_LINES - HEAD_LINES) :], more
+
+
+def _chosen(items: list[Item]) -> list[Item]:
+    """The :data:`MAX_SECTIONS` of ``items`` a trace answer shows: the job runs first, then the
+    requests that started one of them, then the other requests; newest first within each."""
+    if len(items) <= MAX_SECTIONS:
+        return items
+    starters = {i.request_id for i in items if i.kind == "job" and i.request_id}
+
+    def rank(i: Item) -> tuple[int, float, int]:
+        first = 0 if i.kind == "job" else 1 if i.request_id in starters else 2
+        return first, -i.ts, -i.seq
+
+    return sorted(items, key=rank)[:MAX_SECTIONS]
+
+
+def _own_lines(items: list[Item], lines: list[LogRecord]) -> list[list[LogRecord]]:
+    """Each item's lines, in time order, in one pass over ``lines`` (sorted by time): a line is
+    an item's when it is in the item's file, names its request id (or, for a job run without
+    one, its job id), and was written between its start and its end (2 ms of slack)."""
+    by_request: dict[tuple[str, str | None], list[LogRecord]] = {}
+    by_job: dict[tuple[str, str | None], list[LogRecord]] = {}
+    for r in lines:
+        by_request.setdefault((r.file, r.request_id), []).append(r)
+        by_job.setdefault((r.file, r.job_id), []).append(r)
+    out: list[list[LogRecord]] = []
+    for item in items:
+        file = "requests" if item.kind == "request" else "jobs"
+        if item.request_id is not None:
+            group = by_request.get((file, item.request_id), [])
+        else:
+            group = by_job.get((file, item.job_id), [])
+        end = item.end if item.end is not None else math.inf
+        lo = bisect_left(group, item.ts - 0.002, key=_ts)
+        hi = bisect_right(group, end + 0.002, key=_ts)
+        out.append(group[lo:hi])
+    return out
+
+
+def _ts(rec: LogRecord) -> float:
+    return rec.ts
+
+
+def _section(item: Item, own: list[LogRecord]) -> dict[str, Any]:
+    shown, more = _cut(own)
+    section: dict[str, Any] = {
+        "item": item.to_dict(),
+        "waterfall": waterfall(item, shown),
+        "lines": [_line(r) for r in shown],
+        "more_lines": more,
+        "tracebacks": [e for r in shown if r.event != "hang" for e in [split_exc(r)[1]] if e],
+        "hangs": [
+            {"ts": r.ts, "msg": split_exc(r)[0], "stack": split_exc(r)[1]}
+            for r in shown
+            if r.event == "hang"
+        ],
+        "progress": [
+            {"ts": r.ts, "fraction": r.data.get("fraction"), "message": r.data.get("message")}
+            for r in shown
+            if r.event == "progress"
+        ],
+    }
+    if more:
+        section["more_lines_at"] = HEAD_LINES
+    return section
 
 
 def detail(index: Index, trace_id: str) -> dict[str, Any] | None:
-    """Everything about one request id or job id, or ``None`` when no line names it."""
+    """Everything about one request id or job id, or ``None`` when no line names it: at most
+    :data:`MAX_SECTIONS` requests and job runs (``more`` counts the others), each with at most
+    :data:`MAX_LINES` lines (``more_lines``). The work grows with the lines of the runs shown,
+    never with their product, whatever number of requests carry the id."""
     with index.lock:
         found = [*index.by_request.get(trace_id, ()), *index.by_job.get(trace_id, ())]
         # a job id's requests bring the jobs they started
@@ -303,32 +378,9 @@ def detail(index: Index, trace_id: str) -> dict[str, Any] | None:
     items = list({id(i): i for i in found}.values())
     if not items:
         return None
-    items.sort(key=lambda i: (i.kind != "request", i.ts))
-    traces = sorted({i.request_id or f"job:{i.job_id}" for i in items})
+    shown = _chosen(items)
+    shown.sort(key=lambda i: (i.kind != "request", i.ts, i.seq))
+    traces = sorted({i.request_id or f"job:{i.job_id}" for i in shown})
     lines = index.trace_lines(traces)
-    sections = []
-    for item in items:
-        own = [r for r in lines if _belongs(item, r)]
-        sections.append(
-            {
-                "item": item.to_dict(),
-                "waterfall": waterfall(item, own),
-                "lines": [_line(r) for r in own],
-                "tracebacks": [e for r in own if r.event != "hang" for e in [split_exc(r)[1]] if e],
-                "hangs": [
-                    {"ts": r.ts, "msg": split_exc(r)[0], "stack": split_exc(r)[1]}
-                    for r in own
-                    if r.event == "hang"
-                ],
-                "progress": [
-                    {
-                        "ts": r.ts,
-                        "fraction": r.data.get("fraction"),
-                        "message": r.data.get("message"),
-                    }
-                    for r in own
-                    if r.event == "progress"
-                ],
-            }
-        )
-    return {"id": trace_id, "sections": sections}
+    sections = [_section(i, own) for i, own in zip(shown, _own_lines(shown, lines), strict=True)]
+    return {"id": trace_id, "sections": sections, "more": len(items) - len(shown)}

@@ -10,6 +10,10 @@
 // or loopback without a token): the page holds no live token. Until the socket is connected, and
 // whenever it is down or refused, the page polls every data-live-interval ms.
 // body[data-live-mode] says which is in use: "socket" or "poll".
+//
+// The page never fetches a URL with a token in it: a ?token= is taken out of what it fetches
+// (the server redirects a tokened page to its URL without it; this also covers an address bar
+// that still has one), so no access log records the token with every refresh.
 (function () {
   "use strict";
   var DEBOUNCE_MS = 250;
@@ -24,6 +28,17 @@
   var pending = null;   // a refresh asked for by events, waiting for the burst to end
   var busy = false;     // a fetch is in flight
   var again = false;    // and something asked for another one meanwhile
+
+  // The page's own URL, without its fragment and without any token parameter.
+  function own() {
+    var url = new URL(window.location.href);
+    if (url.searchParams.has("token")) {
+      url.searchParams.delete("token");
+      window.history.replaceState(window.history.state, "", url.href);
+    }
+    url.hash = "";
+    return url.href;
+  }
 
   function number(text, fallback) {
     var n = parseInt(text || "", 10);
@@ -62,7 +77,7 @@
     busy = true;
     var headers = {};
     if (etag) headers["If-None-Match"] = etag;
-    fetch(window.location.href, { credentials: "same-origin", cache: "no-store", headers: headers })
+    fetch(own(), { credentials: "same-origin", cache: "no-store", headers: headers })
       .then(function (r) {
         if (r.status === 304) return null;  // nothing new: the server did not render the page
         // A page of an id no line names yet is a 404 page: it is swapped in like any other.
@@ -117,6 +132,7 @@
     socket.on("connect_error", function () { setMode("poll"); });
   }
 
+  own();  // and out of the address bar
   document.addEventListener("visibilitychange", function () {
     if (!document.hidden) refresh();
   });
