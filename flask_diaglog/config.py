@@ -354,7 +354,8 @@ KEYS: tuple[Key, ...] = (
         "dashboard_token",
         None,
         parse_secret,
-        "Token the dashboard requires; without one it answers loopback clients only.",
+        "Token the dashboard requires; without one it answers loopback clients that name a "
+        "loopback host only.",
         secret=True,
     ),
 )
