@@ -52,7 +52,7 @@ nitpick_ignore_regex = [
     (
         r"py:class",
         r"(flask_diaglog\.[\w.]+\.)?"
-        r"(Trace|Recorder|JobStore|Claim|Lease|Fields|JobLease|JobIdGetter)",
+        r"(Trace|Recorder|JobStore|Claim|Lease|Fields|JobLease|JobIdGetter|LiveSubscribe)",
     ),
 ]
 

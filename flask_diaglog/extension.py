@@ -143,7 +143,8 @@ class DiagLog:
     :param socketio: a ``flask_socketio.SocketIO`` for live events (optional).
     :param live_auth: a callable ``(auth payload) -> bool`` that admits live clients (optional).
     :param live_subscribe: a callable ``(kind, value) -> bool`` that decides which rooms a client
-        ``live_auth`` admitted may join (optional; see :mod:`flask_diaglog.liverooms`).
+        ``live_auth`` admitted may join (optional; see "Who may subscribe to what" on the live
+        events page).
     :param job_id: a callable ``(request) -> str | None`` that replaces the built-in job id lookup.
     """
 
