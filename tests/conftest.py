@@ -100,7 +100,9 @@ class Logs:
         return self.text(name).splitlines()
 
     def json(self, name: str) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.text(name).split("\n") if line]
+        """The complete lines as JSON: a line still being written (no line feed yet, as a reader
+        may see a write in progress) is left for the next read."""
+        return [json.loads(line) for line in self.text(name).split("\n")[:-1] if line]
 
     def events(self, name: str, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.json(name) if r.get("event") == kind]
