@@ -428,3 +428,21 @@ def test_store_shared_lease_is_freed_by_its_last_party(store: JobStore) -> None:
     store.leave("f", "v -", "w1", failed=True)
     store.leave("f", "v -", "request", '{"r":2}', 60)
     assert store.claim("f", "n -", 30, check_done=True).outcome == "acquired"  # nothing stored
+
+
+@pytest.mark.parametrize(
+    ("ttl", "problem"),
+    [(1e308, "must be at most"), (float("inf"), "must be at most"), (0, "must be at least 0.1"),
+     (-1, "must be 0 or more"), ("soon", "is not a number")],
+)  # fmt: skip
+def test_a_hand_off_ttl_the_store_cannot_hold_is_refused_naming_it(
+    jobs_app: Factory, ttl: Any, problem: str
+) -> None:
+    """``hand_off(ttl=...)`` is checked as ``DIAGLOG_JOB_TTL`` is, before the store sees it: a
+    huge TTL failed in the store (reported as an outage), and only ``> 0`` was checked."""
+    web = Web(jobs_app, {})
+    web.hand_off_ttl = ttl
+    with pytest.raises(ValueError, match=rf"ttl=.* \(from hand_off\(\)\) {problem}"):
+        web.post("h1")
+    web.hand_off_ttl = None
+    assert web.post("h1").status_code == 202  # the refused hand-off left the job free

@@ -71,8 +71,8 @@ def hand_off(job_id: str | None = None, *, ttl: float | None = None) -> dict[str
     Call it for each task that should hold the job; the job is free when all of them and the
     request have ended. A store failure answers 503 (:class:`JobStoreUnavailable`).
     """
-    if ttl is not None and not ttl > 0:
-        raise ValueError(f"hand_off(ttl={ttl!r}): the TTL must be more than 0 seconds")
+    if ttl is not None:  # as DIAGLOG_JOB_TTL is checked: a ConfigError (a ValueError) naming it
+        ttl = parse_ttl(ttl, "ttl", "hand_off()")
     trace = current_trace()
     held = _held(trace.lease if trace is not None else None)
     if job_id is not None:
@@ -94,6 +94,8 @@ def hand_on(lease: JobLease, *, ttl: float | None = None) -> dict[str, str]:
     next task of a chain, a ``link`` callback). ``ttl``: as for :func:`hand_off`. A store
     failure raises :class:`JobStoreUnavailable`.
     """
+    if ttl is not None:
+        ttl = parse_ttl(ttl, "ttl", "hand_on()")
     guard = lease.guard
     trace = current_trace()
     caller = lease.party or REQUEST
