@@ -4,9 +4,9 @@ Every line of the trail, whoever produces it (the request hooks, stages, backgro
 logging bridge, the job guard, the watchdog, diaglog's own reports), goes through
 :meth:`Recorder.record`. It always:
 
-1. opens or closes the entry of the in-flight registry (request and job start and end), before
-   the line is written, so that no hang report can follow an end line, and
-2. renders the line once from its parts and writes it to the files (one ``write(2)``);
+1. renders the line once from its parts and writes it to the files (one ``write(2)``), and
+2. opens or closes the entry of the in-flight registry (request and job start and end): a start
+   after its line is written, an end before, so that no hang report can follow an end line;
 
 and only when somebody listens (a signal receiver, the console, the live bridge, a capture
 helper) does it build an :class:`Event` and hand it to them. Nothing on the request path chooses a
@@ -327,17 +327,14 @@ class Recorder:
             rid, jid = ids if ids is not None else (None, None)
             if target is None:
                 target = "requests"
-        # The registry first: a trace whose end line is out is no longer in flight, so no hang
-        # report can follow that line (see flask_diaglog.watchdog).
-        if opens is not None and trace is not None:
+        # An end leaves the registry before its line: no hang report can follow that line (see
+        # flask_diaglog.watchdog). A start enters it after its line, below: what is in flight
+        # has its start line in the files.
+        if opens is False and trace is not None:
             registry = self.registry
             if registry is not None:
                 try:
-                    if opens:
-                        name = fields.get("name") if type(fields) is dict else None
-                        registry.add(trace, name)
-                    else:
-                        registry.discard(trace)
+                    registry.discard(trace)
                 except Exception as e:
                     self.failed("inflight", e)
         if level >= self.level:
@@ -351,6 +348,14 @@ class Recorder:
                         errors.write(data)
             except Exception as e:  # never into the request: counted like a failing sink
                 self.failed("files", e)
+        if opens and trace is not None:
+            registry = self.registry
+            if registry is not None:
+                try:
+                    name = fields.get("name") if type(fields) is dict else None
+                    registry.add(trace, name)
+                except Exception as e:
+                    self.failed("inflight", e)
         subs = self._subscribers
         if subs or sig.receivers:
             flag = self._flag
