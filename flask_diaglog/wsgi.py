@@ -337,15 +337,23 @@ class _StreamedBody:
         if self._done:
             return
         self._done = True
-        token = set_trace(self._trace)
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            reset_trace(token)
-            aborted = not self._exhausted and self._error is None
-            self._owner.finish(self._trace, self._error, aborted=aborted)
+        aborted = not self._exhausted and self._error is None
+        _close_and_end(self._owner, self._trace, self._body, self._error, aborted)
+
+
+def _close_and_end(
+    owner: RequestTrail, trace: Trace, inner: Any, error: BaseException | None, aborted: bool
+) -> None:
+    """Close ``inner`` (a body, a file) inside the request's trace, then write the request's end
+    line and free its job, whatever the close raised."""
+    token = set_trace(trace)
+    try:
+        close = getattr(inner, "close", None)
+        if close is not None:
+            close()
+    finally:
+        reset_trace(token)
+        owner.finish(trace, error, aborted=aborted)
 
 
 def _file_body(body: Any, trace: Trace, owner: RequestTrail) -> Iterable[bytes] | None:
@@ -412,13 +420,6 @@ class _ClosingFile:
         if self._done:
             return
         self._done = True
-        failing = sys.exc_info()[1] is not None  # read before anything below handles its own
-        token = set_trace(self._trace)
-        try:
-            close = getattr(self._file, "close", None)
-            if close is not None:
-                close()
-        finally:
-            reset_trace(token)
-            aborted = self._error is None and not self._eof and (self._read or failing)
-            self._owner.finish(self._trace, self._error, aborted=aborted)
+        failing = sys.exc_info()[1] is not None  # read before the close handles its own
+        aborted = self._error is None and not self._eof and (self._read or failing)
+        _close_and_end(self._owner, self._trace, self._file, self._error, aborted)
