@@ -105,32 +105,46 @@ def _matches(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-#: ``for=`` of one ``Forwarded`` element (RFC 7239), quoted or not.
-_FORWARDED_FOR = re.compile(r'(?:^|;)\s*for\s*=\s*("[^"]*"|[^;,\s]*)', re.IGNORECASE)
+#: ``for=`` and ``host=`` of one ``Forwarded`` element (RFC 7239), quoted or not.
+_FORWARDED_PARAM = {
+    p: re.compile(rf'(?:^|;)\s*{p}\s*=\s*("[^"]*"|[^;,\s]*)', re.IGNORECASE)
+    for p in ("for", "host")
+}
+
+
+def _listed(environ: Any, *keys: str) -> list[str]:
+    """Every comma-separated entry of the headers ``keys`` (``X-Forwarded-For``, ...)."""
+    named: list[str] = []
+    for key in keys:
+        value = environ.get(key)
+        if value is not None:
+            named += [a.strip() for a in str(value).split(",")]
+    return named
+
+
+def _forwarded(environ: Any, param: str) -> list[str]:
+    """Every ``param=`` value (``for``, ``host``) of the ``Forwarded`` header, unquoted."""
+    return [
+        m[1].strip('"')
+        for element in str(environ.get("HTTP_FORWARDED") or "").split(",")
+        for m in _FORWARDED_PARAM[param].finditer(element)
+    ]
 
 
 def _forwarded_for(environ: Any) -> list[str]:
     """The client addresses proxies named in the request's forwarding headers."""
-    named: list[str] = []
-    for key in ("HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP"):
-        value = environ.get(key)
-        if value is not None:
-            named += [a.strip() for a in str(value).split(",")]
-    for element in str(environ.get("HTTP_FORWARDED") or "").split(","):
-        for m in _FORWARDED_FOR.finditer(element):
-            value = m[1].strip('"')
-            if value.startswith("["):  # [v6]:port
-                value = value[1:].partition("]")[0]
-            elif value.count(":") == 1:  # v4:port
-                value = value.partition(":")[0]
-            named.append(value)
+    named = _listed(environ, "HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP")
+    for value in _forwarded(environ, "for"):
+        if value.startswith("["):  # [v6]:port
+            value = value[1:].partition("]")[0]
+        elif value.count(":") == 1:  # v4:port
+            value = value.partition(":")[0]
+        named.append(value)
     return named
 
 
 #: A Host header: a bracketed IPv6 address or a name (or IPv4 address), and an optional port.
 _HOST_HEADER = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+))(?::[0-9]{1,5})?")
-#: ``host=`` of one ``Forwarded`` element, quoted or not.
-_FORWARDED_HOST = re.compile(r'(?:^|;)\s*host\s*=\s*("[^"]*"|[^;,\s]*)', re.IGNORECASE)
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -151,13 +165,11 @@ def is_loopback_host(host: str | None) -> bool:
 def _named_hosts(environ: Any) -> list[str]:
     """The ``Host`` header and every host a proxy named for the request (``X-Forwarded-Host``,
     ``Forwarded: host=``); ProxyFix may have made one of them the ``Host``."""
-    named = [str(environ.get("HTTP_HOST") or "")]
-    value = environ.get("HTTP_X_FORWARDED_HOST")
-    if value is not None:
-        named += [h.strip() for h in str(value).split(",")]
-    for element in str(environ.get("HTTP_FORWARDED") or "").split(","):
-        named += [m[1].strip('"') for m in _FORWARDED_HOST.finditer(element)]
-    return named
+    return [
+        str(environ.get("HTTP_HOST") or ""),
+        *_listed(environ, "HTTP_X_FORWARDED_HOST"),
+        *_forwarded(environ, "host"),
+    ]
 
 
 def host_is_local(request: Request) -> bool:
