@@ -449,9 +449,7 @@ def summary_cmd(
         return
     notes = []
     if scan.skipped:
-        notes.append(
-            f"{scan.skipped} of {scan.lines} lines were not diaglog lines and were skipped"
-        )
+        notes.append(scan.skipped_note())
     notes += _unread(scan)
     if not result["routes"] and not result["stages"] and not result["jobs"]:
         click.echo("\n".join(["no finished requests, stages or jobs in the logs", *notes]))
