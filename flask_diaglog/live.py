@@ -143,7 +143,7 @@ class LiveBridge:
         self.admit_extra = admit_extra
         #: ``subscribe(kind, value) -> bool``: the rooms a client ``auth`` admitted may join.
         self.subscribe = subscribe
-        #: Rooms one client may be in at once.
+        #: Rooms one client may be in at once (``DIAGLOG_LIVE_MAX_ROOMS``).
         self.max_rooms = max_rooms
         #: True when events flow to the namespace (``DIAGLOG_LIVE``), not just its handlers.
         self.streaming = False
@@ -422,6 +422,7 @@ def setup(
         auth=auth,
         admit_extra=admit_extra,
         subscribe=subscribe,
+        max_rooms=settings.live_max_rooms,
         maxsize=QUEUE_SIZE,
         on_error=rec.report_internal,
     )

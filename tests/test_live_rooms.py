@@ -1,7 +1,7 @@
 """Who may join which live room, and how many: a client admitted by ``live_auth`` gets only the
 rooms the app's ``live_subscribe`` allows (by default job and request rooms, never the firehose),
 operators (``DIAGLOG_LIVE_TOKEN``, the dashboard's rule) get every room, and no client is in more
-than 100 rooms. Flask-SocketIO's real test client, in process."""
+than ``DIAGLOG_LIVE_MAX_ROOMS`` (100) rooms. Flask-SocketIO's real test client, in process."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ import pytest
 from flask import Flask, session
 from flask_socketio import SocketIOTestClient
 from test_live import LIVE, NS, LiveApp, received, subscribe
+
+from flask_diaglog import DiagLog
+from flask_diaglog.config import ConfigError
 
 #: Live events forced on, no token: clients get in only through ``live_auth``.
 APP_ONLY = {"DIAGLOG_LIVE": True, "DIAGLOG_FORMAT": "json", "SECRET_KEY": "test"}
@@ -161,3 +164,68 @@ def test_a_client_is_in_at_most_100_rooms(live_app: LiveApp) -> None:
     assert subscribe(sc, job_id="j100")["ok"] is True
     client.get("/work", headers={"X-Job-ID": "j100"})
     assert {d["job_id"] for d in received(sc, app)} == {"j100"}
+
+
+@pytest.mark.parametrize("from_env", [False, True])
+def test_live_max_rooms_sets_the_cap(
+    live_app: LiveApp, monkeypatch: pytest.MonkeyPatch, from_env: bool
+) -> None:
+    """With ``DIAGLOG_LIVE_MAX_ROOMS=3`` (app.config or the environment), the fourth room is
+    refused with the error naming 3, and its events do not arrive; leaving a room makes room."""
+    config: dict[str, Any] = dict(LIVE)
+    if from_env:
+        monkeypatch.setenv("DIAGLOG_LIVE_MAX_ROOMS", "3")
+    else:
+        config["DIAGLOG_LIVE_MAX_ROOMS"] = 3
+    app, socketio = live_app(config)
+    sc = live_app.client(app, socketio)
+    for n in range(3):
+        assert subscribe(sc, job_id=f"j{n}")["ok"] is True
+    assert subscribe(sc, job_id="j3") == {
+        "ok": False,
+        "error": "too many rooms: a client may be in at most 3 (this one is in 3); "
+        "unsubscribe from some first",
+    }
+    client = app.test_client()
+    client.get("/work", headers={"X-Job-ID": "j3"})
+    client.get("/work", headers={"X-Job-ID": "j0"})
+    assert {d["job_id"] for d in received(sc, app)} == {"j0"}
+    assert unsubscribe(sc, job_id="j0")["ok"] is True
+    assert subscribe(sc, job_id="j3") == {"ok": True, "rooms": ["job:j3"]}
+
+
+@pytest.mark.parametrize(
+    ("value", "from_env", "expected"),
+    [
+        (0, False, "DIAGLOG_LIVE_MAX_ROOMS=0 (from app.config['DIAGLOG_LIVE_MAX_ROOMS']) "
+         "must be at least 1"),
+        (-1, False, "DIAGLOG_LIVE_MAX_ROOMS=-1 (from app.config['DIAGLOG_LIVE_MAX_ROOMS']) "
+         "must be at least 1"),
+        ("many", False, "DIAGLOG_LIVE_MAX_ROOMS='many' (from app.config"),
+        (True, False, "DIAGLOG_LIVE_MAX_ROOMS=True (from app.config"),
+        ("0", True, "DIAGLOG_LIVE_MAX_ROOMS='0' (from environment variable "
+         "DIAGLOG_LIVE_MAX_ROOMS) must be at least 1"),
+        ("-1", True, "DIAGLOG_LIVE_MAX_ROOMS='-1' (from environment variable "
+         "DIAGLOG_LIVE_MAX_ROOMS) must be at least 1"),
+        ("many", True, "DIAGLOG_LIVE_MAX_ROOMS='many' (from environment variable"),
+    ],
+    ids=["0", "-1", "many", "True", "env-0", "env--1", "env-many"],
+)  # fmt: skip
+def test_a_bad_live_max_rooms_stops_startup(
+    make_app: Callable[..., Flask],
+    monkeypatch: pytest.MonkeyPatch,
+    value: Any,
+    from_env: bool,
+    expected: str,
+) -> None:
+    """0, a negative number or not a whole number is a ConfigError at ``DiagLog(app)`` naming the
+    key, where the value came from and what is accepted."""
+    config: dict[str, Any] = dict(LIVE)
+    if from_env:
+        monkeypatch.setenv("DIAGLOG_LIVE_MAX_ROOMS", value)
+    else:
+        config["DIAGLOG_LIVE_MAX_ROOMS"] = value
+    app = make_app(config, init=False)
+    with pytest.raises(ConfigError) as info:
+        DiagLog(app)
+    assert str(info.value).startswith(expected)
