@@ -406,6 +406,10 @@ def setup(
     The namespace handlers are registered whenever there is a SocketIO. Events flow only when
     ``DIAGLOG_LIVE`` is on: by default that is "not in test mode"; ``DIAGLOG_LIVE=True`` forces it
     on (to test the bridge itself), ``False`` turns it off.
+
+    Two set-ups are warned about at startup (a WARNING of the ``flask_diaglog.live`` logger): no
+    way for a client to get in, and ``subscribe`` without ``auth`` (operators alone connect, and
+    they are never asked, so ``subscribe`` would never be called).
     """
     if socketio is None:
         if settings.live:
@@ -431,6 +435,13 @@ def setup(
         logger.warning(
             "flask-diaglog: live clients are refused until DIAGLOG_LIVE_TOKEN or "
             "DiagLog(live_auth=...) allows them"
+        )
+    if subscribe is not None and auth is None:
+        logger.warning(
+            "flask-diaglog: DiagLog(live_subscribe=...) is never called without "
+            "DiagLog(live_auth=...): only operators (DIAGLOG_LIVE_TOKEN, the dashboard's viewers) "
+            "can connect, and they may join every room unasked. Pass live_auth to admit your "
+            "users, or drop live_subscribe"
         )
     if live:
         if settings.live_queue:

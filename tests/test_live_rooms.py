@@ -5,6 +5,7 @@ than ``DIAGLOG_LIVE_MAX_ROOMS`` (100) rooms. Flask-SocketIO's real test client, 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -229,3 +230,52 @@ def test_a_bad_live_max_rooms_stops_startup(
     with pytest.raises(ConfigError) as info:
         DiagLog(app)
     assert str(info.value).startswith(expected)
+
+
+def _subscribe_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "flask_diaglog.live"
+        and r.levelno == logging.WARNING
+        and "live_subscribe" in r.getMessage()
+    ]
+
+
+def test_live_subscribe_without_live_auth_is_warned_about(
+    live_app: LiveApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``live_subscribe`` without ``live_auth`` would never be called (only operators connect,
+    and they are not asked): startup logs a WARNING naming both."""
+    asked: list[tuple[str, str | None]] = []
+
+    def check(kind: str, value: str | None) -> bool:
+        asked.append((kind, value))
+        return False
+
+    with caplog.at_level(logging.WARNING, logger="flask_diaglog.live"):
+        app, socketio = live_app(LIVE, live_subscribe=check)
+    [message] = _subscribe_warnings(caplog)
+    assert "DiagLog(live_subscribe=...) is never called without DiagLog(live_auth=...)" in message
+    operator = live_app.client(app, socketio)
+    assert subscribe(operator, all=True)["ok"] is True
+    assert not live_app.client(app, socketio, auth={}).is_connected(NS)
+    assert asked == []  # as the warning says
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"live_auth": lambda auth: True},
+        {"live_auth": lambda auth: True, "live_subscribe": lambda kind, value: True},
+    ],
+    ids=["neither", "live_auth", "both"],
+)
+def test_no_live_subscribe_warning_otherwise(
+    live_app: LiveApp, caplog: pytest.LogCaptureFixture, kw: dict[str, Any]
+) -> None:
+    """Neither callable, ``live_auth`` alone, or both: no warning about ``live_subscribe``."""
+    with caplog.at_level(logging.WARNING, logger="flask_diaglog.live"):
+        live_app(LIVE, **kw)
+    assert _subscribe_warnings(caplog) == []
