@@ -104,6 +104,20 @@ def shown(key: Key | str, value: Any) -> str:
     return repr(value)
 
 
+def _parse_count(value: Any, key: str, source: str) -> int:
+    """A whole number of at least 1, read as :func:`~flask_diaglog.values.parse_int` reads one
+    (``"25"``, ``1_000``); 0 and negative numbers are refused as "must be at least 1"."""
+    try:
+        n = parse_int(value, key, source)
+    except ConfigError as exc:
+        if not str(exc).endswith("must be 0 or more"):  # not a number at all
+            raise
+        n = 0  # a negative number: the same answer as 0
+    if n < 1:
+        raise ConfigError(f"{key}={value!r} (from {source}) must be at least 1")
+    return n
+
+
 KEYS: tuple[Key, ...] = (
     Key(
         "DIAGLOG_ENABLED",
@@ -288,6 +302,14 @@ KEYS: tuple[Key, ...] = (
         "Socket.IO namespace of the live events.",
     ),
     Key(
+        "DIAGLOG_LIVE_MAX_ROOMS",
+        "live_max_rooms",
+        100,
+        _parse_count,
+        "Most rooms one live client may be in at once (at least `1`); a `subscribe` beyond it is "
+        "refused.",
+    ),
+    Key(
         "DIAGLOG_HANG_AFTER",
         "hang_after",
         30.0,
@@ -397,6 +419,7 @@ class Settings:
     live_queue: str | None
     live_token: str | None
     live_namespace: str
+    live_max_rooms: int
     hang_after: float
     shutdown_grace: float
     strict_ids: bool

@@ -143,7 +143,7 @@ class LiveBridge:
         self.admit_extra = admit_extra
         #: ``subscribe(kind, value) -> bool``: the rooms a client ``auth`` admitted may join.
         self.subscribe = subscribe
-        #: Rooms one client may be in at once.
+        #: Rooms one client may be in at once (``DIAGLOG_LIVE_MAX_ROOMS``).
         self.max_rooms = max_rooms
         #: True when events flow to the namespace (``DIAGLOG_LIVE``), not just its handlers.
         self.streaming = False
@@ -406,6 +406,10 @@ def setup(
     The namespace handlers are registered whenever there is a SocketIO. Events flow only when
     ``DIAGLOG_LIVE`` is on: by default that is "not in test mode"; ``DIAGLOG_LIVE=True`` forces it
     on (to test the bridge itself), ``False`` turns it off.
+
+    Two set-ups are warned about at startup (a WARNING of the ``flask_diaglog.live`` logger): no
+    way for a client to get in, and ``subscribe`` without ``auth`` (operators alone connect, and
+    they are never asked, so ``subscribe`` would never be called).
     """
     if socketio is None:
         if settings.live:
@@ -422,6 +426,7 @@ def setup(
         auth=auth,
         admit_extra=admit_extra,
         subscribe=subscribe,
+        max_rooms=settings.live_max_rooms,
         maxsize=QUEUE_SIZE,
         on_error=rec.report_internal,
     )
@@ -430,6 +435,13 @@ def setup(
         logger.warning(
             "flask-diaglog: live clients are refused until DIAGLOG_LIVE_TOKEN or "
             "DiagLog(live_auth=...) allows them"
+        )
+    if subscribe is not None and auth is None:
+        logger.warning(
+            "flask-diaglog: DiagLog(live_subscribe=...) is never called without "
+            "DiagLog(live_auth=...): only operators (DIAGLOG_LIVE_TOKEN, the dashboard's viewers) "
+            "can connect, and they may join every room unasked. Pass live_auth to admit your "
+            "users, or drop live_subscribe"
         )
     if live:
         if settings.live_queue:

@@ -16,7 +16,8 @@ Owns the room vocabulary and the subscription rules of :mod:`flask_diaglog.live`
     ``live_subscribe(kind, value)`` allows it; without one, job and request rooms (whoever knows
     the id may follow it) but never the firehose (``all``, ``level``).
 
-  One refused room refuses the whole payload. A client is in at most :data:`MAX_ROOMS` rooms.
+  One refused room refuses the whole payload. A client is in at most ``max_rooms`` rooms (the
+  app's ``DIAGLOG_LIVE_MAX_ROOMS``, default :data:`MAX_ROOMS`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .config import ConfigError
+from .config import DEFAULTS, ConfigError
 from .context import as_id, is_valid_id
 from .trail import LEVEL_NAMES, LEVELS
 from .values import parse_level
@@ -47,8 +48,9 @@ __all__ = [
 
 logger = logging.getLogger("flask_diaglog.live")
 
-#: Rooms one client may be in at once (its own Socket.IO room not counted).
-MAX_ROOMS = 100
+#: Rooms one client may be in at once (its own Socket.IO room not counted) unless
+#: ``DIAGLOG_LIVE_MAX_ROOMS`` says otherwise: that key's default.
+MAX_ROOMS: int = DEFAULTS["DIAGLOG_LIVE_MAX_ROOMS"]
 #: Admitted by ``DIAGLOG_LIVE_TOKEN`` or by the dashboard's rule: every room.
 OPERATOR = "operator"
 #: Admitted by the app's ``live_auth``: the rooms ``live_subscribe`` allows.

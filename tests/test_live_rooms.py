@@ -1,10 +1,11 @@
 """Who may join which live room, and how many: a client admitted by ``live_auth`` gets only the
 rooms the app's ``live_subscribe`` allows (by default job and request rooms, never the firehose),
 operators (``DIAGLOG_LIVE_TOKEN``, the dashboard's rule) get every room, and no client is in more
-than 100 rooms. Flask-SocketIO's real test client, in process."""
+than ``DIAGLOG_LIVE_MAX_ROOMS`` (100) rooms. Flask-SocketIO's real test client, in process."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,6 +13,9 @@ import pytest
 from flask import Flask, session
 from flask_socketio import SocketIOTestClient
 from test_live import LIVE, NS, LiveApp, received, subscribe
+
+from flask_diaglog import DiagLog
+from flask_diaglog.config import ConfigError
 
 #: Live events forced on, no token: clients get in only through ``live_auth``.
 APP_ONLY = {"DIAGLOG_LIVE": True, "DIAGLOG_FORMAT": "json", "SECRET_KEY": "test"}
@@ -161,3 +165,117 @@ def test_a_client_is_in_at_most_100_rooms(live_app: LiveApp) -> None:
     assert subscribe(sc, job_id="j100")["ok"] is True
     client.get("/work", headers={"X-Job-ID": "j100"})
     assert {d["job_id"] for d in received(sc, app)} == {"j100"}
+
+
+@pytest.mark.parametrize("from_env", [False, True])
+def test_live_max_rooms_sets_the_cap(
+    live_app: LiveApp, monkeypatch: pytest.MonkeyPatch, from_env: bool
+) -> None:
+    """With ``DIAGLOG_LIVE_MAX_ROOMS=3`` (app.config or the environment), the fourth room is
+    refused with the error naming 3, and its events do not arrive; leaving a room makes room."""
+    config: dict[str, Any] = dict(LIVE)
+    if from_env:
+        monkeypatch.setenv("DIAGLOG_LIVE_MAX_ROOMS", "3")
+    else:
+        config["DIAGLOG_LIVE_MAX_ROOMS"] = 3
+    app, socketio = live_app(config)
+    sc = live_app.client(app, socketio)
+    for n in range(3):
+        assert subscribe(sc, job_id=f"j{n}")["ok"] is True
+    assert subscribe(sc, job_id="j3") == {
+        "ok": False,
+        "error": "too many rooms: a client may be in at most 3 (this one is in 3); "
+        "unsubscribe from some first",
+    }
+    client = app.test_client()
+    client.get("/work", headers={"X-Job-ID": "j3"})
+    client.get("/work", headers={"X-Job-ID": "j0"})
+    assert {d["job_id"] for d in received(sc, app)} == {"j0"}
+    assert unsubscribe(sc, job_id="j0")["ok"] is True
+    assert subscribe(sc, job_id="j3") == {"ok": True, "rooms": ["job:j3"]}
+
+
+@pytest.mark.parametrize(
+    ("value", "from_env", "expected"),
+    [
+        (0, False, "DIAGLOG_LIVE_MAX_ROOMS=0 (from app.config['DIAGLOG_LIVE_MAX_ROOMS']) "
+         "must be at least 1"),
+        (-1, False, "DIAGLOG_LIVE_MAX_ROOMS=-1 (from app.config['DIAGLOG_LIVE_MAX_ROOMS']) "
+         "must be at least 1"),
+        ("many", False, "DIAGLOG_LIVE_MAX_ROOMS='many' (from app.config"),
+        (True, False, "DIAGLOG_LIVE_MAX_ROOMS=True (from app.config"),
+        ("0", True, "DIAGLOG_LIVE_MAX_ROOMS='0' (from environment variable "
+         "DIAGLOG_LIVE_MAX_ROOMS) must be at least 1"),
+        ("-1", True, "DIAGLOG_LIVE_MAX_ROOMS='-1' (from environment variable "
+         "DIAGLOG_LIVE_MAX_ROOMS) must be at least 1"),
+        ("many", True, "DIAGLOG_LIVE_MAX_ROOMS='many' (from environment variable"),
+    ],
+    ids=["0", "-1", "many", "True", "env-0", "env--1", "env-many"],
+)  # fmt: skip
+def test_a_bad_live_max_rooms_stops_startup(
+    make_app: Callable[..., Flask],
+    monkeypatch: pytest.MonkeyPatch,
+    value: Any,
+    from_env: bool,
+    expected: str,
+) -> None:
+    """0, a negative number or not a whole number is a ConfigError at ``DiagLog(app)`` naming the
+    key, where the value came from and what is accepted."""
+    config: dict[str, Any] = dict(LIVE)
+    if from_env:
+        monkeypatch.setenv("DIAGLOG_LIVE_MAX_ROOMS", value)
+    else:
+        config["DIAGLOG_LIVE_MAX_ROOMS"] = value
+    app = make_app(config, init=False)
+    with pytest.raises(ConfigError) as info:
+        DiagLog(app)
+    assert str(info.value).startswith(expected)
+
+
+def _subscribe_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "flask_diaglog.live"
+        and r.levelno == logging.WARNING
+        and "live_subscribe" in r.getMessage()
+    ]
+
+
+def test_live_subscribe_without_live_auth_is_warned_about(
+    live_app: LiveApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``live_subscribe`` without ``live_auth`` would never be called (only operators connect,
+    and they are not asked): startup logs a WARNING naming both."""
+    asked: list[tuple[str, str | None]] = []
+
+    def check(kind: str, value: str | None) -> bool:
+        asked.append((kind, value))
+        return False
+
+    with caplog.at_level(logging.WARNING, logger="flask_diaglog.live"):
+        app, socketio = live_app(LIVE, live_subscribe=check)
+    [message] = _subscribe_warnings(caplog)
+    assert "DiagLog(live_subscribe=...) is never called without DiagLog(live_auth=...)" in message
+    operator = live_app.client(app, socketio)
+    assert subscribe(operator, all=True)["ok"] is True
+    assert not live_app.client(app, socketio, auth={}).is_connected(NS)
+    assert asked == []  # as the warning says
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"live_auth": lambda auth: True},
+        {"live_auth": lambda auth: True, "live_subscribe": lambda kind, value: True},
+    ],
+    ids=["neither", "live_auth", "both"],
+)
+def test_no_live_subscribe_warning_otherwise(
+    live_app: LiveApp, caplog: pytest.LogCaptureFixture, kw: dict[str, Any]
+) -> None:
+    """Neither callable, ``live_auth`` alone, or both: no warning about ``live_subscribe``."""
+    with caplog.at_level(logging.WARNING, logger="flask_diaglog.live"):
+        live_app(LIVE, **kw)
+    assert _subscribe_warnings(caplog) == []
