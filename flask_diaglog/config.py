@@ -38,6 +38,7 @@ from .values import (
     is_testing,
     mask_url,
     parse_bool,
+    parse_count,
     parse_dir,
     parse_float,
     parse_format,
@@ -102,20 +103,6 @@ def shown(key: Key | str, value: Any) -> str:
     if isinstance(value, str):
         return repr(mask_url(value))
     return repr(value)
-
-
-def _parse_count(value: Any, key: str, source: str) -> int:
-    """A whole number of at least 1, read as :func:`~flask_diaglog.values.parse_int` reads one
-    (``"25"``, ``1_000``); 0 and negative numbers are refused as "must be at least 1"."""
-    try:
-        n = parse_int(value, key, source)
-    except ConfigError as exc:
-        if not str(exc).endswith("must be 0 or more"):  # not a number at all
-            raise
-        n = 0  # a negative number: the same answer as 0
-    if n < 1:
-        raise ConfigError(f"{key}={value!r} (from {source}) must be at least 1")
-    return n
 
 
 KEYS: tuple[Key, ...] = (
@@ -305,7 +292,7 @@ KEYS: tuple[Key, ...] = (
         "DIAGLOG_LIVE_MAX_ROOMS",
         "live_max_rooms",
         100,
-        _parse_count,
+        parse_count,
         "Most rooms one live client may be in at once (at least `1`); a `subscribe` beyond it is "
         "refused.",
     ),

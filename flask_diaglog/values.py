@@ -20,6 +20,7 @@ __all__ = [
     "is_testing",
     "mask_url",
     "parse_bool",
+    "parse_count",
     "parse_dir",
     "parse_float",
     "parse_format",
@@ -130,7 +131,10 @@ def is_testing(app: Any = None) -> bool:
     return bool(app is not None and app.config.get("TESTING"))
 
 
-def parse_int(value: Any, key: str, source: str, *, sizes: bool = False) -> int:
+def parse_int(
+    value: Any, key: str, source: str, *, sizes: bool = False, minimum: int = 0
+) -> int:
+    """A whole number of at least ``minimum`` (``"25"``, ``1_000``; with ``sizes``, ``10MiB``)."""
     if isinstance(value, bool):
         raise _error(value, key, source, "must be a whole number, not a boolean")
     if isinstance(value, int):
@@ -151,9 +155,15 @@ def parse_int(value: Any, key: str, source: str, *, sizes: bool = False) -> int:
             raise _error(value, key, source, f"is not a whole number{hint}") from None
     else:
         raise _error(value, key, source, "must be a whole number")
-    if n < 0:
-        raise _error(value, key, source, "must be 0 or more")
+    if n < minimum:
+        must = "must be 0 or more" if minimum == 0 else f"must be at least {minimum}"
+        raise _error(value, key, source, must)
     return n
+
+
+def parse_count(value: Any, key: str, source: str) -> int:
+    """A whole number of at least 1."""
+    return parse_int(value, key, source, minimum=1)
 
 
 def parse_size(value: Any, key: str, source: str) -> int:
