@@ -131,9 +131,7 @@ def is_testing(app: Any = None) -> bool:
     return bool(app is not None and app.config.get("TESTING"))
 
 
-def parse_int(
-    value: Any, key: str, source: str, *, sizes: bool = False, minimum: int = 0
-) -> int:
+def parse_int(value: Any, key: str, source: str, *, sizes: bool = False, minimum: int = 0) -> int:
     """A whole number of at least ``minimum`` (``"25"``, ``1_000``; with ``sizes``, ``10MiB``)."""
     if isinstance(value, bool):
         raise _error(value, key, source, "must be a whole number, not a boolean")
