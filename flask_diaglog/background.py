@@ -319,6 +319,7 @@ def job_end(
     while the job runs; the line says so and names the stage it was in. ``retried``: the run
     failed with this exception and its task queue runs it again (a WARNING ``retried`` line with
     ``retried: true``, not a failed job)."""
+    rec.close(job)  # out of the registry before job.hung is read: see Recorder.close
     ms = job.elapsed_ms()
     totals = job.stage_totals() or None
     word = job.stages_word()

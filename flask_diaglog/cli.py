@@ -309,6 +309,9 @@ def tail_cmd(
 # -- trace -------------------------------------------------------------------------------------
 
 _BAR_WIDTH = 40
+#: A bar's character by how its work ended (:attr:`Span.outcome`); ``#`` otherwise (it ended
+#: well, or has no end line yet).
+_FILL = {"failed": "!", "retried": "~"}
 
 
 def _bar(span: Span, t0: float, total: float, last: float) -> str:
@@ -316,13 +319,14 @@ def _bar(span: Span, t0: float, total: float, last: float) -> str:
     end = ((span.end if span.end is not None else last) - t0) / total * _BAR_WIDTH
     a = min(round(start), _BAR_WIDTH - 1)
     b = max(a + 1, min(round(end), _BAR_WIDTH))
-    fill = "#" if span.end is None or span.ok is not False else "!"
+    fill = _FILL.get(span.outcome or "", "#")
     return " " * a + fill * (b - a) + " " * (_BAR_WIDTH - b)
 
 
 def _waterfall(spans: list[Span], several: bool) -> list[str]:
     """The requests and jobs of a trace as bars on one time axis, each stage under its owner
-    (``#`` done, ``!`` failed; a bar without an end runs to the last line)."""
+    (``#`` done, ``!`` failed, ``~`` a job attempt run again; a bar without an end runs to the
+    last line)."""
     rows = [s for span in spans for s in [span, *span.stages]]
     t0 = min(s.start for s in rows)
     last = max(s.end or s.start for s in rows)

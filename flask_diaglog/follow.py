@@ -10,9 +10,11 @@ the file it read, then every backup rotated after it, oldest first, then the new
 start.
 
 Among the backups (:func:`~flask_diaglog.logread.iter_files`, plain or gzipped, as the writer
-names them) a file is found by its inode while it is plain; a compressed backup (a new file) or a
-copy is known by its content: it holds the file's last bytes, up to 4 KiB, at the same offset.
-So only two backups alike to their last 4 KiB, timestamps included, could be taken for each other.
+names them) a file is found as every reader finds a file again
+(:class:`~flask_diaglog.readfile.Known`): by its inode while it is plain; a compressed backup (a
+new file) or a copy by its content: it holds the file's last bytes, up to 4 KiB, at the same
+offset. So only two backups alike to their last 4 KiB, timestamps included, could be taken for
+each other.
 
 Lines are counted in a :class:`~flask_diaglog.logread.Scan` as the other readers count them: a
 line over :data:`~flask_diaglog.readfile.MAX_LINE` (never held whole) or that is not a diaglog
@@ -28,17 +30,15 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .logread import LogRecord, Scan, iter_files, parse_line
-from .readfile import MAX_LINE, open_log, open_regular, read_lines, reason
+from .readfile import MAX_LINE, Known, ident, open_log, open_regular, read_lines, reason
 
 __all__ = ["Follower"]
 
 Out = Callable[[LogRecord], None]
-#: The last bytes of a file that tell it from the others (they hold millisecond timestamps).
-_TAIL = 4096
 #: Looks at the backups after a rotation while they keep moving (the last one is kept).
 _ATTEMPTS = 20
 #: What reading a damaged ``.gz`` raises.
@@ -50,47 +50,17 @@ def _backups(path: str, name: str) -> list[str]:
     return [p for _, p in iter_files(os.path.dirname(path), [name]) if p != path]
 
 
-def _ident(fh: IO[bytes]) -> tuple[int, int]:
-    """The device and inode of an open file."""
-    st = os.fstat(fh.fileno())
-    return st.st_dev, st.st_ino
-
-
-def _end(fh: IO[bytes]) -> tuple[int, bytes]:
-    """Where the last bytes (up to :data:`_TAIL`) of the plain file ``fh`` start, and them."""
-    size = os.fstat(fh.fileno()).st_size
-    at = max(0, size - _TAIL)
-    return at, os.pread(fh.fileno(), size - at, at)
-
-
 @dataclass(eq=False)
-class _File:
-    """A file held open (so that its inode stays its own), known by device and inode, and by
-    content: ``tail``, the bytes it holds at offset ``at``, which a copy of it (a compressed
-    backup, a ``copytruncate`` copy) holds at the same offset."""
+class _File(Known):
+    """A file held open on ``fh`` (so that its inode stays its own), known again by device and
+    inode, or by its tail in a copy of it (a compressed backup, a ``copytruncate`` copy)."""
 
-    fh: IO[bytes]
-    dev: int
-    ino: int
-    at: int = 0
-    tail: bytes = b""
-
-    def same(self, st: os.stat_result) -> bool:
-        return st.st_ino == self.ino and st.st_dev == self.dev
-
-    def is_in(self, fh: Any, st: os.stat_result) -> bool:
-        """Is the open backup ``fh`` (``st`` its ``fstat``) this file, or a copy of it?"""
-        if self.same(st):
-            return True
-        if not self.tail:
-            return False  # an empty file: known by its inode only
-        fh.seek(self.at)
-        return bool(fh.read(len(self.tail)) == self.tail)
+    fh: IO[bytes] = field(kw_only=True)
 
 
 @dataclass(eq=False)
 class _Reading(_File):
-    """The file being followed: ``pos`` is after its last whole line read, ``tail`` the bytes
+    """The file being followed: ``pos`` is after its last whole line read, the tail the bytes
     just before it; ``skipping`` while ``pos`` is inside a line over the limit."""
 
     pos: int = 0
@@ -98,24 +68,21 @@ class _Reading(_File):
 
     def advance(self, pos: int) -> None:
         self.pos = pos
-        self.at = max(0, pos - _TAIL)
-        self.tail = os.pread(self.fh.fileno(), pos - self.at, self.at)
+        self.mark(self.fh, pos)
 
-    def emptied(self, size: int) -> bool:
-        """Was it emptied in place since it was read (``copytruncate``): is it shorter than what
-        was read, or no longer holding the bytes read last?"""
-        if size < self.pos:
-            return True
-        return bool(self.tail) and os.pread(self.fh.fileno(), len(self.tail), self.at) != self.tail
+
+def _open(fh: IO[bytes]) -> _Reading:
+    """The file ``fh`` to be followed from its start."""
+    return _Reading(*ident(fh), fh=fh)
 
 
 def _held(fh: Any, path: str) -> _File:
     """The open backup ``fh`` (at ``path``) held on its own descriptor: a ``.gz`` is known by its
     inode (it is never compressed again), a plain one by its last bytes too."""
     own = os.fdopen(os.dup(fh.fileno()), "rb")
-    held = _File(own, *_ident(own))
+    held = _File(*ident(own), fh=own)
     if not path.endswith(".gz"):
-        held.at, held.tail = _end(held.fh)
+        held.mark(own)
     return held
 
 
@@ -166,7 +133,7 @@ class Follower:
                 fh = open_regular(path)
             except OSError:
                 continue
-            cur = _Reading(fh, *_ident(fh))
+            cur = _open(fh)
             cur.advance(os.fstat(fh.fileno()).st_size)
             self._at[path] = cur
             self._before[path] = self._newest_backup(path, name)
@@ -189,10 +156,10 @@ class Follower:
             st = os.fstat(fh.fileno())
             cur: _Reading | None = self._at.get(path)
             if cur is None:  # appeared after mark(): all of it is new
-                cur = self._at[path] = _Reading(fh, *_ident(fh))
+                cur = self._at[path] = _open(fh)
                 if path not in self._before:
                     self._before[path] = self._newest_backup(path, name)
-            elif cur.same(st) and not cur.emptied(st.st_size):
+            elif cur.same(st) and not cur.emptied(cur.fh, st.st_size):
                 fh.close()
             else:
                 fh.close()
@@ -239,12 +206,12 @@ class Follower:
         Returns the file ``path`` holds now, to be read from its start (``None``: none yet)."""
         before = self._before.get(path)
         if not emptied:  # its content is whole: known by its end, and read from its descriptor
-            old.at, old.tail = _end(old.fh)
+            old.mark(old.fh)
         for attempt in range(_ATTEMPTS):
             with ExitStack() as stack:
                 try:
                     fh = open_regular(path)
-                    cur = _Reading(fh, *_ident(fh))
+                    cur = _open(fh)
                 except OSError:
                     cur = None
                 found, still = self._unread(path, name, old, emptied, before, cur, stack)
@@ -261,7 +228,8 @@ class Follower:
                 if found:  # the file just before cur: the newest one printed
                     newest = _held(found[0][0], found[0][3])
                 elif not emptied:
-                    newest, old.at, old.tail = old, *_end(old.fh)
+                    newest = old
+                    old.mark(old.fh)
                 if newest is not old:
                     old.fh.close()
                 if newest is not None:
@@ -304,7 +272,7 @@ class Follower:
                 self._note(self.scan.unreadable, f"{backup} ({reason(exc)})")
                 continue
             st = os.fstat(fh.fileno())
-            opened.append((backup, _File(fh, st.st_dev, st.st_ino)))
+            opened.append((backup, _File(st.st_dev, st.st_ino, fh=fh)))
             try:
                 if cur is not None and cur.same(st):
                     unread.clear()  # the current file was rotated too: newer ones wait

@@ -420,7 +420,9 @@ def trace_records(ident: str, read: Callable[[], Iterable[LogRecord]]) -> list[L
 @dataclass
 class Span:
     """A bar of a timeline: a request, a job, or a stage of one (``depth`` > 0). Epoch seconds;
-    ``end`` is ``None`` for work without an end line (in flight, or a killed process)."""
+    ``end`` and ``outcome`` are ``None`` for work without an end line (in flight, or a killed
+    process). ``outcome``: ``"ok"``, ``"failed"`` or ``"retried"`` (:func:`job_outcome`); ``ok``
+    is ``outcome == "ok"``."""
 
     kind: str
     name: str
@@ -430,6 +432,7 @@ class Span:
     ok: bool | None = None
     depth: int = 0
     stages: list[Span] = field(default_factory=list)
+    outcome: str | None = None
 
     @property
     def duration_ms(self) -> float | None:
@@ -479,11 +482,14 @@ def spans_of(records: Iterable[LogRecord]) -> list[Span]:
             ms = float(d.get("duration_ms", 0.0))
             ok = d.get("ok") is not False
             stage = Span("stage", str(d.get("stage")), rec.host, rec.ts - ms / 1000, rec.ts, ok)
+            stage.outcome = "ok" if ok else "failed"
             span.stages.append(stage)
         elif ev in ("request_end", "job_end"):
             span.end = rec.ts
             span.start = rec.ts - float(d.get("duration_ms", 0.0)) / 1000  # the timer's
-            span.ok = d.get("ok") is not False and int(d.get("status") or 0) < 500
+            # A 5xx, else the rule of summarize() and the dashboard (a request has no "ok").
+            span.outcome = "failed" if int(d.get("status") or 0) >= 500 else job_outcome(d)
+            span.ok = span.outcome == "ok"
             del open_[key]
     for span in spans:
         span.stages.sort(key=lambda s: s.start)

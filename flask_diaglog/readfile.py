@@ -10,6 +10,13 @@ so a name swapped between a listing and the open is caught too.
 Lines are read in blocks by :func:`read_lines`, never whole: a line longer than
 :data:`MAX_LINE` (a file of 400 MiB without a line feed) is skipped without being held, and
 empty lines (a file of nothing but line feeds) cost next to nothing.
+
+**Knowing a file again** (:class:`Known`), the one way ``tail -f`` and the dashboard's index
+tell files apart across rotations: by device and inode while the file keeps them (a rename by
+rotation does), and by content once it is a new file with the same bytes (a compressed backup, a
+``copytruncate`` copy): it holds the bytes read last, up to :data:`TAIL`, at the same offset.
+So only two files alike in those bytes, millisecond timestamps included, could be taken for
+each other; two files that merely start with the same line are not.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ import os
 import re
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
 __all__ = [
-    "MAX_LINE", "NotRegular", "Readable", "open_log", "open_regular", "read_lines", "reason",
+    "MAX_LINE", "TAIL", "Known", "NotRegular", "Readable", "ident", "open_log", "open_regular",
+    "read_lines", "reason",
 ]  # fmt: skip
 
 #: The longest line a reader takes, line feed included. diaglog's lines are far shorter: each
@@ -35,6 +44,9 @@ MAX_LINE = 1 << 20
 _BLOCK = 8 << 10
 #: Two or more line feeds: the empty lines between them are dropped in one step.
 _BLANKS = re.compile(rb"\n\n+")
+#: The last bytes read of a file that tell it from the others (they hold millisecond
+#: timestamps): see :class:`Known`.
+TAIL = 4096
 
 
 class NotRegular(OSError):
@@ -108,3 +120,55 @@ def read_lines(fh: Readable, skipping: bool = False) -> Iterator[bytes | None]:
             rest, skipping = b"", True
     if rest:
         yield rest
+
+
+def ident(fh: Any) -> tuple[int, int]:
+    """The device and inode of an open file (a ``.gz`` opened by :func:`open_log`: its own)."""
+    st = os.fstat(fh.fileno())
+    return st.st_dev, st.st_ino
+
+
+@dataclass(eq=False)
+class Known:
+    """A file a reader has read into, and how it knows it again: ``dev`` and ``ino`` while it
+    is that file, and ``tail``, the bytes (up to :data:`TAIL`) it holds at offset ``at``, which
+    a copy of it holds at the same offset. A mark without a tail (nothing read yet) knows the
+    file by its inode only."""
+
+    dev: int
+    ino: int
+    at: int = 0
+    tail: bytes = b""
+
+    def same(self, st: os.stat_result) -> bool:
+        """Is ``st`` (a ``stat``) this file's device and inode?"""
+        return st.st_ino == self.ino and st.st_dev == self.dev
+
+    def holds(self, fh: Any) -> bool:
+        """Does the open file ``fh`` (plain or gzipped) hold the tail at its offset: is it this
+        file, or a copy of it? Raises what reading a damaged ``.gz`` raises."""
+        if not self.tail:
+            return False
+        fh.seek(self.at)
+        return bool(fh.read(len(self.tail)) == self.tail)
+
+    def is_in(self, fh: Any, st: os.stat_result) -> bool:
+        """Is the open file ``fh`` (``st`` its ``fstat``) this file, or a copy of it?"""
+        return self.same(st) or self.holds(fh)
+
+    def emptied(self, fh: IO[bytes], size: int) -> bool:
+        """Was the plain file ``fh``, this file by its inode, emptied in place since the tail
+        was taken (logrotate's ``copytruncate``): is it shorter than the tail's end, or no
+        longer holding it? ``size``: its size now."""
+        end = self.at + len(self.tail)
+        if size < end:
+            return True
+        return bool(self.tail) and os.pread(fh.fileno(), len(self.tail), self.at) != self.tail
+
+    def mark(self, fh: IO[bytes], pos: int | None = None) -> None:
+        """Take the tail: the bytes of the plain file ``fh`` before ``pos`` (its end when
+        ``None``), up to :data:`TAIL` of them."""
+        if pos is None:
+            pos = os.fstat(fh.fileno()).st_size
+        self.at = max(0, pos - TAIL)
+        self.tail = os.pread(fh.fileno(), pos - self.at, self.at)

@@ -5,8 +5,9 @@ logging bridge, the job guard, the watchdog, diaglog's own reports), goes throug
 :meth:`Recorder.record`. It always:
 
 1. renders the line once from its parts and writes it to the files (one ``write(2)``), and
-2. opens or closes the entry of the in-flight registry (request and job start and end): a start
-   after its line is written, an end before, so that no hang report can follow an end line;
+2. opens the entry of the in-flight registry for a request or job start, after its line is
+   written (an end's producer closes it with :meth:`Recorder.close` before it builds the end
+   line, so that no hang report can follow that line or be missing from its count);
 
 and only when somebody listens (a signal receiver, the console, the live bridge, a capture
 helper) does it build an :class:`Event` and hand it to them. Nothing on the request path chooses a
@@ -35,7 +36,6 @@ from blinker import Signal
 
 from .signals import SIGNALS, _receivers
 from .trail import (
-    CLOSES,
     ERRORS_FROM,
     FLOAT_DIGITS,
     HOST,
@@ -252,14 +252,10 @@ class Recorder:
         # The signal of a kind that has none (or of an app-less recorder): never connected, so
         # the hot path tests ``sig.receivers`` alone, without ``sig is not None`` first.
         unheard = Signal()
-        #: Per kind, decided once: its logger, its signal, and whether it opens (True) or closes
-        #: (False) an entry of the in-flight registry (None: neither).
-        self._plan: dict[str, tuple[str, Signal, bool | None]] = {
-            kind: (
-                logger,
-                signals.get(kind, unheard),
-                True if kind in OPENS else False if kind in CLOSES else None,
-            )
+        #: Per kind, decided once: its logger, its signal, and whether it opens an entry of the
+        #: in-flight registry (an end's producer closes it, see :meth:`close`).
+        self._plan: dict[str, tuple[str, Signal, bool]] = {
+            kind: (logger, signals.get(kind, unheard), kind in OPENS)
             for kind, logger in KIND_LOGGER.items()
         }
         #: Where each target's lines go, and where ERROR lines also go.
@@ -327,16 +323,8 @@ class Recorder:
             rid, jid = ids if ids is not None else (None, None)
             if target is None:
                 target = "requests"
-        # An end leaves the registry before its line: no hang report can follow that line (see
-        # flask_diaglog.watchdog). A start enters it after its line, below: what is in flight
-        # has its start line in the files.
-        if opens is False and trace is not None:
-            registry = self.registry
-            if registry is not None:
-                try:
-                    registry.discard(trace)
-                except Exception as e:
-                    self.failed("inflight", e)
+        # A start enters the registry after its line, below: what is in flight has its start
+        # line in the files. An end left it before its line was built (see close()).
         if level >= self.level:
             render = self.render  # an attribute read, then a plain call: no method lookup
             try:
@@ -393,6 +381,19 @@ class Recorder:
                         self.failed(label, e)
             finally:
                 flag.active = False
+
+    def close(self, trace: Trace) -> None:
+        """Take ``trace`` out of the in-flight registry as its work ends. The producer of a
+        ``request_end`` or ``job_end`` line calls this before it reads ``trace.hung`` for that
+        line: from then on no hang report of the work starts, and one being recorded meanwhile
+        has been counted (see :meth:`flask_diaglog.watchdog.InFlight.discard`). So the end line
+        counts every hang line of its work, and no hang line follows it. Never raises."""
+        registry = self.registry
+        if registry is not None:
+            try:
+                registry.discard(trace)
+            except Exception as e:
+                self.failed("inflight", e)
 
     def _send(self, sig: Signal, ev: Event) -> None:
         sender = self.sender

@@ -112,9 +112,9 @@ HOST = socket.gethostname()
 #: Decimal places of float fields (durations in ms) in JSON lines and ``Event.to_dict()``.
 FLOAT_DIGITS = 3
 
-#: Kinds that open and close an entry of the in-flight registry.
+#: Kinds that open an entry of the in-flight registry (the end's producer closes it: see
+#: :meth:`flask_diaglog.record.Recorder.close`).
 OPENS = frozenset({"request_start", "job_start"})
-CLOSES = frozenset({"request_end", "job_end"})
 
 # -- levels -----------------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """The in-flight registry and the hang watchdog: "where is it stuck?" answered by diaglog itself.
 
 **Registry.** :class:`InFlight` is kept by the recorder: it adds a trace on
-``request_start``/``job_start`` and removes it on ``request_end``/``job_end``, before the line is
-written. Those end records are written on every path (normal end, exception, propagated exception
+``request_start``/``job_start``, and removes it when the work ends (:meth:`Recorder.close
+<flask_diaglog.record.Recorder.close>`, called before the ``request_end``/``job_end`` line is
+built). Those end records are written on every path (normal end, exception, propagated exception
 in ``TESTING``, a streamed body closed early, a 400/403 raised in ``before_request``, background
 work that raises), so the registry empties itself. Per request it costs one dict insert and one
 dict delete, and no lock. It holds at most ``maxsize`` entries; beyond that, new work is counted
@@ -21,15 +22,16 @@ the report repeats at 2x, 4x, 8x ... that time while the work keeps running. ``t
 the reports, and the end line of the work notes ``was_hung(N)``. ``DIAGLOG_HANG_AFTER=0`` turns
 the watchdog off (the registry still answers :func:`inflight`).
 
-**A hang line never follows the end line.** The watchdog takes the trace out of the registry
-while it records the report (:meth:`InFlight.reporting`), under the registry's lock, and puts it
-back after; the recorder removes a trace before it writes the end line. So either the end comes
-first, and the watchdog finds the trace gone and reports nothing, or the report does, and the
-end, whose delete then misses, waits for the report in :meth:`InFlight.discard` (only then: the
-common end takes no lock). The app's code that a report runs before its line (the job-id
-callable) runs before the trace is taken; the receivers of the report run after its line, so an
-end waits for them at most :data:`SETTLE_WAIT` seconds, and not at all in the watchdog's own
-thread (a receiver that ends the work itself).
+**A hang line never follows the end line, and the end line counts every one before it.** The
+watchdog takes the trace out of the registry while it records the report
+(:meth:`InFlight.reporting`), under the registry's lock, and puts it back after; an end removes
+the trace before it builds its line (before it reads ``trace.hung`` for ``was_hung``). So either
+the end comes first, and the watchdog finds the trace gone and reports nothing, or the report
+does, and the end, whose delete then misses, waits for the report in :meth:`InFlight.discard`
+(only then: the common end takes no lock) and counts it. The app's code that a report runs
+before its line (the job-id callable) runs before the trace is taken; the receivers of the
+report run after its line, so an end waits for them at most :data:`SETTLE_WAIT` seconds, and not
+at all in the watchdog's own thread (a receiver that ends the work itself).
 
 **Access.** :func:`inflight` lists the in-flight work (for the dashboard, an admin endpoint or a
 debugger).
@@ -120,8 +122,10 @@ class InFlight:
             _watchdog.poke()
 
     def discard(self, trace: Trace) -> None:
-        """Stop tracking ``trace`` (the recorder calls this for its end record, before its line
-        is written). Returns once no hang report of it can be written any more."""
+        """Stop tracking ``trace`` (:meth:`Recorder.close <flask_diaglog.record.Recorder.close>`
+        calls this as the work ends, before its end line is built). Returns once no hang report
+        of it can start any more, and a report started before has counted itself in
+        ``trace.hung``."""
         try:
             del self._items[trace]  # a delete costs less than pop(); try costs nothing
         except KeyError:  # being reported right now, or never tracked (the registry was full)

@@ -240,6 +240,7 @@ class RequestTrail:
         try:
             if trace.resolve is not None:  # the URL's job id and rule, or a body the view read
                 self.job_ids.resolve(trace, False, True)
+            self.rec.close(trace)  # out of the registry before hung is read: see Recorder.close
             status = trace.status
             if exc is not None:
                 if trace.error is not exc:

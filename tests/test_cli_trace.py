@@ -16,6 +16,7 @@ from test_cli import render, write_log
 from flask_diaglog import set_job_id, stage
 from flask_diaglog.cli import diaglog_cli
 from flask_diaglog.extension import DiagLog
+from flask_diaglog.trail import job_end_msg, job_start_msg
 
 T0 = datetime(2026, 11, 22, 10, 0, 0).timestamp()
 
@@ -124,6 +125,35 @@ def test_waterfall_marks_a_failed_stage(tmp_path: Path) -> None:
     )
     out = _run(["trace", "R", "--log-dir", str(tmp_path / "logs")])[1]
     assert _waterfall(out)["s"] == "!" * 40
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_waterfall_marks_a_retried_attempt_apart_from_a_failed_one(
+    tmp_path: Path, fmt: str
+) -> None:
+    """A job attempt that failed and that its task queue runs again (``retried``) is drawn with
+    ``~``, not ``!``: as ``summary`` and the dashboard count it, it is not a failed job. The
+    second attempt fails for good (``!``), the third succeeds (``#``)."""
+    name = "tasks.generate"
+    lines = []
+    for n, (ok, retried) in enumerate([(False, True), (False, False), (True, False)]):
+        t = T0 + n
+        error = None if ok else "ValueError: empty mesh"
+        level = 20 if ok else 30 if retried else 40
+        lines += [
+            render(fmt, t, "job_start", job_start_msg(name, n + 1), "R", "J1",
+                   {"name": name, "attempt": n + 1}),
+            render(fmt, t + 0.5, "job_end",
+                   job_end_msg(name, ok, 500.0, error=error, retried=retried), "R", "J1",
+                   {"name": name, "duration_ms": 500.0, "ok": ok, "error": error,
+                    "retried": retried or None}, level=level),
+        ]  # fmt: skip
+    write_log(tmp_path / "logs", "jobs", lines)
+    code, out = _run(["trace", "J1", "--log-dir", str(tmp_path / "logs")])
+    assert code == 0, out
+    rows = out.split("waterfall:", 1)[1].splitlines()[1:]
+    assert [row[:46].strip() for row in rows] == [f"job {name}"] * 3
+    assert [set(row.split("|")[1].strip()) for row in rows] == [{"~"}, {"!"}, {"#"}]
 
 
 def test_trace_of_a_job_id_shows_the_request_that_created_it(

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
+from test_cli import render
 
 from flask_diaglog import logread, stage
 from flask_diaglog.dashboard.index import Index
+from flask_diaglog.files import LogFile
 
 #: Time enough for a refresh to finish on a loaded machine (the default is 0.15 s).
 BUDGET = 30.0
@@ -182,3 +188,78 @@ def test_benchmark_log_set_is_read_whole(tmp_path: Path) -> None:
     assert index.complete and index.skipped == 0
     assert sum(1 for i in index.items if i.kind == "request" and i.status) == n
     assert sum(1 for i in index.items if i.kind == "job") == n // 4
+
+
+#: The first line of every file in the tests below: the same line, written in the same
+#: millisecond (a plain line has no pid: two workers starting at once can write it alike).
+_STARTED = render("json", time.time(), "log", "worker started", logger="app")
+
+
+def _request_lines(rid: str) -> list[str]:
+    now = time.time()
+    return [
+        render("json", now, "request_start", f"request_start GET /{rid}", rid, None,
+               {"method": "GET", "path": f"/{rid}"}),
+        render("json", now + 0.001, "request_end", f"request_end GET /{rid} 200 1.00ms", rid,
+               None, {"method": "GET", "path": f"/{rid}", "status": 200, "duration_ms": 1.0}),
+    ]  # fmt: skip
+
+
+def _first_line(path: Path) -> str:
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as fh:
+        return str(fh.readline())
+
+
+def _shown(client: Any) -> list[str]:
+    """The request ids the dashboard's API lists, once it has read every file."""
+    for _ in range(100):
+        d = client.get("/_diaglog/api/requests?per_page=500").json
+        if d["index"]["complete"]:
+            break
+    assert d["index"]["skipped_lines"] == 0, d["index"]
+    return sorted(i["request_id"] for i in d["items"])
+
+
+def _trace_events(client: Any, rid: str) -> list[str]:
+    d = client.get(f"/_diaglog/api/trace/{rid}").json
+    return [ln["event"] for s in d["sections"] for ln in s["lines"]]
+
+
+@pytest.mark.parametrize("how", ["rename", "gzip", "copytruncate"])
+def test_files_with_the_same_first_line_are_told_apart(
+    make_app: Callable[..., Flask], log_dir: Path, how: str
+) -> None:
+    """Files that all start with the same line, rotated between two looks of the dashboard (by
+    the real writer, renamed or gzipped; or copied to .1 and emptied in place, as logrotate's
+    copytruncate does): the API lists the requests of every file, each with its lines."""
+    app = make_app({"DIAGLOG_FORMAT": "json", "DIAGLOG_DASHBOARD": True})
+    client = app.test_client()
+    path = log_dir / "requests.log"
+    rids: list[str] = []
+    if how == "copytruncate":
+        path.write_text("".join([_STARTED, *_request_lines("r0")]))
+        rids.append("r0")
+        assert _shown(client) == rids
+        shutil.copyfile(path, log_dir / "requests.log.1")
+        with open(path, "r+") as fh:
+            fh.truncate(0)
+        path.write_text("".join([_STARTED, *_request_lines("r1"), *_request_lines("r2")]))
+        rids += ["r1", "r2"]
+    else:
+        writer = LogFile(str(path), max_bytes=1500, backup_count=50, compress=how == "gzip")
+        with contextlib.closing(writer):
+            for count in (3, 20, 2, 20):
+                for _ in range(count):
+                    if path.stat().st_size == 0:  # a new file, looked at with one line in it
+                        writer.write(_STARTED.encode())
+                        _shown(client)
+                    rids.append(f"r{len(rids)}")
+                    writer.write("".join(_request_lines(rids[-1])).encode())
+                assert writer.wait_compressed()
+                assert _shown(client) == sorted(rids)
+        firsts = [_first_line(p) for p in log_dir.glob("requests.log*")]
+        assert len(firsts) > 3 and set(firsts) <= {_STARTED, ""}, firsts
+    assert _shown(client) == sorted(rids)
+    for rid in (rids[0], rids[len(rids) // 2], rids[-1]):
+        assert _trace_events(client, rid) == ["request_start", "request_end"]

@@ -543,3 +543,58 @@ def test_work_that_ends_during_its_hang_report_ends_after_it(
     end = "job_end" if kind == "job" else "request_end"
     assert _order(logs, f"{kind}s") == [("hang", 1), (end, 1)]
     assert inflight(app) == []
+
+
+class _DescribedLate(Exception):
+    """An exception whose text, from its second reading on (the end line's traceback, written
+    after the line's fields), waits for ``settle()``."""
+
+    def __init__(self, settle: Callable[[], None]) -> None:
+        super().__init__()
+        self.settle = settle
+        self.reads = 0
+
+    def __str__(self) -> str:
+        self.reads += 1
+        if self.reads > 1:
+            self.settle()
+        return "boom"
+
+
+def test_end_line_counts_a_report_written_while_it_is_built(
+    make_app: Callable[..., Flask], logs: Logs
+) -> None:
+    """A hang report that could start while a job's end line is being built: either it is out
+    before the line's count is taken and counted, or it never starts. Made certain here: the
+    job fails at once, and its exception's text, read for the end line's traceback, waits
+    until a hang report of the job is out or the job has left the in-flight list."""
+    app = make_app(JSON_HANG, init=False)
+    diaglog = DiagLog(app)
+    reported = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def settle() -> None:
+        wait_for(lambda: reported.is_set() or all(e["kind"] != "job" for e in inflight(app)))
+
+    def fail() -> None:
+        raise _DescribedLate(settle)
+
+    @app.post("/generate")
+    def start() -> tuple[str, int]:
+        threads.append(diaglog.spawn(fail))
+        return "accepted", 202
+
+    def on_hang(sender: Flask, event: Any) -> None:
+        if event.target == "jobs":
+            reported.set()
+
+    with hang_detected.connected_to(on_hang, app):
+        app.test_client().post("/generate", json={"job_id": "gen-1"})
+        threads[0].join(10)
+    (end,) = logs.events("jobs", "job_end")
+    assert end["error"] == "_DescribedLate: boom"
+    hangs = logs.events("jobs", "hang")
+    # Without the fix: one hang line, and an end line without was_hung.
+    assert end.get("hung", 0) == len(hangs)
+    assert ("was_hung(" in end["msg"]) == bool(hangs)
+    assert inflight(app) == []

@@ -7,12 +7,14 @@ backups) for the dashboard. Lines are parsed only through :func:`flask_diaglog.l
 :mod:`flask_diaglog.files.render`); this module only folds the parsed records into one
 :class:`Item` per request or job run.
 
-**Incremental.** Each file is known by its *key*, its first line: a rename by rotation and a
-compression of a backup keep it, so a file is never read twice, whatever its name becomes. Per
-key the index remembers how many bytes it has folded in; a refresh reads only the bytes after
-that, and only whole lines of the current files (a torn tail waits for its newline). A refresh
-works for at most ``budget`` seconds, oldest file first, so a page never waits for a cold read
-of a big log set: it shows what is indexed so far and says how far the index is.
+**Incremental.** Each file is known again as ``tail -f`` knows it, by inode or, for a copy, by
+content (see :mod:`flask_diaglog.dashboard.seen`): a file is never read twice, whatever its name
+becomes, and two files that merely start alike are two files. Per file the index remembers how
+many bytes it has folded in; a refresh reads only the bytes after that, and only whole lines of
+the current files (a torn tail waits for its newline). A file emptied in place
+(``copytruncate``) is a new file from its start. A refresh works for at most ``budget`` seconds,
+oldest file first, so a page never waits for a cold read of a big log set: it shows what is
+indexed so far and says how far the index is.
 
 **Bad data.** A line that is not a diaglog line of either layout (torn, garbled, foreign, or
 with a known field of the wrong type) is skipped and counted in :attr:`Index.skipped`; so is a
@@ -21,7 +23,7 @@ read (a FIFO, a dangling link) is named in :attr:`Index.unreadable`. A missing o
 directory is reported in :attr:`Index.problem`, never raised.
 
 **Where the lines are.** For the detail page each trace (a request id, or ``job:<id>`` for a job
-without one) keeps *spans*: ``[file key, first byte, end byte]`` of its lines, so reading one
+without one) keeps *spans*: ``[file number, first byte, end byte]`` of its lines, so reading one
 request back reads only its own stretch of one or two files.
 """
 
@@ -35,9 +37,10 @@ import zlib
 from typing import Any
 
 from ..logread import LogRecord, iter_files, job_outcome, parse_line
-from ..readfile import MAX_LINE, NotRegular, open_log, reason
+from ..readfile import MAX_LINE, NotRegular, ident, open_log, reason
 from ..trail import LEVELS
 from .item import Item, interned
+from .seen import HEAD, SeenFile, SeenFiles
 
 __all__ = ["Index", "Item"]
 
@@ -50,8 +53,6 @@ CHUNK = MAX_LINE
 MAX_ITEMS = 300_000
 #: A new span starts when a trace's next line is further than this from its last span.
 SPAN_GAP = 256 * 1024
-#: Seconds a file no longer listed is remembered (so a compressed copy is not read again).
-FORGET_AFTER = 600.0
 #: Warning-and-above messages kept per item for the free-text search.
 NOTES = 5
 _WARNING = LEVELS["WARNING"]
@@ -59,37 +60,18 @@ _WARNING = LEVELS["WARNING"]
 _UNREADABLE = (OSError, EOFError, zlib.error)
 
 
-class _File:
-    """What the index knows of one file (by its key)."""
-
-    __slots__ = ("done", "gz", "key", "name", "offset", "path", "seen", "size")
-
-    def __init__(self, key: bytes, name: str) -> None:
-        self.key = key
-        self.name = name
-        self.path = ""
-        self.gz = False
-        self.offset = 0
-        self.size = 0
-        self.done = False
-        self.seen = 0.0
-
-
-def _first_line(path: str) -> bytes | None:
-    """The first line (the file's key); empty while it has none, ``None`` when it cannot be read
-    (a damaged ``.gz``). :class:`OSError` when it cannot be opened: gone, not a regular file (a
-    FIFO would block, a device never end), not this process's to read."""
+def _head(fh: Any) -> bytes | None:
+    """The first bytes (up to :data:`~flask_diaglog.dashboard.seen.HEAD`) of the open file
+    ``fh``; ``None`` when it cannot be read (a damaged ``.gz``)."""
     try:
-        with open_log(path) as fh:
-            head: bytes = fh.read(4096)
+        head: bytes = fh.read(HEAD)
     except OSError as exc:
         if exc.errno is not None or isinstance(exc, NotRegular):
             raise
         return None  # not gzip at all
     except _UNREADABLE:
         return None
-    nl = head.find(b"\n")
-    return head[: nl + 1] if nl >= 0 else b""
+    return head
 
 
 class Index:
@@ -105,7 +87,7 @@ class Index:
         #: Items per request id (a reused id may name several), and per job id.
         self.by_request: dict[str, list[Item]] = {}
         self.by_job: dict[str, list[Item]] = {}
-        #: Where each trace's lines are: ``[file key, start, end]``.
+        #: Where each trace's lines are: ``[file number, start, end]``.
         self.spans: dict[str, list[list[Any]]] = {}
         #: Lines skipped as torn, garbled or foreign.
         self.skipped = 0
@@ -119,7 +101,7 @@ class Index:
         self._damaged: dict[tuple[int, int], str] = {}
         #: Changes whenever items change (cache key for queries).
         self.version = 0
-        self._files: dict[bytes, _File] = {}
+        self._files = SeenFiles()
         self._open_jobs: dict[tuple[str | None, str | None], list[Item]] = {}
         self._seq = 0
         #: Bytes still to read at the last refresh, and the bytes of the set.
@@ -150,7 +132,7 @@ class Index:
             self.skipped += 1
             self.version += 1
 
-    def _scan(self) -> list[_File]:
+    def _scan(self) -> list[SeenFile]:
         """The files of the set, oldest first per name, keyed; forgets files that are gone."""
         self.unreadable = []
         try:
@@ -168,39 +150,49 @@ class Index:
             self.problem = f"The log directory {self.log_dir} cannot be read: {why}."
             return []
         self.problem = None
-        found: list[_File] = []
+        found: list[SeenFile] = []
         listed: dict[tuple[int, int], str] = {}
         unreadable: list[str] = []
         now = time.monotonic()
-        for name, path in iter_files(self.log_dir, NAMES):
-            gz = path.endswith(".gz")
-            try:
-                st = os.stat(path)
-                key = _first_line(path)  # read each time: an inode may be reused
-            except OSError as exc:
-                if os.path.lexists(path):  # not renamed since the listing: a file it cannot read
-                    unreadable.append(f"{os.path.basename(path)} ({reason(exc)})")
-                continue
-            size = st.st_size
-            listed[(st.st_dev, st.st_ino)] = os.path.basename(path)
-            if key is None and gz:
-                self._damage(path)
-            if not key:
-                continue  # empty so far, or damaged
-            f = self._files.get(key)
-            if f is None:
-                f = self._files[key] = _File(key, name)
-            elif f.seen == now and gz:
-                continue  # a backup being compressed: read the plain copy while it is there
-            f.path, f.gz, f.size, f.seen = path, gz, size, now
-            if f not in found:
+        listing = list(iter_files(self.log_dir, NAMES))
+        paths = {p for _, p in listing}
+        for name, path in listing:
+            if path.endswith(".gz") and path[:-3] in paths:
+                continue  # a backup being compressed: its plain copy is read while it is there
+            f = self._look(name, path, now, listed, unreadable)
+            if f is None and not path.endswith((".gz", ".log")) and not os.path.lexists(path):
+                f = self._look(name, path + ".gz", now, listed, unreadable)  # compressed since
+            if f is not None and f not in found:
                 found.append(f)
         self._damaged = {k: listed[k] for k in self._damaged if k in listed}
         self.unreadable = unreadable
-        # A file missing from one listing may be mid-compression: forget it only much later.
-        for key in [k for k, f in self._files.items() if now - f.seen > FORGET_AFTER]:
-            del self._files[key]
+        self._files.scanned(now)
         return found
+
+    def _look(
+        self,
+        name: str,
+        path: str,
+        now: float,
+        listed: dict[tuple[int, int], str],
+        unreadable: list[str],
+    ) -> SeenFile | None:
+        """The file at ``path`` as the scan of ``now`` finds it (see
+        :meth:`SeenFiles.find <flask_diaglog.dashboard.seen.SeenFiles.find>`); ``None`` while it
+        is empty, or when it is damaged, gone, or cannot be read (then named in
+        ``unreadable``). Its inode goes in ``listed``."""
+        try:
+            with open_log(path) as fh:
+                st = os.fstat(fh.fileno())
+                listed[(st.st_dev, st.st_ino)] = os.path.basename(path)
+                head = _head(fh)
+                if head is None and path.endswith(".gz"):
+                    self._damage(path)
+                return self._files.find(fh, st, head, name, path, now) if head else None
+        except OSError as exc:
+            if os.path.lexists(path):  # not renamed since the listing: a file it cannot read
+                unreadable.append(f"{os.path.basename(path)} ({reason(exc)})")
+            return None
 
     def refresh(self, budget: float = 0.15) -> None:
         """Fold in what was written since the last refresh, for at most ``budget`` seconds."""
@@ -218,34 +210,21 @@ class Index:
             self.total = sum(f.size for f in files)
             self.pending = pending
 
-    def _read(self, f: _File, deadline: float) -> None:
+    def _read(self, f: SeenFile, deadline: float) -> None:
         if f.done:
             return
         current = os.path.basename(f.path) == f"{f.name}.log"
-        if not f.gz:
-            if f.size < f.offset:  # truncated in place: read it again from the start
-                f.offset = 0
-            if f.offset >= f.size:
-                return
+        if not f.gz and f.offset >= f.size:
+            return
         try:
             with open_log(f.path) as fh:
-                if fh.read(len(f.key)) != f.key:
+                if ident(fh) != (f.dev, f.ino):
                     return  # renamed since the listing: another file has this name now
-                fh.seek(f.offset)
-                while time.perf_counter() < deadline:
-                    data = fh.read(CHUNK)
-                    if not data:
-                        f.done = f.gz  # a compressed backup never changes again
-                        return
-                    at_end = len(data) < CHUNK if f.gz else f.offset + len(data) >= f.size
-                    used = self._feed(f, data, f.offset, final=at_end and not current)
-                    if used == 0 and not at_end:
-                        used = self._skip_long_line(fh, len(data))
-                    f.offset += used
-                    if at_end and not f.gz:
-                        return  # a torn tail of the live file waits for its newline
-                    if used < len(data):
-                        fh.seek(f.offset)
+                try:
+                    self._read_on(f, fh, current, deadline)
+                finally:
+                    if not f.gz and f.offset != f.at + len(f.tail):
+                        f.mark(fh, f.offset)  # what tells it again (see readfile.Known)
         except FileNotFoundError:
             return
         except _UNREADABLE:
@@ -254,7 +233,25 @@ class Index:
                 f.done = True
                 self._damage(f.path)
 
-    def _salvage(self, f: _File) -> None:
+    def _read_on(self, f: SeenFile, fh: Any, current: bool, deadline: float) -> None:
+        """Fold in the lines of ``f`` (open on ``fh``) after ``f.offset`` until ``deadline``."""
+        fh.seek(f.offset)
+        while time.perf_counter() < deadline:
+            data = fh.read(CHUNK)
+            if not data:
+                f.done = f.gz  # a compressed backup never changes again
+                return
+            at_end = len(data) < CHUNK if f.gz else f.offset + len(data) >= f.size
+            used = self._feed(f, data, f.offset, final=at_end and not current)
+            if used == 0 and not at_end:
+                used = self._skip_long_line(fh, len(data))
+            f.offset += used
+            if at_end and not f.gz:
+                return  # a torn tail of the live file waits for its newline
+            if used < len(data):
+                fh.seek(f.offset)
+
+    def _salvage(self, f: SeenFile) -> None:
         """Fold in the whole lines of a damaged ``.gz`` after ``f.offset``, up to the damage."""
         with contextlib.suppress(*_UNREADABLE), open_log(f.path) as fh:
             fh.seek(f.offset)
@@ -274,11 +271,11 @@ class Index:
                 return skipped + (nl + 1 if nl >= 0 else len(data))
             skipped += len(data)
 
-    def _feed(self, f: _File, data: bytes, base: int, *, final: bool) -> int:
+    def _feed(self, f: SeenFile, data: bytes, base: int, *, final: bool) -> int:
         """Fold the whole lines of ``data`` (read at ``base``) in; the bytes consumed."""
         end = len(data) if final else data.rfind(b"\n") + 1
         pos = 0
-        key, name, add = f.key, f.name, self._add
+        key, name, add = f.number, f.name, self._add
         for raw in data[:end].split(b"\n"):
             start = pos
             pos += len(raw) + 1
@@ -360,7 +357,7 @@ class Index:
             self._open_jobs.setdefault(key, []).append(item)
         return item
 
-    def _add(self, rec: LogRecord, fkey: bytes, start: int, end: int) -> None:
+    def _add(self, rec: LogRecord, fkey: int, start: int, end: int) -> None:
         d = rec.data
         ev = rec.event
         rid = rec.request_id
@@ -457,19 +454,19 @@ class Index:
         Lines whose file has gone (rotated out of the set) are not there any more.
         """
         with self.lock:
-            wanted: list[tuple[_File, int, int]] = []
+            wanted: list[tuple[SeenFile, int, int]] = []
             for t in trace_ids:
                 for fkey, start, end in self.spans.get(t, ()):
-                    f = self._files.get(fkey)
+                    f = self._files.by_number.get(fkey)
                     if f is not None:
                         wanted.append((f, start, end))
-            paths = [(f.path, f.name, f.key, start, end) for f, start, end in wanted]
+            paths = [(f.path, f.name, (f.dev, f.ino), start, end) for f, start, end in wanted]
         seen: set[tuple[str, int]] = set()
         out: list[LogRecord] = []
-        for path, name, key, start, end in paths:
+        for path, name, inode, start, end in paths:
             try:
                 with open_log(path) as fh:
-                    if fh.read(len(key)) != key:
+                    if ident(fh) != inode:
                         continue  # rotated since: these lines are not at this name any more
                     fh.seek(start)
                     data = fh.read(end - start)
