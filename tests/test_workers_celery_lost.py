@@ -198,7 +198,7 @@ def test_celerys_lines_about_a_task_that_ended_outside_its_run_carry_its_ids(
     wait_for(lambda: job_free(web, job_id))
 
 
-@pytest.mark.parametrize("task", ["redelivered"])
+@pytest.mark.parametrize("task", ["redelivered", "resent"])
 def test_a_task_run_again_after_its_pool_process_died_keeps_its_ids_and_its_job(
     worker: Any, web: Any, task: str
 ) -> None:

@@ -190,6 +190,13 @@ def redelivered(gate: str) -> None:
     _dies_once(gate)
 
 
+@celery_app.task(acks_late=True, retry_on_worker_lost=True, max_retries=2, default_retry_delay=0)
+def resent(gate: str) -> None:
+    """Sent again by the worker's main process when its pool process dies
+    (``retry_on_worker_lost``)."""
+    _dies_once(gate)
+
+
 @signals.worker_ready.connect
 def _ready(**_: Any) -> None:
     """Tell the test fixture this worker consumes now."""

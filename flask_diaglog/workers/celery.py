@@ -17,8 +17,9 @@ In every process that imports it (web and worker alike, as Flask's Celery patter
 * a task whose pool process was killed from outside (SIGKILL, the OOM killer: Celery fails it
   with ``WorkerLostError``) ends with a line from the main process (``outcome`` ``killed``),
   which frees its lease first;
-* error callbacks Celery sends from its main process (for a task whose pool process died)
-  carry the task's ids;
+* a task whose pool process died and that Celery sends again from its main process
+  (``retry_on_worker_lost``) keeps its ids and its part of the job, as a retry from its run
+  does; error callbacks Celery sends from there carry the task's ids;
 * at worker startup (``worker_init``) the configuration is checked, and a worker that lacks what
   it needs exits naming what to set; a live emitter is started when ``DIAGLOG_LIVE_QUEUE`` is
   set; Celery's own lines about a task get the sender's ids (:mod:`.celery_request`).
@@ -43,6 +44,7 @@ from ..config import ConfigError
 from ..context import current_trace
 from .celery_request import LOGGERS, TaskIds, handling, headers_of, register, registered
 from .common import (
+    HEADERS,
     REQUEST_ID,
     Binding,
     TaskInfo,
@@ -124,9 +126,13 @@ class DiagLogTask(Task):  # type: ignore[misc]
         if self.app in _bindings and not self.app.conf.task_always_eager:
             headers = dict(options.get("headers") or {})
             headers.pop(LEASE, None)  # a retry copies its request's headers: never a stale token
-            trace, held = _sender()
             sent_as = task_id or options.get("task_id")
-            headers.update(outgoing_headers(trace, task_id=sent_as, held=held))
+            resent = _resent(sent_as)
+            if resent is not None:
+                headers.update(resent)
+            else:
+                trace, held = _sender()
+                headers.update(outgoing_headers(trace, task_id=sent_as, held=held))
             options["headers"] = headers
         return super().apply_async(args, kwargs, task_id, **options)
 
@@ -263,6 +269,19 @@ def _sender() -> tuple[Any, Holding | None]:
         if not problems:
             return parent, None
     return None, None
+
+
+def _resent(task_id: Any) -> dict[str, Any] | None:
+    """The headers of a task the worker's main process sends again with its own id while it
+    handles its end: Celery's retry of a task whose pool process died (``retry_on_worker_lost``).
+    It keeps the task's diaglog headers as they came, its lease token too, as a retry sent from
+    the run would: the lost run can no longer free its part of the job, and the retry adopts
+    it."""
+    req = handling()
+    if req is None or task_id is None or task_id != req.id:
+        return None
+    get = headers_of(req)
+    return {name: get(name) for name in HEADERS if get(name) is not None}
 
 
 def _on_postrun(sender: Any = None, task: Any = None, **_: Any) -> None:
