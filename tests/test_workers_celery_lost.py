@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import workers_celery_app as tasks
 from servers import RedisServer
-from workers_servers import celery_cmd, log_lines, run_worker, wait_for
+from workers_servers import celery_broker, celery_cmd, log_lines, run_worker, wait_for
 
 from flask_diaglog import guard_job
 
@@ -42,6 +42,13 @@ def env(redis: RedisServer) -> dict[str, str]:
     return {"WORKERS_BROKER": f"{base}/1", "DIAGLOG_JOB_STORE": f"{base}/0"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def broker(env: dict[str, str]) -> Iterator[None]:
+    """The test app's Celery app sends to this module's broker (and to no other module's)."""
+    with celery_broker(tasks.celery_app, env["WORKERS_BROKER"]):
+        yield
+
+
 @pytest.fixture(scope="module")
 def worker(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real ``celery worker`` with the prefork pool (its tasks leave files in ``marks``)."""
@@ -53,9 +60,8 @@ def worker(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 @pytest.fixture
-def web(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The web app of this process, sending to the worker's broker."""
-    monkeypatch.setattr(tasks.celery_app.conf, "broker_url", env["WORKERS_BROKER"])
+def web(env: dict[str, str], tmp_path: Path) -> Any:
+    """The web app of this process, sending to the worker's broker (see ``broker``)."""
     return tasks.create_app(
         {"DIAGLOG_LOG_DIR": str(tmp_path / "web"), "DIAGLOG_JOB_STORE": env["DIAGLOG_JOB_STORE"]}
     )
