@@ -27,6 +27,7 @@ from celery import chain as celery_chain
 from servers import RedisServer, gunicorn
 from workers_servers import (
     TESTS,
+    celery_broker,
     celery_cmd,
     live_events_of_a_slow_task,
     log_lines,
@@ -66,6 +67,13 @@ def redis() -> Iterator[RedisServer]:
 def env(redis: RedisServer) -> dict[str, str]:
     base = f"redis://127.0.0.1:{redis.port}"
     return {"WORKERS_BROKER": f"{base}/1", "DIAGLOG_JOB_STORE": f"{base}/0"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def broker(env: dict[str, str]) -> Iterator[None]:
+    """The test app's Celery app sends to this module's broker (and to no other module's)."""
+    with celery_broker(tasks.celery_app, env["WORKERS_BROKER"]):
+        yield
 
 
 @pytest.fixture(scope="module")

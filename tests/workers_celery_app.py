@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -161,6 +162,39 @@ def stubborn(gate: str) -> None:
 def parent(queue: str) -> None:
     """Sends a child task to ``queue`` from inside its run."""
     render.apply_async((1,), queue=queue)
+
+
+def _dies_once(gate: str) -> None:
+    """The first run of ``gate`` leaves ``died-<gate>`` (its job id) in WORKERS_MARKS and kills
+    its own pool process with SIGKILL, as the OOM killer would; a later run leaves
+    ``ran-<gate>`` (its job id) and returns once the test makes ``open-<gate>`` there (at most a
+    minute)."""
+    marks = Path(os.environ["WORKERS_MARKS"])
+    died = marks / f"died-{gate}"
+    if not died.exists():
+        died.write_text(current_job_id() or "-")
+        os.kill(os.getpid(), signal.SIGKILL)
+    (marks / f"ran-{gate}").write_text(current_job_id() or "-")
+    _wait_for_file(marks / f"open-{gate}")
+
+
+@celery_app.task
+def lost(gate: str) -> None:
+    """Its pool process dies on its first run; Celery then fails it (``WorkerLostError``)."""
+    _dies_once(gate)
+
+
+@celery_app.task(acks_late=True, reject_on_worker_lost=True)
+def redelivered(gate: str) -> None:
+    """Put back in its queue when its pool process dies (``reject_on_worker_lost``)."""
+    _dies_once(gate)
+
+
+@celery_app.task(acks_late=True, retry_on_worker_lost=True, max_retries=2, default_retry_delay=0)
+def resent(gate: str) -> None:
+    """Sent again by the worker's main process when its pool process dies
+    (``retry_on_worker_lost``)."""
+    _dies_once(gate)
 
 
 @signals.worker_ready.connect

@@ -135,3 +135,29 @@ def live_events_of_a_slow_task(
         finally:
             client.disconnect()
     return events
+
+
+@contextlib.contextmanager
+def celery_broker(celery_app: Any, url: str) -> Iterator[None]:
+    """Point ``celery_app`` at the broker ``url`` while the block runs.
+
+    The test modules share one Celery app object, each module with a Redis of its own: the
+    connections the app keeps for sending (its broker connection pool and producer pool, made on
+    first use for the broker of that moment) are closed and dropped on the way in and out, so a
+    module never sends to the Redis of a module that ended before it.
+    """
+    before = celery_app.conf.broker_url
+    _drop_broker_connections(celery_app)
+    celery_app.conf.broker_url = url
+    try:
+        yield
+    finally:
+        _drop_broker_connections(celery_app)
+        celery_app.conf.broker_url = before
+
+
+def _drop_broker_connections(celery_app: Any) -> None:
+    pool = getattr(celery_app, "_pool", None)
+    if pool is not None:
+        pool.force_close_all()
+    celery_app._after_fork()  # what Celery does in a forked child: forget both pools

@@ -17,9 +17,12 @@ In every process that imports it (web and worker alike, as Flask's Celery patter
 * a task whose pool process was killed from outside (SIGKILL, the OOM killer: Celery fails it
   with ``WorkerLostError``) ends with a line from the main process (``outcome`` ``killed``),
   which frees its lease first;
+* a task whose pool process died and that Celery sends again from its main process
+  (``retry_on_worker_lost``) keeps its ids and its part of the job, as a retry from its run
+  does; error callbacks Celery sends from there carry the task's ids;
 * at worker startup (``worker_init``) the configuration is checked, and a worker that lacks what
   it needs exits naming what to set; a live emitter is started when ``DIAGLOG_LIVE_QUEUE`` is
-  set; Celery's own line about a failed task gets the sender's ids.
+  set; Celery's own lines about a task get the sender's ids (:mod:`.celery_request`).
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ from flask import Flask
 
 from ..config import ConfigError
 from ..context import current_trace
+from .celery_request import LOGGERS, TaskIds, handling, headers_of, register, registered
 from .common import (
+    HEADERS,
     REQUEST_ID,
     Binding,
     TaskInfo,
@@ -72,9 +77,6 @@ _LIMITED_MAX = 10_000
 #: chain's next task, ``link`` callbacks) is sent from that run, which keeps its lease until
 #: ``task_postrun``.
 _after: weakref.WeakKeyDictionary[Any, Holding] = weakref.WeakKeyDictionary()
-#: Main worker process: the requests the worker holds, by task id (for the pool process that
-#: runs a task being terminated).
-_requests: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
 
 def init_celery(celery_app: Celery, app: Flask) -> None:
@@ -101,13 +103,19 @@ def init_celery(celery_app: Celery, app: Flask) -> None:
     _bindings[celery_app] = b
     base = celery_app.Task
     if not issubclass(base, DiagLogTask):
-        celery_app.Task = type("Task", (DiagLogTask, base), {"__module__": base.__module__})
+        attrs = {"__module__": base.__module__}
+        if base.Request != Task.Request:  # the app's own request class stays
+            attrs["Request"] = base.Request
+        celery_app.Task = type("Task", (DiagLogTask, base), attrs)
     _connect()
 
 
 class DiagLogTask(Task):  # type: ignore[misc]
     """The mixin ``init_celery`` puts in front of a Celery app's base task class: each run is a
     diaglog job. Called directly (``task(...)``), a task stays a plain function call."""
+
+    #: The worker's request class (:class:`~.celery_request.DiagLogRequest`).
+    Request = "flask_diaglog.workers.celery_request:DiagLogRequest"
 
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: Any = None, **options: Any
@@ -118,9 +126,13 @@ class DiagLogTask(Task):  # type: ignore[misc]
         if self.app in _bindings and not self.app.conf.task_always_eager:
             headers = dict(options.get("headers") or {})
             headers.pop(LEASE, None)  # a retry copies its request's headers: never a stale token
-            trace, held = _sender()
             sent_as = task_id or options.get("task_id")
-            headers.update(outgoing_headers(trace, task_id=sent_as, held=held))
+            resent = _resent(sent_as)
+            if resent is not None:
+                headers.update(resent)
+            else:
+                trace, held = _sender()
+                headers.update(outgoing_headers(trace, task_id=sent_as, held=held))
             options["headers"] = headers
         return super().apply_async(args, kwargs, task_id, **options)
 
@@ -239,17 +251,37 @@ def _sender() -> tuple[Any, Holding | None]:
     """The trace a task sent now is sent from, and the lease holding to hand the job on from:
     the current request or job, or else the task run Celery is tracing in this thread after it
     returned (Celery sends the chain's next task and the ``link`` callbacks then, outside the
-    run), or ``(None, None)``."""
+    run), or else the task whose end the worker's main process is handling (its error
+    callbacks: its ids, no part of the job), or ``(None, None)``."""
     trace = current_trace()
-    if trace is not None or not _after:
+    if trace is not None:
         return trace, None
-    try:
-        held = _after.get(current_task.request) if current_task else None
-    except TypeError:  # not a Celery request
-        held = None
-    if held is None:
-        return None, None
-    return held.trace, held
+    if _after:
+        try:
+            held = _after.get(current_task.request) if current_task else None
+        except TypeError:  # not a Celery request
+            held = None
+        if held is not None:
+            return held.trace, held
+    req = handling()
+    if req is not None:
+        parent, problems = parent_from(headers_of(req))
+        if not problems:
+            return parent, None
+    return None, None
+
+
+def _resent(task_id: Any) -> dict[str, Any] | None:
+    """The headers of a task the worker's main process sends again with its own id while it
+    handles its end: Celery's retry of a task whose pool process died (``retry_on_worker_lost``).
+    It keeps the task's diaglog headers as they came, its lease token too, as a retry sent from
+    the run would: the lost run can no longer free its part of the job, and the retry adopts
+    it."""
+    req = handling()
+    if req is None or task_id is None or task_id != req.id:
+        return None
+    get = headers_of(req)
+    return {name: get(name) for name in HEADERS if get(name) is not None}
 
 
 def _on_postrun(sender: Any = None, task: Any = None, **_: Any) -> None:
@@ -269,30 +301,10 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     except ConfigError as exc:
         fail_startup(exc)
     share_notes()  # before the pool processes are forked
-    trace_logger = logging.getLogger("celery.app.trace")
-    if not any(isinstance(f, _SenderIds) for f in trace_logger.filters):
-        trace_logger.addFilter(_SenderIds())  # a worker's children inherit it
-
-
-class _SenderIds(logging.Filter):
-    """Celery's own line about a failed task (``Task ... raised unexpected``, logger
-    ``celery.app.trace``) is written after the task's run, outside its trail: it gets the ids of
-    the request that sent the task, from the headers of the task still being traced."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if current_trace() is not None or getattr(record, "request_id", None) is not None:
-            return True
-        data = getattr(record, "data", None)
-        try:
-            req = current_task.request if current_task else None
-            if req is None or not isinstance(data, dict) or data.get("id") != req.id:
-                return True
-            parent, problems = parent_from(header_getter(req.headers or {}, vars(req)))
-        except Exception:  # never in the way of Celery's own logging
-            return True
-        if not problems:
-            record.request_id, record.job_id = parent.request_id, parent.job_id
-        return True
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, TaskIds) for f in logger.filters):
+            logger.addFilter(TaskIds())  # a worker's children inherit it
 
 
 def _on_process_shutdown(**_: Any) -> None:
@@ -309,7 +321,7 @@ def _hard_limit(req: Any) -> Any:
 def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     if request is None or request.task.app not in _bindings:
         return
-    _requests[request.id] = request
+    register(request)  # also when the task has a request class of its own
     if not _hard_limit(request):
         return
     _limited[request.id] = request
@@ -335,7 +347,7 @@ def _on_revoked(
         what, outcome = "expired before it ran", "expired"
     elif terminated:
         what, outcome = f"was revoked and terminated ({signal_name(signum)})", "revoked"
-        running = _requests.get(task_id) if task_id is not None else None
+        running = registered(task_id) if task_id is not None else None
         pid = getattr(running, "worker_pid", None)
     else:
         what, outcome = "was revoked before it ran", "revoked"
@@ -371,9 +383,12 @@ def _on_lost(sender: Any, task_id: str, exception: WorkerLostError) -> None:
     if b is None:
         return
     _limited.pop(task_id, None)
-    req = _requests.get(task_id)
-    ctx = req.request_dict if req is not None else vars(sender.request)
-    get = header_getter(ctx.get("headers") or {}, ctx)
+    req = registered(task_id)
+    if req is not None:
+        get = headers_of(req)
+    else:
+        ctx = vars(sender.request)
+        get = header_getter(ctx.get("headers") or {}, ctx)
     give_up(b, lease_of(get))  # first: a new request for the job is accepted once the line is out
     what = f"ended outside its run: its pool process exited ({exception})"
     end_outside(b, sender.name, task_id, get, what, "killed", _ERROR, free=False)
