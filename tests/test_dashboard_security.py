@@ -20,6 +20,8 @@ from flask_diaglog import DiagLog, current_job_id
 MAX_SECTIONS = 20
 MAX_LINES = 300
 HEAD_LINES = 200
+#: The dashboard token of the tests below (tokens have at least 16 characters).
+TOKEN = "s3cret-dash-token"
 
 
 def _flooded_app(make_app: Callable[..., Flask]) -> Flask:
@@ -141,7 +143,7 @@ def test_a_small_trace_is_shown_whole(make_app: Callable[..., Flask], n: int) ->
 
 
 def _token_app(make_app: Callable[..., Flask], **config: object) -> Flask:
-    app = make_app({"DIAGLOG_DASHBOARD": True, "DIAGLOG_DASHBOARD_TOKEN": "s3cret", **config})
+    app = make_app({"DIAGLOG_DASHBOARD": True, "DIAGLOG_DASHBOARD_TOKEN": TOKEN, **config})
     app.add_url_rule("/fast", "fast", lambda: "ok")
     return app
 
@@ -149,13 +151,13 @@ def _token_app(make_app: Callable[..., Flask], **config: object) -> Flask:
 @pytest.mark.parametrize(
     ("url", "clean"),
     [
-        ("/_diaglog/?token=s3cret", "/_diaglog/"),
+        (f"/_diaglog/?token={TOKEN}", "/_diaglog/"),
         (
-            "/_diaglog/requests?kind=request&token=s3cret&route=GET%20/orders/%3Cint:n%3E&q=a+b",
+            f"/_diaglog/requests?kind=request&token={TOKEN}&route=GET%20/orders/%3Cint:n%3E&q=a+b",
             "/_diaglog/requests?kind=request&route=GET%20/orders/%3Cint:n%3E&q=a+b",
         ),
-        ("/_diaglog/route?token=s3cret&route=GET%20/fast", "/_diaglog/route?route=GET%20/fast"),
-        ("/_diaglog/trace/abc?t%6Fken=s3cret&token=nope", "/_diaglog/trace/abc"),
+        (f"/_diaglog/route?token={TOKEN}&route=GET%20/fast", "/_diaglog/route?route=GET%20/fast"),
+        (f"/_diaglog/trace/abc?t%6Fken={TOKEN}&token=nope", "/_diaglog/trace/abc"),
     ],
 )
 def test_a_page_opened_with_a_token_redirects_to_its_url_without_it(
@@ -170,7 +172,7 @@ def test_a_page_opened_with_a_token_redirects_to_its_url_without_it(
     assert r.status_code == 303
     assert r.headers["Location"] == clean
     cookie = "; ".join(r.headers.getlist("Set-Cookie"))
-    assert cookie.startswith("diaglog_dashboard=") and "s3cret" not in cookie
+    assert cookie.startswith("diaglog_dashboard=") and TOKEN not in cookie
     assert r.headers["X-Frame-Options"] == "DENY"
     follow = client.get(clean)
     assert follow.status_code in (200, 404) and follow.mimetype == "text/html"
@@ -189,7 +191,7 @@ def test_a_cookie_holder_with_a_stale_token_in_the_url_is_redirected(
     """With the cookie, a ``?token=`` left in a bookmark (right or not) is taken out of the URL."""
     app = _token_app(make_app)
     client = app.test_client()
-    client.get("/_diaglog/?token=s3cret")
+    client.get(f"/_diaglog/?token={TOKEN}")
     r = client.get("/_diaglog/requests?token=old&per_page=5")
     assert r.status_code == 303 and r.headers["Location"] == "/_diaglog/requests?per_page=5"
 
@@ -198,7 +200,7 @@ def test_the_api_with_a_token_in_the_url_answers_as_asked(make_app: Callable[...
     """A script calling the JSON API with ``?token=`` (documented as a credential) gets its answer,
     not a redirect it would have to follow with a cookie jar."""
     app = _token_app(make_app)
-    r = app.test_client().get("/_diaglog/api/requests?token=s3cret&per_page=1")
+    r = app.test_client().get(f"/_diaglog/api/requests?token={TOKEN}&per_page=1")
     assert r.status_code == 200 and r.is_json
 
 
@@ -272,7 +274,7 @@ def test_without_a_token_a_host_a_local_proxy_named_must_be_loopback_too(
 def test_with_a_token_any_host_is_admitted(make_app: Callable[..., Flask]) -> None:
     """The token mode is unchanged: a client with the token may name any host."""
     app = _token_app(make_app)
-    bearer = {"Authorization": "Bearer s3cret"}
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
     r = app.test_client().get(
         "/_diaglog/api/state", headers=bearer, base_url="http://dash.example.org:8080"
     )
