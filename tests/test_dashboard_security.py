@@ -1,5 +1,6 @@
 """The dashboard against hostile traffic and hostile pages, over HTTP (Flask test client): one id
-on thousands of requests, a token in the address bar, a Host header that names another site.
+on thousands of requests, a token in the address bar, a Host header that names another site,
+bidirectional controls in logged text.
 
 The address bar in a real browser is in test_dashboard_pages.py.
 """
@@ -9,12 +10,13 @@ from __future__ import annotations
 import http.client
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 
-from flask_diaglog import DiagLog, current_job_id
+from flask_diaglog import DiagLog, current_job_id, stage
 
 #: What one trace answer shows at most (docs/dashboard.md, "Trace page").
 MAX_SECTIONS = 20
@@ -300,3 +302,49 @@ def test_a_real_server_refuses_a_rebound_host(make_app: Callable[..., Flask]) ->
             finally:
                 conn.close()
     assert answers == {"attacker.example:5055": 403, f"127.0.0.1:{port}": 200}
+
+
+# -- bidirectional controls in logged text ("Trojan Source") ------------------------------------
+
+#: U+202E RIGHT-TO-LEFT OVERRIDE, U+2066 LEFT-TO-RIGHT ISOLATE, ESC, NEL: what reorders or
+#: hides the text shown after it.
+UNSHOWN = ("\u202e", "\u2066", "\x1b", "\x85")
+
+
+def test_bidi_controls_from_the_log_lines_are_shown_escaped(
+    make_app: Callable[..., Flask], log_dir: Path
+) -> None:
+    """A JSON line holds U+202E escaped; read back it is the character again. Every page shows
+    it (and the other controls the plain layout escapes) as the plain layout writes it, in the
+    request's path, its message and its stage name; the JSON API keeps the value as logged."""
+    app = make_app({"DIAGLOG_DASHBOARD": True, "DIAGLOG_FORMAT": "json"})
+
+    @app.get("/files/<name>")
+    def files(name: str) -> str:
+        with stage("scan\u202e"):
+            app.logger.warning("saved \u202egnp.exe\u2066 as \x1b[31mred\x85")
+        return "ok"
+
+    client = app.test_client()
+    rid = client.get("/files/report%E2%80%AEfdp.exe").headers["X-Request-ID"]
+    assert "\u202e" not in (log_dir / "requests.log").read_text(encoding="utf-8")
+    api = client.get(f"/_diaglog/api/trace/{rid}")
+    assert b"/files/report\\u202efdp.exe" in api.data  # escaped by Flask's JSON
+    item = api.json["sections"][0]["item"]  # type: ignore[index]
+    assert item["path"] == "/files/report\u202efdp.exe"  # the API: the value as logged
+    pages = {
+        "trace": f"/_diaglog/trace/{rid}",
+        "list": "/_diaglog/requests",
+        "overview": "/_diaglog/",
+        "route": "/_diaglog/route?route=GET%20/files/<name>",
+    }
+    for name, url in pages.items():
+        r = client.get(url)
+        assert r.status_code == 200, name
+        html = r.get_data(as_text=True)
+        assert not [c for c in UNSHOWN if c in html], name
+        assert "\\u202e" in html, name
+    trace = client.get(pages["trace"]).get_data(as_text=True)
+    assert "/files/report\\u202efdp.exe" in trace
+    assert "saved \\u202egnp.exe\\u2066 as \\x1b[31mred\\x85" in trace
+    assert "scan\\u202e" in trace  # the waterfall's label

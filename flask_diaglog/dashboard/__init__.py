@@ -16,6 +16,7 @@ else (and whenever the socket is down) by a poll every :data:`LIVE_MS`.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -27,6 +28,7 @@ from werkzeug.exceptions import HTTPException, default_exceptions
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wrappers import Response
 
+from ..files.render import ESCAPES
 from ..peers import Peers
 from ..problems import problem_response
 from ..trail import LEVELS
@@ -63,6 +65,19 @@ CATCH_UP_MS = 400
 #: Milliseconds between two safety-net refreshes while the live socket is connected.
 SOCKET_POLL_MS = 30000
 _PROBLEM = "urn:flask-diaglog:problem:"
+#: What a page never shows raw: the characters the plain layout escapes (C0 and C1 controls,
+#: DEL, U+2028/9, and the bidirectional controls that reorder the text shown after them, "Trojan
+#: Source"), but the newline and tab of the page's own markup and of a traceback's ``<pre>``.
+_UNSHOWN = re.compile(
+    "[" + "".join(re.escape(chr(c)) for c in sorted(ESCAPES) if c not in (0x09, 0x0A)) + "]"
+)
+
+
+def _shown(html: str) -> str:
+    """A rendered page with the :data:`_UNSHOWN` characters of the log lines' text (messages,
+    paths, ids, errors, stage and job names, and any other) written as the plain layout writes
+    them: U+202E as ``\\u202e``. Jinja escapes markup, never these."""
+    return _UNSHOWN.sub(lambda m: ESCAPES[ord(m[0])], html)
 
 
 def _time(ts: float | None) -> str:
@@ -163,16 +178,18 @@ def create_blueprint(
     def page(template: str, name: str, follow: str = "all", **context: Any) -> str:
         """Render a page; ``follow`` is the id whose events refresh it (``all``: every event)."""
         st = status()
-        return render_template(
-            f"diaglog/{template}",
-            page=name,
-            index=st,
-            log_dir=settings.log_dir,
-            live_interval=LIVE_MS if st["complete"] else CATCH_UP_MS,
-            socket_interval=SOCKET_POLL_MS if st["complete"] else CATCH_UP_MS,
-            live_socket=live and {**live, "path": request.script_root + live["path"]},
-            follow=follow,
-            **context,
+        return _shown(
+            render_template(
+                f"diaglog/{template}",
+                page=name,
+                index=st,
+                log_dir=settings.log_dir,
+                live_interval=LIVE_MS if st["complete"] else CATCH_UP_MS,
+                socket_interval=SOCKET_POLL_MS if st["complete"] else CATCH_UP_MS,
+                live_socket=live and {**live, "path": request.script_root + live["path"]},
+                follow=follow,
+                **context,
+            )
         )
 
     @bp.app_template_filter("diaglog_time")
