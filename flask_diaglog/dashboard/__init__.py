@@ -33,15 +33,7 @@ from ..peers import Peers
 from ..problems import problem_response
 from ..trail import LEVELS
 from . import charts, queries
-from .access import (
-    admitted,
-    host_is_local,
-    is_local,
-    remember,
-    security_headers,
-    socket_admission,
-    without_token,
-)
+from .access import refusal, remember, security_headers, socket_admission, without_token
 from .filters import (
     InvalidParameter,
     parse_filters,
@@ -196,34 +188,13 @@ def create_blueprint(
     def time_filter(ts: float | None) -> str:
         return _time(ts)
 
-    def refused() -> Response:
-        if token is None and is_local(request) and not host_is_local(request):
-            host = str(request.environ.get("HTTP_HOST") or "")[:100]
-            return problem_response(
-                403,
-                "Dashboard access denied",
-                "Without DIAGLOG_DASHBOARD_TOKEN the diaglog dashboard answers loopback clients "
-                "that name a loopback host only (Host: localhost, *.localhost, 127.x.y.z or "
-                f"[::1], any port), and this request names {host!r} (or a proxy named another "
-                "host): a page of another site whose name points to 127.0.0.1 (DNS rebinding) "
-                "must not read it. Open it as http://127.0.0.1:<port>/ or "
-                "http://localhost:<port>/, or set DIAGLOG_DASHBOARD_TOKEN to open it under "
-                "any name.",
-            )
-        return problem_response(
-            403,
-            "Dashboard access denied",
-            "The diaglog dashboard answers loopback clients only, or clients that present "
-            "DIAGLOG_DASHBOARD_TOKEN (?token=..., Authorization: Bearer ..., or the cookie "
-            "a ?token= sets).",
-        )
-
     api = prefix + "/api/"
 
     @bp.before_request
     def guard() -> Response | None:
-        if not admitted(request, token):
-            return refused()
+        refused = refusal(request, token)
+        if refused is not None:
+            return refused
         if token is not None and not request.path.startswith(api):
             clean = without_token(request)
             if clean is not None:  # the cookie is set on the way (headers() below)
@@ -252,8 +223,9 @@ def create_blueprint(
         path = request.path
         if path != prefix and not path.startswith(prefix + "/"):
             return response
-        if not admitted(request, token):
-            response = refused()
+        refused = refusal(request, token)
+        if refused is not None:
+            response = refused
         elif response.status_code in (404, 405):  # Flask's HTML page: the same answer as JSON
             allow = response.headers.get("Allow")
             response = _http_problem(response.status_code)
