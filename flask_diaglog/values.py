@@ -16,6 +16,7 @@ from .trail import LEVEL_NAMES, LEVELS
 
 __all__ = [
     "MASK",
+    "SECRET_MIN_LENGTH",
     "ConfigError",
     "is_testing",
     "mask_url",
@@ -299,12 +300,25 @@ def parse_opt_url(value: Any, key: str, source: str) -> str | None:
     return v
 
 
+#: The fewest characters a token (``DIAGLOG_DASHBOARD_TOKEN``, ``DIAGLOG_LIVE_TOKEN``) may have.
+SECRET_MIN_LENGTH = 16
+
+
 def parse_secret(value: Any, key: str, source: str) -> str | None:
-    """A token, or ``None`` when the key is unset. An empty string is refused rather than taken
-    for "no token": a template's ``TOKEN=${UNSET}`` must not silently drop the protection."""
+    """A token of at least :data:`SECRET_MIN_LENGTH` characters (surrounding blanks not counted),
+    or ``None`` when the key is unset. An empty string is refused rather than taken for "no
+    token": a template's ``TOKEN=${UNSET}`` must not silently drop the protection. The error
+    never shows the value, not even its length."""
     if value is None:
         return None
-    return parse_str(value, key, source)
+    token = parse_str(value, key, source)
+    if len(token) < SECRET_MIN_LENGTH:
+        raise ConfigError(
+            f"{key}={MASK!r} (from {source}) is too short: a token needs at least "
+            f"{SECRET_MIN_LENGTH} characters; make one with "
+            "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
+        )
+    return token
 
 
 #: A URL path of RFC 3986 path characters, without percent-escapes.

@@ -99,7 +99,7 @@ def test_tail_level_filter(make_app: Callable[..., Flask]) -> None:
 
 def test_config_shows_resolved_values(make_app: Callable[..., Flask]) -> None:
     """config lists every DIAGLOG_* key with its resolved value, hiding the live token."""
-    app = make_app({"DIAGLOG_LIVE_TOKEN": "hunter2"})
+    app = make_app({"DIAGLOG_LIVE_TOKEN": "hunter2-hunter2-hunter2"})
     out = app.test_cli_runner().invoke(diaglog_cli, ["config"]).output
     assert "DIAGLOG_FORMAT = 'plain'" in out
     assert "hunter2" not in out and "DIAGLOG_LIVE_TOKEN = '***'" in out

@@ -324,8 +324,8 @@ def test_config_command_masks_secrets(make_app: Callable[..., Flask]) -> None:
     """`flask diaglog config` lists every key, with tokens and URL passwords masked."""
     app = make_app(
         {
-            "DIAGLOG_LIVE_TOKEN": "live-s3cret",
-            "DIAGLOG_DASHBOARD_TOKEN": "dash-s3cret",
+            "DIAGLOG_LIVE_TOKEN": "live-s3cret-0123456789",
+            "DIAGLOG_DASHBOARD_TOKEN": "dash-s3cret-0123456789",
             "DIAGLOG_LIVE_QUEUE": "redis://:queue-s3cret@queue-host:6379/0",
         }
     )

@@ -25,6 +25,9 @@ from flask_diaglog import DiagLog, stage
 from flask_diaglog.config import load_settings
 from flask_diaglog.dashboard import create_blueprint
 
+#: The dashboard token of the tests below (tokens have at least 16 characters).
+TOKEN = "s3cret-dash-token"
+
 
 def _app(make_app: Callable[..., Flask], release: threading.Event, **config: object) -> Flask:
     app = make_app({"DIAGLOG_DASHBOARD": True, **config})
@@ -172,12 +175,12 @@ def test_a_request_a_local_proxy_forwarded_counts_as_its_client(
 
 def test_token_is_required_when_configured(make_app: Callable[..., Flask]) -> None:
     """With DIAGLOG_DASHBOARD_TOKEN, a wrong or missing token is refused; the right one works."""
-    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN="s3cret")
+    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN=TOKEN)
     client = app.test_client()
     assert client.get("/_diaglog/").status_code == 403
     assert client.get("/_diaglog/?token=nope").status_code == 403
-    assert client.get("/_diaglog/api/state", headers={"Authorization": "Bearer s3cret"}).is_json
-    assert client.get("/_diaglog/?token=s3cret").status_code == 303  # to /_diaglog/
+    assert client.get("/_diaglog/api/state", headers={"Authorization": f"Bearer {TOKEN}"}).is_json
+    assert client.get(f"/_diaglog/?token={TOKEN}").status_code == 303  # to /_diaglog/
     assert client.get("/_diaglog/api/state").status_code == 200  # the cookie remembers it
 
 
@@ -187,49 +190,49 @@ def _cookie_header(r: TestResponse) -> str:
 
 def test_cookie_holds_no_raw_token_and_is_strict(make_app: Callable[..., Flask]) -> None:
     """The cookie set by ?token= is an HMAC, HttpOnly, SameSite=Strict, on the dashboard path."""
-    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN="s3cret-token")
-    r = app.test_client().get("/_diaglog/?token=s3cret-token")
+    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN="s3cret-token-in-a-cookie")
+    r = app.test_client().get("/_diaglog/?token=s3cret-token-in-a-cookie")
     cookie = _cookie_header(r)
     assert cookie.startswith("diaglog_dashboard=")
-    assert "s3cret-token" not in cookie
+    assert "s3cret-token-in-a-cookie" not in cookie
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/_diaglog" in cookie
     assert "Secure" not in cookie
 
 
 def test_cookie_is_secure_under_https(make_app: Callable[..., Flask]) -> None:
     """Over HTTPS the cookie is marked Secure."""
-    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN="s3cret")
-    r = app.test_client().get("/_diaglog/?token=s3cret", base_url="https://localhost")
+    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN=TOKEN)
+    r = app.test_client().get(f"/_diaglog/?token={TOKEN}", base_url="https://localhost")
     assert "Secure" in _cookie_header(r)
 
 
 def test_refused_token_is_never_stored(make_app: Callable[..., Flask]) -> None:
     """A mistyped ?token= gets a 403 and no cookie."""
-    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN="s3cret")
-    r = app.test_client().get("/_diaglog/?token=s3cre")
+    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN=TOKEN)
+    r = app.test_client().get(f"/_diaglog/?token={TOKEN[:-1]}")
     assert r.status_code == 403 and not r.headers.getlist("Set-Cookie")
 
 
 def test_every_token_in_the_query_is_tried(make_app: Callable[..., Flask]) -> None:
     """``?token=nope&token=<right>`` is admitted, as ``?token=<right>&token=nope`` is, and the
     cookie it sets is the right token's; two wrong ones are refused."""
-    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN="s3cret")
-    r = app.test_client().get("/_diaglog/?token=nope&token=s3cret")
+    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN=TOKEN)
+    r = app.test_client().get(f"/_diaglog/?token=nope&token={TOKEN}")
     assert r.status_code == 303 and r.headers.getlist("Set-Cookie")  # to /_diaglog/
-    assert app.test_client().get("/_diaglog/?token=s3cret&token=nope").status_code == 303
+    assert app.test_client().get(f"/_diaglog/?token={TOKEN}&token=nope").status_code == 303
     assert app.test_client().get("/_diaglog/?token=nope&token=&token=x").status_code == 403
 
 
 def test_every_presented_credential_is_tried(make_app: Callable[..., Flask]) -> None:
     """A stale cookie does not hide a right Bearer header, nor a wrong header a right ?token=."""
-    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN="s3cret")
+    app = _app(make_app, threading.Event(), DIAGLOG_DASHBOARD_TOKEN=TOKEN)
     client = app.test_client()
     client.set_cookie("diaglog_dashboard", "stale", path="/_diaglog")
-    bearer = {"Authorization": "Bearer s3cret"}
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
     assert client.get("/_diaglog/api/state", headers=bearer).status_code == 200
     wrong = {"Authorization": "Bearer nope"}
     assert client.get("/_diaglog/api/state", headers=wrong).status_code == 403
-    assert client.get("/_diaglog/api/state?token=s3cret", headers=wrong).status_code == 200
+    assert client.get(f"/_diaglog/api/state?token={TOKEN}", headers=wrong).status_code == 200
 
 
 @pytest.mark.parametrize(

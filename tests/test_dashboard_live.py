@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 NS = "/diaglog"
 LIVE_TOKEN = "live-token-never-in-pages"
-DASH_TOKEN = "dashboard-token"
+DASH_TOKEN = "dashboard-token-0123456789"
 #: Pace of the safety-net poll while the socket is up: longer than any wait below, so what
 #: arrives while the socket is up arrived over the socket.
 NEVER_MS = 600_000

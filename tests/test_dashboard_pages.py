@@ -356,6 +356,30 @@ def test_a_token_leaves_the_address_bar_and_every_fetch(
         assert [u for u in asked if token in u] == [tokened]  # the one the test opened
 
 
+def test_a_refused_page_stops_refreshing(
+    tmp_path: Path, browser: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open page whose refresh is refused (its cookie expired, the token changed) says so and
+    asks no more: a page left open never keeps presenting a refused credential, which counts
+    against its address (docs/dashboard.md, "Access")."""
+    monkeypatch.setattr(dashboard, "LIVE_MS", 200)
+    token = "pages-token-1234"
+    app = _build(tmp_path / "logs", tmp_path, threading.Event(), DIAGLOG_DASHBOARD_TOKEN=token)
+    with serve_in_thread(app) as base:
+        page = _page(browser)
+        refused: list[str] = []
+        page.on("response", lambda r: refused.append(r.url) if r.status == 403 else None)
+        page.goto(base + f"/_diaglog/requests?token={token}")
+        page.locator("#status", has_text="live").wait_for(timeout=15_000)  # a refresh ran
+        page.context.clear_cookies()
+        host = urllib.parse.urlsplit(base).hostname
+        stale = {"name": "diaglog_dashboard", "value": "1.0", "domain": host, "path": "/_diaglog"}
+        page.context.add_cookies([stale])  # type: ignore[list-item]
+        page.locator("#status.problem", has_text="refused").wait_for(timeout=15_000)
+        page.wait_for_timeout(1000)  # five refreshes' worth
+        assert refused == [base + "/_diaglog/requests"]
+
+
 def test_screenshots_of_each_page(site: Site, browser: Browser, tmp_path: Path) -> None:
     """Screenshots for the docs: overview with work in flight, list, route and trace pages."""
     shots = _shots(tmp_path)

@@ -1,5 +1,6 @@
 """The dashboard against hostile traffic and hostile pages, over HTTP (Flask test client): one id
-on thousands of requests, a token in the address bar, a Host header that names another site.
+on thousands of requests, a token in the address bar, a Host header that names another site,
+bidirectional controls in logged text.
 
 The address bar in a real browser is in test_dashboard_pages.py.
 """
@@ -9,17 +10,20 @@ from __future__ import annotations
 import http.client
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 
-from flask_diaglog import DiagLog, current_job_id
+from flask_diaglog import DiagLog, current_job_id, stage
 
 #: What one trace answer shows at most (docs/dashboard.md, "Trace page").
 MAX_SECTIONS = 20
 MAX_LINES = 300
 HEAD_LINES = 200
+#: The dashboard token of the tests below (tokens have at least 16 characters).
+TOKEN = "s3cret-dash-token"
 
 
 def _flooded_app(make_app: Callable[..., Flask]) -> Flask:
@@ -141,7 +145,7 @@ def test_a_small_trace_is_shown_whole(make_app: Callable[..., Flask], n: int) ->
 
 
 def _token_app(make_app: Callable[..., Flask], **config: object) -> Flask:
-    app = make_app({"DIAGLOG_DASHBOARD": True, "DIAGLOG_DASHBOARD_TOKEN": "s3cret", **config})
+    app = make_app({"DIAGLOG_DASHBOARD": True, "DIAGLOG_DASHBOARD_TOKEN": TOKEN, **config})
     app.add_url_rule("/fast", "fast", lambda: "ok")
     return app
 
@@ -149,13 +153,13 @@ def _token_app(make_app: Callable[..., Flask], **config: object) -> Flask:
 @pytest.mark.parametrize(
     ("url", "clean"),
     [
-        ("/_diaglog/?token=s3cret", "/_diaglog/"),
+        (f"/_diaglog/?token={TOKEN}", "/_diaglog/"),
         (
-            "/_diaglog/requests?kind=request&token=s3cret&route=GET%20/orders/%3Cint:n%3E&q=a+b",
+            f"/_diaglog/requests?kind=request&token={TOKEN}&route=GET%20/orders/%3Cint:n%3E&q=a+b",
             "/_diaglog/requests?kind=request&route=GET%20/orders/%3Cint:n%3E&q=a+b",
         ),
-        ("/_diaglog/route?token=s3cret&route=GET%20/fast", "/_diaglog/route?route=GET%20/fast"),
-        ("/_diaglog/trace/abc?t%6Fken=s3cret&token=nope", "/_diaglog/trace/abc"),
+        (f"/_diaglog/route?token={TOKEN}&route=GET%20/fast", "/_diaglog/route?route=GET%20/fast"),
+        (f"/_diaglog/trace/abc?t%6Fken={TOKEN}&token=nope", "/_diaglog/trace/abc"),
     ],
 )
 def test_a_page_opened_with_a_token_redirects_to_its_url_without_it(
@@ -170,7 +174,7 @@ def test_a_page_opened_with_a_token_redirects_to_its_url_without_it(
     assert r.status_code == 303
     assert r.headers["Location"] == clean
     cookie = "; ".join(r.headers.getlist("Set-Cookie"))
-    assert cookie.startswith("diaglog_dashboard=") and "s3cret" not in cookie
+    assert cookie.startswith("diaglog_dashboard=") and TOKEN not in cookie
     assert r.headers["X-Frame-Options"] == "DENY"
     follow = client.get(clean)
     assert follow.status_code in (200, 404) and follow.mimetype == "text/html"
@@ -189,7 +193,7 @@ def test_a_cookie_holder_with_a_stale_token_in_the_url_is_redirected(
     """With the cookie, a ``?token=`` left in a bookmark (right or not) is taken out of the URL."""
     app = _token_app(make_app)
     client = app.test_client()
-    client.get("/_diaglog/?token=s3cret")
+    client.get(f"/_diaglog/?token={TOKEN}")
     r = client.get("/_diaglog/requests?token=old&per_page=5")
     assert r.status_code == 303 and r.headers["Location"] == "/_diaglog/requests?per_page=5"
 
@@ -198,7 +202,7 @@ def test_the_api_with_a_token_in_the_url_answers_as_asked(make_app: Callable[...
     """A script calling the JSON API with ``?token=`` (documented as a credential) gets its answer,
     not a redirect it would have to follow with a cookie jar."""
     app = _token_app(make_app)
-    r = app.test_client().get("/_diaglog/api/requests?token=s3cret&per_page=1")
+    r = app.test_client().get(f"/_diaglog/api/requests?token={TOKEN}&per_page=1")
     assert r.status_code == 200 and r.is_json
 
 
@@ -272,7 +276,7 @@ def test_without_a_token_a_host_a_local_proxy_named_must_be_loopback_too(
 def test_with_a_token_any_host_is_admitted(make_app: Callable[..., Flask]) -> None:
     """The token mode is unchanged: a client with the token may name any host."""
     app = _token_app(make_app)
-    bearer = {"Authorization": "Bearer s3cret"}
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
     r = app.test_client().get(
         "/_diaglog/api/state", headers=bearer, base_url="http://dash.example.org:8080"
     )
@@ -298,3 +302,49 @@ def test_a_real_server_refuses_a_rebound_host(make_app: Callable[..., Flask]) ->
             finally:
                 conn.close()
     assert answers == {"attacker.example:5055": 403, f"127.0.0.1:{port}": 200}
+
+
+# -- bidirectional controls in logged text ("Trojan Source") ------------------------------------
+
+#: U+202E RIGHT-TO-LEFT OVERRIDE, U+2066 LEFT-TO-RIGHT ISOLATE, ESC, NEL: what reorders or
+#: hides the text shown after it.
+UNSHOWN = ("\u202e", "\u2066", "\x1b", "\x85")
+
+
+def test_bidi_controls_from_the_log_lines_are_shown_escaped(
+    make_app: Callable[..., Flask], log_dir: Path
+) -> None:
+    """A JSON line holds U+202E escaped; read back it is the character again. Every page shows
+    it (and the other controls the plain layout escapes) as the plain layout writes it, in the
+    request's path, its message and its stage name; the JSON API keeps the value as logged."""
+    app = make_app({"DIAGLOG_DASHBOARD": True, "DIAGLOG_FORMAT": "json"})
+
+    @app.get("/files/<name>")
+    def files(name: str) -> str:
+        with stage("scan\u202e"):
+            app.logger.warning("saved \u202egnp.exe\u2066 as \x1b[31mred\x85")
+        return "ok"
+
+    client = app.test_client()
+    rid = client.get("/files/report%E2%80%AEfdp.exe").headers["X-Request-ID"]
+    assert "\u202e" not in (log_dir / "requests.log").read_text(encoding="utf-8")
+    api = client.get(f"/_diaglog/api/trace/{rid}")
+    assert b"/files/report\\u202efdp.exe" in api.data  # escaped by Flask's JSON
+    item = api.json["sections"][0]["item"]  # type: ignore[index]
+    assert item["path"] == "/files/report\u202efdp.exe"  # the API: the value as logged
+    pages = {
+        "trace": f"/_diaglog/trace/{rid}",
+        "list": "/_diaglog/requests",
+        "overview": "/_diaglog/",
+        "route": "/_diaglog/route?route=GET%20/files/<name>",
+    }
+    for name, url in pages.items():
+        r = client.get(url)
+        assert r.status_code == 200, name
+        html = r.get_data(as_text=True)
+        assert not [c for c in UNSHOWN if c in html], name
+        assert "\\u202e" in html, name
+    trace = client.get(pages["trace"]).get_data(as_text=True)
+    assert "/files/report\\u202efdp.exe" in trace
+    assert "saved \\u202egnp.exe\\u2066 as \\x1b[31mred\\x85" in trace
+    assert "scan\\u202e" in trace  # the waterfall's label

@@ -435,15 +435,15 @@ def test_demo_keeps_the_operators_token_out_of_the_banner(
     made: list[Flask], tmp_path: Path
 ) -> None:
     """A token set in DIAGLOG_DASHBOARD_TOKEN is used, and never printed."""
-    config = demo_config("0.0.0.0", {"DIAGLOG_DASHBOARD_TOKEN": "operator-secret"})
+    config = demo_config("0.0.0.0", {"DIAGLOG_DASHBOARD_TOKEN": "operator-secret-1"})
     assert "DIAGLOG_DASHBOARD_TOKEN" not in config
     app = make(
         made,
         tmp_path,
-        **{**config, "DIAGLOG_CONSOLE": False, "DIAGLOG_DASHBOARD_TOKEN": "operator-secret"},
+        **{**config, "DIAGLOG_CONSOLE": False, "DIAGLOG_DASHBOARD_TOKEN": "operator-secret-1"},
     )
     text = banner(app, "0.0.0.0", 8000)
-    assert "operator-secret" not in text and "?token=<your DIAGLOG_DASHBOARD_TOKEN>" in text
+    assert "operator-secret-1" not in text and "?token=<your DIAGLOG_DASHBOARD_TOKEN>" in text
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from flask_diaglog.signals import stage_finished
 from flask_diaglog.testing import capture_events
 
 NS = "/diaglog"
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-for-live"
 LIVE = {"DIAGLOG_LIVE": True, "DIAGLOG_LIVE_TOKEN": TOKEN, "DIAGLOG_FORMAT": "json"}
 
 

@@ -386,10 +386,10 @@ def test_documented_js_client_follows_a_job(
     assert found is not None
     gate = threading.Event()
     gate.set()
-    app, _ = build(make_app, gate, DIAGLOG_LIVE_TOKEN="doc-token")
-    html = found.group(1).replace('token: "..."', 'token: "doc-token"')
+    app, _ = build(make_app, gate, DIAGLOG_LIVE_TOKEN="doc-token-0123456789")
+    html = found.group(1).replace('token: "..."', 'token: "doc-token-0123456789"')
     html = html.replace("/static/socket.io.min.js", "/live/static/socket.io.min.js")
-    assert "doc-token" in html
+    assert "doc-token-0123456789" in html
 
     @app.get("/doc-client")
     def doc_client() -> str:

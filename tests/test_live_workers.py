@@ -27,7 +27,7 @@ from docs import run_by
 pytestmark = pytest.mark.slow
 
 NS = "/diaglog"
-TOKEN = "worker-token"
+TOKEN = "worker-token-0123456789"
 PYTHON_CLIENT = run_by(
     "test_live_workers.py::test_the_documented_python_client_follows_a_job",
     "live.md",

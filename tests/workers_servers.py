@@ -115,7 +115,7 @@ def live_events_of_a_slow_task(
         **env,
         "DIAGLOG_LOG_DIR": str(web_log_dir),
         "DIAGLOG_LIVE_QUEUE": env["DIAGLOG_JOB_STORE"],
-        "DIAGLOG_LIVE_TOKEN": "t0ken",
+        "DIAGLOG_LIVE_TOKEN": "t0ken-live-workers",
         "WORKERS_SOCKETIO": "1",
     }
     events: list[dict[str, Any]] = []
@@ -125,7 +125,10 @@ def live_events_of_a_slow_task(
         client = socketio.Client(reconnection=False)
         client.on("event", events.append, namespace="/diaglog")
         client.connect(
-            base, namespaces=["/diaglog"], auth={"token": "t0ken"}, transports=["websocket"]
+            base,
+            namespaces=["/diaglog"],
+            auth={"token": "t0ken-live-workers"},
+            transports=["websocket"],
         )
         try:
             assert client.call("subscribe", {"job_id": job_id}, namespace="/diaglog")["ok"]

@@ -16,6 +16,7 @@ else (and whenever the socket is down) by a poll every :data:`LIVE_MS`.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -27,19 +28,12 @@ from werkzeug.exceptions import HTTPException, default_exceptions
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wrappers import Response
 
+from ..files.render import ESCAPES
 from ..peers import Peers
 from ..problems import problem_response
 from ..trail import LEVELS
 from . import charts, queries
-from .access import (
-    admitted,
-    host_is_local,
-    is_local,
-    remember,
-    security_headers,
-    socket_admission,
-    without_token,
-)
+from .access import refusal, remember, security_headers, socket_admission, without_token
 from .filters import (
     InvalidParameter,
     parse_filters,
@@ -63,6 +57,19 @@ CATCH_UP_MS = 400
 #: Milliseconds between two safety-net refreshes while the live socket is connected.
 SOCKET_POLL_MS = 30000
 _PROBLEM = "urn:flask-diaglog:problem:"
+#: What a page never shows raw: the characters the plain layout escapes (C0 and C1 controls,
+#: DEL, U+2028/9, and the bidirectional controls that reorder the text shown after them, "Trojan
+#: Source"), but the newline and tab of the page's own markup and of a traceback's ``<pre>``.
+_UNSHOWN = re.compile(
+    "[" + "".join(re.escape(chr(c)) for c in sorted(ESCAPES) if c not in (0x09, 0x0A)) + "]"
+)
+
+
+def _shown(html: str) -> str:
+    """A rendered page with the :data:`_UNSHOWN` characters of the log lines' text (messages,
+    paths, ids, errors, stage and job names, and any other) written as the plain layout writes
+    them: U+202E as ``\\u202e``. Jinja escapes markup, never these."""
+    return _UNSHOWN.sub(lambda m: ESCAPES[ord(m[0])], html)
 
 
 def _time(ts: float | None) -> str:
@@ -163,50 +170,31 @@ def create_blueprint(
     def page(template: str, name: str, follow: str = "all", **context: Any) -> str:
         """Render a page; ``follow`` is the id whose events refresh it (``all``: every event)."""
         st = status()
-        return render_template(
-            f"diaglog/{template}",
-            page=name,
-            index=st,
-            log_dir=settings.log_dir,
-            live_interval=LIVE_MS if st["complete"] else CATCH_UP_MS,
-            socket_interval=SOCKET_POLL_MS if st["complete"] else CATCH_UP_MS,
-            live_socket=live and {**live, "path": request.script_root + live["path"]},
-            follow=follow,
-            **context,
+        return _shown(
+            render_template(
+                f"diaglog/{template}",
+                page=name,
+                index=st,
+                log_dir=settings.log_dir,
+                live_interval=LIVE_MS if st["complete"] else CATCH_UP_MS,
+                socket_interval=SOCKET_POLL_MS if st["complete"] else CATCH_UP_MS,
+                live_socket=live and {**live, "path": request.script_root + live["path"]},
+                follow=follow,
+                **context,
+            )
         )
 
     @bp.app_template_filter("diaglog_time")
     def time_filter(ts: float | None) -> str:
         return _time(ts)
 
-    def refused() -> Response:
-        if token is None and is_local(request) and not host_is_local(request):
-            host = str(request.environ.get("HTTP_HOST") or "")[:100]
-            return problem_response(
-                403,
-                "Dashboard access denied",
-                "Without DIAGLOG_DASHBOARD_TOKEN the diaglog dashboard answers loopback clients "
-                "that name a loopback host only (Host: localhost, *.localhost, 127.x.y.z or "
-                f"[::1], any port), and this request names {host!r} (or a proxy named another "
-                "host): a page of another site whose name points to 127.0.0.1 (DNS rebinding) "
-                "must not read it. Open it as http://127.0.0.1:<port>/ or "
-                "http://localhost:<port>/, or set DIAGLOG_DASHBOARD_TOKEN to open it under "
-                "any name.",
-            )
-        return problem_response(
-            403,
-            "Dashboard access denied",
-            "The diaglog dashboard answers loopback clients only, or clients that present "
-            "DIAGLOG_DASHBOARD_TOKEN (?token=..., Authorization: Bearer ..., or the cookie "
-            "a ?token= sets).",
-        )
-
     api = prefix + "/api/"
 
     @bp.before_request
     def guard() -> Response | None:
-        if not admitted(request, token):
-            return refused()
+        refused = refusal(request, token)
+        if refused is not None:
+            return refused
         if token is not None and not request.path.startswith(api):
             clean = without_token(request)
             if clean is not None:  # the cookie is set on the way (headers() below)
@@ -235,8 +223,9 @@ def create_blueprint(
         path = request.path
         if path != prefix and not path.startswith(prefix + "/"):
             return response
-        if not admitted(request, token):
-            response = refused()
+        refused = refusal(request, token)
+        if refused is not None:
+            response = refused
         elif response.status_code in (404, 405):  # Flask's HTML page: the same answer as JSON
             allow = response.headers.get("Allow")
             response = _http_problem(response.status_code)

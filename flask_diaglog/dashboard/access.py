@@ -12,15 +12,23 @@
   rebinding) is refused although its requests come from loopback.
 * With a token: every credential the request presents is tried (the cookie, an
   ``Authorization: Bearer`` header, ``?token=``); one that matches admits it.
-* The cookie never holds the token: it holds an HMAC of it (:func:`cookie_value`), and it is set
-  only when a ``?token=`` was accepted. It is HttpOnly, SameSite=Strict, limited to the
-  dashboard's path, and Secure when the request came over HTTPS. A page asked for with a
-  ``?token=`` is answered with a redirect to its URL without it (:func:`without_token`), so the
-  token leaves the address bar and is not sent again with every refresh.
+* The cookie never holds the token: it holds when it expires and an HMAC of the token and that
+  time (:func:`cookie_value`), and it is set only when a ``?token=`` was accepted. It admits for
+  :data:`COOKIE_MAX_AGE` seconds (its ``Max-Age``; the server checks the time it holds too, so a
+  copied cookie expires as well), then the page is opened with ``?token=`` again. It is HttpOnly,
+  SameSite=Strict, limited to the dashboard's path, and Secure when the request came over HTTPS.
+  A page asked for with a ``?token=`` is answered with a redirect to its URL without it
+  (:func:`without_token`), so the token leaves the address bar and is not sent again with every
+  refresh.
+* Guessing: a refused request that presented a credential counts against its client
+  (:mod:`.attempts`), and a client with too many is held off (:func:`held_off`), the right
+  token included. A cookie this token's holder was given, expired, is refused but counts
+  nothing: it is no guess.
 * The live socket (when the app streams events over Socket.IO) is admitted by the same rule
   (:func:`socket_admission`): the page never holds a live token. A second copy of the cookie,
   limited to Socket.IO's path, travels with the same-origin handshake; it is set with the first
-  and on every page a cookie holder loads.
+  and on every page a cookie holder loads (expiring when the holder's cookie does). The
+  handshake is counted and held off as the pages are.
 """
 
 from __future__ import annotations
@@ -28,23 +36,31 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import math
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote_plus
 
-from flask import Request, request
+from flask import Request, current_app, request
 from werkzeug.wrappers import Response
+
+from ..problems import problem_response
+from .attempts import LIMIT, WINDOW, Attempts, attempts_of, client_of
 
 __all__ = [
     "COOKIE",
+    "COOKIE_MAX_AGE",
     "SECURITY_HEADERS",
     "admitted",
     "cookie_value",
+    "held_off",
     "host_is_local",
     "is_local",
     "is_loopback",
     "is_loopback_host",
+    "refusal",
     "remember",
     "security_headers",
     "socket_admission",
@@ -52,6 +68,8 @@ __all__ = [
 ]
 
 COOKIE = "diaglog_dashboard"
+#: Seconds the cookie (both copies) admits its holder after the ``?token=`` that set it: 12 hours.
+COOKIE_MAX_AGE = 12 * 3600
 
 #: Headers on every dashboard answer (pages, API, static files, refusals).
 SECURITY_HEADERS = {
@@ -96,9 +114,35 @@ def is_loopback(addr: str | None) -> bool:
     return ip.is_loopback
 
 
-def cookie_value(token: str) -> str:
-    """What the cookie holds for ``token``: an HMAC of it, never the token itself."""
-    return hmac.new(token.encode(), b"flask-diaglog dashboard cookie", hashlib.sha256).hexdigest()
+def wall_clock() -> float:
+    """The cookies' clock: epoch seconds, as every worker and host reads it (tests replace it)."""
+    return time.time()
+
+
+def cookie_value(token: str, expires: int | None = None) -> str:
+    """What the cookie holds for ``token``: ``<expires>.<HMAC of the token and expires>``, never
+    the token itself. ``expires`` (epoch seconds) is :data:`COOKIE_MAX_AGE` from now unless
+    given."""
+    if expires is None:
+        expires = int(wall_clock()) + COOKIE_MAX_AGE
+    mac = hmac.new(
+        token.encode(), f"flask-diaglog dashboard cookie {expires}".encode(), hashlib.sha256
+    )
+    return f"{expires}.{mac.hexdigest()}"
+
+
+#: What the cookie held before it expired (an HMAC of the token alone): refused, never a guess.
+_LEGACY = b"flask-diaglog dashboard cookie"
+
+
+def _cookie_expires(cookie: str, token: str) -> float | None:
+    """When ``cookie`` expires if it is one this token's holder was given, expired or not (one
+    from before cookies expired: already); ``None`` for any other value."""
+    head, dot, _ = cookie.partition(".")
+    if dot and head.isascii() and head.isdigit() and len(head) <= 12:
+        return int(head) if _matches(cookie, cookie_value(token, int(head))) else None
+    legacy = hmac.new(token.encode(), _LEGACY, hashlib.sha256).hexdigest()
+    return float("-inf") if _matches(cookie, legacy) else None
 
 
 def _matches(given: str, expected: str) -> bool:
@@ -186,24 +230,90 @@ def is_local(request: Request) -> bool:
     )
 
 
-def admitted(request: Request, token: str | None) -> bool:
-    """Whether ``request`` may see the dashboard (see the module docstring)."""
+def admitted(request: Request, token: str | None, attempts: Attempts | None = None) -> bool:
+    """Whether ``request`` may see the dashboard (see the module docstring). With ``attempts``,
+    a refused request that presented a credential (not an expired cookie of this token's)
+    counts against its client."""
     if token is None:
         return is_local(request) and host_is_local(request)
-    cookie = request.cookies.get(COOKIE)
-    if cookie and _matches(cookie, cookie_value(token)):
+    cookie = request.cookies.get(COOKIE) or ""
+    expires = _cookie_expires(cookie, token) if cookie else None
+    if expires is not None and wall_clock() < expires:
         return True
     auth = request.headers.get("Authorization", "")
     scheme, _, bearer = auth.partition(" ")
-    if scheme.lower() == "bearer" and bearer.strip() and _matches(bearer.strip(), token):
+    bearer = bearer.strip() if scheme.lower() == "bearer" else ""
+    if bearer and _matches(bearer, token):
         return True
-    return _query_token(request, token)
+    if _query_token(request, token):
+        return True
+    guessed = bool((cookie and expires is None) or bearer or any(request.args.getlist("token")))
+    if attempts is not None and guessed:
+        attempts.refused(client_of(request.remote_addr))
+    return False
+
+
+def held_off(request: Request, token: str | None, attempts: Attempts) -> float:
+    """Seconds the client of ``request`` is held off for too many refused credentials (0: it is
+    not); never without a token, where no credential is taken."""
+    return 0.0 if token is None else attempts.wait(client_of(request.remote_addr))
 
 
 def _query_token(request: Request, token: str) -> bool:
     """Whether one of the request's ``?token=`` values is ``token`` (each is tried, as every
     other credential is)."""
     return any(given and _matches(given, token) for given in request.args.getlist("token"))
+
+
+def _refused(request: Request, token: str | None) -> Response:
+    """The 403 for a request :func:`admitted` refuses, saying why."""
+    if token is None and is_local(request) and not host_is_local(request):
+        host = str(request.environ.get("HTTP_HOST") or "")[:100]
+        return problem_response(
+            403,
+            "Dashboard access denied",
+            "Without DIAGLOG_DASHBOARD_TOKEN the diaglog dashboard answers loopback clients "
+            "that name a loopback host only (Host: localhost, *.localhost, 127.x.y.z or "
+            f"[::1], any port), and this request names {host!r} (or a proxy named another "
+            "host): a page of another site whose name points to 127.0.0.1 (DNS rebinding) "
+            "must not read it. Open it as http://127.0.0.1:<port>/ or "
+            "http://localhost:<port>/, or set DIAGLOG_DASHBOARD_TOKEN to open it under "
+            "any name.",
+        )
+    return problem_response(
+        403,
+        "Dashboard access denied",
+        "The diaglog dashboard answers loopback clients only, or clients that present "
+        "DIAGLOG_DASHBOARD_TOKEN (?token=..., Authorization: Bearer ..., or the cookie "
+        "a ?token= sets).",
+    )
+
+
+def _too_many(wait: float) -> Response:
+    """The 429 for a client :func:`held_off` for ``wait`` seconds, with ``Retry-After``."""
+    seconds = max(1, math.ceil(wait))
+    response = problem_response(
+        429,
+        "Too many token attempts",
+        f"This client presented {LIMIT} refused DIAGLOG_DASHBOARD_TOKEN credentials "
+        f"(?token=..., Authorization: Bearer ..., or the cookie) within {WINDOW:g} seconds: "
+        f"the dashboard refuses it, whatever it presents, for {seconds} more seconds.",
+        type_="urn:flask-diaglog:problem:too-many-attempts",
+    )
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
+def refusal(request: Request, token: str | None) -> Response | None:
+    """The answer to a dashboard ``request`` that may not see it, ``None`` when it may: a
+    client held off for guessing gets a 429 problem+json with ``Retry-After`` (whatever it
+    presents), a refused one a 403 problem+json (counted against its client when it presented
+    a credential). Counted with the app's other requests (:func:`~.attempts.attempts_of`)."""
+    attempts = attempts_of(current_app)
+    wait = held_off(request, token, attempts)
+    if wait > 0:
+        return _too_many(wait)
+    return None if admitted(request, token, attempts) else _refused(request, token)
 
 
 def without_token(request: Request) -> str | None:
@@ -220,10 +330,12 @@ def without_token(request: Request) -> str | None:
 
 def socket_admission(token: str | None) -> Callable[[Any], bool]:
     """``admit(auth) -> bool`` for the live socket's connect handler: :func:`admitted` applied to
-    the Socket.IO handshake request (its cookie, or loopback without a token)."""
+    the Socket.IO handshake request (its cookie, or loopback without a token), counted and held
+    off with the app's pages (:func:`~.attempts.attempts_of`)."""
 
     def admit(auth: Any) -> bool:
-        return admitted(request, token)
+        attempts = attempts_of(current_app)
+        return not held_off(request, token, attempts) and admitted(request, token, attempts)
 
     return admit
 
@@ -235,21 +347,28 @@ def remember(
     path: str,
     socket_path: str | None = None,
 ) -> None:
-    """Set the cookie when the request's ``?token=`` is the right one (never a refused one). With
-    ``socket_path``, an HTML page for a holder of the right cookie or ``?token=`` also sets the
-    copy the live socket's handshake carries (never a Bearer-only client's)."""
+    """Set the cookie, for :data:`COOKIE_MAX_AGE` seconds, when the request's ``?token=`` is the
+    right one (never a refused one). With ``socket_path``, an HTML page for a holder of the right
+    ``?token=`` or cookie also sets the copy the live socket's handshake carries (never a
+    Bearer-only client's): for a cookie holder, the same value, expiring with it."""
     if token is None:
         return
-    value = cookie_value(token)
-    by_query = _query_token(request, token)
-    by_cookie = _matches(request.cookies.get(COOKIE) or "", value)
-    paths = [path] if by_query and not by_cookie else []
-    if socket_path and response.mimetype == "text/html" and (by_query or by_cookie):
+    now = wall_clock()
+    cookie = request.cookies.get(COOKIE) or ""
+    expires = _cookie_expires(cookie, token) if cookie else None
+    if _query_token(request, token):
+        value, max_age, paths = cookie_value(token), COOKIE_MAX_AGE, [path]
+    elif expires is not None and now < expires:
+        value, max_age, paths = cookie, int(expires - now), []
+    else:
+        return
+    if socket_path and response.mimetype == "text/html":
         paths.append(socket_path.rstrip("/") or "/")
     for where in paths:
         response.set_cookie(
             COOKIE,
             value,
+            max_age=max_age,
             path=request.script_root + where,
             httponly=True,
             samesite="Strict",

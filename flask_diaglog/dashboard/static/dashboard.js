@@ -11,6 +11,10 @@
 // whenever it is down or refused, the page polls every data-live-interval ms.
 // body[data-live-mode] says which is in use: "socket" or "poll".
 //
+// A refusal (401, 403: the cookie expired or the token changed; 429: too many refused tokens from
+// this address) stops the refreshes until the page is loaded again: a page left open must not
+// keep presenting a credential that is refused, which counts against its address.
+//
 // The page never fetches a URL with a token in it: a ?token= is taken out of what it fetches
 // (the server redirects a tokened page to its URL without it; this also covers an address bar
 // that still has one), so no access log records the token with every refresh.
@@ -28,6 +32,7 @@
   var pending = null;   // a refresh asked for by events, waiting for the burst to end
   var busy = false;     // a fetch is in flight
   var again = false;    // and something asked for another one meanwhile
+  var stopped = false;  // refused: no more refreshes
 
   // The page's own URL, without its fragment and without any token parameter.
   function own() {
@@ -53,6 +58,7 @@
 
   function schedule() {
     clearTimeout(timer);
+    if (stopped) return;
     var ms = mode === "socket" ? socketPace : pollPace;
     timer = ms > 0 ? setTimeout(refresh, ms) : null;
   }
@@ -72,6 +78,7 @@
 
   function refresh() {
     clearTimeout(timer);
+    if (stopped) return;
     if (busy) { again = true; return; }
     if (document.hidden) { schedule(); return; }  // caught up when the tab is shown again
     busy = true;
@@ -80,6 +87,11 @@
     fetch(own(), { credentials: "same-origin", cache: "no-store", headers: headers })
       .then(function (r) {
         if (r.status === 304) return null;  // nothing new: the server did not render the page
+        if (r.status === 401 || r.status === 403 || r.status === 429) {
+          stopped = true;
+          throw new Error("HTTP " + r.status + ", refused: reload the page (with ?token= if it " +
+            "asks for one)");
+        }
         // A page of an id no line names yet is a 404 page: it is swapped in like any other.
         var page = (r.headers.get("Content-Type") || "").indexOf("text/html") === 0;
         if (!r.ok && !(r.status === 404 && page)) throw new Error("HTTP " + r.status);
