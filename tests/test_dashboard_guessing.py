@@ -80,6 +80,7 @@ def test_a_token_shorter_than_16_characters_stops_startup(
         make_app({key: "  s3cret-s3cret-  "})
     message = str(info.value)
     assert message.startswith(f"{key}='***' (from app.config")
+    assert "at least 16 characters" in message
     assert "s3cret" not in message
     make_app({key: "s3cret-s3cret-16"})
 
