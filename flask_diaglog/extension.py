@@ -219,11 +219,13 @@ class DiagLog:
 
         exclude = list(s.exclude)
         socketio = self.socketio or app.extensions.get("socketio")
-        admit_viewers = None
+        admit_viewers = attempts = None
         if s.dashboard:
             from .dashboard import socket_admission
+            from .dashboard.attempts import Attempts
 
-            admit_viewers = socket_admission(s.dashboard_token)  # the dashboard's own rule
+            attempts = Attempts()  # token guesses, counted for the pages and the socket alike
+            admit_viewers = socket_admission(s.dashboard_token, attempts)  # the dashboard's rule
         state.live = live.setup(
             socketio,
             s,
@@ -238,7 +240,11 @@ class DiagLog:
             from .dashboard import create_blueprint
 
             bp = create_blueprint(
-                s, state.stats, lambda: entries(registry), live=live.page_options(state.live)
+                s,
+                state.stats,
+                lambda: entries(registry),
+                live=live.page_options(state.live),
+                attempts=attempts,
             )
             app.register_blueprint(bp)
             exclude.append(s.dashboard_url)

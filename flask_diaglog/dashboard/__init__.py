@@ -34,6 +34,7 @@ from ..problems import problem_response
 from ..trail import LEVELS
 from . import charts, queries
 from .access import refusal, remember, security_headers, socket_admission, without_token
+from .attempts import Attempts
 from .filters import (
     InvalidParameter,
     parse_filters,
@@ -102,6 +103,7 @@ def create_blueprint(
     *,
     peers: Peers | None = None,
     live: Mapping[str, str] | None = None,
+    attempts: Attempts | None = None,
 ) -> Blueprint:
     """The dashboard for one app.
 
@@ -113,6 +115,8 @@ def create_blueprint(
     :param live: the app's Socket.IO stream, ``{"path": ..., "namespace": ...}`` (see
         :func:`flask_diaglog.live.page_options`): pages refresh on its events. Its connect check
         must admit the dashboard's viewers: :func:`socket_admission`.
+    :param attempts: the refused credentials of each client (token guessing), shared with that
+        check; by default the blueprint's own.
     """
     bp = Blueprint(
         "diaglog_dashboard",
@@ -128,6 +132,8 @@ def create_blueprint(
             peers.start()  # it stops when it is discarded with the app (see peers.py)
 
         bp.record_once(start)
+    if attempts is None:
+        attempts = Attempts()
     index = Index(settings.log_dir)
     token = settings.dashboard_token
     socket_path = live["path"] if live else None
@@ -192,7 +198,7 @@ def create_blueprint(
 
     @bp.before_request
     def guard() -> Response | None:
-        refused = refusal(request, token)
+        refused = refusal(request, token, attempts)
         if refused is not None:
             return refused
         if token is not None and not request.path.startswith(api):
@@ -223,7 +229,7 @@ def create_blueprint(
         path = request.path
         if path != prefix and not path.startswith(prefix + "/"):
             return response
-        refused = refusal(request, token)
+        refused = refusal(request, token, attempts)
         if refused is not None:
             response = refused
         elif response.status_code in (404, 405):  # Flask's HTML page: the same answer as JSON

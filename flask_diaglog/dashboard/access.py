@@ -43,11 +43,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote_plus
 
-from flask import Request, current_app, request
+from flask import Request, request
 from werkzeug.wrappers import Response
 
 from ..problems import problem_response
-from .attempts import LIMIT, WINDOW, Attempts, attempts_of, client_of
+from .attempts import LIMIT, WINDOW, Attempts, client_of
 
 __all__ = [
     "COOKIE",
@@ -304,12 +304,11 @@ def _too_many(wait: float) -> Response:
     return response
 
 
-def refusal(request: Request, token: str | None) -> Response | None:
+def refusal(request: Request, token: str | None, attempts: Attempts) -> Response | None:
     """The answer to a dashboard ``request`` that may not see it, ``None`` when it may: a
     client held off for guessing gets a 429 problem+json with ``Retry-After`` (whatever it
     presents), a refused one a 403 problem+json (counted against its client when it presented
-    a credential). Counted with the app's other requests (:func:`~.attempts.attempts_of`)."""
-    attempts = attempts_of(current_app)
+    a credential) in ``attempts``, the app's counts."""
     wait = held_off(request, token, attempts)
     if wait > 0:
         return _too_many(wait)
@@ -328,13 +327,12 @@ def without_token(request: Request) -> str | None:
     return path + ("?" + query if query else "")
 
 
-def socket_admission(token: str | None) -> Callable[[Any], bool]:
+def socket_admission(token: str | None, attempts: Attempts) -> Callable[[Any], bool]:
     """``admit(auth) -> bool`` for the live socket's connect handler: :func:`admitted` applied to
     the Socket.IO handshake request (its cookie, or loopback without a token), counted and held
-    off with the app's pages (:func:`~.attempts.attempts_of`)."""
+    off in ``attempts`` with the app's pages (the one :class:`~.attempts.Attempts` both get)."""
 
     def admit(auth: Any) -> bool:
-        attempts = attempts_of(current_app)
         return not held_off(request, token, attempts) and admitted(request, token, attempts)
 
     return admit

@@ -20,9 +20,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
-__all__ = ["CLIENTS", "LIMIT", "WINDOW", "Attempts", "attempts_of", "client_of", "clock"]
+__all__ = ["CLIENTS", "LIMIT", "WINDOW", "Attempts", "client_of", "clock"]
 
 #: Refused credentials a client may present within :data:`WINDOW` seconds.
 LIMIT = 10
@@ -30,9 +29,6 @@ LIMIT = 10
 WINDOW = 60.0
 #: The most clients tracked at once.
 CLIENTS = 4096
-#: Where an app keeps its :class:`Attempts` (``app.extensions``): the pages and the live socket's
-#: handshake share them.
-_EXTENSION = "flask_diaglog.dashboard.attempts"
 
 
 def clock() -> float:
@@ -96,11 +92,3 @@ class Attempts:
             self._refused[client] = (*kept, self.now())  # to the end: refused most recently
             while len(self._refused) > self.clients:
                 self._refused.popitem(last=False)
-
-
-def attempts_of(app: Any) -> Attempts:
-    """The :class:`Attempts` of ``app`` (a Flask app), made on first use."""
-    found: Attempts | None = app.extensions.get(_EXTENSION)
-    if found is None:
-        found = app.extensions.setdefault(_EXTENSION, Attempts())
-    return found
