@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..record import Event
 
 __all__ = [
+    "ESCAPES",
     "JSON_ESCAPES",
     "PLAIN_LAYOUT",
     "RENDERERS",
