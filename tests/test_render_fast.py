@@ -15,13 +15,14 @@ import _thread
 import math
 import re
 import threading
+from datetime import datetime
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flask_diaglog.files.render import format_ts, json_line, plain_line, split_json, split_plain
+from flask_diaglog.files.render import json_line, plain_line, split_json, split_plain
 from flask_diaglog.trail import FIELDS
 
 #: What no line may carry raw: C0 (but the final line feed), DEL, C1, U+2028, U+2029 and the
@@ -289,7 +290,18 @@ SECOND = float(int(TS))
         max_size=6,
     )
 )
-def test_a_json_timestamp_is_format_ts_whatever_came_before(stamps: list[float]) -> None:
+def test_a_json_timestamp_is_its_local_time_whatever_came_before(stamps: list[float]) -> None:
+    """The cached second parts never leak into another second: each ``ts`` is the local time
+    ``datetime`` gives, to the millisecond (cut, not rounded), with its UTC offset."""
     for ts in stamps * 2:
         line = json_line(ts, 20, "request_end", "l", None, None, "m", ("GET", "/", None, 200, 1.0))
-        assert line.startswith(f'{{"ts":"{format_ts(ts)}",'.encode()), (ts, line)
+        assert line.startswith(f'{{"ts":"{_local_iso(ts)}",'.encode()), (ts, line)
+
+
+def _local_iso(ts: float) -> str:
+    sec = math.floor(ts)
+    ms = min(999, math.floor((ts - sec) * 1000))
+    local = datetime.fromtimestamp(sec).astimezone()
+    off = int(local.utcoffset().total_seconds())  # type: ignore[union-attr]
+    sign, a = "+" if off >= 0 else "-", abs(off)  # hh:mm, as ISO 8601 has it (LMT: seconds cut)
+    return f"{local:%Y-%m-%dT%H:%M:%S}.{ms:03d}{sign}{a // 3600:02d}:{a % 3600 // 60:02d}"

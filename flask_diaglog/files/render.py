@@ -36,7 +36,6 @@ __all__ = [
     "PLAIN_LAYOUT",
     "RENDERERS",
     "Renderer",
-    "format_ts",
     "json_line",
     "plain_line",
     "split_json",
@@ -133,14 +132,6 @@ _ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
 #: readers use it for the JSON they print.
 JSON_ESCAPES: dict[int, str] = {c: f"\\u{c:04x}" for c in _BREAKERS}
 _JSON_ESCAPES = JSON_ESCAPES
-
-
-def format_ts(ts: float) -> str:
-    """ISO 8601 local time with milliseconds and offset, e.g. ``2026-11-22T10:15:02.123+00:00``."""
-    now = _now
-    if not now[0] <= ts < now[1]:
-        now = _second(ts)
-    return f"{now[5]}{_MS[_floor((ts - now[0]) * 1000)]}{now[3]}"
 
 
 # -- plain --------------------------------------------------------------------------------------
