@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 import workers_celery_app as tasks
 from celery import chain as celery_chain
+from celery_fixtures import module_broker, module_env, module_redis  # noqa: F401  (fixtures)
 from servers import RedisServer, gunicorn
 from workers_servers import (
     TESTS,
-    celery_broker,
     celery_cmd,
     live_events_of_a_slow_task,
     log_lines,
@@ -52,28 +52,6 @@ def lines_of(log_dir: Path, request_id: str, name: str = "jobs") -> list[dict[st
 
 def ended(log_dir: Path, request_id: str) -> bool:
     return any(r["event"] == "job_end" for r in lines_of(log_dir, request_id))
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    """A Redis of this module: the broker (db 1) and the job store (db 0)."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def env(redis: RedisServer) -> dict[str, str]:
-    base = f"redis://127.0.0.1:{redis.port}"
-    return {"WORKERS_BROKER": f"{base}/1", "DIAGLOG_JOB_STORE": f"{base}/0"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def broker(env: dict[str, str]) -> Iterator[None]:
-    """The test app's Celery app sends to this module's broker (and to no other module's)."""
-    with celery_broker(tasks.celery_app, env["WORKERS_BROKER"]):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 import workers_celery_app as tasks
-from servers import RedisServer
-from workers_servers import celery_broker, celery_cmd, log_lines, run_worker, wait_for
+from celery_fixtures import module_broker, module_env, module_redis  # noqa: F401  (fixtures)
+from workers_servers import celery_cmd, log_lines, run_worker, wait_for
 
 from flask_diaglog import guard_job
 
@@ -25,28 +25,6 @@ pytestmark = pytest.mark.slow
 
 #: Time for the main process to notice a dead pool process (billiard looks every few seconds).
 NOTICED = 30
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    """A Redis of this module: the broker (db 1) and the job store (db 0)."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def env(redis: RedisServer) -> dict[str, str]:
-    base = f"redis://127.0.0.1:{redis.port}"
-    return {"WORKERS_BROKER": f"{base}/1", "DIAGLOG_JOB_STORE": f"{base}/0"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def broker(env: dict[str, str]) -> Iterator[None]:
-    """The test app's Celery app sends to this module's broker (and to no other module's)."""
-    with celery_broker(tasks.celery_app, env["WORKERS_BROKER"]):
-        yield
 
 
 @pytest.fixture(scope="module")
