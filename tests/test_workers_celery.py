@@ -24,7 +24,12 @@ from typing import Any
 import pytest
 import workers_celery_app as tasks
 from celery import chain as celery_chain
-from celery_fixtures import module_broker, module_env, module_redis  # noqa: F401  (fixtures)
+from celery_fixtures import (  # noqa: F401  (fixtures)
+    guarded_sender,
+    module_broker,
+    module_env,
+    module_redis,
+)
 from servers import RedisServer, gunicorn
 from workers_servers import (
     TESTS,
@@ -725,19 +730,6 @@ def test_worker_events_and_hang_reports_reach_live_clients_through_redis(
 
 
 # -- tasks sent by tasks: chains, link callbacks, children ---------------------------------------
-
-
-def guarded_sender(web: Any, send: Any) -> Any:
-    """A guarded view (job id in X-Job-ID) that calls ``send()``; its URL rule."""
-    rule = f"/guarded-{uuid.uuid4().hex[:6]}"
-
-    @guard_job
-    def view() -> Any:
-        send()
-        return "", 202
-
-    web.add_url_rule(rule, rule, view, methods=["POST"])
-    return rule
 
 
 def chained(kind: str, gate: str) -> Any:

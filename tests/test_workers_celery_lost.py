@@ -16,10 +16,13 @@ from typing import Any
 
 import pytest
 import workers_celery_app as tasks
-from celery_fixtures import module_broker, module_env, module_redis  # noqa: F401  (fixtures)
+from celery_fixtures import (  # noqa: F401  (fixtures)
+    guarded_sender,
+    module_broker,
+    module_env,
+    module_redis,
+)
 from workers_servers import celery_cmd, log_lines, run_worker, wait_for
-
-from flask_diaglog import guard_job
 
 pytestmark = pytest.mark.slow
 
@@ -51,15 +54,7 @@ def read(log_dir: Path, name: str) -> list[dict[str, Any]]:
 
 def guarded(web: Any, send: Callable[[], Any]) -> tuple[Any, str]:
     """A guarded view (job id in X-Job-ID) that calls ``send()``: a client and its URL rule."""
-    rule = f"/guarded-{uuid.uuid4().hex[:6]}"
-
-    @guard_job
-    def view() -> Any:
-        send()
-        return "", 202
-
-    web.add_url_rule(rule, rule, view, methods=["POST"])
-    return web.test_client(), rule
+    return web.test_client(), guarded_sender(web, send)
 
 
 def job_free(web: Any, job_id: str) -> bool:
