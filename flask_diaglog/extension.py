@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from flask import Flask, current_app, has_app_context
 
 from . import live
+from .attempts import Attempts
 from .background import install_sigterm, release_unused, run_job, running
 from .config import ConfigError, Settings, load_settings
 from .context import Lease, Trace, current_trace, new_request_id, settled_trace
@@ -219,13 +220,12 @@ class DiagLog:
 
         exclude = list(s.exclude)
         socketio = self.socketio or app.extensions.get("socketio")
-        admit_viewers = attempts = None
+        admit_viewers = None
+        attempts = Attempts()  # token guesses, counted by the dashboard and the live socket
         if s.dashboard:
             from .dashboard import socket_admission
-            from .dashboard.attempts import Attempts
 
-            attempts = Attempts()  # token guesses, counted for the pages and the socket alike
-            admit_viewers = socket_admission(s.dashboard_token, attempts)  # the dashboard's rule
+            admit_viewers = socket_admission(s.dashboard_token)  # the dashboard's own rule
         state.live = live.setup(
             socketio,
             s,
@@ -233,6 +233,7 @@ class DiagLog:
             self.live_auth,
             admit_extra=admit_viewers,
             subscribe=self.live_subscribe,
+            attempts=attempts,
         )
         if state.live is not None:
             exclude.append(live.socketio_path(socketio))

@@ -30,7 +30,6 @@ messages may join (``unsubscribe`` leaves them): see :mod:`flask_diaglog.liveroo
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .attempts import Attempts, client_of, presented, query_tokens, same_token
 from .config import ConfigError
 from .liverooms import MAX_ROOMS, OPERATOR, USER, LiveSubscribe, Subscriber, rooms_for
 from .trail import LEVELS
@@ -133,6 +133,7 @@ class LiveBridge:
         max_rooms: int = MAX_ROOMS,
         maxsize: int = QUEUE_SIZE,
         on_error: Callable[[str, BaseException | None], None] | None = None,
+        attempts: Attempts | None = None,
     ) -> None:
         self.socketio = socketio
         self.namespace = namespace
@@ -145,6 +146,8 @@ class LiveBridge:
         self.subscribe = subscribe
         #: Rooms one client may be in at once (``DIAGLOG_LIVE_MAX_ROOMS``).
         self.max_rooms = max_rooms
+        #: The app's token-guess counts (:mod:`flask_diaglog.attempts`), or ``None``: not counted.
+        self.attempts = attempts
         #: True when events flow to the namespace (``DIAGLOG_LIVE``), not just its handlers.
         self.streaming = False
         self.maxsize = maxsize
@@ -292,21 +295,29 @@ class LiveBridge:
     def admission(self, auth: Any) -> str | None:
         """How the client gets in: ``OPERATOR`` when the connect payload (or the ``token`` query
         parameter) carries the token or ``admit_extra`` allows it, else ``USER`` when the auth
-        callback allows it, else ``None`` (refused)."""
+        callback allows it, else ``None`` (refused).
+
+        A client held off for guessing (:mod:`flask_diaglog.attempts`) is never an operator, the
+        right token included; a handshake refused as a whole counts every token it presented (a
+        client the auth callback admits counts nothing: its own credentials are no guesses)."""
         from flask import request
 
-        expected = self.token
-        if expected:
-            given = auth.get("token") if isinstance(auth, Mapping) else None
-            if given is None:
-                given = request.args.get("token")
-            if isinstance(given, str) and hmac.compare_digest(
-                given.encode("utf-8"), expected.encode("utf-8")
-            ):
-                return OPERATOR
-        if self.admit_extra is not None and self.admit_extra(auth):
+        attempts, expected = self.attempts, self.token
+        client = client_of(request.remote_addr)
+        held = attempts is not None and attempts.wait(client) > 0
+        given = auth.get("token") if isinstance(auth, Mapping) else None
+        if given is None:
+            asked = query_tokens(request)
+            given = asked[0] if len(asked) == 1 else None  # one token a handshake
+        if not held and expected and isinstance(given, str) and same_token(given, expected):
             return OPERATOR
-        return USER if self.auth is not None and self.auth(auth) else None
+        if not held and self.admit_extra is not None and self.admit_extra(auth):
+            return OPERATOR
+        if self.auth is not None and self.auth(auth):
+            return USER
+        if attempts is not None and not held:
+            attempts.refused(client, presented(request, auth))
+        return None
 
     def authorized(self, auth: Any) -> bool:
         """True when :meth:`admission` lets the client in."""
@@ -398,10 +409,12 @@ def setup(
     *,
     admit_extra: Callable[[Any], bool] | None = None,
     subscribe: LiveSubscribe | None = None,
+    attempts: Attempts | None = None,
 ) -> LiveBridge | None:
     """Create the live bridge for ``socketio`` (``None``: there is none) and subscribe it to
     ``rec``. ``auth`` and ``admit_extra`` may each admit clients (:meth:`LiveBridge.admission`);
-    ``subscribe`` decides the rooms of those ``auth`` admitted (:mod:`~flask_diaglog.liverooms`).
+    ``subscribe`` decides the rooms of those ``auth`` admitted (:mod:`~flask_diaglog.liverooms`);
+    ``attempts`` holds token guessers off (:mod:`~flask_diaglog.attempts`).
 
     The namespace handlers are registered whenever there is a SocketIO. Events flow only when
     ``DIAGLOG_LIVE`` is on: by default that is "not in test mode"; ``DIAGLOG_LIVE=True`` forces it
@@ -429,6 +442,7 @@ def setup(
         max_rooms=settings.live_max_rooms,
         maxsize=QUEUE_SIZE,
         on_error=rec.report_internal,
+        attempts=attempts,
     )
     bridge.register()
     if bridge.token is None and bridge.auth is None and admit_extra is None:

@@ -16,8 +16,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from flask_socketio import SocketIO
 
-from flask_diaglog import DiagLog
-from flask_diaglog.dashboard import access, attempts
+from flask_diaglog import DiagLog, attempts
+from flask_diaglog.dashboard import access
 from flask_diaglog.live import get_bridge
 from flask_diaglog.values import ConfigError, parse_secret
 
@@ -196,21 +196,50 @@ def test_ten_wrong_tokens_hold_the_client_off(app: Flask, monotonic: Clock) -> N
     _problem(client.get(f"/_diaglog/api/state?token={TOKEN}"), 429)  # ten in the window again
 
 
-@pytest.mark.parametrize("kind", ["query", "bearer", "cookie"])
+@pytest.mark.parametrize("kind", ["query", "bearer"])
 def test_every_kind_of_credential_counts(app: Flask, kind: str) -> None:
-    """A wrong ?token=, Bearer header or cookie: each is a guess."""
+    """A wrong ?token= or Bearer header: each is a guess."""
     client = _client(app, "2001:db8::5")
     wrong: dict[str, Any] = {}
     if kind == "query":
         wrong["query_string"] = {"token": "not-the-token-0123"}
-    elif kind == "bearer":
-        wrong["headers"] = {"Authorization": "Bearer not-the-token-0123"}
     else:
-        client.set_cookie("diaglog_dashboard", "1800000000.0123abcd", path="/_diaglog")
+        wrong["headers"] = {"Authorization": "Bearer not-the-token-0123"}
     for _ in range(10):
         _problem(client.get("/_diaglog/api/state", **wrong), 403)
     _problem(client.get("/_diaglog/api/state", **wrong), 429)
     _problem(client.get(f"/_diaglog/api/state?token={TOKEN}"), 429)
+
+
+def test_a_refused_cookie_is_no_guess(app: Flask) -> None:
+    """A cookie is an HMAC that cannot be guessed: tabs still holding an old token's cookie (or
+    anything else in it) are refused but never hold their address off."""
+    client = _client(app)
+    client.set_cookie("diaglog_dashboard", "1800000000.0123abcd", path="/_diaglog")
+    for _ in range(30):
+        _problem(client.get("/_diaglog/api/state"), 403)
+    assert client.get(f"/_diaglog/api/state?token={TOKEN}").status_code == 200
+
+
+def test_many_tokens_in_one_request_are_as_many_guesses(app: Flask) -> None:
+    """300 ``?token=`` values in one request (the right one among them) are refused, count as
+    300 guesses, and hold the client off: one request cannot try many tokens."""
+    client = _client(app)
+    query = "&".join(f"token=guess-{n}-abcdefghijk" for n in range(299)) + f"&token={TOKEN}"
+    _problem(client.get(f"/_diaglog/api/state?{query}"), 403)
+    _problem(client.get(f"/_diaglog/api/state?token={TOKEN}"), 429)
+    assert _client(app, "203.0.113.99").get(f"/_diaglog/api/state?token={TOKEN}").status_code == 200
+
+
+def test_a_cookie_from_a_clock_far_ahead_is_refused(app: Flask, wall: Clock) -> None:
+    """A cookie set while the clock ran years ahead does not admit once the clock is right: its
+    expiry is at most 12 hours (and a minute) away, and no cookie outlives that."""
+    client = _client(app)
+    real = wall.now
+    wall.now = real + 10 * 365 * 86400
+    assert client.get(f"/_diaglog/?token={TOKEN}").status_code == 303
+    wall.now = real
+    _problem(client.get("/_diaglog/api/state"), 403)
 
 
 def test_requests_without_a_credential_count_nothing(app: Flask) -> None:
@@ -260,3 +289,67 @@ def test_the_live_socket_handshake_is_counted_and_held_off(live_app: Flask) -> N
     )
     assert sio.is_connected(NS)
     sio.disconnect(NS)
+
+
+LIVE_TOKEN = "a-live-token-of-24-chars"
+
+
+@pytest.fixture
+def live_users(make_app: Callable[..., Flask], monotonic: Clock, wall: Clock) -> Iterator[Flask]:
+    """The dashboard with a token, DIAGLOG_LIVE_TOKEN, and the app's own live users admitted by
+    ``live_auth`` when their payload says ``{"user": ...}``."""
+    app = make_app(
+        {
+            "DIAGLOG_DASHBOARD": True,
+            "DIAGLOG_DASHBOARD_TOKEN": TOKEN,
+            "DIAGLOG_LIVE": True,
+            "DIAGLOG_LIVE_TOKEN": LIVE_TOKEN,
+        },
+        init=False,
+    )
+    app.extensions["test_socketio"] = SocketIO(app, async_mode="threading")
+    DiagLog(app, live_auth=lambda auth: isinstance(auth, dict) and "user" in auth)
+    yield app
+    bridge = get_bridge(app)
+    assert bridge is not None
+    bridge.close()
+
+
+def _connects(app: Flask, client: FlaskClient, auth: Any = None, query: str = "") -> bool:
+    socketio: SocketIO = app.extensions["test_socketio"]
+    sio = socketio.test_client(
+        app, namespace=NS, auth=auth, query_string=query, flask_test_client=client
+    )
+    connected = sio.is_connected(NS)
+    if connected:
+        sio.disconnect(NS)
+    return connected
+
+
+def test_live_token_guesses_are_counted_and_held_off(live_users: Flask) -> None:
+    """Wrong DIAGLOG_LIVE_TOKENs in the auth payload count as the dashboard's guesses do: after
+    10, the right live token is refused too, and so is the dashboard, for that client only."""
+    client = _client(live_users, "198.51.100.7")
+    assert _connects(live_users, client, {"token": LIVE_TOKEN})
+    for n in range(10):
+        assert not _connects(live_users, client, {"token": f"live-guess-{n}-abcdefgh"})
+    assert not _connects(live_users, client, {"token": LIVE_TOKEN})
+    _problem(client.get(f"/_diaglog/api/state?token={TOKEN}"), 429)
+    assert _connects(live_users, _client(live_users, "198.51.100.8"), {"token": LIVE_TOKEN})
+
+
+def test_the_apps_own_live_users_are_no_guessers(live_users: Flask) -> None:
+    """Handshakes ``live_auth`` admits count nothing, whatever ``?token=`` or Bearer the app's
+    clients send with them: their address keeps the dashboard. While an address is held off,
+    ``live_auth`` still admits its users, never as operators."""
+    client = _client(live_users, "198.51.100.9")
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer the-apps-own-jwt-0123456789"
+    for _ in range(30):
+        assert _connects(live_users, client, {"user": "ann"}, "token=the-apps-own-jwt-0123")
+    del client.environ_base["HTTP_AUTHORIZATION"]
+    assert client.get(f"/_diaglog/api/state?token={TOKEN}").status_code == 200
+    guesser = _client(live_users, "198.51.100.9")  # the same address, no cookie
+    for n in range(10):
+        _problem(guesser.get(f"/_diaglog/api/state?token=guess-{n}-abcdefghij"), 403)
+    assert _connects(live_users, guesser, {"user": "ann"})
+    assert not _connects(live_users, guesser, {"token": LIVE_TOKEN})

@@ -28,13 +28,13 @@ from werkzeug.exceptions import HTTPException, default_exceptions
 from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wrappers import Response
 
+from ..attempts import Attempts
 from ..files.render import ESCAPES
 from ..peers import Peers
 from ..problems import problem_response
 from ..trail import LEVELS
 from . import charts, queries
 from .access import refusal, remember, security_headers, socket_admission, without_token
-from .attempts import Attempts
 from .filters import (
     InvalidParameter,
     parse_filters,

@@ -20,15 +20,16 @@
   A page asked for with a ``?token=`` is answered with a redirect to its URL without it
   (:func:`without_token`), so the token leaves the address bar and is not sent again with every
   refresh.
-* Guessing: a refused request that presented a credential counts against its client
-  (:mod:`.attempts`), and a client with too many is held off (:func:`held_off`), the right
-  token included. A cookie this token's holder was given, expired, is refused but counts
-  nothing: it is no guess.
+* Guessing: every token a refused request presented counts against its client
+  (:mod:`flask_diaglog.attempts`), one ``?token=`` a request, and a client with too many is held
+  off (:func:`held_off`), the right token included. A refused cookie counts nothing: an HMAC is
+  no guess.
 * The live socket (when the app streams events over Socket.IO) is admitted by the same rule
   (:func:`socket_admission`): the page never holds a live token. A second copy of the cookie,
   limited to Socket.IO's path, travels with the same-origin handshake; it is set with the first
-  and on every page a cookie holder loads (expiring when the holder's cookie does). The
-  handshake is counted and held off as the pages are.
+  and on every page a cookie holder loads (expiring when the holder's cookie does). The live
+  bridge counts and holds off the handshake as a whole
+  (:meth:`~flask_diaglog.live.LiveBridge.admission`).
 """
 
 from __future__ import annotations
@@ -46,8 +47,16 @@ from urllib.parse import quote, unquote_plus
 from flask import Request, request
 from werkzeug.wrappers import Response
 
+from ..attempts import (
+    LIMIT,
+    WINDOW,
+    Attempts,
+    client_of,
+    presented,
+    query_tokens,
+    same_token,
+)
 from ..problems import problem_response
-from .attempts import LIMIT, WINDOW, Attempts, client_of
 
 __all__ = [
     "COOKIE",
@@ -146,7 +155,7 @@ def _cookie_expires(cookie: str, token: str) -> float | None:
 
 
 def _matches(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
+    return same_token(given, expected)
 
 
 #: ``for=`` and ``host=`` of one ``Forwarded`` element (RFC 7239), quoted or not.
@@ -236,9 +245,7 @@ def admitted(request: Request, token: str | None, attempts: Attempts | None = No
     counts against its client."""
     if token is None:
         return is_local(request) and host_is_local(request)
-    cookie = request.cookies.get(COOKIE) or ""
-    expires = _cookie_expires(cookie, token) if cookie else None
-    if expires is not None and wall_clock() < expires:
+    if _cookie_admits(request, token):
         return True
     auth = request.headers.get("Authorization", "")
     scheme, _, bearer = auth.partition(" ")
@@ -247,10 +254,19 @@ def admitted(request: Request, token: str | None, attempts: Attempts | None = No
         return True
     if _query_token(request, token):
         return True
-    guessed = bool((cookie and expires is None) or bearer or any(request.args.getlist("token")))
-    if attempts is not None and guessed:
-        attempts.refused(client_of(request.remote_addr))
+    if attempts is not None:  # every token it presented, each a guess; a cookie is none
+        attempts.refused(client_of(request.remote_addr), presented(request))
     return False
+
+
+def _cookie_admits(request: Request, token: str) -> bool:
+    """Whether the request's cookie is one this token's holder was given that has not expired:
+    its time is at most :data:`COOKIE_MAX_AGE` (and a minute) ahead, so a cookie set while the
+    clock ran ahead does not outlive the clock's repair by years."""
+    cookie = request.cookies.get(COOKIE)
+    expires = _cookie_expires(cookie, token) if cookie else None
+    now = wall_clock()
+    return expires is not None and now < expires <= now + COOKIE_MAX_AGE + 60
 
 
 def held_off(request: Request, token: str | None, attempts: Attempts) -> float:
@@ -260,9 +276,10 @@ def held_off(request: Request, token: str | None, attempts: Attempts) -> float:
 
 
 def _query_token(request: Request, token: str) -> bool:
-    """Whether one of the request's ``?token=`` values is ``token`` (each is tried, as every
-    other credential is)."""
-    return any(given and _matches(given, token) for given in request.args.getlist("token"))
+    """Whether the request's ``?token=`` is ``token``: one value only, so that one request tries
+    one token (several are refused, and each counts as a guess)."""
+    given = query_tokens(request)
+    return len(given) == 1 and _matches(given[0], token)
 
 
 def _refused(request: Request, token: str | None) -> Response:
@@ -327,13 +344,13 @@ def without_token(request: Request) -> str | None:
     return path + ("?" + query if query else "")
 
 
-def socket_admission(token: str | None, attempts: Attempts) -> Callable[[Any], bool]:
+def socket_admission(token: str | None) -> Callable[[Any], bool]:
     """``admit(auth) -> bool`` for the live socket's connect handler: :func:`admitted` applied to
-    the Socket.IO handshake request (its cookie, or loopback without a token), counted and held
-    off in ``attempts`` with the app's pages (the one :class:`~.attempts.Attempts` both get)."""
+    the Socket.IO handshake request (its cookie, or loopback without a token). The live bridge
+    holds off and counts the handshake as a whole (see :mod:`flask_diaglog.attempts`)."""
 
     def admit(auth: Any) -> bool:
-        return not held_off(request, token, attempts) and admitted(request, token, attempts)
+        return admitted(request, token)
 
     return admit
 
@@ -356,8 +373,8 @@ def remember(
     expires = _cookie_expires(cookie, token) if cookie else None
     if _query_token(request, token):
         value, max_age, paths = cookie_value(token), COOKIE_MAX_AGE, [path]
-    elif expires is not None and now < expires:
-        value, max_age, paths = cookie, int(expires - now), []
+    elif expires is not None and _cookie_admits(request, token):
+        value, max_age, paths = cookie, min(int(expires - now), COOKIE_MAX_AGE), []
     else:
         return
     if socket_path and response.mimetype == "text/html":

@@ -1,11 +1,13 @@
-"""Token guessing: the refused dashboard credentials each client presented, in one process.
+"""Token guessing: the refused credentials each client presented, in one process.
 
-With ``DIAGLOG_DASHBOARD_TOKEN`` set, a request that presents a credential (a ``?token=``, an
-``Authorization: Bearer`` header or the dashboard's cookie) and is refused counts against its
-client. :data:`LIMIT` of them within :data:`WINDOW` seconds hold the client off: every dashboard
-request from it (the right token included) gets a ``429`` until the oldest of them is
-:data:`WINDOW` seconds old, so a client never tries more than :data:`LIMIT` tokens a window.
-Requests that present no credential, and admitted ones, count nothing and reset nothing.
+Owns the counts that hold a guesser off, shared by the dashboard (``DIAGLOG_DASHBOARD_TOKEN``: a
+wrong ``?token=`` or ``Authorization: Bearer``) and the live socket's handshake (a wrong
+``DIAGLOG_LIVE_TOKEN`` or dashboard credential, on a handshake refused as a whole). :data:`LIMIT`
+of them within :data:`WINDOW` seconds hold the client off: every credential it presents (the
+right one included) is refused until the oldest of them is :data:`WINDOW` seconds old, so a
+client never tries more than :data:`LIMIT` tokens a window. Requests that present no credential,
+and admitted ones, count nothing and reset nothing. The dashboard's cookie is an HMAC that cannot
+be guessed, so a refused one (a tab of an old token) counts nothing either.
 
 A client is the request's address as the WSGI server (or the app's ``ProxyFix``) gives it, never
 a forwarding header the client could write itself; an IPv6 client is its ``/64`` network, which
@@ -15,13 +17,26 @@ least recently is forgotten first. Each process keeps its own counts.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-__all__ = ["CLIENTS", "LIMIT", "WINDOW", "Attempts", "client_of", "clock"]
+__all__ = [
+    "CLIENTS",
+    "LIMIT",
+    "WINDOW",
+    "Attempts",
+    "client_of",
+    "clock",
+    "presented",
+    "query_tokens",
+    "same_token",
+]
 
 #: Refused credentials a client may present within :data:`WINDOW` seconds.
 LIMIT = 10
@@ -84,11 +99,39 @@ class Attempts:
                 return 0.0
             return max(0.0, times[0] + self.window - self.now())
 
-    def refused(self, client: str) -> None:
-        """Count a refused credential of ``client``."""
+    def refused(self, client: str, n: int = 1) -> None:
+        """Count ``n`` refused credentials of ``client``."""
+        if n <= 0:
+            return
         with self._lock:
             times = self._refused.pop(client, ())
-            kept = times[max(0, len(times) + 1 - self.limit) :]
-            self._refused[client] = (*kept, self.now())  # to the end: refused most recently
+            now = self.now()
+            added = (now,) * min(n, self.limit)
+            kept = times[max(0, len(times) + len(added) - self.limit) :]
+            self._refused[client] = (*kept, *added)  # to the end: refused most recently
             while len(self._refused) > self.clients:
                 self._refused.popitem(last=False)
+
+
+def query_tokens(request: Any) -> list[str]:
+    """The request's non-empty ``?token=`` values."""
+    return [given for given in request.args.getlist("token") if given]
+
+
+def presented(request: Any, auth: Any = None) -> int:
+    """How many tokens ``request`` (a Flask request, or a Socket.IO handshake's, with its
+    ``auth`` payload) presents: each non-empty ``?token=`` value, an ``Authorization: Bearer``
+    token and the payload's ``token``. The dashboard's cookie is none: it cannot be guessed."""
+    scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
+    n = len(query_tokens(request)) + (scheme.lower() == "bearer" and bool(bearer.strip()))
+    given = auth.get("token") if isinstance(auth, Mapping) else None
+    return n + (isinstance(given, str) and bool(given))
+
+
+def same_token(given: str, expected: str) -> bool:
+    """Whether ``given`` is ``expected``, compared as SHA-256 digests in constant time: not even
+    the length of ``expected`` shows in the time taken."""
+    digest = hashlib.sha256
+    return hmac.compare_digest(
+        digest(given.encode("utf-8", "surrogatepass")).digest(), digest(expected.encode()).digest()
+    )
