@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -15,6 +17,7 @@ from flask import Flask
 from test_cli import render
 
 from flask_diaglog import logread, stage
+from flask_diaglog.dashboard import index as index_module
 from flask_diaglog.dashboard.index import Index
 from flask_diaglog.files import LogFile
 
@@ -263,3 +266,56 @@ def test_files_with_the_same_first_line_are_told_apart(
     assert _shown(client) == sorted(rids)
     for rid in (rids[0], rids[len(rids) // 2], rids[-1]):
         assert _trace_events(client, rid) == ["request_start", "request_end"]
+
+
+@pytest.mark.parametrize("copied", ["whole", "part"])
+def test_copytruncate_seen_between_its_copy_and_its_truncate_repeats_nothing(
+    make_app: Callable[..., Flask], log_dir: Path, copied: str
+) -> None:
+    """logrotate's copytruncate looked at by the dashboard after its copy (whole, or part
+    written) and before its truncate: the API lists each request once, then and after."""
+    app = make_app({"DIAGLOG_FORMAT": "json", "DIAGLOG_DASHBOARD": True})
+    client = app.test_client()
+    path, backup = log_dir / "requests.log", log_dir / "requests.log.1"
+    rids = [f"r{i}" for i in range(10)]
+    path.write_text("".join([_STARTED, *(ln for r in rids[:5] for ln in _request_lines(r))]))
+    assert _shown(client) == rids[:5]
+    with open(path, "a") as fh:
+        fh.write("".join(ln for r in rids[5:] for ln in _request_lines(r)))
+    data = path.read_bytes()
+    backup.write_bytes(data if copied == "whole" else data[: len(data) // 2])
+    assert _shown(client) == rids
+    backup.write_bytes(data)  # the copy done, then the truncate
+    with open(path, "r+") as fh:
+        fh.truncate(0)
+    rids += ["r10", "r11"]
+    path.write_text("".join(ln for r in rids[10:] for ln in _request_lines(r)))
+    assert _shown(client) == sorted(rids)
+    for rid in ("r0", "r7", "r11"):
+        assert _trace_events(client, rid) == ["request_start", "request_end"]
+
+
+def test_a_log_that_cannot_be_opened_once_is_not_read_again(
+    make_app: Callable[..., Flask], log_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests.log cannot be opened for one look of the dashboard (too many open files): it
+    is named unreadable, and once it can be read again only its new lines are added."""
+    app = make_app({"DIAGLOG_FORMAT": "json", "DIAGLOG_DASHBOARD": True})
+    client = app.test_client()
+    path = log_dir / "requests.log"
+    path.write_text("".join([_STARTED, *_request_lines("r0"), *_request_lines("r1")]))
+    assert _shown(client) == ["r0", "r1"]
+    real = index_module.open_log
+
+    def failing(name: str) -> Any:
+        if name.endswith("requests.log"):
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real(name)
+
+    monkeypatch.setattr(index_module, "open_log", failing)
+    d = client.get("/_diaglog/api/requests?per_page=500").json
+    assert [f.split(" ")[0] for f in d["index"]["unreadable_files"]] == ["requests.log"]
+    monkeypatch.undo()
+    with open(path, "a") as fh:
+        fh.write("".join(_request_lines("r2")))
+    assert _shown(client) == ["r0", "r1", "r2"]

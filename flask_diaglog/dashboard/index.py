@@ -40,7 +40,7 @@ from ..logread import LogRecord, iter_files, job_outcome, parse_line
 from ..readfile import MAX_LINE, NotRegular, ident, open_log, reason
 from ..trail import LEVELS
 from .item import Item, interned
-from .seen import HEAD, SeenFile, SeenFiles
+from .seen import HEAD, SeenFile, SeenFiles, inodes
 
 __all__ = ["Index", "Item"]
 
@@ -156,17 +156,19 @@ class Index:
         now = time.monotonic()
         listing = list(iter_files(self.log_dir, NAMES))
         paths = {p for _, p in listing}
+        there = inodes(p for _, p in listing)  # opened or not
         for name, path in listing:
             if path.endswith(".gz") and path[:-3] in paths:
                 continue  # a backup being compressed: its plain copy is read while it is there
-            f = self._look(name, path, now, listed, unreadable)
+            f = self._look(name, path, now, listed, unreadable, there)
             if f is None and not path.endswith((".gz", ".log")) and not os.path.lexists(path):
-                f = self._look(name, path + ".gz", now, listed, unreadable)  # compressed since
+                # compressed since the listing
+                f = self._look(name, path + ".gz", now, listed, unreadable, there)
             if f is not None and f not in found:
                 found.append(f)
         self._damaged = {k: listed[k] for k in self._damaged if k in listed}
         self.unreadable = unreadable
-        self._files.scanned(now)
+        self._files.scanned(now, there)
         return found
 
     def _look(
@@ -176,11 +178,12 @@ class Index:
         now: float,
         listed: dict[tuple[int, int], str],
         unreadable: list[str],
+        there: dict[tuple[int, int], str],
     ) -> SeenFile | None:
         """The file at ``path`` as the scan of ``now`` finds it (see
-        :meth:`SeenFiles.find <flask_diaglog.dashboard.seen.SeenFiles.find>`); ``None`` while it
-        is empty, or when it is damaged, gone, or cannot be read (then named in
-        ``unreadable``). Its inode goes in ``listed``."""
+        :meth:`SeenFiles.find <flask_diaglog.dashboard.seen.SeenFiles.find>`; ``there``: the
+        inodes of the listing); ``None`` while it is empty, or when it is damaged, gone, or
+        cannot be read (then named in ``unreadable``). Its inode goes in ``listed``."""
         try:
             with open_log(path) as fh:
                 st = os.fstat(fh.fileno())
@@ -188,7 +191,9 @@ class Index:
                 head = _head(fh)
                 if head is None and path.endswith(".gz"):
                     self._damage(path)
-                return self._files.find(fh, st, head, name, path, now) if head else None
+                if not head:
+                    return None
+                return self._files.find(fh, st, head, name, path, now, there)
         except OSError as exc:
             if os.path.lexists(path):  # not renamed since the listing: a file it cannot read
                 unreadable.append(f"{os.path.basename(path)} ({reason(exc)})")
