@@ -68,7 +68,8 @@ def site(
         DIAGLOG_JOB_STORE=env["DIAGLOG_JOB_STORE"],
     )
     DiagLog(app)
-    queue = Queue(connection=Redis.from_url(env["WORKERS_RQ_URL"]))
+    conn = Redis.from_url(env["WORKERS_RQ_URL"])
+    queue = Queue(connection=conn)
 
     @app.post("/run/<job_id>")
     @guard_job
@@ -87,6 +88,7 @@ def site(
         yield app, log_dir
     finally:
         init_rq(workers_rq_app.app)
+        conn.close()
 
 
 def _rows(app: Flask, job_id: str, *keys: str) -> list[dict[str, Any]]:

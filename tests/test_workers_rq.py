@@ -124,6 +124,7 @@ def web(env: dict[str, str], make_app: Any) -> Any:
     finally:
         init_rq(workers_rq_app.app)
         app.extensions["diaglog"].guard.close()
+        conn.close()  # its sockets now, not when a garbage cycle is collected
 
 
 def test_a_job_writes_its_trail_in_the_workers_jobs_log_with_the_senders_ids(

@@ -79,8 +79,8 @@ def parent(queue: str) -> None:
 @app.post("/slow/<job_id>")
 @guard_job(replay=True)
 def start_slow(job_id: str) -> Any:
-    queue = Queue(connection=Redis.from_url(REDIS_URL))
-    queue.enqueue(slow, float(request.args.get("seconds", "1")))
+    with Redis.from_url(REDIS_URL) as conn:  # closed now, not when the garbage is collected
+        Queue(connection=conn).enqueue(slow, float(request.args.get("seconds", "1")))
     return {"job_id": job_id}, 202
 
 
