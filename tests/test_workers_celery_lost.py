@@ -241,3 +241,38 @@ def test_the_apps_own_request_class_stays(tmp_path: Path) -> None:
         init_celery(celery_app, web)
     assert plain.Task.Request == "flask_diaglog.workers.celery_request:DiagLogRequest"
     assert own.Task.Request == "somewhere:OwnRequest"
+
+
+def test_an_own_request_class_not_derived_from_ours_is_warned_about(tmp_path: Path) -> None:
+    """init_celery says, in the app's requests.log, when the app's own request class will cost
+    the ids on Celery's lines; one derived from DiagLogRequest is not warned about."""
+    from celery import Celery, Task
+    from flask import Flask
+
+    from flask_diaglog import DiagLog
+    from flask_diaglog.workers import init_celery
+    from flask_diaglog.workers.celery_request import DiagLogRequest
+
+    class Derived(DiagLogRequest):  # type: ignore[misc]
+        pass
+
+    class OwnTask(Task):
+        Request = "somewhere:OwnRequest"
+
+    class DerivedTask(Task):
+        Request = Derived
+
+    web = Flask(__name__)
+    web.config["DIAGLOG_LOG_DIR"] = str(tmp_path)
+    DiagLog(web)
+    for name, base in (("own", OwnTask), ("derived", DerivedTask)):
+        celery_app = Celery(name, broker="memory://")
+        celery_app.Task = base
+        init_celery(celery_app, web)
+    warned = [
+        line
+        for line in (tmp_path / "requests.log").read_text().splitlines()
+        if "init_celery" in line
+    ]
+    assert len(warned) == 1 and "| WARNING |" in warned[0]
+    assert "'somewhere:OwnRequest' stays" in warned[0] and "DiagLogRequest" in warned[0]

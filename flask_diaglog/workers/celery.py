@@ -38,11 +38,20 @@ from celery.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
+from celery.utils.imports import symbol_by_name
 from flask import Flask
 
 from ..config import ConfigError
 from ..context import current_trace
-from .celery_request import LOGGERS, TaskIds, handling, headers_of, register, registered
+from .celery_request import (
+    LOGGERS,
+    DiagLogRequest,
+    TaskIds,
+    handling,
+    headers_of,
+    register,
+    registered,
+)
 from .common import (
     HEADERS,
     REQUEST_ID,
@@ -106,8 +115,28 @@ def init_celery(celery_app: Celery, app: Flask) -> None:
         attrs = {"__module__": base.__module__}
         if base.Request != Task.Request:  # the app's own request class stays
             attrs["Request"] = base.Request
+            if b.rec is not None and not _ours(base.Request):
+                note(
+                    b.rec,
+                    _WARNING,
+                    f"init_celery: the Celery app's Task.Request {base.Request!r} stays, and it "
+                    "is not derived from flask_diaglog.workers.celery_request.DiagLogRequest: "
+                    "Celery's own lines about a task will carry no ids, and a task run again "
+                    "after its pool process died (retry_on_worker_lost) gets fresh ids and no "
+                    "share of its job. Derive it from DiagLogRequest to keep them",
+                )
         celery_app.Task = type("Task", (DiagLogTask, base), attrs)
     _connect()
+
+
+def _ours(request_class: Any) -> bool:
+    """Whether a task's ``Request`` (a class, or its ``module:name``) derives from
+    :class:`~.celery_request.DiagLogRequest`."""
+    try:
+        found = symbol_by_name(request_class) if isinstance(request_class, str) else request_class
+    except Exception:  # not importable here: it cannot be told
+        return False
+    return isinstance(found, type) and issubclass(found, DiagLogRequest)
 
 
 class DiagLogTask(Task):  # type: ignore[misc]
