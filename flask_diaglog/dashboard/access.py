@@ -140,18 +140,20 @@ def cookie_value(token: str, expires: int | None = None) -> str:
     return f"{expires}.{mac.hexdigest()}"
 
 
-#: What the cookie held before it expired (an HMAC of the token alone): refused, never a guess.
-_LEGACY = b"flask-diaglog dashboard cookie"
-
-
-def _cookie_expires(cookie: str, token: str) -> float | None:
-    """When ``cookie`` expires if it is one this token's holder was given, expired or not (one
-    from before cookies expired: already); ``None`` for any other value."""
+def _cookie_expiry(request: Request, token: str) -> int | None:
+    """When the request's cookie expires, if it admits now: one this token's holder was given
+    (any other value, one of the old format without an expiry included, is ``None``), not
+    expired, and at most :data:`COOKIE_MAX_AGE` (and a minute) ahead, so a cookie set while the
+    clock ran ahead does not outlive the clock's repair by years."""
+    cookie = request.cookies.get(COOKIE) or ""
     head, dot, _ = cookie.partition(".")
-    if dot and head.isascii() and head.isdigit() and len(head) <= 12:
-        return int(head) if _matches(cookie, cookie_value(token, int(head))) else None
-    legacy = hmac.new(token.encode(), _LEGACY, hashlib.sha256).hexdigest()
-    return float("-inf") if _matches(cookie, legacy) else None
+    if not (dot and head.isascii() and head.isdigit() and len(head) <= 12):
+        return None
+    expires = int(head)
+    now = wall_clock()
+    if not now < expires <= now + COOKIE_MAX_AGE + 60:
+        return None
+    return expires if _matches(cookie, cookie_value(token, expires)) else None
 
 
 def _matches(given: str, expected: str) -> bool:
@@ -241,11 +243,10 @@ def is_local(request: Request) -> bool:
 
 def admitted(request: Request, token: str | None, attempts: Attempts | None = None) -> bool:
     """Whether ``request`` may see the dashboard (see the module docstring). With ``attempts``,
-    a refused request that presented a credential (not an expired cookie of this token's)
-    counts against its client."""
+    every token a refused request presented counts against its client (a cookie is none)."""
     if token is None:
         return is_local(request) and host_is_local(request)
-    if _cookie_admits(request, token):
+    if _cookie_expiry(request, token) is not None:
         return True
     auth = request.headers.get("Authorization", "")
     scheme, _, bearer = auth.partition(" ")
@@ -257,16 +258,6 @@ def admitted(request: Request, token: str | None, attempts: Attempts | None = No
     if attempts is not None:  # every token it presented, each a guess; a cookie is none
         attempts.refused(client_of(request.remote_addr), presented(request))
     return False
-
-
-def _cookie_admits(request: Request, token: str) -> bool:
-    """Whether the request's cookie is one this token's holder was given that has not expired:
-    its time is at most :data:`COOKIE_MAX_AGE` (and a minute) ahead, so a cookie set while the
-    clock ran ahead does not outlive the clock's repair by years."""
-    cookie = request.cookies.get(COOKIE)
-    expires = _cookie_expires(cookie, token) if cookie else None
-    now = wall_clock()
-    return expires is not None and now < expires <= now + COOKIE_MAX_AGE + 60
 
 
 def held_off(request: Request, token: str | None, attempts: Attempts) -> float:
@@ -368,13 +359,12 @@ def remember(
     Bearer-only client's): for a cookie holder, the same value, expiring with it."""
     if token is None:
         return
-    now = wall_clock()
-    cookie = request.cookies.get(COOKIE) or ""
-    expires = _cookie_expires(cookie, token) if cookie else None
+    expires = _cookie_expiry(request, token)
     if _query_token(request, token):
         value, max_age, paths = cookie_value(token), COOKIE_MAX_AGE, [path]
-    elif expires is not None and _cookie_admits(request, token):
-        value, max_age, paths = cookie, min(int(expires - now), COOKIE_MAX_AGE), []
+    elif expires is not None:
+        value = request.cookies[COOKIE]
+        max_age, paths = min(int(expires - wall_clock()), COOKIE_MAX_AGE), []
     else:
         return
     if socket_path and response.mimetype == "text/html":
