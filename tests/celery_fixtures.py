@@ -1,8 +1,8 @@
 """The fixtures of the Celery test modules, imported by each: ``redis``, a Redis of the module
-(the broker, db 1, and the job store, db 0); ``env``, its environment for the worker; and
-``broker`` (autouse), the test Celery app pointed at that broker. Module-scoped, so each
-importing module gets its own Redis and no module sends its tasks to another's. And
-:func:`guarded_sender`, a guarded view that sends a task."""
+(:func:`servers.module_redis`: the broker, db 1, and the job store, db 0); ``env``, its
+environment for the worker; and ``broker`` (autouse), the test Celery app pointed at that
+broker. Module-scoped, so each importing module gets its own Redis and no module sends its
+tasks to another's. And :func:`guarded_sender`, a guarded view that sends a task."""
 
 from __future__ import annotations
 
@@ -12,21 +12,12 @@ from typing import Any
 
 import pytest
 import workers_celery_app as tasks
-from servers import RedisServer
+from servers import RedisServer, module_redis
 from workers_servers import celery_broker
 
 from flask_diaglog import guard_job
 
 __all__ = ["guarded_sender", "module_broker", "module_env", "module_redis"]
-
-
-@pytest.fixture(scope="module", name="redis")
-def module_redis() -> Iterator[RedisServer]:
-    """A Redis of this module: the broker (db 1) and the job store (db 0)."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module", name="env")

@@ -21,12 +21,20 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from werkzeug.serving import make_server
 
 from benchmarks._common import stop_process_group
 from example_app.stack import free_port, redis_binary, redis_command
 
-__all__ = ["RedisServer", "free_port", "gunicorn", "redis_binary", "serve_in_thread"]
+__all__ = [
+    "RedisServer",
+    "free_port",
+    "gunicorn",
+    "module_redis",
+    "redis_binary",
+    "serve_in_thread",
+]
 
 
 class RedisServer:
@@ -90,6 +98,16 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", name="redis")
+def module_redis() -> Iterator[RedisServer]:
+    """``redis``: a Redis of the test module that imports this fixture (the worker modules: the
+    worker processes' broker, queue and job store), stopped with the module."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.close()
 
 
 @contextlib.contextmanager

@@ -19,7 +19,11 @@ import workers_rq_app
 from flask import Flask
 from redis import Redis
 from rq import Retry
-from servers import RedisServer, serve_in_thread
+from servers import (  # noqa: F401  (module_redis: the redis fixture)
+    RedisServer,
+    module_redis,
+    serve_in_thread,
+)
 from workers_servers import run_worker, wait_for
 
 from flask_diaglog import DiagLog, guard_job
@@ -35,14 +39,6 @@ RQ_WORKER = [
     sys.executable, "-m", "rq.cli", "worker", "-c", "workers_rq_app", "-w",
     "workers_rq_app.ReadyWorker",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
 
 
 def _job_ends(log_dir: Path) -> list[Any]:

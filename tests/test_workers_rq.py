@@ -20,7 +20,7 @@ from flask import request
 from redis import Redis
 from rq import Retry
 from rq.command import send_stop_job_command
-from servers import RedisServer
+from servers import RedisServer, module_redis  # noqa: F401  (the redis fixture)
 from workers_servers import (
     TESTS,
     live_events_of_a_slow_task,
@@ -46,14 +46,6 @@ def rq_cmd(worker_class: str = "workers_rq_app.ReadyWorker") -> list[str]:
 def jobs_of(log_dir: Path, request_id: str) -> list[dict[str, Any]]:
     path = log_dir / "jobs.log"
     return [r for r in log_lines(path) if r.get("request_id") == request_id]
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")
