@@ -283,15 +283,22 @@ def test_without_a_token_a_client_a_proxy_forwarded_is_refused(
     """Behind a proxy on the same host, with ProxyFix applied before Flask-SocketIO wraps the
     app: a remote client is refused by the socket as by the pages, though the socket's handshake
     never passes through ProxyFix."""
-    site = serve(proxied=True)
-    page = urllib.request.Request(site.base + "/_diaglog/api/state", headers=forwarded)
+    _refused_by_page_and_socket(serve(proxied=True), listener, forwarded, 9)
+
+
+def _refused_by_page_and_socket(
+    site: Site, listener: Listener, headers: dict[str, str], order: int
+) -> None:
+    """A request with ``headers`` gets a 403 from the dashboard's API, a handshake with them is
+    refused, and the listener hears nothing of the app's next request."""
+    page = urllib.request.Request(site.base + "/_diaglog/api/state", headers=headers)
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(page, timeout=30).close()
     refused.value.close()
     assert refused.value.code == 403
     with pytest.raises(sio.exceptions.ConnectionError):
-        listener.connect(site.base, None, **forwarded)
-    site.app.test_client().get("/orders/9")
+        listener.connect(site.base, None, **headers)
+    site.app.test_client().get(f"/orders/{order}")
     assert not listener.heard("request_end", 1) and listener.events == []
 
 
@@ -324,17 +331,7 @@ def test_without_a_token_a_handshake_naming_another_host_is_refused(
 ) -> None:
     """No dashboard token: a loopback client whose handshake names another host (a page of a
     site whose name was rebound to 127.0.0.1) is refused by the socket as by the pages."""
-    site = serve()
-    rebound = {"Host": "attacker.example:5055"}
-    page = urllib.request.Request(site.base + "/_diaglog/api/state", headers=rebound)
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(page, timeout=30).close()
-    refused.value.close()
-    assert refused.value.code == 403
-    with pytest.raises(sio.exceptions.ConnectionError):
-        listener.connect(site.base, None, **rebound)
-    site.app.test_client().get("/orders/11")
-    assert not listener.heard("request_end", 1) and listener.events == []
+    _refused_by_page_and_socket(serve(), listener, {"Host": "attacker.example:5055"}, 11)
 
 
 def test_pages_name_the_socket_and_allow_it_in_the_csp(tmp_path: Path) -> None:
