@@ -31,6 +31,7 @@ __all__ = [
     "LIMIT",
     "WINDOW",
     "Attempts",
+    "bearer_token",
     "client_of",
     "clock",
     "presented",
@@ -118,12 +119,17 @@ def query_tokens(request: Any) -> list[str]:
     return [given for given in request.args.getlist("token") if given]
 
 
+def bearer_token(request: Any) -> str:
+    """The token of the request's ``Authorization: Bearer`` header, or ``""``."""
+    scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
+    return bearer.strip() if scheme.lower() == "bearer" else ""
+
+
 def presented(request: Any, auth: Any = None) -> int:
     """How many tokens ``request`` (a Flask request, or a Socket.IO handshake's, with its
     ``auth`` payload) presents: each non-empty ``?token=`` value, an ``Authorization: Bearer``
     token and the payload's ``token``. The dashboard's cookie is none: it cannot be guessed."""
-    scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
-    n = len(query_tokens(request)) + (scheme.lower() == "bearer" and bool(bearer.strip()))
+    n = len(query_tokens(request)) + bool(bearer_token(request))
     given = auth.get("token") if isinstance(auth, Mapping) else None
     return n + (isinstance(given, str) and bool(given))
 

@@ -51,6 +51,7 @@ from ..attempts import (
     LIMIT,
     WINDOW,
     Attempts,
+    bearer_token,
     client_of,
     presented,
     query_tokens,
@@ -248,9 +249,7 @@ def admitted(request: Request, token: str | None, attempts: Attempts | None = No
         return is_local(request) and host_is_local(request)
     if _cookie_expiry(request, token) is not None:
         return True
-    auth = request.headers.get("Authorization", "")
-    scheme, _, bearer = auth.partition(" ")
-    bearer = bearer.strip() if scheme.lower() == "bearer" else ""
+    bearer = bearer_token(request)
     if bearer and _matches(bearer, token):
         return True
     if _query_token(request, token):
