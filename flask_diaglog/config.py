@@ -434,8 +434,8 @@ def _resolve_key(key: Key, config: Mapping[str, Any], environ: Mapping[str, str]
     try:
         return key.parse(value, name, source)
     except ConfigError as exc:
-        if not key.secret or str(exc).startswith(f"{name}={MASK!r} "):
-            raise  # not a secret, or the parser masked the value itself (a short token)
+        if not key.secret or exc.masked:
+            raise  # not a secret, or its parser masked the value itself (a short token)
         # A secret's value never appears in an error, not even in part.
         raise ConfigError(
             f"{name}={MASK!r} (from {source}) is not valid: it must be a non-empty string "

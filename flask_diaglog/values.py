@@ -44,6 +44,9 @@ __all__ = [
 class ConfigError(ValueError):
     """A ``DIAGLOG_*`` key (or the ``TESTING`` variable) has a value that is not accepted."""
 
+    #: True when the message shows the value as ``***`` already (a secret's own parser said it).
+    masked = False
+
 
 # -- display -----------------------------------------------------------------------------------
 
@@ -313,11 +316,13 @@ def parse_secret(value: Any, key: str, source: str) -> str | None:
         return None
     token = parse_str(value, key, source)
     if len(token) < SECRET_MIN_LENGTH:
-        raise ConfigError(
+        short = ConfigError(
             f"{key}={MASK!r} (from {source}) is too short: a token needs at least "
             f"{SECRET_MIN_LENGTH} characters; make one with "
             "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
         )
+        short.masked = True
+        raise short
     return token
 
 
