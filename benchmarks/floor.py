@@ -116,11 +116,11 @@ def install(app: Flask, log_path: str) -> Callable[[str], Any]:
 
         def sr(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             headers.append(("X-Request-ID", rid))
-            timing = f"total;dur={(perf() - t0) * 1000:.1f}"
+            timing = f"total;dur={(perf() - t0) * 1000:.2f}"
             if t.stages:
                 head = ""
                 for stage_name, stage_ms in t.stages:
-                    head += f"{stage_name};dur={stage_ms:.1f}, "
+                    head += f"{stage_name};dur={stage_ms}, "
                 timing = head + timing
             headers.append(("Server-Timing", timing))
             return start_response(status, headers, exc_info)
@@ -135,7 +135,7 @@ def install(app: Flask, log_path: str) -> Callable[[str], Any]:
         if t.stages:
             sep = " stages="
             for stage_name, stage_ms in t.stages:
-                line += f"{sep}{stage_name}:{stage_ms:.2f}"
+                line += f"{sep}{stage_name}:{stage_ms}"
                 sep = ","
         write(fd, f"{line}\n".encode())
         return body
@@ -152,12 +152,12 @@ def install(app: Flask, log_path: str) -> Callable[[str], Any]:
             self.t0 = perf()
 
         def __exit__(self, *exc_info: object) -> None:
-            ms = (perf() - self.t0) * 1000
+            ms = f"{(perf() - self.t0) * 1000:.2f}"  # formatted once: line, header and end word
             t = current.get()
             if t is not None:
                 if t.stages is None:
                     t.stages = []
                 t.stages.append((self.name, ms))
-                write(fd, f"{stamp()}{t.head}stage {self.name} {ms:.2f}ms ok\n".encode())
+                write(fd, f"{stamp()}{t.head}stage {self.name} {ms}ms ok\n".encode())
 
     return stage

@@ -117,9 +117,10 @@ class Trace:
         "totals",
     )
 
-    #: Set with ``totals`` (read it only when ``totals`` is set): the totals it was made for, and
-    #: the end line's ``stages=`` word so far (``None``: to be made from the totals).
-    stage_word: tuple[dict[str, float], str | None]
+    #: Set with ``totals`` (read it only when ``totals`` is set): the totals it was made for, the
+    #: end line's ``stages=`` word so far and the ``Server-Timing`` entries so far (``None``: to
+    #: be made from the totals).
+    stage_word: tuple[dict[str, float], str | None, str | None]
     #: The exception that ended it, once recorded.
     error: BaseException | None
     #: The lease of its guarded job, while held.

@@ -21,7 +21,7 @@ from typing import Any, TypeVar, overload
 from .context import Trace, current_trace
 from .trail import format_float, stage_end
 
-__all__ = ["get_request_timings", "server_timing_header", "stage", "timed_stage"]
+__all__ = ["get_request_timings", "stage", "stage_entries", "timed_stage"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _INFO = logging.INFO
@@ -83,25 +83,37 @@ class stage:
         if totals is None:
             totals = {name: run}
             word: str | None = ""
+            head: str | None = ""
         else:
-            # The end line's stages word so far, if it was made for these totals and this name
-            # is new (a repeated name is a sum: the end line formats it from the totals).
+            # The end line's stages word and the Server-Timing entries so far, if they were made
+            # for these totals and this name is new (a repeated name is a sum: the end line and
+            # the header format it from the totals).
             last = trace.stage_word
-            word = last[1] if last[0] is totals and name not in totals else None
+            if last[0] is totals and name not in totals:
+                word, head = last[1], last[2]
+            else:
+                word = head = None
             totals = totals.copy()
             totals[name] = ((totals.get(name, 0.0) + ms) * 1000.0 + 0.5) // 1.0 / 1000.0
         rec = trace.rec
-        if rec is None:  # no line and no end line: only the totals
-            word = None
-        elif et is None:
-            msg, word = stage_end(name, run, True, None, word)
+        if rec is None:  # no line, no end line and no header: only the totals
+            trace.stage_word = (totals, None, None)
+            trace.totals = totals
+            return
+        # One number, formatted once, for the stage's line, the end line's word and the header.
+        text = format_float(run, ".2f")
+        if et is None:
+            msg, word = stage_end(name, text, True, None, word)
         else:
             error = rec.error_text(exc) if exc is not None else "error"
-            msg, word = stage_end(name, run, False, error, word)
-        trace.stage_word = (totals, word)
+            msg, word = stage_end(name, text, False, error, word)
+        if head is not None:
+            tok = _token_cache.get(name)
+            if tok is None:
+                tok = _token(name)
+            head = f"{head}{tok};dur={text}, "  # as stage_entries() makes it
+        trace.stage_word = (totals, word, head)
         trace.totals = totals
-        if rec is None:
-            return
         if et is None:
             rec.record("stage", trace, _INFO, msg, (name, ms, True))
         else:
@@ -195,20 +207,18 @@ def _token(name: str) -> str:
     return tok
 
 
-def server_timing_header(trace: Trace) -> str:
-    """``validate;dur=1.2, generate;dur=40.3, total;dur=42.0`` (names made into valid tokens)."""
-    total = f"total;dur={format_float((perf_counter() - trace.t0) * 1000.0, '.1f')}"
-    totals = trace.totals
-    if not totals:
-        return total
-    # One loop and no helper call for a known name: this runs once per request with stages.
+def stage_entries(totals: dict[str, float]) -> str:
+    """The stages' entries of ``Server-Timing``, ``validate;dur=1.23, generate;dur=40.31, ``
+    (names made into valid tokens; durations as the lines show them, to 0.01 ms), made from the
+    totals. The stages keep this text as they end (:attr:`Trace.stage_word`); this makes it when
+    they could not (a name run twice is a sum)."""
     head = ""
     for name, ms in totals.items():
         tok = _token_cache.get(name)
         if tok is None:
             tok = _token(name)
-        head += f"{tok};dur={format_float(ms, '.1f')}, "
-    return head + total
+        head += f"{tok};dur={format_float(ms, '.2f')}, "
+    return head
 
 
 def get_request_timings() -> dict[str, float]:

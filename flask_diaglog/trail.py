@@ -44,6 +44,7 @@ __all__ = [
     "stage_end",
     "stage_msg",
     "stage_word",
+    "stages_tail",
 ]
 
 #: ``format_float(x, ".2f")`` is ``f"{x:.2f}"`` for a float (only floats: durations), without the
@@ -187,6 +188,11 @@ def _tail(
     return tail
 
 
+def stages_tail(totals: Mapping[str, float]) -> str:
+    """The tail of an end line whose only words are its stages: `` stages=a:1.20,b:40.31``."""
+    return _tail(totals, False, 0, False)
+
+
 _TAIL = (
     r"(?: stages=(?P<stages>\S+))?(?P<aborted> aborted)?"
     r"(?: was_hung\((?P<hung>\d+)\))?(?P<slow> slow)?"
@@ -297,7 +303,7 @@ def _request_error_fields(m: re.Match[str]) -> dict[str, Any]:
 
 def stage_msg(name: str, ms: float, ok: bool, error: str | None = None) -> str:
     """``stage render 12.34ms ok`` or ``stage render 12.34ms failed: ValueError: message``."""
-    return stage_end(name, ms, ok, error, None)[0]
+    return stage_end(name, format_float(ms, ".2f"), ok, error, None)[0]
 
 
 #: Stage names as lines show them (:func:`stage_word`), by name; bounded.
@@ -315,11 +321,11 @@ def stage_word(name: str) -> str:
 
 
 def stage_end(
-    name: str, ms: float, ok: bool, error: str | None, word: str | None
+    name: str, text: str, ok: bool, error: str | None, word: str | None
 ) -> tuple[str, str | None]:
     """The stage's message, and ``word`` (the end line's ``stages=`` word so far, ``""`` before
-    the first stage) with this stage added: one number formatted for both. ``None`` stays."""
-    text = format_float(ms, ".2f")
+    the first stage) with this stage added. ``text`` is the run in ms, formatted ``.2f`` once by
+    the caller for both (and for the ``Server-Timing`` entry). ``None`` stays."""
     name = _WORDS.get(name) or stage_word(name)  # the cache inline: this runs every stage
     if word is not None:
         word = f"{word},{name}:{text}" if word else f" stages={name}:{text}"

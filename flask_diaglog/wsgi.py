@@ -29,8 +29,14 @@ from werkzeug.wsgi import ClosingIterator
 from .context import Trace, is_valid_id, new_request_id, reset_trace, set_trace, traceparent_id
 from .jobids import JobIds, body_json
 from .redact import Redactor
-from .timing import server_timing_header
-from .trail import format_float, request_end_msg, request_error_msg, request_start_msg
+from .timing import stage_entries
+from .trail import (
+    format_float,
+    request_end_msg,
+    request_error_msg,
+    request_start_msg,
+    stages_tail,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -198,12 +204,12 @@ class RequestTrail:
             if not own_rid:  # the app's own X-Request-ID wins: exactly one goes out
                 headers.append(("X-Request-ID", trace.request_id))  # type: ignore[arg-type]
             if self.server_timing:
-                if trace.totals:
-                    timing = server_timing_header(trace)
-                else:  # the common case, inlined: total only
-                    timing = (
-                        f"total;dur={format_float((perf_counter() - trace.t0) * 1000.0, '.1f')}"
-                    )
+                timing = f"total;dur={format_float((perf_counter() - trace.t0) * 1000.0, '.2f')}"
+                totals = trace.totals
+                if totals:  # the stages' entries first: made by the stages (see Trace.stage_word)
+                    last = trace.stage_word
+                    head = last[2] if last[0] is totals else None
+                    timing = (head if head is not None else stage_entries(totals)) + timing
                 if not own_timing:
                     headers.append(("Server-Timing", timing))
                 else:  # merged into the app's header: one Server-Timing, the app's entries first
@@ -251,8 +257,8 @@ class RequestTrail:
             slow = self.slow_ms
             is_slow = bool(slow and ms >= slow)
             method, path, route = trace.method, trace.path, trace.route
-            if trace.totals or aborted or trace.hung or is_slow or trace.bad_job_id is not None:
-                totals = trace.totals
+            totals = trace.totals
+            if aborted or trace.hung or is_slow or trace.bad_job_id is not None:
                 hung, bad = trace.hung, trace.bad_job_id
                 if bad is not None:  # the client's text, as the query it came from: redacted
                     bad = self.redactor.text(bad)
@@ -264,6 +270,13 @@ class RequestTrail:
                     method, path, route, status, ms, totals,
                     aborted or None, hung or None, is_slow or None, bad,
                 )  # fmt: skip
+            elif totals:  # stages and no other word: the stages word is the whole tail
+                last = trace.stage_word  # made by the stages (see Trace.stage_word)
+                word = last[1] if last[0] is totals else None
+                msg = request_end_msg(method, path, status, ms, route) + (
+                    word if word is not None else stages_tail(totals)
+                )
+                fields = (method, path, route, status, ms, totals)
             else:  # the common case
                 msg = request_end_msg(method, path, status, ms, route)
                 fields = (method, path, route, status, ms)
