@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from .context import Trace
     from .record import Recorder
 
-__all__ = ["InFlight", "entries"]
+__all__ = ["InFlight", "entries", "thread_frames"]
 
 _INF = float("inf")
 #: Innermost frames shown in a hang report (a stack deeper than this is cut at the outer end).
@@ -67,6 +68,8 @@ STACK_LIMIT = 100
 #: Longest an end waits for the hang report of its own work being recorded meanwhile (the
 #: report's line is out within microseconds; what may take longer is its signal receivers).
 SETTLE_WAIT = 1.0
+#: Held by :func:`thread_frames` while the collector is off.
+_FRAMES_LOCK = threading.Lock()
 
 
 class _Report:
@@ -308,7 +311,7 @@ class _Watchdog:
                     at = trace.t0 + hang_after * 2.0 ** (trace.hung + 1)
                 next_at = min(next_at, at)
         if due:
-            frames = sys._current_frames()
+            frames = thread_frames()
             names = _thread_names()
             try:
                 for reg, trace, name in due:
@@ -417,13 +420,33 @@ def _report_overflow(reg: InFlight) -> None:
     )
 
 
+def thread_frames() -> dict[int, FrameType]:
+    """``sys._current_frames()`` with the garbage collector held off while it runs.
+
+    It makes a frame object for each thread while it holds the interpreter's thread list. On
+    CPython 3.11 before 3.11.9, and older versions (gh-106883; 3.12 collects only between
+    bytecodes), a collection that starts there (any allocation may start one) and frees a
+    ``threading.local`` (every app has some) waits for that same list: the whole process stops,
+    for good, in the watchdog meant to report hangs. Callers here are serialized, so one cannot
+    turn the collector back on while another is inside.
+    """
+    with _FRAMES_LOCK:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return sys._current_frames()
+        finally:
+            if enabled:
+                gc.enable()
+
+
 def entries(registry: InFlight, stacks: bool = False) -> list[dict[str, Any]]:
     """The in-flight work of one registry, oldest first (see ``flask_diaglog.inflight``)."""
     items = registry.items()
     if not items:
         return []
     names = _thread_names()
-    frames = sys._current_frames() if stacks else {}
+    frames = thread_frames() if stacks else {}
     pid = os.getpid()
     rec = registry.recorder
     out: list[dict[str, Any]] = []

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -195,3 +198,61 @@ def test_stage_totals_handed_out_are_copies(make_app: Callable[..., Flask], logs
     assert "9999" not in r.headers["Server-Timing"] and "8888" not in r.headers["Server-Timing"]
     end = next(line for line in logs.text("requests").splitlines() if "request_end" in line)
     assert "stages=db:" in end and "9999" not in end and "8888" not in end
+
+
+_LISTING_UNDER_COLLECTIONS = """
+import gc, sys, threading, time
+from flask import Flask
+from flask_diaglog import DiagLog, inflight
+
+class Local(threading.local):
+    pass
+
+app = Flask("frames")
+app.config["DIAGLOG_LOG_DIR"] = sys.argv[1]
+stop = threading.Event()
+
+def step():
+    garbage = [Local()]
+    garbage.append(garbage)  # a cycle holding a threading.local, freed by a collection
+    time.sleep(0.0002)
+
+@app.get("/busy")
+def busy():
+    while not stop.is_set():
+        step()  # a new frame each call: listing the thread makes a frame object for it
+    return "ok"
+
+DiagLog(app)
+threads = [threading.Thread(target=app.test_client().get, args=("/busy",)) for _ in range(4)]
+for t in threads:
+    t.start()
+while len(inflight(app)) < 4:
+    time.sleep(0.01)
+gc.set_threshold(1)  # a collection at nearly every allocation
+for _ in range(6000):
+    assert len(inflight(app, stacks=True)) == 4
+gc.set_threshold(700)
+stop.set()
+for t in threads:
+    t.join()
+print("listed", flush=True)
+"""
+
+
+def test_listing_stacks_survives_collections_freeing_thread_locals(tmp_path: Path) -> None:
+    """Listing the threads' stacks (the watchdog's hang reports, ``inflight(stacks=True)``) while
+    collections free ``threading.local`` objects never stops the process. On CPython 3.11 before
+    3.11.9 (gh-106883) a collection starting inside ``sys._current_frames()`` did, for
+    good (no signal handler runs either): on 3.11.7 this run stopped in 2 of 3 tries before the
+    fix. Run in a child process, killed if it does not finish."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _LISTING_UNDER_COLLECTIONS, str(tmp_path / "logs")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process stopped while listing stacks under collections (a deadlock)")
+    assert done.returncode == 0 and done.stdout == "listed\n", done.stderr
