@@ -353,9 +353,10 @@ def test_bidi_controls_from_the_log_lines_are_shown_escaped(
 def test_a_filter_for_a_control_character_survives_the_next_submit(
     make_app: Callable[..., Flask],
 ) -> None:
-    """(JSON lines, which give the character back.) The list page's filter form holds what was asked for, U+202E included, as a character
+    """The list page's filter form holds what was asked for, U+202E included, as a character
     reference the browser reads back as the character (so the next submit asks for it again);
-    everywhere else on the page the character is shown escaped."""
+    everywhere else on the page the character is shown escaped. (JSON lines: reading them gives
+    the character back.)"""
     app = make_app({"DIAGLOG_DASHBOARD": True, "DIAGLOG_FORMAT": "json"})
     app.add_url_rule("/files/<name>", view_func=lambda name: "ok")
     client = app.test_client()
