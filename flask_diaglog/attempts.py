@@ -95,23 +95,53 @@ class Attempts:
     def wait(self, client: str) -> float:
         """Seconds until ``client`` may present a credential again; 0 when it may now."""
         with self._lock:
-            times = self._refused.get(client)
-            if times is None or len(times) < self.limit:
-                return 0.0
-            return max(0.0, times[0] + self.window - self.now())
+            return self._wait(client)
 
-    def refused(self, client: str, n: int = 1) -> None:
-        """Count ``n`` refused credentials of ``client``."""
+    def _wait(self, client: str) -> float:
+        times = self._refused.get(client)
+        if times is None or len(times) < self.limit:
+            return 0.0
+        return max(0.0, times[0] + self.window - self.now())
+
+    def take(self, client: str, n: int) -> float:
+        """Before ``client``'s ``n`` credentials are judged: the seconds it is held off (nothing
+        is counted), or 0, and its ``n`` credentials are counted as refused now, in the same
+        step. So concurrent requests never pass the limit: each sees the credentials of those
+        still being judged. Call :meth:`forgive` with the same ``n`` when they are accepted."""
+        with self._lock:
+            wait = self._wait(client)
+            if wait == 0.0:
+                self._count(client, n)
+            return wait
+
+    def forgive(self, client: str, n: int) -> None:
+        """Take back ``n`` credentials :meth:`take` counted for ``client``: they were accepted."""
         if n <= 0:
             return
         with self._lock:
-            times = self._refused.pop(client, ())
-            now = self.now()
-            added = (now,) * min(n, self.limit)
-            kept = times[max(0, len(times) + len(added) - self.limit) :]
-            self._refused[client] = (*kept, *added)  # to the end: refused most recently
-            while len(self._refused) > self.clients:
-                self._refused.popitem(last=False)
+            times = self._refused.get(client)
+            if times is not None:
+                kept = times[:-n] if n < len(times) else ()
+                if kept:
+                    self._refused[client] = kept
+                else:
+                    del self._refused[client]
+
+    def refused(self, client: str, n: int = 1) -> None:
+        """Count ``n`` refused credentials of ``client``."""
+        with self._lock:
+            self._count(client, n)
+
+    def _count(self, client: str, n: int) -> None:
+        if n <= 0:
+            return
+        times = self._refused.pop(client, ())
+        now = self.now()
+        added = (now,) * min(n, self.limit)
+        kept = times[max(0, len(times) + len(added) - self.limit) :]
+        self._refused[client] = (*kept, *added)  # to the end: refused most recently
+        while len(self._refused) > self.clients:
+            self._refused.popitem(last=False)
 
 
 def query_tokens(request: Any) -> list[str]:

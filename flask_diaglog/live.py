@@ -298,26 +298,26 @@ class LiveBridge:
         callback allows it, else ``None`` (refused).
 
         A client held off for guessing (:mod:`flask_diaglog.attempts`) is never an operator, the
-        right token included; a handshake refused as a whole counts every token it presented (a
-        client the auth callback admits counts nothing: its own credentials are no guesses)."""
+        right token included. A handshake's tokens are counted before they are judged, in one step
+        with that check, and taken back when it is admitted (also by the auth callback: the app's
+        own credentials are no guesses): one refused as a whole counts every token it presented."""
         from flask import request
 
-        attempts, expected = self.attempts, self.token
+        attempts, expected, n = self.attempts, self.token, presented(request, auth)
         client = client_of(request.remote_addr)
-        held = attempts is not None and attempts.wait(client) > 0
+        held = attempts is not None and attempts.take(client, n) > 0
         given = auth.get("token") if isinstance(auth, Mapping) else None
-        if given is None:
-            asked = query_tokens(request)
-            given = asked[0] if len(asked) == 1 else None  # one token a handshake
+        if given is None:  # one token a handshake
+            given = asked[0] if len(asked := query_tokens(request)) == 1 else None
         if not held and expected and isinstance(given, str) and same_token(given, expected):
-            return OPERATOR
-        if not held and self.admit_extra is not None and self.admit_extra(auth):
-            return OPERATOR
-        if self.auth is not None and self.auth(auth):
-            return USER
-        if attempts is not None and not held:
-            attempts.refused(client, presented(request, auth))
-        return None
+            way: str | None = OPERATOR
+        elif not held and self.admit_extra is not None and self.admit_extra(auth):
+            way = OPERATOR
+        else:
+            way = USER if self.auth is not None and self.auth(auth) else None
+        if way is not None and attempts is not None and not held:
+            attempts.forgive(client, n)
+        return way
 
     def authorized(self, auth: Any) -> bool:
         """True when :meth:`admission` lets the client in."""

@@ -353,3 +353,51 @@ def test_the_apps_own_live_users_are_no_guessers(live_users: Flask) -> None:
         _problem(guesser.get(f"/_diaglog/api/state?token=guess-{n}-abcdefghij"), 403)
     assert _connects(live_users, guesser, {"user": "ann"})
     assert not _connects(live_users, guesser, {"token": LIVE_TOKEN})
+
+
+def test_guesses_being_judged_count_against_the_limit(
+    make_app: Callable[..., Flask], monotonic: Clock, wall: Clock
+) -> None:
+    """A credential counts from the moment it is taken, not once its verdict is in: while one
+    handshake's wrong live token is being judged (here, inside the app's ``live_auth``), the
+    same client has only 9 guesses left on the dashboard, so concurrent guesses cannot pass
+    the limit. A handshake ``live_auth`` admits gives its count back."""
+    app = make_app(
+        {
+            "DIAGLOG_DASHBOARD": True,
+            "DIAGLOG_DASHBOARD_TOKEN": TOKEN,
+            "DIAGLOG_LIVE": True,
+            "DIAGLOG_LIVE_TOKEN": LIVE_TOKEN,
+        },
+        init=False,
+    )
+    app.extensions["test_socketio"] = SocketIO(app, async_mode="threading")
+    meanwhile: list[int] = []
+
+    def live_auth(auth: Any) -> bool:
+        if auth.get("guess"):  # the same address guesses on the dashboard in the meantime
+            guesser = _client(app, "198.51.100.20")
+            for n in range(10):
+                r = guesser.get(f"/_diaglog/api/state?token=g-{n}-abcdefghij")
+                meanwhile.append(r.status_code)
+        return bool(auth.get("user"))
+
+    DiagLog(app, live_auth=live_auth)
+    try:
+        client = _client(app, "198.51.100.20")
+        wrong = {"token": "live-guess-abcdefgh"}
+        assert not _connects(app, client, {**wrong, "guess": True})
+        assert meanwhile == [403] * 9 + [429]
+        monotonic.now += 61  # the window has passed
+        meanwhile.clear()
+        assert _connects(app, client, {**wrong, "user": "ann", "guess": True})
+        assert meanwhile == [403] * 9 + [429]  # counted while it was judged, admitted or not
+        monotonic.now += 61
+        assert _connects(app, client, {**wrong, "user": "ann"})  # given back once admitted:
+        for n in range(10):  # ten guesses left
+            _problem(client.get(f"/_diaglog/api/state?token=g-{n}-abcdefghij"), 403)
+        _problem(client.get(f"/_diaglog/api/state?token={TOKEN}"), 429)
+    finally:
+        bridge = get_bridge(app)
+        assert bridge is not None
+        bridge.close()

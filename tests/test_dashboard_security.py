@@ -348,3 +348,20 @@ def test_bidi_controls_from_the_log_lines_are_shown_escaped(
     assert "/files/report\\u202efdp.exe" in trace
     assert "saved \\u202egnp.exe\\u2066 as \\x1b[31mred\\x85" in trace
     assert "scan\\u202e" in trace  # the waterfall's label
+
+
+def test_a_filter_for_a_control_character_survives_the_next_submit(
+    make_app: Callable[..., Flask],
+) -> None:
+    """The list page's filter form holds what was asked for, U+202E included, as a character
+    reference the browser reads back as the character (so the next submit asks for it again);
+    everywhere else on the page the character is shown escaped. (JSON lines: reading them gives
+    the character back.)"""
+    app = make_app({"DIAGLOG_DASHBOARD": True, "DIAGLOG_FORMAT": "json"})
+    app.add_url_rule("/files/<name>", view_func=lambda name: "ok")
+    client = app.test_client()
+    client.get("/files/report%E2%80%AEfdp.exe")
+    html = client.get("/_diaglog/requests?q=%E2%80%AEfdp").get_data(as_text=True)
+    assert not [c for c in UNSHOWN if c in html]
+    assert 'name="q" size="16" value="&#x202e;fdp"' in html
+    assert "/files/report\\u202efdp.exe" in html  # the match, listed

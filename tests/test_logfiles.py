@@ -8,6 +8,9 @@ import json
 import logging
 import logging.config
 import os
+import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -402,3 +405,34 @@ def test_standalone_handler_writes_plain_lines_of_the_records(tmp_path: Path) ->
     )
     assert (tmp_path / "s.log").read_bytes() == expected
     assert expected.count(b"\n") == 3
+
+
+_UMASK_RUN = """
+import os, sys, time
+os.umask(0o027)
+from flask import Flask
+from flask_diaglog import DiagLog, stage
+app = Flask("umask")
+app.config.update(DIAGLOG_LOG_DIR=sys.argv[1], DIAGLOG_MAX_BYTES=2048, DIAGLOG_COMPRESS=True)
+app.add_url_rule("/", view_func=lambda: "ok")
+DiagLog(app)
+client = app.test_client()
+for _ in range(60):
+    client.get("/")
+deadline = time.monotonic() + 30
+while not any(n.endswith(".gz") for n in os.listdir(sys.argv[1])) and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def test_files_follow_the_umask(tmp_path: Path) -> None:
+    """The log directory, the files, their lock sidecars, rotated and gzipped backups are made
+    with the process's umask applied: under ``umask 027`` no file is readable by others."""
+    log_dir = tmp_path / "logs"
+    subprocess.run([sys.executable, "-c", _UMASK_RUN, str(log_dir)], check=True, timeout=120)
+    names = sorted(p.name for p in log_dir.iterdir())
+    assert "requests.log" in names and ".requests.log.lock" in names, names
+    assert any(n.startswith("requests.log.") and n.endswith(".gz") for n in names), names
+    assert stat.S_IMODE(log_dir.stat().st_mode) == 0o750
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in log_dir.iterdir()}
+    assert modes == dict.fromkeys(names, 0o640)

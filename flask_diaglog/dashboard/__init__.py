@@ -66,11 +66,24 @@ _UNSHOWN = re.compile(
 )
 
 
+#: A form field's value (Jinja writes ``"`` in it as ``&#34;``), or one :data:`_UNSHOWN` character.
+_VALUE_OR_UNSHOWN = re.compile(r'( value="[^"]*")|' + _UNSHOWN.pattern)
+
+
 def _shown(html: str) -> str:
     """A rendered page with the :data:`_UNSHOWN` characters of the log lines' text (messages,
     paths, ids, errors, stage and job names, and any other) written as the plain layout writes
-    them: U+202E as ``\\u202e``. Jinja escapes markup, never these."""
-    return _UNSHOWN.sub(lambda m: ESCAPES[ord(m[0])], html)
+    them: U+202E as ``\\u202e``. Jinja escapes markup, never these. In a form field's value
+    they are character references (``&#x202e;``): the field holds what was asked for, so a
+    filter for such a character survives the next submit."""
+    return _VALUE_OR_UNSHOWN.sub(_show, html)
+
+
+def _show(m: re.Match[str]) -> str:
+    value = m[1]
+    if value is None:
+        return ESCAPES[ord(m[0])]
+    return _UNSHOWN.sub(lambda c: f"&#x{ord(c[0]):x};", value)
 
 
 def _time(ts: float | None) -> str:

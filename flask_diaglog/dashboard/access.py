@@ -22,8 +22,9 @@
   refresh.
 * Guessing: every token a refused request presented counts against its client
   (:mod:`flask_diaglog.attempts`), one ``?token=`` a request, and a client with too many is held
-  off (:func:`held_off`), the right token included. A refused cookie counts nothing: an HMAC is
-  no guess.
+  off (:func:`refusal`), the right token included. The credentials are counted as they are judged,
+  in one step with the check, so a burst of concurrent guesses cannot pass the limit. A refused
+  cookie counts nothing: an HMAC is no guess.
 * The live socket (when the app streams events over Socket.IO) is admitted by the same rule
   (:func:`socket_admission`): the page never holds a live token. A second copy of the cookie,
   limited to Socket.IO's path, travels with the same-origin handshake; it is set with the first
@@ -65,7 +66,6 @@ __all__ = [
     "SECURITY_HEADERS",
     "admitted",
     "cookie_value",
-    "held_off",
     "host_is_local",
     "is_local",
     "is_loopback",
@@ -242,9 +242,8 @@ def is_local(request: Request) -> bool:
     )
 
 
-def admitted(request: Request, token: str | None, attempts: Attempts | None = None) -> bool:
-    """Whether ``request`` may see the dashboard (see the module docstring). With ``attempts``,
-    every token a refused request presented counts against its client (a cookie is none)."""
+def admitted(request: Request, token: str | None) -> bool:
+    """Whether ``request`` may see the dashboard (see the module docstring)."""
     if token is None:
         return is_local(request) and host_is_local(request)
     if _cookie_expiry(request, token) is not None:
@@ -252,17 +251,7 @@ def admitted(request: Request, token: str | None, attempts: Attempts | None = No
     bearer = bearer_token(request)
     if bearer and _matches(bearer, token):
         return True
-    if _query_token(request, token):
-        return True
-    if attempts is not None:  # every token it presented, each a guess; a cookie is none
-        attempts.refused(client_of(request.remote_addr), presented(request))
-    return False
-
-
-def held_off(request: Request, token: str | None, attempts: Attempts) -> float:
-    """Seconds the client of ``request`` is held off for too many refused credentials (0: it is
-    not); never without a token, where no credential is taken."""
-    return 0.0 if token is None else attempts.wait(client_of(request.remote_addr))
+    return _query_token(request, token)
 
 
 def _query_token(request: Request, token: str) -> bool:
@@ -297,7 +286,7 @@ def _refused(request: Request, token: str | None) -> Response:
 
 
 def _too_many(wait: float) -> Response:
-    """The 429 for a client :func:`held_off` for ``wait`` seconds, with ``Retry-After``."""
+    """The 429 for a client held off for ``wait`` seconds, with ``Retry-After``."""
     seconds = max(1, math.ceil(wait))
     response = problem_response(
         429,
@@ -315,11 +304,20 @@ def refusal(request: Request, token: str | None, attempts: Attempts) -> Response
     """The answer to a dashboard ``request`` that may not see it, ``None`` when it may: a
     client held off for guessing gets a 429 problem+json with ``Retry-After`` (whatever it
     presents), a refused one a 403 problem+json (counted against its client when it presented
-    a credential) in ``attempts``, the app's counts."""
-    wait = held_off(request, token, attempts)
+    a credential) in ``attempts``, the app's counts. The credentials are counted before they
+    are judged, in the same step as the check (:meth:`Attempts.take`), and taken back when
+    accepted: a burst of concurrent guesses cannot pass the limit."""
+    if token is None:  # no credential is taken: only a local client on a local host
+        return None if admitted(request, None) else _refused(request, None)
+    client = client_of(request.remote_addr)
+    n = presented(request)
+    wait = attempts.take(client, n)
     if wait > 0:
         return _too_many(wait)
-    return None if admitted(request, token, attempts) else _refused(request, token)
+    if admitted(request, token):
+        attempts.forgive(client, n)
+        return None
+    return _refused(request, token)
 
 
 def without_token(request: Request) -> str | None:
