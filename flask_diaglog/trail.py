@@ -44,7 +44,6 @@ __all__ = [
     "stage_end",
     "stage_msg",
     "stage_word",
-    "stages_tail",
 ]
 
 #: ``format_float(x, ".2f")`` is ``f"{x:.2f}"`` for a float (only floats: durations), without the
@@ -186,11 +185,6 @@ def _tail(
     if bad_job_id is not None:
         tail += " bad_job_id=" + json.dumps(bad_job_id)
     return tail
-
-
-def stages_tail(totals: Mapping[str, float]) -> str:
-    """The tail of an end line whose only words are its stages: `` stages=a:1.20,b:40.31``."""
-    return _tail(totals, False, 0, False)
 
 
 _TAIL = (

@@ -30,13 +30,7 @@ from .context import Trace, is_valid_id, new_request_id, reset_trace, set_trace,
 from .jobids import JobIds, body_json
 from .redact import Redactor
 from .timing import stage_entries
-from .trail import (
-    format_float,
-    request_end_msg,
-    request_error_msg,
-    request_start_msg,
-    stages_tail,
-)
+from .trail import format_float, request_end_msg, request_error_msg, request_start_msg
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -273,9 +267,10 @@ class RequestTrail:
             elif totals:  # stages and no other word: the stages word is the whole tail
                 last = trace.stage_word  # made by the stages (see Trace.stage_word)
                 word = last[1] if last[0] is totals else None
-                msg = request_end_msg(method, path, status, ms, route) + (
-                    word if word is not None else stages_tail(totals)
-                )
+                if word is not None:
+                    msg = request_end_msg(method, path, status, ms, route) + word
+                else:  # a name ran twice: the word is made from the totals
+                    msg = request_end_msg(method, path, status, ms, route, totals)
                 fields = (method, path, route, status, ms, totals)
             else:  # the common case
                 msg = request_end_msg(method, path, status, ms, route)
