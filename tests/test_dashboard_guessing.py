@@ -8,6 +8,7 @@ The clocks are replaced (``attempts.clock``, ``access.wall_clock``): nothing her
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -298,6 +299,18 @@ LIVE_TOKEN = "a-live-token-of-24-chars"
 def live_users(make_app: Callable[..., Flask], monotonic: Clock, wall: Clock) -> Iterator[Flask]:
     """The dashboard with a token, DIAGLOG_LIVE_TOKEN, and the app's own live users admitted by
     ``live_auth`` when their payload says ``{"user": ...}``."""
+    with _with_live_users(
+        make_app, lambda app, auth: isinstance(auth, dict) and "user" in auth
+    ) as app:
+        yield app
+
+
+@contextlib.contextmanager
+def _with_live_users(
+    make_app: Callable[..., Flask], live_auth: Callable[[Flask, Any], bool]
+) -> Iterator[Flask]:
+    """An app with the dashboard's token and DIAGLOG_LIVE_TOKEN, whose ``live_auth`` is
+    ``live_auth(app, auth)``; its live bridge closed after."""
     app = make_app(
         {
             "DIAGLOG_DASHBOARD": True,
@@ -308,11 +321,13 @@ def live_users(make_app: Callable[..., Flask], monotonic: Clock, wall: Clock) ->
         init=False,
     )
     app.extensions["test_socketio"] = SocketIO(app, async_mode="threading")
-    DiagLog(app, live_auth=lambda auth: isinstance(auth, dict) and "user" in auth)
-    yield app
-    bridge = get_bridge(app)
-    assert bridge is not None
-    bridge.close()
+    DiagLog(app, live_auth=lambda auth: live_auth(app, auth))
+    try:
+        yield app
+    finally:
+        bridge = get_bridge(app)
+        assert bridge is not None
+        bridge.close()
 
 
 def _connects(app: Flask, client: FlaskClient, auth: Any = None, query: str = "") -> bool:
@@ -362,19 +377,9 @@ def test_guesses_being_judged_count_against_the_limit(
     handshake's wrong live token is being judged (here, inside the app's ``live_auth``), the
     same client has only 9 guesses left on the dashboard, so concurrent guesses cannot pass
     the limit. A handshake ``live_auth`` admits gives its count back."""
-    app = make_app(
-        {
-            "DIAGLOG_DASHBOARD": True,
-            "DIAGLOG_DASHBOARD_TOKEN": TOKEN,
-            "DIAGLOG_LIVE": True,
-            "DIAGLOG_LIVE_TOKEN": LIVE_TOKEN,
-        },
-        init=False,
-    )
-    app.extensions["test_socketio"] = SocketIO(app, async_mode="threading")
     meanwhile: list[int] = []
 
-    def live_auth(auth: Any) -> bool:
+    def live_auth(app: Flask, auth: Any) -> bool:
         if auth.get("guess"):  # the same address guesses on the dashboard in the meantime
             guesser = _client(app, "198.51.100.20")
             for n in range(10):
@@ -382,8 +387,7 @@ def test_guesses_being_judged_count_against_the_limit(
                 meanwhile.append(r.status_code)
         return bool(auth.get("user"))
 
-    DiagLog(app, live_auth=live_auth)
-    try:
+    with _with_live_users(make_app, live_auth) as app:
         client = _client(app, "198.51.100.20")
         wrong = {"token": "live-guess-abcdefgh"}
         assert not _connects(app, client, {**wrong, "guess": True})
@@ -397,7 +401,3 @@ def test_guesses_being_judged_count_against_the_limit(
         for n in range(10):  # ten guesses left
             _problem(client.get(f"/_diaglog/api/state?token=g-{n}-abcdefghij"), 403)
         _problem(client.get(f"/_diaglog/api/state?token={TOKEN}"), 429)
-    finally:
-        bridge = get_bridge(app)
-        assert bridge is not None
-        bridge.close()
