@@ -41,12 +41,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import gc
 import logging
 import os
 import sys
 import threading
-import traceback
 import weakref
 from collections.abc import Iterator
 from time import perf_counter
@@ -54,6 +52,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .jobids import url_job_id
+from .stacks import format_stack, thread_frames, thread_names
 from .trail import hang_msg
 
 if TYPE_CHECKING:
@@ -63,13 +62,9 @@ if TYPE_CHECKING:
 __all__ = ["InFlight", "entries", "thread_frames"]
 
 _INF = float("inf")
-#: Innermost frames shown in a hang report (a stack deeper than this is cut at the outer end).
-STACK_LIMIT = 100
 #: Longest an end waits for the hang report of its own work being recorded meanwhile (the
 #: report's line is out within microseconds; what may take longer is its signal receivers).
 SETTLE_WAIT = 1.0
-#: Held by :func:`thread_frames` while the collector is off.
-_FRAMES_LOCK = threading.Lock()
 
 
 class _Report:
@@ -312,7 +307,7 @@ class _Watchdog:
                 next_at = min(next_at, at)
         if due:
             frames = thread_frames()
-            names = _thread_names()
+            names = thread_names()
             try:
                 for reg, trace, name in due:
                     if trace in reg:  # it may have ended a moment ago (checked again, held)
@@ -335,22 +330,6 @@ class _Watchdog:
 _watchdog = _Watchdog()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_watchdog.after_fork)
-
-
-def _thread_names() -> dict[int, str]:
-    return {t.ident: t.name for t in threading.enumerate() if t.ident is not None}
-
-
-def format_stack(frame: FrameType | None, thread: int, names: dict[int, str]) -> str:
-    """The stack of one thread as text, in the layout of a traceback."""
-    label = f"{names.get(thread, '?')!r} (id {thread})"
-    if frame is None:
-        return (
-            f"Stack of thread {label} unavailable: it is not a running OS thread of this process "
-            "(a greenlet, or work that just ended)"
-        )
-    lines = traceback.format_stack(frame, limit=STACK_LIMIT)
-    return f"Stack of thread {label}, most recent call last:\n{''.join(lines).rstrip()}"
 
 
 def _report(
@@ -420,32 +399,12 @@ def _report_overflow(reg: InFlight) -> None:
     )
 
 
-def thread_frames() -> dict[int, FrameType]:
-    """``sys._current_frames()`` with the garbage collector held off while it runs.
-
-    It makes a frame object for each thread while it holds the interpreter's thread list. On
-    CPython 3.11 before 3.11.9, and older versions (gh-106883; 3.12 collects only between
-    bytecodes), a collection that starts there (any allocation may start one) and frees a
-    ``threading.local`` (every app has some) waits for that same list: the whole process stops,
-    for good, in the watchdog meant to report hangs. Callers here are serialized, so one cannot
-    turn the collector back on while another is inside.
-    """
-    with _FRAMES_LOCK:
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return sys._current_frames()
-        finally:
-            if enabled:
-                gc.enable()
-
-
 def entries(registry: InFlight, stacks: bool = False) -> list[dict[str, Any]]:
     """The in-flight work of one registry, oldest first (see ``flask_diaglog.inflight``)."""
     items = registry.items()
     if not items:
         return []
-    names = _thread_names()
+    names = thread_names()
     frames = thread_frames() if stacks else {}
     pid = os.getpid()
     rec = registry.recorder

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +18,7 @@ from conftest import Logs
 from flask import Flask, Response, abort
 
 from flask_diaglog import DiagLog, inflight, stage
+from flask_diaglog.stacks import thread_frames
 
 
 @pytest.fixture(params=[True, False], ids=["testing", "production"])
@@ -256,3 +260,52 @@ def test_listing_stacks_survives_collections_freeing_thread_locals(tmp_path: Pat
     except subprocess.TimeoutExpired:
         pytest.fail("the process stopped while listing stacks under collections (a deadlock)")
     assert done.returncode == 0 and done.stdout == "listed\n", done.stderr
+
+
+def _child_takes_stacks(app: Flask) -> int:
+    """In a forked child: 0 when the collector is on and the child lists its own stacks."""
+    try:
+        if not gc.isenabled():
+            return 3
+        listed = app.test_client().get("/listed").get_json()
+        return 0 if listed and "stack" in listed[0] else 4
+    except BaseException:
+        return 5
+
+
+def test_a_child_forked_while_stacks_are_taken_gets_the_collector_back(
+    make_app: Callable[..., Flask],
+) -> None:
+    """``thread_frames()`` turns the collector off for a moment, under a lock. A child forked
+    from another thread in that moment (a server forking workers while a page lists stacks)
+    starts with the collector on and the lock free: it lists its own stacks, and collects."""
+    app = make_app()
+
+    @app.get("/listed")
+    def listed() -> Any:
+        return inflight(stacks=True)
+
+    stop = threading.Event()
+
+    def take_stacks() -> None:
+        while not stop.is_set():
+            thread_frames()
+
+    taker = threading.Thread(target=take_stacks)
+    taker.start()
+    try:
+        for _ in range(200):
+            pid = os.fork()
+            if pid == 0:  # the child: never back into pytest
+                os._exit(_child_takes_stacks(app))
+            deadline = time.monotonic() + 20
+            while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            if done[0] == 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail("a forked child stopped listing its stacks (a lock left held)")
+            assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        stop.set()
+        taker.join()
