@@ -76,6 +76,8 @@ def _shown(html: str) -> str:
     them: U+202E as ``\\u202e``. Jinja escapes markup, never these. In a form field's value
     they are character references (``&#x202e;``): the field holds what was asked for, so a
     filter for such a character survives the next submit."""
+    if _UNSHOWN.search(html) is None:  # the common page: one quick scan
+        return html
     return _VALUE_OR_UNSHOWN.sub(_show, html)
 
 
