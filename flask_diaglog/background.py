@@ -42,6 +42,10 @@ R = TypeVar("R")
 _INFO = logging.INFO
 _ERROR = logging.ERROR
 _WARNING = logging.WARNING
+#: Most seconds a stopping process waits, after a request it waited for has ended, for the
+#: thread that served it to end: the server writes the response after diaglog's end line. A
+#: thread kept for the next request of a keep-alive connection is left after this long.
+RESPONSE_SETTLE = 1.0
 
 
 class _Job:
@@ -144,6 +148,7 @@ class Running:
         recs = [job.rec for job in jobs] + [trail.rec for trail, _ in served]
         grace = max(rec.shutdown_grace for rec in recs)
         deadline = time.monotonic() + grace
+        serving = {trace.thread for _, trace in served}
         while True:
             left = deadline - time.monotonic()
             with self._cond:
@@ -153,7 +158,10 @@ class Running:
                 # A job's end notifies; a request's does not: look again every 50 ms.
                 self._cond.wait(min(left, 0.05) if served else left)
             served = self._served()
+            serving.update(trace.thread for _, trace in served)
         served = self._served()  # as late as possible: a request that ended has its own line
+        if serving and not served:  # they ended: let their threads send the responses
+            _wait_for_threads(serving, min(deadline, time.monotonic() + RESPONSE_SETTLE))
         aborted = 0
         for job in jobs:
             with job.lock:
@@ -175,6 +183,15 @@ class Running:
                 sys.stderr.flush()
             finally:
                 os._exit(1)  # the jobs' threads would keep the process alive for ever
+
+
+def _wait_for_threads(idents: set[int], until: float) -> None:
+    """Wait until none of the threads ``idents`` is alive, or until ``until`` (monotonic)."""
+    while time.monotonic() < until:
+        alive = {t.ident for t in threading.enumerate()}
+        if not idents & alive:
+            return
+        time.sleep(0.01)
 
 
 _running: Running | None = None

@@ -54,6 +54,29 @@ APP = textwrap.dedent(
         with stage("render"):
             time.sleep(float(__import__("flask").request.args["seconds"]))
         return "done"
+
+
+    class SlowToSend:
+        # An outer WSGI layer that takes its time after the app answered (a compressing
+        # middleware, a slow server): the response leaves after diaglog's end line.
+
+        def __init__(self, wsgi_app):
+            self.wsgi_app = wsgi_app
+
+        def __call__(self, environ, start_response):
+            body = self.wsgi_app(environ, start_response)
+            if environ["PATH_INFO"] == "/slow-send":
+                time.sleep(0.5)
+            return body
+
+
+    app.wsgi_app = SlowToSend(app.wsgi_app)
+
+
+    @app.get("/slow-send")
+    def slow_send():
+        time.sleep(float(__import__("flask").request.args["seconds"]))
+        return "sent"
     """
 )
 
@@ -205,6 +228,25 @@ def test_a_stopping_flask_run_waits_for_the_request_it_serves(
     ]
     assert end["status"] == 200 and "aborted" not in end
     assert end["stages"] == {"render": pytest.approx(1500, abs=1000)}
+
+
+def test_a_stopping_flask_run_lets_the_server_send_the_answer(
+    flask_run: object, app_dir: Path
+) -> None:
+    """The request's end line is written when the app has answered, and the server sends the
+    answer after it (here 0.5 s later, through an outer WSGI layer): a stopping process waits
+    for the thread that serves it to send it too, not only for the end line."""
+    proc, base = flask_run()  # type: ignore[operator]
+    got = _get_in_background(base + "/slow-send?seconds=1")
+    wait_until(
+        lambda: any(r.get("path") == "/slow-send" for r in _request_lines(app_dir)),
+        "the request to start",
+        20.0,
+    )
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    wait_until(lambda: got, "the answer", 10.0)
+    assert got == [200]
 
 
 def test_a_request_past_the_grace_ends_with_an_aborted_line_on_file_and_console(
