@@ -207,22 +207,28 @@ def test_a_job_past_the_grace_period_ends_with_an_aborted_line(
     assert "j-long" in errors and "aborted" in errors
 
 
-def test_a_stopping_flask_run_waits_for_the_request_it_serves(
-    flask_run: object, app_dir: Path
-) -> None:
-    """werkzeug serves each request in a daemon thread, which Python ends at exit without
-    waiting: the request in flight is waited for, and answered, within the grace."""
+def _answer_while_stopping(flask_run: object, app_dir: Path, path: str, query: str) -> object:
+    """What a GET of ``path`` answers when the server is sent SIGTERM while it serves it."""
     proc, base = flask_run()  # type: ignore[operator]
-    got = _get_in_background(base + "/slow?seconds=1.5")
+    got = _get_in_background(f"{base}{path}?{query}")
     wait_until(
-        lambda: any(r.get("path") == "/slow" for r in _request_lines(app_dir)),
+        lambda: any(r.get("path") == path for r in _request_lines(app_dir)),
         "the request to start",
         20.0,
     )
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
     wait_until(lambda: got, "the answer", 10.0)
-    assert got == [200]
+    (answer,) = got
+    return answer
+
+
+def test_a_stopping_flask_run_waits_for_the_request_it_serves(
+    flask_run: object, app_dir: Path
+) -> None:
+    """werkzeug serves each request in a daemon thread, which Python ends at exit without
+    waiting: the request in flight is waited for, and answered, within the grace."""
+    assert _answer_while_stopping(flask_run, app_dir, "/slow", "seconds=1.5") == 200
     (end,) = [
         r for r in _request_lines(app_dir) if r["event"] == "request_end" and r["path"] == "/slow"
     ]
@@ -236,17 +242,7 @@ def test_a_stopping_flask_run_lets_the_server_send_the_answer(
     """The request's end line is written when the app has answered, and the server sends the
     answer after it (here 0.5 s later, through an outer WSGI layer): a stopping process waits
     for the thread that serves it to send it too, not only for the end line."""
-    proc, base = flask_run()  # type: ignore[operator]
-    got = _get_in_background(base + "/slow-send?seconds=1")
-    wait_until(
-        lambda: any(r.get("path") == "/slow-send" for r in _request_lines(app_dir)),
-        "the request to start",
-        20.0,
-    )
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
-    wait_until(lambda: got, "the answer", 10.0)
-    assert got == [200]
+    assert _answer_while_stopping(flask_run, app_dir, "/slow-send", "seconds=1") == 200
 
 
 def test_a_request_past_the_grace_ends_with_an_aborted_line_on_file_and_console(
