@@ -85,8 +85,8 @@ class Attempts:
         self.clients = clients
         self._now = now
         self._lock = threading.Lock()
-        #: Client to the times of its last ``limit`` refusals, oldest first; the client refused
-        #: least recently first.
+        #: Client to the times of its last ``2 * limit`` refusals, oldest first; the client
+        #: refused least recently first.
         self._refused: OrderedDict[str, tuple[float, ...]] = OrderedDict()
 
     def now(self) -> float:
@@ -101,7 +101,7 @@ class Attempts:
         times = self._refused.get(client)
         if times is None or len(times) < self.limit:
             return 0.0
-        return max(0.0, times[0] + self.window - self.now())
+        return max(0.0, times[-self.limit] + self.window - self.now())
 
     def take(self, client: str, n: int) -> float:
         """Before ``client``'s ``n`` credentials are judged: the seconds it is held off (nothing
@@ -118,6 +118,7 @@ class Attempts:
         """Take back ``n`` credentials :meth:`take` counted for ``client``: they were accepted."""
         if n <= 0:
             return
+        n = min(n, self.limit)  # what take() counted
         with self._lock:
             times = self._refused.get(client)
             if times is not None:
@@ -138,7 +139,9 @@ class Attempts:
         times = self._refused.pop(client, ())
         now = self.now()
         added = (now,) * min(n, self.limit)
-        kept = times[max(0, len(times) + len(added) - self.limit) :]
+        # Twice the limit are kept: only the last ``limit`` decide the wait, and those survive
+        # a forgive() of what was just added.
+        kept = times[max(0, len(times) + len(added) - 2 * self.limit) :]
         self._refused[client] = (*kept, *added)  # to the end: refused most recently
         while len(self._refused) > self.clients:
             self._refused.popitem(last=False)

@@ -232,6 +232,20 @@ def test_many_tokens_in_one_request_are_as_many_guesses(app: Flask) -> None:
     assert _client(app, "203.0.113.99").get(f"/_diaglog/api/state?token={TOKEN}").status_code == 200
 
 
+def test_an_accepted_request_gives_back_only_its_own_guesses(app: Flask) -> None:
+    """A request with the right token (a Bearer header) and a wrong ``?token=`` is admitted and
+    counts nothing, however near the limit its client is: nine earlier guesses still count,
+    so the tenth holds the client off."""
+    client = _client(app)
+    for n in range(9):
+        _problem(client.get(f"/_diaglog/api/state?token=guess-{n}-abcdefghij"), 403)
+    right = {"Authorization": f"Bearer {TOKEN}"}
+    both = client.get("/_diaglog/api/state?token=wrong-one-abcdefghij", headers=right)
+    assert both.status_code == 200
+    _problem(client.get("/_diaglog/api/state?token=guess-9-abcdefghij"), 403)
+    _problem(client.get("/_diaglog/api/state", headers=right), 429)
+
+
 def test_a_cookie_from_a_clock_far_ahead_is_refused(app: Flask, wall: Clock) -> None:
     """A cookie set while the clock ran years ahead does not admit once the clock is right: its
     expiry is at most 12 hours (and a minute) away, and no cookie outlives that."""
