@@ -92,12 +92,8 @@ class Attempts:
     def now(self) -> float:
         return self._now() if self._now is not None else clock()
 
-    def wait(self, client: str) -> float:
-        """Seconds until ``client`` may present a credential again; 0 when it may now."""
-        with self._lock:
-            return self._wait(client)
-
     def _wait(self, client: str) -> float:
+        """Seconds until ``client`` may present a credential again; 0 when it may now."""
         times = self._refused.get(client)
         if times is None or len(times) < self.limit:
             return 0.0
@@ -110,8 +106,15 @@ class Attempts:
         still being judged. Call :meth:`forgive` with the same ``n`` when they are accepted."""
         with self._lock:
             wait = self._wait(client)
-            if wait == 0.0:
-                self._count(client, n)
+            if wait == 0.0 and n > 0:
+                times = self._refused.pop(client, ())
+                added = (self.now(),) * min(n, self.limit)
+                # Twice the limit are kept: only the last ``limit`` decide the wait, and those
+                # survive a forgive() of what was just added.
+                kept = times[max(0, len(times) + len(added) - 2 * self.limit) :]
+                self._refused[client] = (*kept, *added)  # to the end: refused most recently
+                while len(self._refused) > self.clients:
+                    self._refused.popitem(last=False)
             return wait
 
     def forgive(self, client: str, n: int) -> None:
@@ -127,24 +130,6 @@ class Attempts:
                     self._refused[client] = kept
                 else:
                     del self._refused[client]
-
-    def refused(self, client: str, n: int = 1) -> None:
-        """Count ``n`` refused credentials of ``client``."""
-        with self._lock:
-            self._count(client, n)
-
-    def _count(self, client: str, n: int) -> None:
-        if n <= 0:
-            return
-        times = self._refused.pop(client, ())
-        now = self.now()
-        added = (now,) * min(n, self.limit)
-        # Twice the limit are kept: only the last ``limit`` decide the wait, and those survive
-        # a forgive() of what was just added.
-        kept = times[max(0, len(times) + len(added) - 2 * self.limit) :]
-        self._refused[client] = (*kept, *added)  # to the end: refused most recently
-        while len(self._refused) > self.clients:
-            self._refused.popitem(last=False)
 
 
 def query_tokens(request: Any) -> list[str]:

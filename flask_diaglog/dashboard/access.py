@@ -154,11 +154,7 @@ def _cookie_expiry(request: Request, token: str) -> int | None:
     now = wall_clock()
     if not now < expires <= now + COOKIE_MAX_AGE + 60:
         return None
-    return expires if _matches(cookie, cookie_value(token, expires)) else None
-
-
-def _matches(given: str, expected: str) -> bool:
-    return same_token(given, expected)
+    return expires if same_token(cookie, cookie_value(token, expires)) else None
 
 
 #: ``for=`` and ``host=`` of one ``Forwarded`` element (RFC 7239), quoted or not.
@@ -249,7 +245,7 @@ def admitted(request: Request, token: str | None) -> bool:
     if _cookie_expiry(request, token) is not None:
         return True
     bearer = bearer_token(request)
-    if bearer and _matches(bearer, token):
+    if bearer and same_token(bearer, token):
         return True
     return _query_token(request, token)
 
@@ -258,7 +254,7 @@ def _query_token(request: Request, token: str) -> bool:
     """Whether the request's ``?token=`` is ``token``: one value only, so that one request tries
     one token (several are refused, and each counts as a guess)."""
     given = query_tokens(request)
-    return len(given) == 1 and _matches(given[0], token)
+    return len(given) == 1 and same_token(given[0], token)
 
 
 def _refused(request: Request, token: str | None) -> Response:
