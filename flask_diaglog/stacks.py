@@ -44,9 +44,14 @@ class _Frames:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._was_enabled = False  # the collector's state before the current call, under _lock
+        self._hooked = False  # after_fork registered (at the first take, not at import)
 
     def take(self) -> dict[int, FrameType]:
         with self._lock:
+            if not self._hooked:
+                self._hooked = True
+                if hasattr(os, "register_at_fork"):
+                    os.register_at_fork(after_in_child=self.after_fork)
             self._was_enabled = gc.isenabled()
             gc.disable()
             try:
@@ -79,5 +84,3 @@ def thread_frames() -> dict[int, FrameType]:
 
 
 _frames = _Frames()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_frames.after_fork)

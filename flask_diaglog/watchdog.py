@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from .context import Trace
     from .record import Recorder
 
-__all__ = ["InFlight", "entries", "thread_frames"]
+__all__ = ["InFlight", "entries"]
 
 _INF = float("inf")
 #: Longest an end waits for the hang report of its own work being recorded meanwhile (the
