@@ -26,7 +26,7 @@ from flask.cli import ScriptInfo
 
 from .config import KEYS, ConfigError, shown
 from .config import log_dir as configured_log_dir
-from .files.render import ESCAPES, JSON_ESCAPES
+from .escapes import ESCAPES, JSON_ESCAPES
 from .follow import Follower
 from .linecheck import unsurrogate
 from .logread import (

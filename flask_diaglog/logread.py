@@ -78,7 +78,7 @@ class LogRecord:
         no = LEVELS.get(level) or (int(level) if level.isdigit() else 0)
         rid, jid, exc = d.get("request_id"), d.get("job_id"), d.get("exc") or None
         msg, logger = str(d.get("msg", "")), str(d.get("logger", ""))
-        line = plain_line(self.ts + 5e-7, no, self.event, logger, rid, jid, msg, exc=exc)
+        line = plain_line(self.ts + 5e-7, no, self.event, logger, rid, jid, msg, None, exc, None)
         return line.decode("utf-8", "replace").rstrip("\n")
 
     def to_dict(self) -> dict[str, Any]:

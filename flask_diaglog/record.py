@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from blinker import Signal
 
+from .files.render import printable_variant
 from .signals import SIGNALS, _receivers
 from .trail import (
     ERRORS_FROM,
@@ -42,6 +43,7 @@ from .trail import (
     KIND_LOGGER,
     LOGGER_ROOT,
     OPENS,
+    PRINTABLE,
     Fields,
     fields_dict,
     level_name,
@@ -252,10 +254,17 @@ class Recorder:
         # The signal of a kind that has none (or of an app-less recorder): never connected, so
         # the hot path tests ``sig.receivers`` alone, without ``sig is not None`` first.
         unheard = Signal()
-        #: Per kind, decided once: its logger, its signal, and whether it opens an entry of the
-        #: in-flight registry (an end's producer closes it, see :meth:`close`).
-        self._plan: dict[str, tuple[str, Signal, bool]] = {
-            kind: (logger, signals.get(kind, unheard), kind in OPENS)
+        #: Per kind, decided once: its logger, its signal, whether it opens an entry of the
+        #: in-flight registry (an end's producer closes it, see :meth:`close`), and its renderer
+        #: (a kind whose messages are printable as built skips the plain check of them).
+        printable = printable_variant(render)
+        self._plan: dict[str, tuple[str, Signal, bool, Renderer]] = {
+            kind: (
+                logger,
+                signals.get(kind, unheard),
+                kind in OPENS,
+                printable if kind in PRINTABLE else render,
+            )
             for kind, logger in KIND_LOGGER.items()
         }
         #: Where each target's lines go, and where ERROR lines also go.
@@ -308,7 +317,7 @@ class Recorder:
         """
         if ts is None:
             ts = _time()
-        log_as, sig, opens = self._plan[kind]
+        log_as, sig, opens, render = self._plan[kind]
         if logger is None:
             logger = log_as
         if trace is not None:
@@ -326,7 +335,6 @@ class Recorder:
         # A start enters the registry after its line, below: what is in flight has its start
         # line in the files. An end left it before its line was built (see close()).
         if level >= self.level:
-            render = self.render  # an attribute read, then a plain call: no method lookup
             try:
                 data = render(ts, level, kind, logger, rid, jid, msg, fields, exc, thread)
                 self._targets[target].write(data)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import re
 from collections.abc import Callable
 from time import perf_counter
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from .context import Trace, current_trace
+from .escapes import STAGE_NAMES, stage_names
 from .trail import format_float, stage_end
 
 __all__ = ["get_request_timings", "stage", "stage_entries", "timed_stage"]
@@ -103,15 +103,10 @@ class stage:
         # One number, formatted once, for the stage's line, the end line's word and the header.
         text = format_float(run, ".2f")
         if et is None:
-            msg, word = stage_end(name, text, True, None, word)
+            msg, word, head = stage_end(name, text, True, None, word, head)
         else:
             error = rec.error_text(exc) if exc is not None else "error"
-            msg, word = stage_end(name, text, False, error, word)
-        if head is not None:
-            tok = _token_cache.get(name)
-            if tok is None:
-                tok = _token(name)
-            head = f"{head}{tok};dur={text}, "  # as stage_entries() makes it
+            msg, word, head = stage_end(name, text, False, error, word, head)
         trace.stage_word = (totals, word, head)
         trace.totals = totals
         if et is None:
@@ -195,18 +190,6 @@ def timed_stage(name_or_fn: str | Callable[..., Any] | None = None) -> Any:
     return decorator
 
 
-_TOKEN_BAD = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
-_token_cache: dict[str, str] = {}
-
-
-def _token(name: str) -> str:
-    """``name`` made a valid token, kept in :data:`_token_cache` (its callers look there first)."""
-    tok = _TOKEN_BAD.sub("_", name) or "_"
-    if len(_token_cache) < 4096:
-        _token_cache[name] = tok
-    return tok
-
-
 def stage_entries(totals: dict[str, float]) -> str:
     """The stages' entries of ``Server-Timing``, ``validate;dur=1.23, generate;dur=40.31, ``
     (names made into valid tokens; durations as the lines show them, to 0.01 ms), made from the
@@ -214,9 +197,7 @@ def stage_entries(totals: dict[str, float]) -> str:
     they could not (a name run twice is a sum)."""
     head = ""
     for name, ms in totals.items():
-        tok = _token_cache.get(name)
-        if tok is None:
-            tok = _token(name)
+        tok = (STAGE_NAMES.get(name) or stage_names(name))[1]
         head += f"{tok};dur={format_float(ms, '.2f')}, "
     return head
 

@@ -19,7 +19,9 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from typing import Any, Union
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
+
+from .escapes import ESCAPES, STAGE_NAMES, stage_names, stage_word
 
 __all__ = [
     "ERRORS_FROM",
@@ -28,6 +30,7 @@ __all__ = [
     "KIND_LOGGER",
     "LEVELS",
     "LEVEL_NAMES",
+    "PRINTABLE",
     "file_for",
     "format_float",
     "hang_msg",
@@ -115,6 +118,8 @@ FLOAT_DIGITS = 3
 #: Kinds that open an entry of the in-flight registry (the end's producer closes it: see
 #: :meth:`flask_diaglog.record.Recorder.close`).
 OPENS = frozenset({"request_start", "job_start"})
+#: Kinds whose builder escapes what it embeds: printable as built, a plain line skips its check.
+PRINTABLE = frozenset({"stage"})
 
 # -- levels -----------------------------------------------------------------------------------
 
@@ -126,8 +131,7 @@ LEVELS: dict[str, int] = {name: no for no, name in LEVEL_NAMES.items()}
 
 def level_name(level: int) -> str:
     """``INFO`` for 20; ``Level 25`` for a level without a name (as :mod:`logging` says it)."""
-    name = LEVEL_NAMES.get(level)
-    return name if name is not None else f"Level {level}"
+    return LEVEL_NAMES.get(level) or f"Level {level}"
 
 
 # -- files and routing ------------------------------------------------------------------------
@@ -297,35 +301,27 @@ def _request_error_fields(m: re.Match[str]) -> dict[str, Any]:
 
 def stage_msg(name: str, ms: float, ok: bool, error: str | None = None) -> str:
     """``stage render 12.34ms ok`` or ``stage render 12.34ms failed: ValueError: message``."""
-    return stage_end(name, format_float(ms, ".2f"), ok, error, None)[0]
-
-
-#: Stage names as lines show them (:func:`stage_word`), by name; bounded.
-_WORDS: dict[str, str] = {}
-
-
-def stage_word(name: str) -> str:
-    """``name`` as one word of a line: whitespace, ``,`` and ``%`` percent-encoded (unquoted)."""
-    shown = _WORDS.get(name)
-    if shown is None:
-        shown = "".join(quote(c, safe="") if c.isspace() or c in ",%" else c for c in name)
-        if len(_WORDS) < 4096:
-            _WORDS[name] = shown
-    return shown
+    return stage_end(name, format_float(ms, ".2f"), ok, error, None, None)[0]
 
 
 def stage_end(
-    name: str, text: str, ok: bool, error: str | None, word: str | None
-) -> tuple[str, str | None]:
-    """The stage's message, and ``word`` (the end line's ``stages=`` word so far, ``""`` before
-    the first stage) with this stage added. ``text`` is the run in ms, formatted ``.2f`` once by
-    the caller for both (and for the ``Server-Timing`` entry). ``None`` stays."""
-    name = _WORDS.get(name) or stage_word(name)  # the cache inline: this runs every stage
+    name: str, text: str, ok: bool, error: str | None, word: str | None, head: str | None
+) -> tuple[str, str | None, str | None]:
+    """The stage's message (printable as built), and ``word`` (the end line's ``stages=`` word so
+    far, ``""`` first) and ``head`` (the ``Server-Timing`` entries so far) with this stage added;
+    ``None`` stays (made from the totals). ``text``: the run in ms, formatted ``.2f`` once."""
+    shown = STAGE_NAMES.get(name) or stage_names(name)  # the cache inline: this runs every stage
+    name = shown[0]
     if word is not None:
         word = f"{word},{name}:{text}" if word else f" stages={name}:{text}"
+    if head is not None:
+        head = f"{head}{shown[1]};dur={text}, "  # as stage_entries() makes it
     if ok:
-        return f"stage {name} {text}ms ok", word
-    return f"stage {name} {text}ms failed: {error}", word
+        return f"stage {name} {text}ms ok", word, head
+    error = str(error)
+    if not error.isprintable():
+        error = error.translate(ESCAPES)
+    return f"stage {name} {text}ms failed: {error}", word, head
 
 
 _STAGE = re.compile(r"stage (?P<stage>\S+) (?P<ms>[\d.]+)ms (?:(?P<ok>ok)|failed: (?P<error>.*))$")

@@ -15,8 +15,10 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from flask import Flask, request
@@ -25,6 +27,7 @@ from hypothesis import strategies as st
 
 from flask_diaglog import stage
 from flask_diaglog.files.render import split_plain
+from flask_diaglog.logread import read_records
 from flask_diaglog.testing import capture_events
 from flask_diaglog.trail import ERRORS_FROM
 
@@ -216,3 +219,40 @@ def test_a_lone_surrogate_is_written_as_its_escape_in_json_lines(
         text.encode("utf-8")  # strict: no surrogate came back from a JSON escape
     assert [r["msg"] for r in records if r["event"] == "log"] == ["name \\ud800"]
     assert [r["stage"] for r in records if r["event"] == "stage"] == ["s\\udc9bx"]
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_a_stage_line_shows_its_name_and_error_escaped_as_any_line_does(
+    make_app: Callable[..., Flask], log_dir: Path, fmt: str
+) -> None:
+    """A stage's message is printable as built (the plain layout skips its check): the name's
+    and the error's line breaks and controls come out escaped, the line stays one record, and
+    the name reads back as the text shown."""
+    app = make_app({"TESTING": False, "DIAGLOG_FORMAT": fmt})
+    name = "a\nb\x1b[31m\u202ec\x85"
+
+    @app.get("/")
+    def view() -> str:
+        with stage(name):
+            pass
+        with suppress(ValueError), stage("bad"):
+            raise ValueError("x\ny\x1b[2J\u2028z")
+        return "ok"
+
+    app.test_client().get("/")
+    data = (log_dir / "requests.log").read_bytes()
+    text = data.decode()
+    assert RAW_CONTROL.search(text) is None
+    lines = text.splitlines()
+    assert len(lines) == data.count(b"\n") == 4
+    if fmt == "json":
+        msgs = [json.loads(line)["msg"] for line in lines]
+        assert json.loads(lines[1])["stage"] == name  # the field keeps the name as it was
+    else:
+        msgs = [split_plain(line)["msg"] for line in lines]  # type: ignore[index]
+    shown = "a%0Ab\\x1b[31m\\u202ec%C2%85"
+    assert msgs[1].startswith(f"stage {shown} ") and msgs[1].endswith("ms ok")
+    assert msgs[2].endswith("ms failed: ValueError: x\\ny\\x1b[2J\\u2028z")
+    assert f" stages={shown}:" in msgs[3]
+    stages = [r for r in read_records(str(log_dir), ["requests"]) if r.event == "stage"]
+    assert stages[0].data["stage"] == (name if fmt == "json" else unquote(shown))

@@ -29,7 +29,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wrappers import Response
 
 from ..attempts import Attempts
-from ..files.render import ESCAPES
+from ..escapes import ESCAPES
 from ..peers import Peers
 from ..problems import problem_response
 from ..trail import LEVELS
