@@ -16,8 +16,8 @@ How an event travels:
 3. With a message queue (``DIAGLOG_LIVE_QUEUE`` or the SocketIO's own ``message_queue``), the emit
    goes through Redis, so a client connected to any worker hears events from every worker.
 
-Recursion: Socket.IO, Engine.IO and Redis clients log while they emit. Events of the emitting task,
-and records of the ``socketio``/``engineio``/``flask_socketio`` loggers, reach only the files.
+Recursion: Socket.IO, Engine.IO and Redis clients log while they emit. Events of the emitting task
+and of the ``socketio``/``engineio``/``flask_socketio`` loggers reach only the files.
 
 Clients must authenticate: the token goes in the Socket.IO connect ``auth`` payload
 (``{"token": "..."}``; a ``token=`` query parameter is also accepted) and is compared with
@@ -91,13 +91,13 @@ class _Emitting(threading.local):
 
 _emitting = _Emitting()
 _bridges: weakref.WeakSet[LiveBridge] = weakref.WeakSet()
+_hooked = False  # _reset_after_fork registered (by the first bridge, not at import)
 
 
 def _reset_after_fork() -> None:
-    """In a forked child (gunicorn workers of a ``--preload`` app): fresh locks (one another thread
-    held at fork time would stay locked), and a message queue identity of its own: python-socketio's
-    queue managers ignore messages carrying their own ``host_id``, so workers that inherited the
-    master's would drop each other's events as their own."""
+    """In a forked child (a ``--preload`` app's worker): fresh locks (one held at fork time would
+    stay locked), and a queue identity of its own: python-socketio's queue managers ignore messages
+    with their own ``host_id``, so workers with the master's would drop each other's events."""
     for bridge in list(_bridges):
         bridge._start_lock = threading.Lock()
         bridge._count_lock = threading.Lock()
@@ -106,10 +106,6 @@ def _reset_after_fork() -> None:
             manager.host_id = uuid.uuid4().hex
             if getattr(manager, "redis_url", None) is not None:
                 manager.connected = False  # RedisManager: reconnect from this process
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class LiveBridge:
@@ -165,6 +161,10 @@ class LiveBridge:
         self._task: Any = None
         self._start_lock = threading.Lock()
         self._count_lock = threading.Lock()
+        global _hooked
+        if not _hooked and hasattr(os, "register_at_fork"):
+            _hooked = True
+            os.register_at_fork(after_in_child=_reset_after_fork)
         _bridges.add(self)
 
     # -- the sink (request thread) -----------------------------------------------------------

@@ -104,7 +104,7 @@ class InFlight:
         #: Taken by the watchdog around a report, by the listings, and by an end only when its
         #: trace is not in ``_items`` (being reported, or not tracked): never by a common end.
         self._lock = threading.Lock()
-        _watchdog.registries.add(self)
+        _watchdog.watch(self)
 
     def add(self, trace: Trace, name: str | None = None) -> None:
         """Track ``trace`` (the recorder calls this for its start record)."""
@@ -196,6 +196,7 @@ class _Watchdog:
         self.wake_at = _INF
         self._reset()
         self._atexit = False
+        self._hooked = False  # after_fork registered (by the first registry, not at import)
         #: Scans that raised (a bug in diaglog; the thread keeps going).
         self.failures = 0
         #: Scans made (each wake-up makes one).
@@ -209,6 +210,15 @@ class _Watchdog:
         self._poked = False
         self._stopping = False
         self.wake_at = _INF
+
+    def watch(self, registry: InFlight) -> None:
+        """Watch ``registry``. The first one registers :meth:`after_fork` with the process."""
+        with self._cond:
+            if not self._hooked:
+                self._hooked = True
+                if hasattr(os, "register_at_fork"):
+                    os.register_at_fork(after_in_child=self.after_fork)
+            self.registries.add(registry)
 
     def after_fork(self) -> None:
         """In a forked child: the parent's thread and its in-flight work do not exist here."""
@@ -328,8 +338,6 @@ class _Watchdog:
 
 
 _watchdog = _Watchdog()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_watchdog.after_fork)
 
 
 def _report(

@@ -166,3 +166,35 @@ print(sorted(n for n in pkg.__all__ if getattr(pkg, n) is not before[n]))
         cwd=PACKAGE.parent,
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_importing_the_package_has_no_process_wide_effect() -> None:
+    """Importing every module of the package starts no thread and registers no fork or exit
+    hook: those come with the first app, registry or stack listing that needs them. Checked in
+    a fresh interpreter, counting only calls made from the package's own code."""
+    script = """
+import atexit, importlib, os, pkgutil, sys, threading
+calls = []
+def _from_package(what):
+    def record(*args, **kwargs):
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.startswith("flask_diaglog"):
+            calls.append(f"{what} from {caller}")
+        return real[what](*args, **kwargs)
+    return record
+real = {"register_at_fork": os.register_at_fork, "atexit": atexit.register}
+os.register_at_fork = _from_package("register_at_fork")
+atexit.register = _from_package("atexit")
+import flask_diaglog as pkg
+for mod in pkgutil.walk_packages(pkg.__path__, "flask_diaglog."):
+    importlib.import_module(mod.name)
+print(calls, [t.name for t in threading.enumerate() if t is not threading.main_thread()])
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PACKAGE.parent,
+    ).stdout
+    assert out.strip() == "[] []"

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from flask import Flask, Response, stream_with_context
@@ -442,3 +445,37 @@ def test_exclusions_match_whole_path_segments(
     app.add_url_rule(path, "view", lambda: "ok") if not path.startswith("/_diaglog/") else None
     app.test_client().get(path)
     assert (f"request_start GET {path} " in logs.text("requests")) is logged
+
+
+@pytest.mark.parametrize("first", ["parent", "child"])
+def test_json_lines_of_a_forked_child_carry_its_own_pid(tmp_path: Path, first: str) -> None:
+    """A worker forked from a process that wrote JSON lines already (``parent``), or none yet
+    (``child``: the fork hook is registered at the first JSON line, not at import), writes its
+    own pid. Run in a fresh interpreter, which forks once."""
+    script = f"""
+import json, os, sys
+from flask import Flask
+from flask_diaglog import DiagLog
+app = Flask("forked")
+app.config.update(DIAGLOG_LOG_DIR={str(tmp_path)!r}, DIAGLOG_FORMAT="json")
+DiagLog(app)
+app.get("/")(lambda: "ok")
+if {first == "parent"}:
+    app.test_client().get("/")
+pid = os.fork()
+if pid == 0:
+    app.test_client().get("/")
+    os._exit(0)
+os.waitpid(pid, 0)
+app.test_client().get("/")
+print(pid)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    child = int(out.stdout)
+    lines = [json.loads(x) for x in (tmp_path / "requests.log").read_text().splitlines()]
+    pids = [x["pid"] for x in lines if x["event"] == "request_start"]
+    parent = pids[-1]
+    assert parent != child
+    assert pids == ([parent, child, parent] if first == "parent" else [child, parent])

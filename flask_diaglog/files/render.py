@@ -231,7 +231,7 @@ def split_plain(line: str) -> dict[str, str] | None:
 
 _enc: Callable[[str], str] = json.encoder.encode_basestring
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
-_pid = os.getpid()
+_pid: int | None = None  # from the first JSON line on
 #: The host name, JSON-encoded: which machine wrote a line, when files of several are merged.
 _HOST = json.dumps(HOST)
 _current_thread = threading.current_thread
@@ -289,13 +289,12 @@ _PLAIN_THREADS = frozenset(
 
 
 def _refresh_pid() -> None:
+    """Take this process's id: at the first JSON line (not at import), then in a forked child."""
     global _pid, _tail
+    if _pid is None and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_refresh_pid)
     _pid = os.getpid()
     _tail = (object(), None, "")
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_refresh_pid)
 
 
 def _json_head(level: int, kind: str, logger: str) -> str:
@@ -327,6 +326,8 @@ def _json_ids_of(rid: str | None, jid: str | None) -> str:
 
 def _json_tail(key: object, thread: str) -> str:
     global _tail
+    if _pid is None:
+        _refresh_pid()
     tail = f',"pid":{_pid},"host":{_HOST},"thread":{_enc(thread)}'
     if not tail.isprintable():
         tail = tail.translate(_JSON_ESCAPES)

@@ -118,7 +118,18 @@ class _ExitGuard:
 
 
 _exit_guard = _ExitGuard()
-atexit.register(_exit_guard.at_exit)
+_hooked = False  # the exit guard and the fork hooks registered (by the first LogFile)
+
+
+def _install_hooks() -> None:
+    """Register the exit guard and the fork hooks with the process, once: at the first
+    :class:`LogFile`, not at import."""
+    global _hooked
+    if not _hooked:
+        _hooked = True
+        atexit.register(_exit_guard.at_exit)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(before=_before_fork, after_in_child=_after_fork_child)
 
 
 class LogFile:
@@ -239,6 +250,7 @@ class LogFile:
             except OSError as exc:
                 if exc.errno not in _NO_SPACE:
                     raise
+        _install_hooks()
         _open_files.add(self)
 
     # -- opening ----------------------------------------------------------------------------
@@ -869,7 +881,3 @@ def _after_fork_child() -> None:
     _exit_guard.lock = threading.Lock()
     for f in list(_open_files):
         f._after_fork_child()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_child)
