@@ -25,10 +25,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .context import Lease, Trace, reset_trace, set_trace
 from .files.console import flush_all
+from .stacks import thread_frames
 from .trail import job_end_msg, job_start_msg
 
 if TYPE_CHECKING:
@@ -42,9 +44,9 @@ R = TypeVar("R")
 _INFO = logging.INFO
 _ERROR = logging.ERROR
 _WARNING = logging.WARNING
-#: Most seconds a stopping process waits, after a request it waited for has ended, for the
-#: thread that served it to end: the server writes the response after diaglog's end line. A
-#: thread kept for the next request of a keep-alive connection is left after this long.
+#: Most seconds a stopping process waits, after the requests it waited for have their end lines,
+#: for the threads that serve them to send their answers (the server sends a response after
+#: diaglog's end line), and for those that were sending one when it began to stop.
 RESPONSE_SETTLE = 1.0
 
 
@@ -143,12 +145,12 @@ class Running:
         with self._cond:
             jobs = list(self._jobs)
         served = self._served()
-        if not jobs and not served:
+        answering = _answering() if self._trails else set()
+        if not jobs and not served and not answering:
             return
         recs = [job.rec for job in jobs] + [trail.rec for trail, _ in served]
-        grace = max(rec.shutdown_grace for rec in recs)
+        grace = max((rec.shutdown_grace for rec in recs), default=RESPONSE_SETTLE)
         deadline = time.monotonic() + grace
-        serving = {trace.thread for _, trace in served}
         while True:
             left = deadline - time.monotonic()
             with self._cond:
@@ -158,10 +160,12 @@ class Running:
                 # A job's end notifies; a request's does not: look again every 50 ms.
                 self._cond.wait(min(left, 0.05) if served else left)
             served = self._served()
-            serving.update(trace.thread for _, trace in served)
+            answering.update(trace.thread for _, trace in served)
         served = self._served()  # as late as possible: a request that ended has its own line
-        if serving and not served:  # they ended: let their threads send the responses
-            _wait_for_threads(serving, min(deadline, time.monotonic() + RESPONSE_SETTLE))
+        if answering and not served:  # they ended: let their threads send the responses
+            until = min(deadline, time.monotonic() + RESPONSE_SETTLE)
+            while answering & _answering() and time.monotonic() < until:
+                time.sleep(0.01)
         aborted = 0
         for job in jobs:
             with job.lock:
@@ -185,13 +189,33 @@ class Running:
                 os._exit(1)  # the jobs' threads would keep the process alive for ever
 
 
-def _wait_for_threads(idents: set[int], until: float) -> None:
-    """Wait until none of the threads ``idents`` is alive, or until ``until`` (monotonic)."""
-    while time.monotonic() < until:
-        alive = {t.ident for t in threading.enumerate()}
-        if not idents & alive:
-            return
-        time.sleep(0.01)
+#: Where werkzeug's server answers one request, from its parsed request line to the last byte
+#: of its response: a daemon thread in it has a request to finish (or an answer to send).
+_SERVING = (os.path.join("werkzeug", "serving.py"), "run_wsgi")
+
+
+def _answering() -> set[int]:
+    """The daemon threads other than this one that are answering a request in werkzeug's server
+    (``flask run``): Python ends them at exit, mid-answer, without waiting. One waiting for a
+    keep-alive connection's next request is not in the set."""
+    me = threading.get_ident()
+    daemons = {t.ident for t in threading.enumerate() if t.daemon and t.ident != me}
+    if not daemons:
+        return set()
+    out: set[int] = set()
+    frames = thread_frames()
+    try:
+        for ident, frame in frames.items():
+            f: FrameType | None = frame if ident in daemons else None
+            while f is not None:
+                code = f.f_code
+                if code.co_name == _SERVING[1] and code.co_filename.endswith(_SERVING[0]):
+                    out.add(ident)
+                    break
+                f = f.f_back
+    finally:
+        del frames  # frames reference every thread's locals: do not keep them
+    return out
 
 
 _running: Running | None = None

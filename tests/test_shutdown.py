@@ -245,6 +245,26 @@ def test_a_stopping_flask_run_lets_the_server_send_the_answer(
     assert _answer_while_stopping(flask_run, app_dir, "/slow-send", "seconds=1") == 200
 
 
+def test_a_stopping_flask_run_lets_an_answer_being_sent_go_out(
+    flask_run: object, app_dir: Path
+) -> None:
+    """The process begins to stop after the request's end line, while the server is still
+    sending the answer (an outer WSGI layer sends it 0.5 s late): nothing of the request is in
+    flight for diaglog any more, and its answer still goes out."""
+    proc, base = flask_run()  # type: ignore[operator]
+    got = _get_in_background(f"{base}/slow-send?seconds=0")
+    wait_until(
+        lambda: any(r["event"] == "request_end" and r["path"] == "/slow-send"
+                    for r in _request_lines(app_dir)),
+        "the end line",
+        20.0,
+    )  # fmt: skip
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    wait_until(lambda: got, "the answer", 10.0)
+    assert got == [200]
+
+
 def test_a_request_past_the_grace_ends_with_an_aborted_line_on_file_and_console(
     flask_run: object, app_dir: Path
 ) -> None:
