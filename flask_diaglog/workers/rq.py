@@ -107,14 +107,16 @@ class Job(_Job):
             attempt = attempts - left
         return TaskInfo(self.func_name or "?", self.id, attempt, attempts, self.origin, eager)
 
-    def _execute(self) -> Any:
+    def perform(self) -> Any:
+        """RQ's ``Job.perform`` (what the worker and a synchronous queue call), run as a diaglog
+        job: its trail, the request's ids, its lease, its retries."""
         b = _current()
         if b is None or b.rec is None:
-            return super()._execute()
+            return super().perform()
         rec = b.rec
         eager = current_trace() is not None
         info = self.task_info(eager=eager)
-        execute = super()._execute
+        execute = super().perform
 
         def retried(exc: BaseException, held: Holding | None = None) -> bool:
             return not eager and self.should_retry  # RQ runs it again, with the same meta
