@@ -104,7 +104,8 @@ def signal_for(kind: str) -> Signal:
 # rules: connected to ANY or to that sender), and kept until a receiver connects or disconnects
 # (blinker's public ``receiver_connected`` and ``receiver_disconnected`` signals) or the sender
 # goes. Receivers are kept by weak reference, so a weakly connected receiver still dies (and is
-# skipped) as it would in blinker. Not seen: blinker's private ``_clear_state()``.
+# skipped) as it would in blinker. blinker's private ``_clear_state()`` (no event) empties
+# ``signal.receivers``, which the recorder tests before it sends, and a later connect is seen.
 
 #: A receiver as kept here: call it for the receiver, or ``None`` when it is not to be called.
 _ReceiverRef = Callable[[], "Callable[..., Any] | None"]
