@@ -276,3 +276,55 @@ def test_an_own_request_class_not_derived_from_ours_is_warned_about(tmp_path: Pa
     ]
     assert len(warned) == 1 and "| WARNING |" in warned[0]
     assert "'somewhere:OwnRequest' stays" in warned[0] and "DiagLogRequest" in warned[0]
+
+
+def test_a_task_with_its_own_request_class_not_derived_from_ours_is_warned_about(
+    tmp_path: Path,
+) -> None:
+    """A task given a Request of its own (``@app.task(Request=...)``, or a ``base=`` class with
+    one) that is not derived from DiagLogRequest is named in a warning when Celery binds it;
+    one derived from DiagLogRequest, and the tasks using the app's own, are not."""
+    from celery import Celery
+    from celery.worker.request import Request
+    from flask import Flask
+
+    from flask_diaglog import DiagLog
+    from flask_diaglog.workers import init_celery
+    from flask_diaglog.workers.celery_request import DiagLogRequest
+
+    class PlainRequest(Request):  # type: ignore[misc]
+        pass
+
+    class Derived(DiagLogRequest):  # type: ignore[misc]
+        pass
+
+    web = Flask(__name__)
+    web.config["DIAGLOG_LOG_DIR"] = str(tmp_path)
+    DiagLog(web)
+    celery_app = Celery("tasks_own_request", broker="memory://")
+    init_celery(celery_app, web)
+
+    class PlainBase(celery_app.Task):  # type: ignore[misc,name-defined]
+        Request = PlainRequest
+
+    @celery_app.task(name="own", Request=PlainRequest)
+    def own() -> None: ...
+
+    @celery_app.task(name="based", base=PlainBase)
+    def based() -> None: ...
+
+    @celery_app.task(name="derived", Request=Derived)
+    def derived() -> None: ...
+
+    @celery_app.task(name="usual")
+    def usual() -> None: ...
+
+    celery_app.finalize()
+    warned = [
+        line
+        for line in (tmp_path / "requests.log").read_text().splitlines()
+        if "Celery task" in line
+    ]
+    assert len(warned) == 2 and all("| WARNING |" in line for line in warned)
+    assert {line.split("Celery task ")[1].split(":")[0] for line in warned} == {"own", "based"}
+    assert all("PlainRequest is not derived from" in line for line in warned)

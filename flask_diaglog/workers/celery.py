@@ -28,6 +28,7 @@ In every process that imports it (web and worker alike, as Flask's Celery patter
 from __future__ import annotations
 
 import logging
+import sys
 import weakref
 from collections import OrderedDict
 from typing import Any
@@ -145,6 +146,31 @@ class DiagLogTask(Task):  # type: ignore[misc]
 
     #: The worker's request class (:class:`~.celery_request.DiagLogRequest`).
     Request = "flask_diaglog.workers.celery_request:DiagLogRequest"
+
+    @classmethod
+    def on_bound(cls, app: Any) -> None:
+        """A task with a ``Request`` of its own (``@app.task(Request=...)``), other than its app's
+        base class's (:func:`init_celery` says about that one), is warned about when that class
+        is not derived from :class:`~.celery_request.DiagLogRequest`. Only a class, or a
+        ``module:name`` already imported, is judged: binding never imports anything."""
+        super().on_bound(app)
+        b = _bindings.get(app)
+        own: Any = cls.Request
+        if b is None or b.rec is None or own == app.Task.Request or "_noted" in cls.__dict__:
+            return  # (Celery binds a task class again when the app finalizes: once is enough)
+        if isinstance(own, str):
+            module, _, name = own.partition(":")
+            own = getattr(sys.modules.get(module), name, None)
+        if isinstance(own, type) and not issubclass(own, DiagLogRequest):
+            cls._noted = True
+            note(
+                b.rec,
+                _WARNING,
+                f"Celery task {cls.name}: its Request {own.__module__}.{own.__qualname__} is not "
+                "derived from flask_diaglog.workers.celery_request.DiagLogRequest: Celery's own "
+                "lines about it will carry no ids, and a run again after its pool process died "
+                "(retry_on_worker_lost) gets fresh ids and no share of its job",
+            )
 
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: Any = None, **options: Any
