@@ -149,7 +149,7 @@ class Running:
         if not jobs and not served and not answering:
             return
         recs = [job.rec for job in jobs] + [trail.rec for trail, _ in served]
-        grace = max((rec.shutdown_grace for rec in recs), default=RESPONSE_SETTLE)
+        grace = max(rec.shutdown_grace for rec in recs or [t.rec for t in list(self._trails)])
         deadline = time.monotonic() + grace
         while True:
             left = deadline - time.monotonic()

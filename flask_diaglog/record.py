@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from blinker import Signal
 
-from .files.render import printable_variant
+from .files.render import follow_forks, printable_variant
 from .signals import SIGNALS, _receivers
 from .trail import (
     ERRORS_FROM,
@@ -257,6 +257,7 @@ class Recorder:
         #: Per kind, decided once: its logger, its signal, whether it opens an entry of the
         #: in-flight registry (an end's producer closes it, see :meth:`close`), and its renderer
         #: (a kind whose messages are printable as built skips the plain check of them).
+        follow_forks()  # JSON lines carry the pid: right in forked children too
         printable = printable_variant(render)
         self._plan: dict[str, tuple[str, Signal, bool, Renderer]] = {
             kind: (

@@ -212,13 +212,14 @@ class _Watchdog:
         self.wake_at = _INF
 
     def watch(self, registry: InFlight) -> None:
-        """Watch ``registry``. The first one registers :meth:`after_fork` with the process."""
-        with self._cond:
-            if not self._hooked:
-                self._hooked = True
-                if hasattr(os, "register_at_fork"):
-                    os.register_at_fork(after_in_child=self.after_fork)
-            self.registries.add(registry)
+        """Watch ``registry``. The first one registers :meth:`after_fork` with the process (not
+        under a lock: a fork meanwhile would leave the child a lock held and no hook to free it;
+        two first registries register it twice, which is harmless)."""
+        if not self._hooked:
+            self._hooked = True
+            if hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=self.after_fork)
+        self.registries.add(registry)
 
     def after_fork(self) -> None:
         """In a forked child: the parent's thread and its in-flight work do not exist here."""

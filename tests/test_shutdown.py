@@ -66,7 +66,7 @@ APP = textwrap.dedent(
         def __call__(self, environ, start_response):
             body = self.wsgi_app(environ, start_response)
             if environ["PATH_INFO"] == "/slow-send":
-                time.sleep(0.5)
+                time.sleep(0.5 if "late" not in environ["QUERY_STRING"] else 0.8)
             return body
 
 
@@ -245,14 +245,17 @@ def test_a_stopping_flask_run_lets_the_server_send_the_answer(
     assert _answer_while_stopping(flask_run, app_dir, "/slow-send", "seconds=1") == 200
 
 
+@pytest.mark.parametrize("grace", ["25", "0.2"])
 def test_a_stopping_flask_run_lets_an_answer_being_sent_go_out(
-    flask_run: object, app_dir: Path
+    flask_run: object, app_dir: Path, grace: str
 ) -> None:
     """The process begins to stop after the request's end line, while the server is still
     sending the answer (an outer WSGI layer sends it 0.5 s late): nothing of the request is in
-    flight for diaglog any more, and its answer still goes out."""
-    proc, base = flask_run()  # type: ignore[operator]
-    got = _get_in_background(f"{base}/slow-send?seconds=0")
+    flight for diaglog any more, and its answer still goes out. Never past the grace: with a
+    grace of 0.2 s, an answer 0.8 s late is cut off (RESPONSE_SETTLE, 1 s, would wait for it)."""
+    proc, base = flask_run(DIAGLOG_SHUTDOWN_GRACE=grace)  # type: ignore[operator]
+    late = "&late" if grace == "0.2" else ""
+    got = _get_in_background(f"{base}/slow-send?seconds=0{late}")
     wait_until(
         lambda: any(r["event"] == "request_end" and r["path"] == "/slow-send"
                     for r in _request_lines(app_dir)),
@@ -262,7 +265,10 @@ def test_a_stopping_flask_run_lets_an_answer_being_sent_go_out(
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
     wait_until(lambda: got, "the answer", 10.0)
-    assert got == [200]
+    if grace == "0.2":
+        assert isinstance(got[0], OSError)  # the connection closed without an answer
+    else:
+        assert got == [200]
 
 
 def test_a_request_past_the_grace_ends_with_an_aborted_line_on_file_and_console(

@@ -450,8 +450,9 @@ def test_exclusions_match_whole_path_segments(
 @pytest.mark.parametrize("first", ["parent", "child"])
 def test_json_lines_of_a_forked_child_carry_its_own_pid(tmp_path: Path, first: str) -> None:
     """A worker forked from a process that wrote JSON lines already (``parent``), or none yet
-    (``child``: the fork hook is registered at the first JSON line, not at import), writes its
-    own pid. Run in a fresh interpreter, which forks once."""
+    (``child``), writes its own pid, also from an after-fork hook registered after
+    ``DiagLog(app)`` (diaglog's fork hooks come with it, not with the import). Run in a fresh
+    interpreter, which forks once."""
     script = f"""
 import json, os, sys
 from flask import Flask
@@ -459,6 +460,7 @@ from flask_diaglog import DiagLog
 app = Flask("forked")
 app.config.update(DIAGLOG_LOG_DIR={str(tmp_path)!r}, DIAGLOG_FORMAT="json")
 DiagLog(app)
+os.register_at_fork(after_in_child=lambda: app.logger.warning("forked"))
 app.get("/")(lambda: "ok")
 if {first == "parent"}:
     app.test_client().get("/")
@@ -479,3 +481,4 @@ print(pid)
     parent = pids[-1]
     assert parent != child
     assert pids == ([parent, child, parent] if first == "parent" else [child, parent])
+    assert [x["pid"] for x in lines if x["msg"] == "forked"] == [child]

@@ -35,6 +35,7 @@ __all__ = [
     "PLAIN_LAYOUT",
     "RENDERERS",
     "Renderer",
+    "follow_forks",
     "json_line",
     "plain_line",
     "printable_variant",
@@ -44,20 +45,10 @@ __all__ = [
 
 #: ``render(ts, level, kind, logger, request_id, job_id, msg, fields, exc, thread) -> bytes``
 Renderer = Callable[
-    [
-        float,
-        int,
-        str,
-        str,
-        "str | None",
-        "str | None",
-        str,
-        "Fields | None",
-        "str | None",
-        "str | None",
-    ],
+    [float, int, str, str, "str | None", "str | None", str, "Fields | None", "str | None",
+     "str | None"],
     bytes,
-]
+]  # fmt: skip
 
 
 #: The parts of a timestamp that change once per second, read by index (a named tuple's
@@ -154,8 +145,8 @@ def _plain_ids(rid: str | None, jid: str | None) -> str:
 
 
 def _plain(check: bool) -> Renderer:
-    """The plain renderer; with ``check=False`` it takes the message as printable (one code for
-    both: ``check`` is the closure's, read as cheaply as an argument)."""
+    """The plain renderer; with ``check=False`` it takes the message as holding no character it
+    escapes (one code for both: ``check`` is the closure's, read as cheaply as an argument)."""
 
     def plain_line(
         ts: float,
@@ -208,8 +199,8 @@ _plain_printable = _plain(False)
 
 
 def printable_variant(render: Renderer) -> Renderer:
-    """``render`` for the kinds whose messages are printable as built (:data:`.trail.PRINTABLE`):
-    the plain one skips its message check (0.6 k instructions for 20 characters)."""
+    """``render`` for the kinds whose messages hold no character a line escapes, as built
+    (:data:`.trail.PRINTABLE`): the plain one skips its check (0.6 k instructions a stage)."""
     return _plain_printable if render is plain_line else render
 
 
@@ -231,7 +222,7 @@ def split_plain(line: str) -> dict[str, str] | None:
 
 _enc: Callable[[str], str] = json.encoder.encode_basestring
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
-_pid: int | None = None  # from the first JSON line on
+_pid: int | None = None  # from the first recorder on (follow_forks)
 #: The host name, JSON-encoded: which machine wrote a line, when files of several are merged.
 _HOST = json.dumps(HOST)
 _current_thread = threading.current_thread
@@ -288,11 +279,17 @@ _PLAIN_THREADS = frozenset(
 )
 
 
+def follow_forks() -> None:
+    """Take this process's id for JSON lines, and keep it right in forked children: once, by
+    the first recorder (or JSON line), not at import."""
+    if _pid is None:
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_refresh_pid)
+        _refresh_pid()
+
+
 def _refresh_pid() -> None:
-    """Take this process's id: at the first JSON line (not at import), then in a forked child."""
     global _pid, _tail
-    if _pid is None and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_refresh_pid)
     _pid = os.getpid()
     _tail = (object(), None, "")
 
@@ -327,7 +324,7 @@ def _json_ids_of(rid: str | None, jid: str | None) -> str:
 def _json_tail(key: object, thread: str) -> str:
     global _tail
     if _pid is None:
-        _refresh_pid()
+        follow_forks()
     tail = f',"pid":{_pid},"host":{_HOST},"thread":{_enc(thread)}'
     if not tail.isprintable():
         tail = tail.translate(_JSON_ESCAPES)

@@ -158,8 +158,10 @@ class DiagLogTask(Task):  # type: ignore[misc]
         own: Any = cls.Request
         if b is None or b.rec is None or own == app.Task.Request or "_noted" in cls.__dict__:
             return  # (Celery binds a task class again when the app finalizes: once is enough)
-        if isinstance(own, str):
-            module, _, name = own.partition(":")
+        if isinstance(own, str):  # "module:name" or "module.name", as symbol_by_name reads it
+            module, sep, name = own.partition(":")
+            if not sep:
+                module, _, name = own.rpartition(".")
             own = getattr(sys.modules.get(module), name, None)
         if isinstance(own, type) and not issubclass(own, DiagLogRequest):
             cls._noted = True
