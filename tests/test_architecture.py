@@ -145,6 +145,17 @@ def test_per_app_state_is_typed(tmp_path: Path) -> None:
     assert not any(isinstance(v, dict) for v in vars(state).values())
 
 
+def _fresh(script: str) -> str:
+    """What ``script`` prints, run in a fresh interpreter from the repository."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PACKAGE.parent,
+    ).stdout
+
+
 def test_no_module_import_replaces_a_public_name() -> None:
     """Importing any module of the package, in any order, leaves every public name of the
     package as it was: a module named like a public name and first imported later (a
@@ -158,13 +169,7 @@ for mod in pkgutil.walk_packages(pkg.__path__, "flask_diaglog."):
     importlib.import_module(mod.name)
 print(sorted(n for n in pkg.__all__ if getattr(pkg, n) is not before[n]))
 """
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=PACKAGE.parent,
-    ).stdout
+    out = _fresh(script)
     assert out.strip() == "[]"
 
 
@@ -190,11 +195,5 @@ for mod in pkgutil.walk_packages(pkg.__path__, "flask_diaglog."):
     importlib.import_module(mod.name)
 print(calls, [t.name for t in threading.enumerate() if t is not threading.main_thread()])
 """
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=PACKAGE.parent,
-    ).stdout
+    out = _fresh(script)
     assert out.strip() == "[] []"

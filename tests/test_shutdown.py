@@ -207,13 +207,21 @@ def test_a_job_past_the_grace_period_ends_with_an_aborted_line(
     assert "j-long" in errors and "aborted" in errors
 
 
-def _answer_while_stopping(flask_run: object, app_dir: Path, path: str, query: str) -> object:
-    """What a GET of ``path`` answers when the server is sent SIGTERM while it serves it."""
-    proc, base = flask_run()  # type: ignore[operator]
+def _answer_while_stopping(
+    flask_run: object,
+    app_dir: Path,
+    path: str,
+    query: str,
+    after: str = "request_start",
+    **env: str,
+) -> object:
+    """What a GET of ``path`` answers when the server is sent SIGTERM while it serves it, once
+    the request's ``after`` line is written."""
+    proc, base = flask_run(**env)  # type: ignore[operator]
     got = _get_in_background(f"{base}{path}?{query}")
     wait_until(
-        lambda: any(r.get("path") == path for r in _request_lines(app_dir)),
-        "the request to start",
+        lambda: any(r["event"] == after and r.get("path") == path for r in _request_lines(app_dir)),
+        f"the {after} line",
         20.0,
     )
     proc.send_signal(signal.SIGTERM)
@@ -253,22 +261,14 @@ def test_a_stopping_flask_run_lets_an_answer_being_sent_go_out(
     sending the answer (an outer WSGI layer sends it 0.5 s late): nothing of the request is in
     flight for diaglog any more, and its answer still goes out. Never past the grace: with a
     grace of 0.2 s, an answer 0.8 s late is cut off (RESPONSE_SETTLE, 1 s, would wait for it)."""
-    proc, base = flask_run(DIAGLOG_SHUTDOWN_GRACE=grace)  # type: ignore[operator]
-    late = "&late" if grace == "0.2" else ""
-    got = _get_in_background(f"{base}/slow-send?seconds=0{late}")
-    wait_until(
-        lambda: any(r["event"] == "request_end" and r["path"] == "/slow-send"
-                    for r in _request_lines(app_dir)),
-        "the end line",
-        20.0,
-    )  # fmt: skip
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
-    wait_until(lambda: got, "the answer", 10.0)
+    query = "seconds=0&late" if grace == "0.2" else "seconds=0"
+    answer = _answer_while_stopping(
+        flask_run, app_dir, "/slow-send", query, "request_end", DIAGLOG_SHUTDOWN_GRACE=grace
+    )
     if grace == "0.2":
-        assert isinstance(got[0], OSError)  # the connection closed without an answer
+        assert isinstance(answer, OSError)  # the connection closed without an answer
     else:
-        assert got == [200]
+        assert answer == 200
 
 
 def test_a_request_past_the_grace_ends_with_an_aborted_line_on_file_and_console(
