@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow
 
 APP = textwrap.dedent(
     """
+    import os
     import threading
     import time
 
@@ -66,7 +67,13 @@ APP = textwrap.dedent(
         def __call__(self, environ, start_response):
             body = self.wsgi_app(environ, start_response)
             if environ["PATH_INFO"] == "/slow-send":
-                time.sleep(0.5 if "late" not in environ["QUERY_STRING"] else 0.8)
+                if "late" in environ["QUERY_STRING"]:  # 0.6 s after the test began the stop
+                    marker = os.path.join(os.path.dirname(__file__), "stopping")
+                    while not os.path.exists(marker):
+                        time.sleep(0.01)
+                    time.sleep(0.6)
+                else:
+                    time.sleep(0.5)
             return body
 
 
@@ -216,7 +223,7 @@ def _answer_while_stopping(
     **env: str,
 ) -> object:
     """What a GET of ``path`` answers when the server is sent SIGTERM while it serves it, once
-    the request's ``after`` line is written."""
+    the request's ``after`` line is written (and the file ``stopping`` made, just before)."""
     proc, base = flask_run(**env)  # type: ignore[operator]
     got = _get_in_background(f"{base}{path}?{query}")
     wait_until(
@@ -224,6 +231,7 @@ def _answer_while_stopping(
         f"the {after} line",
         20.0,
     )
+    (app_dir / "stopping").touch()
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
     wait_until(lambda: got, "the answer", 10.0)
@@ -258,10 +266,10 @@ def test_a_stopping_flask_run_lets_an_answer_being_sent_go_out(
     flask_run: object, app_dir: Path, grace: str
 ) -> None:
     """The process begins to stop after the request's end line, while the server is still
-    sending the answer (an outer WSGI layer sends it 0.5 s late): nothing of the request is in
-    flight for diaglog any more, and its answer still goes out. Never past the grace: with a
-    grace of 0.2 s, an answer 0.8 s late is cut off (RESPONSE_SETTLE, 1 s, would wait for it)."""
-    query = "seconds=0&late" if grace == "0.2" else "seconds=0"
+    sending the answer (an outer WSGI layer sends it 0.6 s after the stop began): nothing of the
+    request is in flight for diaglog any more, and its answer still goes out. Never past the
+    grace: with a grace of 0.2 s it is cut off (RESPONSE_SETTLE, 1 s, would wait for it)."""
+    query = "seconds=0&late"
     answer = _answer_while_stopping(
         flask_run, app_dir, "/slow-send", query, "request_end", DIAGLOG_SHUTDOWN_GRACE=grace
     )
