@@ -135,6 +135,32 @@ def test_server_timing_shows_each_stage_as_its_line_and_the_end_line_do(
         )
 
 
+def test_names_past_the_name_cache_are_shown_as_the_first_ones(
+    make_app: Callable[..., Flask], logs: Any
+) -> None:
+    """A stage name's shown forms are kept for a bounded number of names (an app may make them
+    from anything); five thousand distinct names, more than are kept, are each shown in their
+    line, the end line's word and ``Server-Timing`` as the first one is."""
+    app = make_app()
+    names = [f"step {i}\x1b,%" for i in range(5000)]
+
+    @app.get("/")
+    def index() -> str:
+        for name in names:
+            with stage(name):
+                pass
+        return "ok"
+
+    header = app.test_client().get("/").headers["Server-Timing"]
+    tokens = re.findall(r"([^,; ]+);dur=", header)
+    assert tokens[:-1] == [f"step_{i}__%" for i in range(5000)] and tokens[-1] == "total"
+    msgs = [line.split(" | ", 4)[4] for line in logs.lines("requests")]
+    shown = [m.split(" ")[1] for m in msgs if m.startswith("stage ")]
+    assert shown == [f"step%20{i}\\x1b%2C%25" for i in range(5000)]
+    word = msgs[-1].split(" stages=", 1)[1]
+    assert [part.rpartition(":")[0] for part in word.split(",")] == shown
+
+
 def test_server_timing_can_be_turned_off(make_app: Callable[..., Flask]) -> None:
     """DIAGLOG_SERVER_TIMING=False sends no Server-Timing header."""
     app = make_app({"DIAGLOG_SERVER_TIMING": False})
