@@ -9,6 +9,8 @@ checks its pool processes periodically; ``worker_lost_wait`` is 1 s in the test 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -331,3 +333,32 @@ def test_a_task_with_its_own_request_class_not_derived_from_ours_is_warned_about
     assert len(warned) == 2 and all("| WARNING |" in line for line in warned)
     assert {line.split("Celery task ")[1].split(":")[0] for line in warned} == {"own", "based"}
     assert all("PlainRequest is not derived from" in line for line in warned)
+
+
+def test_init_celery_after_the_app_was_finalized_says_what_it_costs(tmp_path: Path) -> None:
+    """Celery's own tasks are made when the app is finalized: after that, init_celery cannot
+    make them diaglog jobs, and says so (a chord's callback would get fresh ids); before it,
+    nothing is said. In a fresh interpreter: finalizing here would also make, in that app, the
+    shared tasks other tests defined."""
+    script = f"""
+from celery import Celery
+from flask import Flask
+from flask_diaglog import DiagLog
+from flask_diaglog.workers import init_celery
+web = Flask("w")
+web.config["DIAGLOG_LOG_DIR"] = {str(tmp_path)!r}
+DiagLog(web)
+early, late = Celery("early", broker="memory://"), Celery("late", broker="memory://")
+init_celery(early, web)
+late.finalize(auto=True)
+assert "celery.chord_unlock" in late.tasks
+init_celery(late, web)
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    warned = [
+        line
+        for line in (tmp_path / "requests.log").read_text().splitlines()
+        if "init_celery came after" in line
+    ]
+    assert len(warned) == 1 and "| WARNING |" in warned[0]
+    assert "celery.chord_unlock" in warned[0]

@@ -111,6 +111,14 @@ def init_celery(celery_app: Celery, app: Flask) -> None:
             "Call it right after creating the Celery app, before the task modules are imported."
         )
     _bindings[celery_app] = b
+    if celery_app.finalized and b.rec is not None:  # Celery's own tasks were made without us
+        note(
+            b.rec,
+            _WARNING,
+            "init_celery came after the Celery app was finalized: Celery's own tasks "
+            "(celery.chord_unlock, which sends a chord's callback) run without diaglog, so a "
+            "chord's callback gets fresh ids. Call init_celery right after creating the Celery app",
+        )
     base = celery_app.Task
     if not issubclass(base, DiagLogTask):
         attrs = {"__module__": base.__module__}
