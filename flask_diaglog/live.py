@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from .attempts import Attempts, client_of, presented, query_tokens, same_token
 from .config import ConfigError
+from .lifecycle import at_fork
 from .liverooms import MAX_ROOMS, OPERATOR, USER, LiveSubscribe, Subscriber, rooms_for
 from .trail import LEVELS
 
@@ -91,7 +92,6 @@ class _Emitting(threading.local):
 
 _emitting = _Emitting()
 _bridges: weakref.WeakSet[LiveBridge] = weakref.WeakSet()
-_hooked = False  # _reset_after_fork registered (by the first bridge, not at import)
 
 
 def _reset_after_fork() -> None:
@@ -161,10 +161,7 @@ class LiveBridge:
         self._task: Any = None
         self._start_lock = threading.Lock()
         self._count_lock = threading.Lock()
-        global _hooked
-        if not _hooked and hasattr(os, "register_at_fork"):
-            _hooked = True
-            os.register_at_fork(after_in_child=_reset_after_fork)
+        at_fork(after_in_child=_reset_after_fork)  # with the first bridge, not at import
         _bridges.add(self)
 
     # -- the sink (request thread) -----------------------------------------------------------

@@ -25,7 +25,6 @@ answers the dashboard shows the work of all of them.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
@@ -38,6 +37,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from .lifecycle import at_exit, at_fork
 from .linecheck import finite_number, well_formed, without_surrogates
 from .readfile import open_regular
 
@@ -51,7 +51,6 @@ PREFIX = "inflight-"
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]")
 
 _all: weakref.WeakSet[Peers] = weakref.WeakSet()
-_hooks_installed = False
 
 
 def _after_fork() -> None:
@@ -62,15 +61,6 @@ def _after_fork() -> None:
 def _at_exit() -> None:
     for peers in list(_all):
         peers.stop()
-
-
-def _install_hooks() -> None:
-    global _hooks_installed
-    if not _hooks_installed:
-        _hooks_installed = True
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_after_fork)
-        atexit.register(_at_exit)
 
 
 def _alive(pid: int) -> bool:
@@ -128,7 +118,8 @@ class Peers:
         """Start publishing once a second (does nothing if already started in this process)."""
         if self._thread is not None and self._thread.is_alive():
             return
-        _install_hooks()
+        at_fork(after_in_child=_after_fork)
+        at_exit(_at_exit)
         _all.add(self)
         self._stop = threading.Event()
         self._thread = threading.Thread(

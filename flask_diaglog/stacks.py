@@ -9,11 +9,12 @@ traceback.
 from __future__ import annotations
 
 import gc
-import os
 import sys
 import threading
 import traceback
 from types import FrameType
+
+from .lifecycle import at_fork
 
 __all__ = ["STACK_LIMIT", "format_stack", "thread_frames", "thread_names"]
 
@@ -44,14 +45,10 @@ class _Frames:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._was_enabled = False  # the collector's state before the current call, under _lock
-        self._hooked = False  # after_fork registered (at the first take, not at import)
 
     def take(self) -> dict[int, FrameType]:
         with self._lock:
-            if not self._hooked:
-                self._hooked = True
-                if hasattr(os, "register_at_fork"):
-                    os.register_at_fork(after_in_child=self.after_fork)
+            at_fork(after_in_child=self.after_fork)  # at the first take, not at import
             self._was_enabled = gc.isenabled()
             gc.disable()
             try:

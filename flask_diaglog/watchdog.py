@@ -39,7 +39,6 @@ debugger).
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
@@ -52,6 +51,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .jobids import url_job_id
+from .lifecycle import at_exit, at_fork
 from .stacks import format_stack, thread_frames, thread_names
 from .trail import hang_msg
 
@@ -195,8 +195,6 @@ class _Watchdog:
         #: idle scan it is one hang period ahead: no trace starting later can be due before it.
         self.wake_at = _INF
         self._reset()
-        self._atexit = False
-        self._hooked = False  # after_fork registered (by the first registry, not at import)
         #: Scans that raised (a bug in diaglog; the thread keeps going).
         self.failures = 0
         #: Scans made (each wake-up makes one).
@@ -212,13 +210,8 @@ class _Watchdog:
         self.wake_at = _INF
 
     def watch(self, registry: InFlight) -> None:
-        """Watch ``registry``. The first one registers :meth:`after_fork` with the process (not
-        under a lock: a fork meanwhile would leave the child a lock held and no hook to free it;
-        two first registries register it twice, which is harmless)."""
-        if not self._hooked:
-            self._hooked = True
-            if hasattr(os, "register_at_fork"):
-                os.register_at_fork(after_in_child=self.after_fork)
+        """Watch ``registry`` (the first one registers :meth:`after_fork` with the process)."""
+        at_fork(after_in_child=self.after_fork)
         self.registries.add(registry)
 
     def after_fork(self) -> None:
@@ -249,9 +242,7 @@ class _Watchdog:
         except RuntimeError:  # interpreter shutting down: nothing left to watch
             return
         self._thread = t
-        if not self._atexit:
-            self._atexit = True
-            atexit.register(self.stop)
+        at_exit(self.stop)
 
     def stop(self, timeout: float = 1.0) -> None:
         """Stop the thread (at interpreter exit; also usable in tests). Never blocks for long."""

@@ -20,7 +20,6 @@ This module owns:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from flask.logging import default_handler, wsgi_errors_stream
 
+from ..lifecycle import at_exit
 from .render import render_event
 
 if TYPE_CHECKING:
@@ -67,7 +67,6 @@ class _Muted(threading.local):
 muted = _Muted()
 
 _queues: weakref.WeakSet[LineQueue] = weakref.WeakSet()
-_exit_hook: list[bool] = []
 
 
 def is_access_line(record: logging.LogRecord) -> bool:
@@ -136,9 +135,7 @@ class LineQueue:
             self._pid = os.getpid()
             # The thread holds this queue, never its owner: the owner can be collected.
             threading.Thread(target=self._run, name=f"diaglog-{self.target}", daemon=True).start()
-            if not _exit_hook:
-                _exit_hook.append(True)
-                atexit.register(flush_all)
+            at_exit(flush_all)
 
     def _run(self) -> None:
         q = self._q

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..escapes import ESCAPES, JSON_ESCAPES
+from ..lifecycle import at_fork
 from ..trail import FIELDS, FLOAT_DIGITS, HOST, LEVEL_NAMES, Fields, format_float
 
 if TYPE_CHECKING:
@@ -283,8 +284,7 @@ def follow_forks() -> None:
     """Take this process's id for JSON lines, and keep it right in forked children: once, by
     the first recorder (or JSON line), not at import."""
     if _pid is None:
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_refresh_pid)
+        at_fork(after_in_child=_refresh_pid)
         _refresh_pid()
 
 

@@ -55,7 +55,6 @@ A full disk in particular:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import errno
 import fcntl
@@ -69,6 +68,8 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+
+from ..lifecycle import at_exit, at_fork
 
 __all__ = ["TORN_MARK", "ErrorHook", "LogFile"]
 
@@ -118,18 +119,6 @@ class _ExitGuard:
 
 
 _exit_guard = _ExitGuard()
-_hooked = False  # the exit guard and the fork hooks registered (by the first LogFile)
-
-
-def _install_hooks() -> None:
-    """Register the exit guard and the fork hooks with the process, once: at the first
-    :class:`LogFile`, not at import."""
-    global _hooked
-    if not _hooked:
-        _hooked = True
-        atexit.register(_exit_guard.at_exit)
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(before=_before_fork, after_in_child=_after_fork_child)
 
 
 class LogFile:
@@ -250,7 +239,8 @@ class LogFile:
             except OSError as exc:
                 if exc.errno not in _NO_SPACE:
                     raise
-        _install_hooks()
+        at_exit(_exit_guard.at_exit)  # with the first LogFile, not at import
+        at_fork(before=_before_fork, after_in_child=_after_fork_child)
         _open_files.add(self)
 
     # -- opening ----------------------------------------------------------------------------
