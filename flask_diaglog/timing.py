@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from .context import Trace, current_trace
-from .escapes import STAGE_NAMES, stage_names
+from .escapes import stage_names
 from .trail import format_float, stage_end
 
 __all__ = ["get_request_timings", "stage", "stage_entries", "timed_stage"]
@@ -197,8 +197,7 @@ def stage_entries(totals: dict[str, float]) -> str:
     they could not (a name run twice is a sum)."""
     head = ""
     for name, ms in totals.items():
-        tok = (STAGE_NAMES.get(name) or stage_names(name))[1]
-        head += f"{tok};dur={format_float(ms, '.2f')}, "
+        head += f"{stage_names(name)[1]};dur={format_float(ms, '.2f')}, "
     return head
 
 
