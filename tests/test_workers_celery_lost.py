@@ -283,9 +283,10 @@ def test_an_own_request_class_not_derived_from_ours_is_warned_about(tmp_path: Pa
 def test_a_task_with_its_own_request_class_not_derived_from_ours_is_warned_about(
     tmp_path: Path,
 ) -> None:
-    """A task given a Request of its own (``@app.task(Request=...)``, or a ``base=`` class with
-    one) that is not derived from DiagLogRequest is named in a warning when Celery binds it;
-    one derived from DiagLogRequest, and the tasks using the app's own, are not."""
+    """A task given a Request of its own (``@app.task(Request=...)``, a ``module.Name`` of an
+    imported module, or a ``base=`` class with one) that is not derived from DiagLogRequest is
+    named in a warning when Celery binds it; one derived from DiagLogRequest, and the tasks using
+    the app's own, are not."""
     from celery import Celery
     from celery.worker.request import Request
     from flask import Flask
@@ -315,6 +316,9 @@ def test_a_task_with_its_own_request_class_not_derived_from_ours_is_warned_about
     @celery_app.task(name="based", base=PlainBase, lazy=False)
     def based() -> None: ...
 
+    @celery_app.task(name="dotted", Request="celery.worker.request.Request", lazy=False)
+    def dotted() -> None: ...
+
     @celery_app.task(name="derived", Request=Derived, lazy=False)
     def derived() -> None: ...
 
@@ -323,16 +327,19 @@ def test_a_task_with_its_own_request_class_not_derived_from_ours_is_warned_about
 
     # lazy=False: each task is made and bound now; finalize() would also make the shared tasks
     # other tests defined, in this app.
-    for task in (own, based, derived, usual):
+    for task in (own, based, dotted, derived, usual):
         task.bind(celery_app)  # as finalize() binds them again: still one warning each
     warned = [
         line
         for line in (tmp_path / "requests.log").read_text().splitlines()
         if "Celery task" in line
     ]
-    assert len(warned) == 2 and all("| WARNING |" in line for line in warned)
-    assert {line.split("Celery task ")[1].split(":")[0] for line in warned} == {"own", "based"}
-    assert all("PlainRequest is not derived from" in line for line in warned)
+    assert len(warned) == 3 and all("| WARNING |" in line for line in warned)
+    by_task = {line.split("Celery task ")[1].split(":")[0]: line for line in warned}
+    assert set(by_task) == {"own", "based", "dotted"}
+    assert "PlainRequest is not derived from" in by_task["own"]
+    assert "PlainRequest is not derived from" in by_task["based"]
+    assert "celery.worker.request.Request is not derived from" in by_task["dotted"]
 
 
 def test_init_celery_after_the_app_was_finalized_says_what_it_costs(tmp_path: Path) -> None:

@@ -141,11 +141,26 @@ def init_celery(celery_app: Celery, app: Flask) -> None:
 def _ours(request_class: Any) -> bool:
     """Whether a task's ``Request`` (a class, or its ``module:name``) derives from
     :class:`~.celery_request.DiagLogRequest`."""
+    found = _request_class(request_class)
+    return found is not None and issubclass(found, DiagLogRequest)
+
+
+def _request_class(value: Any, imported_only: bool = False) -> type | None:
+    """A task's ``Request``: a class, or its ``module:name`` or ``module.name`` as Celery reads
+    it; ``None`` when it cannot be told (not importable, or with ``imported_only`` not imported
+    yet: then nothing is imported)."""
     try:
-        found = symbol_by_name(request_class) if isinstance(request_class, str) else request_class
-    except Exception:  # not importable here: it cannot be told
-        return False
-    return isinstance(found, type) and issubclass(found, DiagLogRequest)
+        found = symbol_by_name(value, imp=_already_imported if imported_only else None)
+    except Exception:  # not importable here
+        return None
+    return found if isinstance(found, type) else None
+
+
+def _already_imported(module: str, **_: Any) -> Any:
+    try:
+        return sys.modules[module]
+    except KeyError:
+        raise ImportError(module) from None
 
 
 class DiagLogTask(Task):  # type: ignore[misc]
@@ -159,19 +174,19 @@ class DiagLogTask(Task):  # type: ignore[misc]
     def on_bound(cls, app: Any) -> None:
         """A task with a ``Request`` of its own (``@app.task(Request=...)``), other than its app's
         base class's (:func:`init_celery` says about that one), is warned about when that class
-        is not derived from :class:`~.celery_request.DiagLogRequest`. Only a class, or a
-        ``module:name`` already imported, is judged: binding never imports anything."""
+        is not derived from :class:`~.celery_request.DiagLogRequest`. Only a class, or a name of one
+        already imported, is judged: binding never imports anything."""
         super().on_bound(app)
         b = _bindings.get(app)
-        own: Any = cls.Request
-        if b is None or b.rec is None or own == app.Task.Request or "_noted" in cls.__dict__:
+        if (
+            b is None
+            or b.rec is None
+            or cls.Request == app.Task.Request
+            or "_noted" in cls.__dict__
+        ):
             return  # (Celery binds a task class again when the app finalizes: once is enough)
-        if isinstance(own, str):  # "module:name" or "module.name", as symbol_by_name reads it
-            module, sep, name = own.partition(":")
-            if not sep:
-                module, _, name = own.rpartition(".")
-            own = getattr(sys.modules.get(module), name, None)
-        if isinstance(own, type) and not issubclass(own, DiagLogRequest):
+        own = _request_class(cls.Request, imported_only=True)
+        if own is not None and not issubclass(own, DiagLogRequest):
             cls._noted = True
             note(
                 b.rec,
