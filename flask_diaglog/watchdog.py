@@ -259,6 +259,8 @@ class _Watchdog:
             with self._cond:
                 if self._stopping:
                     return
+                if self._poked:  # woken by work that started: traffic, not idleness
+                    self.idle_scans = 0
                 self._poked = False
                 self.wake_at = _INF
             try:
@@ -322,7 +324,9 @@ class _Watchdog:
         # Nothing in flight. Work starting from now on is due no earlier than now + idle_for, so
         # sleeping that long needs no poke from it: under steady traffic the requests never wake
         # the thread (a wake-up per request costs a thread switch, measured in the HTTP
-        # benchmark). Only after a second idle scan does it sleep without a timeout.
+        # benchmark). Only after a second idle scan in a row does it sleep without a timeout; a
+        # poke starts the count again: steady traffic wakes it about twice a period, never per
+        # request.
         self.idle_scans += 1
         if self.idle_scans >= 2 or idle_for == _INF:
             return _INF

@@ -598,3 +598,39 @@ def test_end_line_counts_a_report_written_while_it_is_built(
     assert end.get("hung", 0) == len(hangs)
     assert ("was_hung(" in end["msg"]) == bool(hangs)
     assert inflight(app) == []
+
+
+def test_steady_traffic_wakes_the_watchdog_about_twice_a_period(tmp_path: Path) -> None:
+    """Short requests with gaps between them (the watchdog's deadline always passes with nothing
+    in flight): after two idle scans the watchdog sleeps without a timeout, and the request that
+    wakes it then starts the count again, so the requests do not each wake it (a thread switch a
+    request): its own deadline and that request, about two wake-ups a period."""
+    proc = _run_script(
+        tmp_path,
+        """
+        import sys, time
+        from flask import Flask
+        from flask_diaglog import DiagLog, watchdog
+
+        app = Flask("steadyapp")
+        app.config.update(DIAGLOG_LOG_DIR=sys.argv[1], DIAGLOG_HANG_AFTER=0.2)
+        DiagLog(app)
+
+        @app.get("/fast")
+        def fast():
+            return "ok"
+
+        client = app.test_client()
+        requests, end = 0, time.monotonic() + 2.0  # ten periods
+        while time.monotonic() < end:
+            assert client.get("/fast").status_code == 200
+            requests += 1
+            time.sleep(0.005)  # between requests: the watchdog may run
+        scans = watchdog._watchdog.scans
+        assert requests > 100, requests
+        assert scans <= 25, (scans, requests)  # ten periods
+        print("ok")
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "ok\n"
