@@ -81,8 +81,9 @@ class Lease(Protocol):
 class Trace:
     """The state of one request or one background job, and the recorder its lines go to.
 
-    ``totals`` holds the finished stages' total milliseconds by name, ``current_stage`` the
-    innermost stage running (the one the watchdog reports). :mod:`flask_diaglog.timing` keeps both.
+    ``stages`` holds the finished stages' total milliseconds by name (with the text made of
+    them), ``current_stage`` the innermost stage running (the one the watchdog reports).
+    :mod:`flask_diaglog.timing` keeps both.
     """
 
     # The attributes every request sets or reads are slots, set in __init__: CPython 3.11 reads a
@@ -107,20 +108,15 @@ class Trace:
         "request_id",
         "resolve",
         "route",
-        "stage_word",
+        "stages",
         "start",
         "status",
         "streamed",
         "t0",
         "target",
         "thread",
-        "totals",
     )
 
-    #: Set with ``totals`` (read it only when ``totals`` is set): the totals it was made for, the
-    #: end line's ``stages=`` word so far and the ``Server-Timing`` entries so far (``None``: to
-    #: be made from the totals).
-    stage_word: tuple[dict[str, float], str | None, str | None]
     #: The exception that ended it, once recorded.
     error: BaseException | None
     #: The lease of its guarded job, while held.
@@ -159,9 +155,13 @@ class Trace:
         #: The innermost stage running (its full, dotted name), or ``None``. A plain attribute:
         #: another thread (the watchdog) reads one whole string.
         self.current_stage: str | None = None
-        #: Stage name to total milliseconds, or ``None`` before the first stage ends. Replaced
-        #: whole on each change, never changed in place: read it, do not write it.
-        self.totals: dict[str, float] | None = None
+        #: ``None`` before the first stage ends, then ``(totals, word, head)``: stage name to
+        #: total milliseconds, the end line's ``stages=`` word and the ``Server-Timing`` entries
+        #: the stages made of them (``None``: to be made from the totals, as when a name ran
+        #: twice). One tuple, replaced whole on each change and never changed in place: a reader
+        #: in another thread (the watchdog, the in-flight list, a stage of the same work) sees
+        #: the three of one moment, with one attribute read. Read it, do not write it.
+        self.stages: tuple[dict[str, float], str | None, str | None] | None = None
         self.status: int | None = None
         self.streamed = False
         self.thread = _get_ident()
@@ -179,19 +179,16 @@ class Trace:
     def stage_totals(self) -> dict[str, float]:
         """Stage name to total milliseconds (a stage run several times is summed).
 
-        The same dict as :attr:`totals` (empty before the first stage): treat it as read-only.
+        The same dict as in :attr:`stages` (empty before the first stage): treat it as read-only.
         """
-        totals = self.totals
-        return totals if totals is not None else {}
+        stages = self.stages
+        return stages[0] if stages is not None else {}
 
     def stages_word(self) -> str | None:
-        """The end line's ``stages=`` word the stages built, if it is for the current totals
-        (``None``: make it from the totals)."""
-        totals = self.totals
-        if not totals:
-            return None
-        last = self.stage_word
-        return last[1] if last[0] is totals else None
+        """The end line's ``stages=`` word the stages built (``None``: no stage ended, or make
+        it from the totals)."""
+        stages = self.stages
+        return stages[1] if stages is not None else None
 
     def __repr__(self) -> str:
         return f"<Trace {self.kind} req={self.request_id} job={self.job_id}>"

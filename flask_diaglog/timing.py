@@ -47,14 +47,15 @@ class stage:
         trace = current_trace()
         if trace is None:
             trace = _app_trace()
+            if trace is None:  # timed, not recorded
+                self._trace = None
+                self._t0 = perf_counter()
+                return self
         self._trace = trace
-        if trace is not None:
-            # The enclosing stage is remembered here, not in a stack on the trace: no list to
-            # build and pop per stage.
-            self._outer = outer = trace.current_stage
-            trace.current_stage = self._full = (
-                self.name if outer is None else f"{outer}.{self.name}"
-            )
+        # The enclosing stage is remembered here, not in a stack on the trace: no list to build
+        # and pop per stage.
+        self._outer = outer = trace.current_stage
+        trace.current_stage = self._full = self.name if outer is None else f"{outer}.{self.name}"
         self._t0 = perf_counter()
         return self
 
@@ -79,40 +80,35 @@ class stage:
         # new dict each time, swapped in whole: a reader in another thread (the watchdog, the
         # in-flight list) sees the old totals or the new ones, never a dict changing under it.
         run = (ms * 1000.0 + 0.5) // 1.0 / 1000.0
-        totals = trace.totals
-        if totals is None:
+        stages = trace.stages
+        if stages is None:
             totals = {name: run}
             word: str | None = ""
             head: str | None = ""
         else:
-            # The end line's stages word and the Server-Timing entries so far, if they were made
-            # for these totals and this name is new (a repeated name is a sum: the end line and
-            # the header format it from the totals).
-            last = trace.stage_word
-            if last[0] is totals and name not in totals:
-                word, head = last[1], last[2]
-            else:
+            # The end line's stages word and the Server-Timing entries so far, kept while every
+            # name is new (a repeated name is a sum: the end line and the header format it from
+            # the totals).
+            totals, word, head = stages
+            if name in totals:
                 word = head = None
             totals = totals.copy()
             totals[name] = ((totals.get(name, 0.0) + ms) * 1000.0 + 0.5) // 1.0 / 1000.0
         rec = trace.rec
         if rec is None:  # no line, no end line and no header: only the totals
-            trace.stage_word = (totals, None, None)
-            trace.totals = totals
+            trace.stages = (totals, None, None)
             return
         # One number, formatted once, for the stage's line, the end line's word and the header.
         text = format_float(run, ".2f")
         if et is None:
             msg, word, head = stage_end(name, text, True, None, word, head)
-        else:
-            error = rec.error_text(exc) if exc is not None else "error"
-            msg, word, head = stage_end(name, text, False, error, word, head)
-        trace.stage_word = (totals, word, head)
-        trace.totals = totals
-        if et is None:
+            trace.stages = (totals, word, head)
             rec.record("stage", trace, _INFO, msg, (name, ms, True))
-        else:
-            rec.record("stage", trace, _WARNING, msg, (name, ms, False, error))
+            return
+        error = rec.error_text(exc) if exc is not None else "error"
+        msg, word, head = stage_end(name, text, False, error, word, head)
+        trace.stages = (totals, word, head)
+        rec.record("stage", trace, _WARNING, msg, (name, ms, False, error))
 
     def __call__(self, fn: F) -> F:
         return _decorate(fn, self.name)
@@ -193,7 +189,7 @@ def timed_stage(name_or_fn: str | Callable[..., Any] | None = None) -> Any:
 def stage_entries(totals: dict[str, float]) -> str:
     """The stages' entries of ``Server-Timing``, ``validate;dur=1.23, generate;dur=40.31, ``
     (names made into valid tokens; durations as the lines show them, to 0.01 ms), made from the
-    totals. The stages keep this text as they end (:attr:`Trace.stage_word`); this makes it when
+    totals. The stages keep this text as they end (:attr:`Trace.stages`); this makes it when
     they could not (a name run twice is a sum)."""
     head = ""
     for name, ms in totals.items():

@@ -199,11 +199,10 @@ class RequestTrail:
                 headers.append(("X-Request-ID", trace.request_id))  # type: ignore[arg-type]
             if self.server_timing:
                 timing = f"total;dur={format_float((perf_counter() - trace.t0) * 1000.0, '.2f')}"
-                totals = trace.totals
-                if totals:  # the stages' entries first: made by the stages (see Trace.stage_word)
-                    last = trace.stage_word
-                    head = last[2] if last[0] is totals else None
-                    timing = (head if head is not None else stage_entries(totals)) + timing
+                stages = trace.stages
+                if stages is not None:  # the stages' entries first: made by the stages
+                    head = stages[2]
+                    timing = (head if head is not None else stage_entries(stages[0])) + timing
                 if not own_timing:
                     headers.append(("Server-Timing", timing))
                 else:  # merged into the app's header: one Server-Timing, the app's entries first
@@ -251,22 +250,21 @@ class RequestTrail:
             slow = self.slow_ms
             is_slow = bool(slow and ms >= slow)
             method, path, route = trace.method, trace.path, trace.route
-            totals = trace.totals
+            stages = trace.stages
             if aborted or trace.hung or is_slow or trace.bad_job_id is not None:
                 hung, bad = trace.hung, trace.bad_job_id
                 if bad is not None:  # the client's text, as the query it came from: redacted
                     bad = self.redactor.text(bad)
+                totals, word = (stages[0], stages[1]) if stages is not None else (None, None)
                 msg = request_end_msg(
-                    method, path, status, ms, route, totals, aborted, hung, is_slow, bad,
-                    trace.stages_word(),
-                )  # fmt: skip
+                    method, path, status, ms, route, totals, aborted, hung, is_slow, bad, word
+                )
                 fields: tuple[Any, ...] = (
                     method, path, route, status, ms, totals,
                     aborted or None, hung or None, is_slow or None, bad,
                 )  # fmt: skip
-            elif totals:  # stages and no other word: the stages word is the whole tail
-                last = trace.stage_word  # made by the stages (see Trace.stage_word)
-                word = last[1] if last[0] is totals else None
+            elif stages is not None:  # stages and no other word: the stages word is the tail
+                totals, word, _ = stages  # made by the stages (see Trace.stages)
                 if word is not None:
                     msg = request_end_msg(method, path, status, ms, route) + word
                 else:  # a name ran twice: the word is made from the totals
