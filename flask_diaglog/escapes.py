@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
-__all__ = ["ESCAPES", "JSON_ESCAPES", "STAGE_NAMES", "stage_names", "stage_word"]
+__all__ = ["ESCAPES", "JSON_ESCAPES", "STAGE_NAMES", "shown", "stage_names", "stage_word"]
 
 #: Line breaks and terminal controls for every reader (``str.splitlines``, text-mode ``io``,
 #: ``grep``, ``less``): C0, DEL, C1 (NEL included), U+2028, U+2029; and the bidirectional controls,
@@ -32,6 +32,12 @@ ESCAPES.update({0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"})
 #: In JSON the same characters become ``\\u00XX`` escapes, so the value survives a JSON parser;
 #: readers use it for the JSON they print.
 JSON_ESCAPES: dict[int, str] = {c: f"\\u{c:04x}" for c in _BREAKERS}
+
+
+def shown(text: str) -> str:
+    """``text`` as a plain line shows it: every character of :data:`ESCAPES` escaped."""
+    return text if text.isprintable() else text.translate(ESCAPES)
+
 
 #: A character a ``Server-Timing`` token cannot hold (RFC 9110 ``tchar``).
 _TOKEN_BAD = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")

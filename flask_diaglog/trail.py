@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Union
 from urllib.parse import unquote
 
-from .escapes import ESCAPES, STAGE_NAMES, stage_names, stage_word
+from .escapes import ESCAPES, STAGE_NAMES, shown, stage_names, stage_word
 
 __all__ = [
     "ERRORS_FROM",
@@ -119,7 +119,7 @@ FLOAT_DIGITS = 3
 #: :meth:`flask_diaglog.record.Recorder.close`).
 OPENS = frozenset({"request_start", "job_start"})
 #: Kinds whose builder escapes what it embeds (no ESCAPES character): a plain line skips its check.
-PRINTABLE = frozenset({"stage"})
+PRINTABLE = frozenset({"stage", "request_end"})
 
 # -- levels -----------------------------------------------------------------------------------
 
@@ -187,7 +187,7 @@ def _tail(
     if slow:
         tail += " slow"
     if bad_job_id is not None:
-        tail += " bad_job_id=" + json.dumps(bad_job_id)
+        tail += " bad_job_id=" + json.dumps(bad_job_id)  # printable ASCII: \u escapes
     return tail
 
 
@@ -261,8 +261,11 @@ def request_end_msg(
     word from :func:`stage_end`. (All positional: a keyword costs a lookup per call.)
     """
     msg = f"request_end {method} {path} {status} {format_float(ms, '.2f')}ms"
-    if route != path:
-        msg += f" route={route or '-'}"
+    # Printable as built (PRINTABLE): the client's text is checked, not the words made here.
+    if not f"{method}{path}".isprintable():
+        msg = msg.translate(ESCAPES)
+    if route != path:  # the app's own rule text: checked all the same
+        msg += f" route={shown(route or '-')}"
     if totals or aborted or hung or slow or bad_job_id is not None:
         msg += _tail(totals, aborted, hung, slow, bad_job_id, word)
     return msg
@@ -314,18 +317,15 @@ def stage_end(
     """The stage's message (built without a character a line escapes), and ``word`` (the end
     line's ``stages=`` word so far, ``""`` first) and ``head`` (the ``Server-Timing`` entries so
     far) with this stage added; ``None`` stays. ``text``: the run in ms, formatted ``.2f`` once."""
-    shown = _shown_get(name) or stage_names(name)  # the cache inline: this runs every stage
-    name = shown[0]
+    forms = _shown_get(name) or stage_names(name)  # the cache inline: this runs every stage
+    name = forms[0]
     if word is not None:
         word = f"{word},{name}:{text}" if word else f" stages={name}:{text}"
     if head is not None:
-        head = f"{head}{shown[1]};dur={text}, "  # as stage_entries() makes it
+        head = f"{head}{forms[1]};dur={text}, "  # as stage_entries() makes it
     if ok:
         return f"stage {name} {text}ms ok", word, head
-    error = str(error)
-    if not error.isprintable():
-        error = error.translate(ESCAPES)
-    return f"stage {name} {text}ms failed: {error}", word, head
+    return f"stage {name} {text}ms failed: {shown(str(error))}", word, head
 
 
 _STAGE = re.compile(r"stage (?P<stage>\S+) (?P<ms>[\d.]+)ms (?:(?P<ok>ok)|failed: (?P<error>.*))$")

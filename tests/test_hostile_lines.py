@@ -256,3 +256,39 @@ def test_a_stage_line_shows_its_name_and_error_escaped_as_any_line_does(
     assert f" stages={shown}:" in msgs[3]
     stages = [r for r in read_records(str(log_dir), ["requests"]) if r.event == "stage"]
     assert stages[0].data["stage"] == (name if fmt == "json" else unquote(shown))
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_an_end_line_shows_the_clients_path_route_and_job_id_escaped_as_any_line_does(
+    make_app: Callable[..., Flask], log_dir: Path, fmt: str
+) -> None:
+    """An end line is printable as built too: the client's method and path, the rule and an
+    invalid job id come out escaped, with the stages word after them, in one record."""
+    app = make_app({"TESTING": False, "DIAGLOG_FORMAT": fmt})
+
+    @app.get("/r\u2028ule/<p>")
+    def view(p: str) -> str:
+        with stage("work"):
+            pass
+        return "ok"
+
+    app.test_client().get(
+        "/r%E2%80%A8ule/a%0Ab%1B%5B2J%C2%85",
+        headers={"X-Job-ID": "j\x7fob"},
+    )
+    data = (log_dir / "requests.log").read_bytes()
+    text = data.decode()
+    assert RAW_CONTROL.search(text) is None
+    lines = text.splitlines()
+    assert len(lines) == data.count(b"\n") == 3
+    if fmt == "json":
+        end = json.loads(lines[2])
+        msg = end["msg"]
+        assert end["path"] == "/r\u2028ule/a\nb\x1b[2J\x85"  # the fields keep the text as it was
+        assert end["route"] == "/r\u2028ule/<p>"
+        assert end["bad_job_id"] == "j\x7fob"
+    else:
+        msg = split_plain(lines[2])["msg"]  # type: ignore[index]
+    assert msg.startswith("request_end GET /r\\u2028ule/a\\nb\\x1b[2J\\x85 200 ")
+    assert " route=/r\\u2028ule/<p> stages=work:" in msg
+    assert msg.endswith(' bad_job_id="j\\u007fob"')  # JSON-quoted
