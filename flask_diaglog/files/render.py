@@ -55,13 +55,13 @@ Renderer = Callable[
 #: The parts of a timestamp that change once per second, read by index (a named tuple's
 #: attribute is a descriptor LOAD_ATTR does not specialize: 0.5 k instructions more a line):
 #:
-#: * ``[0]``, ``[1]``: the second's bounds as floats, ``sec <= ts < sec + 1``: a timestamp within
-#:   them needs no int() call to find its second (1.3 k instructions less a line);
-#: * ``[2]`` ``'{"ts":"2026-11-22T10:15:02'`` (the start of a JSON line), ``[3]`` ``"+01:00"``,
-#:   ``[4]`` ``"2026-11-22 10:15:02"``, ``[5]`` ``"2026-11-22T10:15:02"``;
-#: * ``[6:]``: what the next second of the same local minute is built from: the minute, the UTC
+#: * ``[0]``: the second's start, a float: ``ts`` is in it when ``0 <= ts - [0] < 1`` (exact, by
+#:   Sterbenz's lemma): no int() call to find the second (1.3 k instructions less a line);
+#: * ``[1]`` ``'{"ts":"2026-11-22T10:15:02'`` (the start of a JSON line), ``[2]`` ``"+01:00"``,
+#:   ``[3]`` ``"2026-11-22 10:15:02"``, ``[4]`` ``"2026-11-22T10:15:02"``;
+#: * ``[5:]``: what the next second of the same local minute is built from: the minute, the UTC
 #:   offset in seconds, ``"2026-11-22 10:15:"`` and ``"2026-11-22T10:15:"``.
-_Second = tuple[float, float, str, str, str, str, "int | None", int, str, str]
+_Second = tuple[float, str, str, str, str, "int | None", int, str, str]
 #: ``+01:00`` by UTC offset in seconds (a handful of values in a process's life).
 _offsets: dict[int, str] = {}
 #: ``"00"`` to ``"59"``.
@@ -74,14 +74,14 @@ def _second(ts: float) -> _Second:
     global _now
     sec = _floor(ts)  # not int(): a timestamp before 1970 is in the second below it
     now = _now
-    off = now[7]
+    off = now[6]
     minute = (sec + off) // 60
-    if minute == now[6]:
+    if minute == now[5]:
         # Another second of the same local minute: only the seconds change (1 k instructions
         # instead of 13 k for localtime and strftime). Under callgrind, which runs the program
         # about 50 times slower, a new second comes every few dozen requests.
         ss = _SS[(sec + off) % 60]
-        plain, iso, offset = f"{now[8]}{ss}", f"{now[9]}{ss}", now[3]
+        plain, iso, offset = f"{now[7]}{ss}", f"{now[8]}{ss}", now[2]
     else:  # a new minute (or the clock moved): the UTC offset may have changed too
         lt = time.localtime(sec)
         plain = time.strftime("%Y-%m-%d %H:%M:%S", lt)
@@ -96,15 +96,14 @@ def _second(ts: float) -> _Second:
             if len(_offsets) < 64:
                 _offsets[off] = cached
         offset = cached
-    lo = float(sec)
-    hi = lo + 1.0  # equal to lo only beyond 2**53: never within the bounds, never cached
-    s: _Second = (lo, hi, f'{{"ts":"{iso}', offset, plain, iso, minute, off, plain[:17], iso[:17])
+    start, json_ts = float(sec), f'{{"ts":"{iso}'
+    s: _Second = (start, json_ts, offset, plain, iso, minute, off, plain[:17], iso[:17])
     _now = s  # one reference swap: other threads see the old or the new tuple, never a mix
     return s
 
 
-#: At first no second: nothing is within the bounds.
-_now: _Second = (0.0, 0.0, "", "", "", "", None, 0, "", "")
+#: At first no second: no timestamp is within it.
+_now: _Second = (math.inf, "", "", "", "", None, 0, "", "")
 #: ".000" to ".999": the millisecond part without a format call per line; and ".999" once more
 #: for a timestamp so close below a whole second that ``(ts - second) * 1000`` rounds to 1000.
 _MS = (*(f".{i:03d}" for i in range(1000)), ".999")
@@ -168,8 +167,10 @@ def _plain(check: bool) -> Renderer:
         ``" | "``.
         """
         now = _now
-        if not now[0] <= ts < now[1]:
+        d = ts - now[0]  # see _Second
+        if not 0.0 <= d < 1.0:
             now = _second(ts)
+            d = ts - now[0]
         try:
             head = _heads[logger][level]
         except KeyError:
@@ -185,7 +186,7 @@ def _plain(check: bool) -> Renderer:
         # The timestamp parts, the head and the ids are printable by construction: only msg is
         # checked. Escaping parts one by one gives the same text as escaping the whole line,
         # since str.translate maps each character on its own.
-        line = f"{now[4]}{_MS[_floor((ts - now[0]) * 1000)]}{head}{ids}{msg}\n"
+        line = f"{now[3]}{_MS[_floor(d * 1000)]}{head}{ids}{msg}\n"
         try:  # inline, not a helper: saves a call per line
             return line.encode()
         except UnicodeEncodeError:  # lone surrogates
@@ -362,9 +363,11 @@ def json_line(
     what a plain one does.
     """
     now = _now
-    if not now[0] <= ts < now[1]:
+    d = ts - now[0]  # as in plain_line
+    if not 0.0 <= d < 1.0:
         now = _second(ts)
-    ts_ms = _MS[_floor((ts - now[0]) * 1000)]
+        d = ts - now[0]
+    ts_ms = _MS[_floor(d * 1000)]
     try:
         head = _json_heads[kind][logger][level]
     except KeyError:
@@ -407,7 +410,7 @@ def json_line(
                         ms_text += "0"
                     route_part = "" if route is None else f',"route":{_enc(route)}'
                     line = (
-                        f"{now[2]}{ts_ms}{now[3]}{head}{text}{ids}"
+                        f"{now[1]}{ts_ms}{now[2]}{head}{text}{ids}"
                         f',"method":{_enc(method)},"path":{_enc(path)}{route_part}'
                         f',"status":{status},"duration_ms":{ms_text}{tail}}}\n'
                     )
@@ -418,7 +421,7 @@ def json_line(
                 method, path, query, client, ctype, testing = fields
                 if query is None and ctype is None and type(testing) is bool:
                     line = (
-                        f"{now[2]}{ts_ms}{now[3]}{head}{text}{ids}"
+                        f"{now[1]}{ts_ms}{now[2]}{head}{text}{ids}"
                         f',"method":{_enc(method)},"path":{_enc(path)},"client":{_enc(client)}'
                         f',"testing":{"true" if testing else "false"}{tail}}}\n'
                     )
@@ -434,13 +437,13 @@ def json_line(
                         if ms_text[-1] == ".":
                             ms_text += "0"
                         line = (
-                            f'{now[2]}{ts_ms}{now[3]}{head}{text}{ids},"stage":{_enc(name)}'
+                            f'{now[1]}{ts_ms}{now[2]}{head}{text}{ids},"stage":{_enc(name)}'
                             f',"duration_ms":{ms_text},"ok":{ok_text}{tail}}}\n'
                         )
             except (ValueError, TypeError):
                 pass
     if line is None:
-        line = f"{now[2]}{ts_ms}{now[3]}{head}{text}{ids}"
+        line = f"{now[1]}{ts_ms}{now[2]}{head}{text}{ids}"
         if fields:
             if type(fields) is tuple:
                 # zip() without strict=False: the keyword costs 1.5 k instructions.
