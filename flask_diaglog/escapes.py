@@ -55,15 +55,13 @@ def stage_names(name: str) -> tuple[str, str]:
     printable without a check. The token has every character a token cannot hold made ``_``.
     Kept in :data:`STAGE_NAMES`.
     """
-    shown = STAGE_NAMES.get(name)
-    if shown is None:
+    forms = STAGE_NAMES.get(name)
+    if forms is None:
         word = "".join(quote(c, safe="") if c.isspace() or c in ",%" else c for c in name)
-        if not word.isprintable():
-            word = word.translate(ESCAPES)
-        shown = (word, _TOKEN_BAD.sub("_", name) or "_")
+        forms = (shown(word), _TOKEN_BAD.sub("_", name) or "_")
         if len(STAGE_NAMES) < _NAMES_MAX:
-            STAGE_NAMES[name] = shown
-    return shown
+            STAGE_NAMES[name] = forms
+    return forms
 
 
 def stage_word(name: str) -> str:

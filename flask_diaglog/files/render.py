@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..escapes import ESCAPES, JSON_ESCAPES
+from ..escapes import ESCAPES, JSON_ESCAPES, shown
 from ..lifecycle import at_fork
 from ..trail import FIELDS, FLOAT_DIGITS, HOST, LEVEL_NAMES, Fields, format_float
 
@@ -126,9 +126,7 @@ _CACHE_MAX = 256
 def _head(level: int, logger: str) -> str:
     """``" | INFO | <logger>"`` (escaped), cached in :data:`_heads`."""
     global _heads
-    head = f"{(_LEVEL_TAG.get(level) or f' | Level {level} | ')}{logger}"
-    if not head.isprintable():  # a logger name may be anything
-        head = head.translate(_ESCAPES)
+    head = shown(f"{(_LEVEL_TAG.get(level) or f' | Level {level} | ')}{logger}")  # any logger
     heads = _heads if len(_heads) < _CACHE_MAX else {}
     _heads = {**heads, logger: {**heads.get(logger, {}), level: head}}
     return head
