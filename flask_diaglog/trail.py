@@ -261,8 +261,11 @@ def request_end_msg(
     word from :func:`stage_end`. (All positional: a keyword costs a lookup per call.)
     """
     msg = f"request_end {method} {path} {status} {format_float(ms, '.2f')}ms"
-    # Printable as built (PRINTABLE): the client's text is checked, not the words made here.
-    if not f"{method}{path}".isprintable():
+    try:  # printable as built (PRINTABLE): the client's text checked, each part alone (-0.35 k)
+        clean = path.isprintable() and method.isprintable()  # type: ignore[union-attr]
+    except AttributeError:  # None, shown as "None"
+        clean = f"{method}{path}".isprintable()
+    if not clean:
         msg = msg.translate(ESCAPES)
     if route != path:  # the app's own rule text: checked all the same
         msg += f" route={shown(route or '-')}"
@@ -333,10 +336,7 @@ _STAGE = re.compile(r"stage (?P<stage>\S+) (?P<ms>[\d.]+)ms (?:(?P<ok>ok)|failed
 
 def _stage_fields(m: re.Match[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"stage": unquote(m["stage"]), "duration_ms": float(m["ms"])}
-    out["ok"] = bool(m["ok"])
-    if not m["ok"]:
-        out["error"] = m["error"]
-    return out
+    return {**out, "ok": True} if m["ok"] else {**out, "ok": False, "error": m["error"]}
 
 
 def job_start_msg(name: str, attempt: int | None = None) -> str:

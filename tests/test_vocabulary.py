@@ -159,3 +159,22 @@ def test_an_app_line_that_looks_like_ours_stays_a_log_line() -> None:
     """Only diaglog's own loggers write structured messages; an app's look-alike is ``log``."""
     assert trail.kind_of("myapp", "request_end GET / 200 1.00ms") == "log"
     assert trail.kind_of("flask_diaglog.request", "request_end GET / 200 1.00ms") == "request_end"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "shown"),
+    [
+        ("GET", "/a\nb\x1b", "GET /a\\nb\\x1b"),
+        ("G\u2028T", "/a", "G\\u2028T /a"),
+        (None, "/a\x85", "None /a\\x85"),
+        ("GET", None, "GET None"),
+    ],
+)
+def test_an_end_message_escapes_the_clients_method_and_path(
+    method: str | None, path: str | None, shown: str
+) -> None:
+    """``request_end`` messages are printable as built (the plain layout does not check them):
+    a method or path that is missing shows as ``None``, one with a control as its escape."""
+    msg = trail.request_end_msg(method, path, 200, 1.0, "/r\x1b")
+    assert msg == f"request_end {shown} 200 1.00ms route=/r\\x1b"
+    assert msg.isprintable()
