@@ -221,6 +221,16 @@ def test_a_lone_surrogate_is_written_as_its_escape_in_json_lines(
     assert [r["stage"] for r in records if r["event"] == "stage"] == ["s\\udc9bx"]
 
 
+def _records(log_dir: Path, n: int) -> list[str]:
+    """The ``n`` lines of ``requests.log``: no raw control, each line one record."""
+    data = (log_dir / "requests.log").read_bytes()
+    text = data.decode()
+    assert RAW_CONTROL.search(text) is None
+    lines = text.splitlines()
+    assert len(lines) == data.count(b"\n") == n
+    return lines
+
+
 @pytest.mark.parametrize("fmt", ["plain", "json"])
 def test_a_stage_line_shows_its_name_and_error_escaped_as_any_line_does(
     make_app: Callable[..., Flask], log_dir: Path, fmt: str
@@ -240,11 +250,7 @@ def test_a_stage_line_shows_its_name_and_error_escaped_as_any_line_does(
         return "ok"
 
     app.test_client().get("/")
-    data = (log_dir / "requests.log").read_bytes()
-    text = data.decode()
-    assert RAW_CONTROL.search(text) is None
-    lines = text.splitlines()
-    assert len(lines) == data.count(b"\n") == 4
+    lines = _records(log_dir, 4)
     if fmt == "json":
         msgs = [json.loads(line)["msg"] for line in lines]
         assert json.loads(lines[1])["stage"] == name  # the field keeps the name as it was
@@ -276,11 +282,7 @@ def test_an_end_line_shows_the_clients_path_route_and_job_id_escaped_as_any_line
         "/r%E2%80%A8ule/a%0Ab%1B%5B2J%C2%85",
         headers={"X-Job-ID": "j\x7fob"},
     )
-    data = (log_dir / "requests.log").read_bytes()
-    text = data.decode()
-    assert RAW_CONTROL.search(text) is None
-    lines = text.splitlines()
-    assert len(lines) == data.count(b"\n") == 3
+    lines = _records(log_dir, 3)
     if fmt == "json":
         end = json.loads(lines[2])
         msg = end["msg"]
