@@ -184,12 +184,6 @@ class Trace:
         stages = self.stages
         return stages[0] if stages is not None else {}
 
-    def stages_word(self) -> str | None:
-        """The end line's ``stages=`` word the stages built (``None``: no stage ended, or make
-        it from the totals)."""
-        stages = self.stages
-        return stages[1] if stages is not None else None
-
     def __repr__(self) -> str:
         return f"<Trace {self.kind} req={self.request_id} job={self.job_id}>"
 
