@@ -360,3 +360,46 @@ def test_async_function_stage(make_app: Callable[..., Flask]) -> None:
     timings = app.test_client().get("/").json
     assert list(timings) == ["fetch"]
     assert timings["fetch"] >= 20  # the awaited sleep, not just creating the coroutine
+
+
+def test_stages_ending_in_several_threads_of_one_request_all_count(
+    make_app: Callable[..., Flask], log_dir: Any
+) -> None:
+    """A view that runs stages in threads sharing its context (``copy_context``): every stage's
+    total is kept, in ``get_request_timings()``, the end line's ``stages`` and ``Server-Timing``,
+    however the threads interleave (a tiny switch interval makes them interleave often)."""
+    import contextvars
+    import sys
+
+    app = make_app({"DIAGLOG_FORMAT": "json"})
+    names = [f"t{t}.s{i}" for t in range(4) for i in range(300)]
+
+    def work(t: int) -> None:
+        for i in range(300):
+            with stage(f"t{t}.s{i}"):
+                pass
+
+    @app.get("/")
+    def view() -> dict[str, int]:
+        threads = [
+            threading.Thread(target=contextvars.copy_context().run, args=(work, t))
+            for t in range(4)
+        ]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        return {"n": len(get_request_timings())}
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        response = app.test_client().get("/")
+    finally:
+        sys.setswitchinterval(before)
+    assert response.get_json() == {"n": len(names)}
+    header = response.headers["Server-Timing"]
+    assert all(f"{n};dur=" in header for n in names)
+    with open(f"{log_dir}/requests.log") as f:
+        end = [e for e in map(json.loads, f) if e["event"] == "request_end"][-1]
+    assert sorted(end["stages"]) == sorted(names)
