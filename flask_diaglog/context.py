@@ -160,7 +160,8 @@ class Trace:
         #: the stages made of them (``None``: to be made from the totals, as when a name ran
         #: twice). One tuple, replaced whole on each change and never changed in place: a reader
         #: in another thread (the watchdog, the in-flight list, a stage of the same work) sees
-        #: the three of one moment, with one attribute read. Read it, do not write it.
+        #: the three of one moment, with one attribute read. Read it; a stage stores it only if
+        #: it is still what the stage read (see ``timing.stage.__exit__``).
         self.stages: tuple[dict[str, float], str | None, str | None] | None = None
         self.status: int | None = None
         self.streamed = False
