@@ -94,38 +94,33 @@ class stage:
                 word = head = None
             totals = totals.copy()
             totals[name] = ((totals.get(name, 0.0) + ms) * 1000.0 + 0.5) // 1.0 / 1000.0
-        # Each ``trace.stages is stages`` below: published only if no other stage of this work
-        # (in another thread) ended since ``stages`` was read, else added to what it published.
-        # The test and the store run no call and no allocation (the tuple is made first), so in
-        # CPython no other thread runs between them.
         rec = trace.rec
-        new: tuple[dict[str, float], str | None, str | None]
         if rec is None:  # no line, no end line and no header: only the totals
-            new = (totals, None, None)
-            if trace.stages is stages:
-                trace.stages = new
+            word = head = None
+        else:
+            # One number, formatted once, for the stage's line, the end line's word and the
+            # header.
+            text = format_float(run, ".2f")
+            if et is None:
+                msg, word, head = stage_end(name, text, True, None, word, head)
             else:
-                _add_total(trace, name, ms)
-            return
-        # One number, formatted once, for the stage's line, the end line's word and the header.
-        text = format_float(run, ".2f")
-        if et is None:
-            msg, word, head = stage_end(name, text, True, None, word, head)
-            new = (totals, word, head)
-            if trace.stages is stages:
-                trace.stages = new
-            else:
-                _add_total(trace, name, ms)
-            rec.record("stage", trace, _INFO, msg, (name, ms, True))
-            return
-        error = rec.error_text(exc) if exc is not None else "error"
-        msg, word, head = stage_end(name, text, False, error, word, head)
+                error = rec.error_text(exc) if exc is not None else "error"
+                msg, word, head = stage_end(name, text, False, error, word, head)
+        # Published only if no other stage of this work (in another thread) ended since
+        # ``stages`` was read, else added to what that one published. The test and the store
+        # run no call and no allocation (the tuple is made first), so in CPython no other thread
+        # runs between them.
         new = (totals, word, head)
         if trace.stages is stages:
             trace.stages = new
         else:
             _add_total(trace, name, ms)
-        rec.record("stage", trace, _WARNING, msg, (name, ms, False, error))
+        if rec is None:
+            return
+        if et is None:
+            rec.record("stage", trace, _INFO, msg, (name, ms, True))
+        else:
+            rec.record("stage", trace, _WARNING, msg, (name, ms, False, error))
 
     def __call__(self, fn: F) -> F:
         return _decorate(fn, self.name)
