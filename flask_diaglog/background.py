@@ -362,8 +362,7 @@ def job_end(
     ``retried: true``, not a failed job)."""
     rec.close(job)  # out of the registry before job.hung is read: see Recorder.close
     ms = job.elapsed_ms()
-    stages = job.stages  # one read: the totals and the word of one moment
-    totals, word = (stages[0], stages[1]) if stages is not None else (None, None)
+    totals, word = job.totals_and_word()
     if retried is not None:
         exc = retried
     ok = exc is None and not aborted

@@ -185,6 +185,12 @@ class Trace:
         stages = self.stages
         return stages[0] if stages is not None else {}
 
+    def totals_and_word(self) -> tuple[dict[str, float] | None, str | None]:
+        """The stage totals and the end line's ``stages=`` word the stages built, of one moment
+        (the word ``None``: make it from the totals); ``(None, None)`` before the first stage."""
+        stages = self.stages
+        return (stages[0], stages[1]) if stages is not None else (None, None)
+
     def __repr__(self) -> str:
         return f"<Trace {self.kind} req={self.request_id} job={self.job_id}>"
 

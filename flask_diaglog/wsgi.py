@@ -255,7 +255,7 @@ class RequestTrail:
                 hung, bad = trace.hung, trace.bad_job_id
                 if bad is not None:  # the client's text, as the query it came from: redacted
                     bad = self.redactor.text(bad)
-                totals, word = (stages[0], stages[1]) if stages is not None else (None, None)
+                totals, word = trace.totals_and_word()
                 msg = request_end_msg(
                     method, path, status, ms, route, totals, aborted, hung, is_slow, bad, word
                 )
