@@ -108,7 +108,6 @@ _now: _Second = (math.inf, "", "", "", "", None, 0, "", "")
 #: for a timestamp so close below a whole second that ``(ts - second) * 1000`` rounds to 1000.
 _MS = (*(f".{i:03d}" for i in range(1000)), ".999")
 _LEVEL_TAG = {no: f" | {name} | " for no, name in LEVEL_NAMES.items()}
-_ESCAPES, _JSON_ESCAPES = ESCAPES, JSON_ESCAPES
 
 
 # -- plain --------------------------------------------------------------------------------------
@@ -137,7 +136,7 @@ def _plain_ids(rid: str | None, jid: str | None) -> str:
     global _ids
     ids = f" | req={rid or '-'} job={jid or '-'} | "
     if not ids.isprintable():  # ids are validated; kept safe all the same
-        ids = ids.translate(_ESCAPES)
+        ids = ids.translate(ESCAPES)
     _ids = (rid, jid, ids)
     return ids
 
@@ -178,9 +177,9 @@ def _plain(check: bool) -> Renderer:
         if exc:
             msg = f"{msg} | {exc}"
             if not msg.isprintable():
-                msg = msg.translate(_ESCAPES)
+                msg = msg.translate(ESCAPES)
         elif check and not msg.isprintable():
-            msg = msg.translate(_ESCAPES)
+            msg = msg.translate(ESCAPES)
         # The timestamp parts, the head and the ids are printable by construction: only msg is
         # checked. Escaping parts one by one gives the same text as escaping the whole line,
         # since str.translate maps each character on its own.
@@ -298,7 +297,7 @@ def _json_head(level: int, kind: str, logger: str) -> str:
     name = LEVEL_NAMES.get(level) or f"Level {level}"
     head = f'","level":"{name}","event":{_enc(kind)},"logger":{_enc(logger)},"msg":'
     if not head.isprintable():
-        head = head.translate(_JSON_ESCAPES)
+        head = head.translate(JSON_ESCAPES)
     heads = _json_heads if len(_json_heads) < _CACHE_MAX else {}
     by_logger = heads.get(kind, {})
     by_level = {**by_logger.get(logger, {}), level: head}
@@ -326,7 +325,7 @@ def _json_tail(key: object, thread: str) -> str:
         follow_forks()
     tail = f',"pid":{_pid},"host":{_HOST},"thread":{_enc(thread)}'
     if not tail.isprintable():
-        tail = tail.translate(_JSON_ESCAPES)
+        tail = tail.translate(JSON_ESCAPES)
     _tail = (key, thread, tail)
     return tail
 
@@ -459,9 +458,9 @@ def json_line(
     # a line). The "}\n" at the end is left as it is.
     if line.isascii():
         if "\x7f" in line:
-            line = line[:-2].translate(_JSON_ESCAPES) + "}\n"
+            line = line[:-2].translate(JSON_ESCAPES) + "}\n"
     elif not line[:-2].isprintable():
-        line = line[:-2].translate(_JSON_ESCAPES) + "}\n"
+        line = line[:-2].translate(JSON_ESCAPES) + "}\n"
     try:  # inline, not a helper: saves a call per line
         return line.encode()
     except UnicodeEncodeError:  # lone surrogates (a non-ASCII line): see _json_surrogate
