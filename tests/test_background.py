@@ -141,9 +141,9 @@ def test_spawn_outside_any_context_uses_the_one_app_of_its_diaglog(
 def test_spawn_outside_any_context_with_two_apps_picks_neither(tmp_path: Path) -> None:
     """With two apps on one instance and no context, no app is guessed: the work just runs."""
     diaglog = DiagLog()
-    for name in ("one", "two"):
-        app = Flask(name)
-        app.config["DIAGLOG_LOG_DIR"] = str(tmp_path / name)
+    apps = [Flask(name) for name in ("one", "two")]  # both alive: the instance holds them weakly
+    for app in apps:
+        app.config["DIAGLOG_LOG_DIR"] = str(tmp_path / app.name)
         diaglog.init_app(app)
     out: list[int] = []
     diaglog.spawn(out.append, 1).join(10)
